@@ -1,0 +1,42 @@
+.DEFAULT_GOAL := help
+PY ?= python
+
+.PHONY: help dev install test test-rust test-py lint fmt bench stubtest clean
+
+help: ## show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+dev: ## build the native module in release mode into the current environment (fast rebuilds)
+	maturin develop --release -E test
+
+install: ## install as a user would (pip install .)
+	$(PY) -m pip install .
+
+test-rust: ## Rust core unit tests (no Python needed)
+	cargo test -p tierflow-core --release
+
+test-py: ## Python tests (default run: no benchmarks)
+	$(PY) -m pytest
+
+test: test-rust test-py ## all tests
+
+stubtest: ## check _tierflow.pyi against the built module
+	$(PY) -m mypy.stubtest tierflow._tierflow --allowlist .ci/stubtest-allowlist
+
+lint: stubtest ## rustfmt, clippy -D warnings, ruff, stubtest
+	cargo fmt --all -- --check
+	cargo clippy --workspace --release -- -D warnings
+	ruff check python tests benches
+	ruff format --check python tests benches
+
+fmt: ## format Rust and Python
+	cargo fmt --all
+	ruff format python tests benches
+	ruff check --fix python tests benches
+
+bench: ## benchmarks (pytest-benchmark; ratios against the anchors in the same run)
+	$(PY) -m pytest benches -m bench --benchmark-enable --benchmark-only -p no:randomly -s
+
+clean: ## remove build products
+	cargo clean
+	rm -rf dist build .pytest_cache .benchmarks

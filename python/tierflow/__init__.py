@@ -1,0 +1,59 @@
+"""tierflow: run and plan models that are larger than fast memory.
+
+A tiered tensor store (fast / RAM / file tiers), streaming kernels that pull weights tile by tile
+from slow tiers, and Composition-of-Experts scheduling on simulated devices or this host.
+The native core is the private module ``tierflow._tierflow``; this package re-exports the public API.
+"""
+
+from __future__ import annotations
+
+from . import errors
+from ._info import get_num_threads, info, set_num_threads
+from ._tierflow import __version__
+from .errors import (
+    AccessDeniedError,
+    CapacityError,
+    ClosedError,
+    CorruptFileError,
+    DTypeError,
+    InternalError,
+    InvalidArgumentError,
+    InvalidNameError,
+    MissingFileError,
+    ScheduleError,
+    ShapeError,
+    StorageError,
+    TensorExistsError,
+    TensorNotFoundError,
+    TierflowError,
+)
+
+# --- store (issue: foundation) -------------------------------------------------------------
+# --- kernels -------------------------------------------------------------------------------
+# --- composition of experts ----------------------------------------------------------------
+
+__all__ = [
+    "AccessDeniedError",
+    "CapacityError",
+    "ClosedError",
+    "CorruptFileError",
+    "DTypeError",
+    "InternalError",
+    "InvalidArgumentError",
+    "InvalidNameError",
+    "MissingFileError",
+    "ScheduleError",
+    "ShapeError",
+    "StorageError",
+    "TensorExistsError",
+    "TensorNotFoundError",
+    "TierflowError",
+    "__version__",
+    "errors",
+    "get_num_threads",
+    "info",
+    "set_num_threads",
+    # --- store ---
+    # --- kernels ---
+    # --- composition of experts ---
+]

@@ -1,0 +1,13 @@
+"""Subcommands of the ``tierflow`` CLI, one module per domain."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register_all(sub: argparse._SubParsersAction[Any]) -> None:
+    from . import info
+
+    info.register(sub)
+    # other domains register here

@@ -1,0 +1,44 @@
+"""The ``tierflow`` command line. Each domain adds its subcommands from ``tierflow._cli``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+from .errors import TierflowError
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ._cli import register_all
+
+    p = argparse.ArgumentParser(
+        prog="tierflow",
+        description="Run and plan models larger than fast memory.",
+    )
+    p.add_argument("--version", action="version", version=f"tierflow {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    register_all(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except TierflowError as e:
+        print(f"tierflow: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("tierflow: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

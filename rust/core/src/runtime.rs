@@ -1,0 +1,93 @@
+//! Worker threads shared by the store (prefetch, parallel copies) and the kernels.
+//!
+//! The pool is created lazily and re-created when the process id changes, so the library keeps
+//! working in a child after `fork()` (threads do not survive a fork; a pool inherited from the
+//! parent would wait forever). The thread count is settable (`set_num_threads`) and defaults to
+//! `TIERFLOW_NUM_THREADS`, else the number of CPUs available.
+
+use parking_lot::Mutex;
+use std::sync::Arc;
+
+struct PoolSlot {
+    pid: u32,
+    threads: usize,
+    pool: Arc<rayon::ThreadPool>,
+}
+
+static POOL: Mutex<Option<PoolSlot>> = Mutex::new(None);
+static REQUESTED: Mutex<Option<usize>> = Mutex::new(None);
+
+/// Threads used when nothing was set: `TIERFLOW_NUM_THREADS`, else the available parallelism.
+pub fn default_num_threads() -> usize {
+    if let Some(n) = std::env::var("TIERFLOW_NUM_THREADS").ok().and_then(|s| s.trim().parse().ok())
+    {
+        if n > 0 {
+            return n;
+        }
+    }
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// The number of worker threads kernels and copies use.
+pub fn num_threads() -> usize {
+    REQUESTED.lock().unwrap_or_else(default_num_threads)
+}
+
+/// Set the number of worker threads (`n >= 1`); `None` restores the default.
+pub fn set_num_threads(n: Option<usize>) -> crate::Result<()> {
+    if n == Some(0) {
+        return Err(crate::CoreError::Value("the number of threads must be at least 1".into()));
+    }
+    *REQUESTED.lock() = n;
+    Ok(())
+}
+
+/// The worker pool for this process, (re)built after a fork or a change of thread count.
+pub fn pool() -> Arc<rayon::ThreadPool> {
+    let pid = std::process::id();
+    let threads = num_threads();
+    // After fork() in a child, the lock may be held by a thread that no longer exists: POOL is
+    // only held for a few instructions, but be safe and never block forever on it.
+    let mut guard = match POOL.try_lock_for(std::time::Duration::from_millis(200)) {
+        Some(g) => g,
+        None => {
+            // A lock orphaned by fork: build a private pool for this call.
+            return Arc::new(build(threads));
+        }
+    };
+    if let Some(slot) = guard.as_ref() {
+        if slot.pid == pid && slot.threads == threads {
+            return slot.pool.clone();
+        }
+    }
+    let pool = Arc::new(build(threads));
+    *guard = Some(PoolSlot { pid, threads, pool: pool.clone() });
+    pool
+}
+
+fn build(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("tierflow-{i}"))
+        .build()
+        .expect("building a thread pool")
+}
+
+/// Run `f` on the tierflow pool (so `rayon::join`/`par_iter` inside use its threads).
+pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    pool().install(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn pool_follows_thread_count() {
+        set_num_threads(Some(2)).unwrap();
+        assert_eq!(pool().current_num_threads(), 2);
+        set_num_threads(Some(1)).unwrap();
+        assert_eq!(install(rayon::current_num_threads), 1);
+        assert!(set_num_threads(Some(0)).is_err());
+        set_num_threads(None).unwrap();
+    }
+}
