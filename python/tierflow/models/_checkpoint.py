@@ -68,10 +68,7 @@ def checkpoint_files(folder: str) -> list[str]:
         return [os.path.join(folder, fn) for fn in files]
     if os.path.exists(single):
         return [single]
-    found = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
-    if not found:
-        raise MissingFileError(f"no model.safetensors (or index) in {folder}")
-    return [os.path.join(folder, f) for f in found]
+    raise MissingFileError(f"no model.safetensors or model.safetensors.index.json in {folder}")
 
 
 def read_header(path: str) -> dict[str, TensorInfo]:
