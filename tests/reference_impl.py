@@ -140,7 +140,9 @@ def gpt2_forward(weights: dict[str, np.ndarray], cfg: dict[str, Any], ids) -> np
     for i in range(cfg["n_layer"]):
         p = f"{pre}h.{i}."
         qkv = conv1d(ln(x, p + "ln_1"), p + "attn.c_attn")
-        q, k, v = (qkv[:, j * e : (j + 1) * e].reshape(s, n_h, d).transpose(1, 0, 2) for j in range(3))
+        q, k, v = (
+            qkv[:, j * e : (j + 1) * e].reshape(s, n_h, d).transpose(1, 0, 2) for j in range(3)
+        )
         a = _attend(q, k, v, causal=True).transpose(1, 0, 2).reshape(s, e)
         x = x + conv1d(a, p + "attn.c_proj")
         m = gelu_tanh(conv1d(ln(x, p + "ln_2"), p + "mlp.c_fc"))

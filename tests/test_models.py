@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import reference_impl as ref
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load_file, save_file
 
+import reference_impl as ref
 import tierflow.models as tm
 
 DATA = Path(__file__).parent / "data"
@@ -25,7 +25,9 @@ def _ref_data(name: str) -> dict[str, np.ndarray]:
 
 def _weights_cfg(folder) -> tuple[dict[str, np.ndarray], dict]:
     folder = Path(folder)
-    return load_file(str(folder / "model.safetensors")), json.loads((folder / "config.json").read_text())
+    return load_file(str(folder / "model.safetensors")), json.loads(
+        (folder / "config.json").read_text()
+    )
 
 
 @pytest.fixture(scope="module", params=sorted(CHECKPOINTS))
@@ -196,7 +198,14 @@ def test_llama_family_property(tmp_path_factory, arch, heads_kv, head_dim, tie, 
 
 def test_gpt2_tiny_random_with_n_inner_and_greedy(tmp_path):
     d = tm.write_tiny_checkpoint(
-        tmp_path, "GPT2LMHeadModel", hidden=48, heads=3, intermediate=100, vocab=120, seed=5, std=0.2
+        tmp_path,
+        "GPT2LMHeadModel",
+        hidden=48,
+        heads=3,
+        intermediate=100,
+        vocab=120,
+        seed=5,
+        std=0.2,
     )
     w, cfg = _weights_cfg(d)
     model = tm.load(d)
@@ -208,16 +217,24 @@ def test_gpt2_tiny_random_with_n_inner_and_greedy(tmp_path):
 def test_gpt2_without_transformer_prefix(tmp_path):
     """Original OpenAI-style GPT-2 checkpoints name tensors without 'transformer.'."""
     w, cfg = _weights_cfg(DATA / "tiny-gpt2")
-    save_file({k.removeprefix("transformer."): v for k, v in w.items()}, str(tmp_path / "model.safetensors"))
+    save_file(
+        {k.removeprefix("transformer."): v for k, v in w.items()},
+        str(tmp_path / "model.safetensors"),
+    )
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     r = _ref_data("tiny-gpt2")
-    np.testing.assert_allclose(tm.load(tmp_path)(r["input_ids_1"]), r["logits_1"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        tm.load(tmp_path)(r["input_ids_1"]), r["logits_1"], atol=1e-4, rtol=0
+    )
 
 
 def test_sharded_checkpoint(tmp_path):
     w, cfg = _weights_cfg(DATA / "tiny-llama")
     names = sorted(w)
-    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    shards = {
+        "model-00001-of-00002.safetensors": names[::2],
+        "model-00002-of-00002.safetensors": names[1::2],
+    }
     weight_map = {}
     for fn, ns in shards.items():
         save_file({n: w[n] for n in ns}, str(tmp_path / fn))
@@ -225,7 +242,9 @@ def test_sharded_checkpoint(tmp_path):
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     r = _ref_data("tiny-llama")
-    np.testing.assert_allclose(tm.load(tmp_path)(r["input_ids_2"]), r["logits_2"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        tm.load(tmp_path)(r["input_ids_2"]), r["logits_2"], atol=1e-4, rtol=0
+    )
 
 
 def test_float16_and_bfloat16_checkpoints(tmp_path):

@@ -52,7 +52,9 @@ def test_missing_tensor_is_named(tmp_path):
     w = load_file(str(d / "model.safetensors"))
     del w["model.layers.1.mlp.up_proj.weight"]
     save_file(w, str(d / "model.safetensors"))
-    with pytest.raises(tierflow.TensorNotFoundError, match=r"model\.layers\.1\.mlp\.up_proj\.weight"):
+    with pytest.raises(
+        tierflow.TensorNotFoundError, match=r"model\.layers\.1\.mlp\.up_proj\.weight"
+    ):
         tm.load(d)
 
 
@@ -61,7 +63,7 @@ def test_untied_model_needs_lm_head(tmp_path):
     w = load_file(str(d / "model.safetensors"))
     del w["lm_head.weight"]
     save_file(w, str(d / "model.safetensors"))
-    with pytest.raises(tierflow.TensorNotFoundError, match="lm_head.weight"):
+    with pytest.raises(tierflow.TensorNotFoundError, match=r"lm_head\.weight"):
         tm.load(d)
     _edit_config(d, tie_word_embeddings=True)  # tied: the embedding serves as the head
     assert tm.load(d)([1, 2]).shape == (2, 512)
@@ -102,7 +104,7 @@ def test_missing_files(tmp_path):
     with pytest.raises(tierflow.MissingFileError, match="safetensors"):
         tm.load(d)
     (d / "config.json").unlink()
-    with pytest.raises(tierflow.MissingFileError, match="config.json"):
+    with pytest.raises(tierflow.MissingFileError, match=r"config\.json"):
         tm.load(d)
 
 
@@ -134,7 +136,7 @@ def test_integer_weight_rejected(tmp_path):
     w = load_file(str(d / "model.safetensors"))
     w["model.norm.weight"] = np.ones(128, np.int32)
     save_file(w, str(d / "model.safetensors"))
-    with pytest.raises(tierflow.DTypeError, match="model.norm.weight"):
+    with pytest.raises(tierflow.DTypeError, match=r"model\.norm\.weight"):
         tm.load(d)
 
 
@@ -160,7 +162,9 @@ def test_gpt2_config_token_ids_outside_vocab_do_not_choke():
 
 
 def test_prompt_longer_than_positions(llama):
-    with pytest.raises(tierflow.InvalidArgumentError, match="257 prompt tokens exceed .* 256 positions"):
+    with pytest.raises(
+        tierflow.InvalidArgumentError, match=r"257 prompt tokens exceed .* 256 positions"
+    ):
         llama(np.zeros(257, np.int64))
     with pytest.raises(tierflow.InvalidArgumentError, match=r"250 prompt tokens \+ 10 new tokens"):
         llama.generate(np.zeros(250, np.int64), 10)

@@ -17,6 +17,7 @@ from ._base import CausalLM
 from ._tiny import write_tiny_checkpoint
 from ._weights import WEIGHT_FORMATS, Weights
 from .bert import BertModel
+from .coe import CoEResult, ExpertCoE, byte_tokenize
 from .config import SUPPORTED_ARCHITECTURES, ModelConfig, read_config
 from .encoder import SentenceEncoder, minilm_path
 from .generate import KVCache, sample_next
@@ -28,12 +29,15 @@ __all__ = [
     "WEIGHT_FORMATS",
     "BertModel",
     "CausalLM",
+    "CoEResult",
+    "ExpertCoE",
     "GPT2LMHeadModel",
     "KVCache",
     "LlamaForCausalLM",
     "ModelConfig",
     "Qwen2ForCausalLM",
     "SentenceEncoder",
+    "byte_tokenize",
     "load",
     "minilm_path",
     "read_config",

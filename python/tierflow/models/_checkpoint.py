@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import CorruptFileError, DTypeError, MissingFileError
 
-__all__ = ["TensorInfo", "checkpoint_files", "read_header", "mmap_tensors"]
+__all__ = ["TensorInfo", "checkpoint_files", "mmap_tensors", "read_header"]
 
 _DTYPES = {
     "F64": np.dtype("<f8"),
@@ -104,9 +104,13 @@ def read_header(path: str) -> dict[str, TensorInfo]:
             raise DTypeError(f"{path}: tensor {name!r} has unsupported dtype {dt}")
         nbytes = int(np.prod(shape, dtype=np.int64)) * _DTYPES[dt].itemsize
         if any(s < 0 for s in shape) or not (0 <= b <= end) or end - b != nbytes:
-            raise _corrupt(path, f"tensor {name!r}: offsets {b}..{end} disagree with {dt}{list(shape)}", name)
+            raise _corrupt(
+                path, f"tensor {name!r}: offsets {b}..{end} disagree with {dt}{list(shape)}", name
+            )
         if base + end > size:
-            raise _corrupt(path, f"truncated: tensor {name!r} ends at {base + end} > {size} bytes", name)
+            raise _corrupt(
+                path, f"truncated: tensor {name!r} ends at {base + end} > {size} bytes", name
+            )
         out[name] = TensorInfo(name, dt, shape, path, base + b, base + end)
     return out
 
@@ -132,7 +136,12 @@ def as_float32(a: np.ndarray, st_dtype: str) -> np.ndarray:
     return a.astype(np.float32)
 
 
-_ST_NAMES = {np.dtype("<f4"): "F32", np.dtype("<f2"): "F16", np.dtype("<i8"): "I64", np.dtype("<f8"): "F64"}
+_ST_NAMES = {
+    np.dtype("<f4"): "F32",
+    np.dtype("<f2"): "F16",
+    np.dtype("<i8"): "I64",
+    np.dtype("<f8"): "F64",
+}
 
 
 def write_safetensors(path: str, tensors: dict[str, np.ndarray]) -> None:

@@ -99,7 +99,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool) -> np.n
     Query head ``h`` reads key/value head ``h // (H / H_kv)``. ``causal`` aligns the query rows
     with the LAST ``S_q`` key positions (query ``i`` sees keys ``0 .. S_k - S_q + i``).
     """
-    b, h, sq, d = q.shape
+    _, h, sq, d = q.shape
     rep = h // k.shape[1]
     if rep > 1:
         k = np.repeat(k, rep, axis=1)

@@ -19,32 +19,69 @@ from .config import ModelConfig
 __all__ = ["write_tiny_checkpoint"]
 
 
-def _config(architecture: str, hidden: int, layers: int, heads: int, kv_heads: int,
-            intermediate: int, vocab: int, max_positions: int, tie: bool, theta: float) -> dict[str, Any]:
+def _config(
+    architecture: str,
+    hidden: int,
+    layers: int,
+    heads: int,
+    kv_heads: int,
+    intermediate: int,
+    vocab: int,
+    max_positions: int,
+    tie: bool,
+    theta: float,
+) -> dict[str, Any]:
     if architecture in ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"):
-        mt = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
+        mt = {
+            "LlamaForCausalLM": "llama",
+            "MistralForCausalLM": "mistral",
+            "Qwen2ForCausalLM": "qwen2",
+        }
         return {
-            "architectures": [architecture], "model_type": mt[architecture],
-            "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
-            "num_key_value_heads": kv_heads, "intermediate_size": intermediate,
-            "vocab_size": vocab, "max_position_embeddings": max_positions, "rms_norm_eps": 1e-6,
-            "rope_theta": theta, "tie_word_embeddings": tie, "hidden_act": "silu",
-            "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32",
+            "architectures": [architecture],
+            "model_type": mt[architecture],
+            "hidden_size": hidden,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "num_key_value_heads": kv_heads,
+            "intermediate_size": intermediate,
+            "vocab_size": vocab,
+            "max_position_embeddings": max_positions,
+            "rms_norm_eps": 1e-6,
+            "rope_theta": theta,
+            "tie_word_embeddings": tie,
+            "hidden_act": "silu",
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "torch_dtype": "float32",
         }
     if architecture == "GPT2LMHeadModel":
         return {
-            "architectures": [architecture], "model_type": "gpt2", "n_embd": hidden,
-            "n_layer": layers, "n_head": heads, "n_inner": intermediate, "vocab_size": vocab,
-            "n_positions": max_positions, "layer_norm_epsilon": 1e-5,
-            "activation_function": "gelu_new", "eos_token_id": vocab - 1,
+            "architectures": [architecture],
+            "model_type": "gpt2",
+            "n_embd": hidden,
+            "n_layer": layers,
+            "n_head": heads,
+            "n_inner": intermediate,
+            "vocab_size": vocab,
+            "n_positions": max_positions,
+            "layer_norm_epsilon": 1e-5,
+            "activation_function": "gelu_new",
+            "eos_token_id": vocab - 1,
         }
     if architecture == "BertModel":
         return {
-            "architectures": [architecture], "model_type": "bert", "hidden_size": hidden,
-            "num_hidden_layers": layers, "num_attention_heads": heads,
-            "intermediate_size": intermediate, "vocab_size": vocab,
-            "max_position_embeddings": max_positions, "layer_norm_eps": 1e-12,
-            "hidden_act": "gelu", "type_vocab_size": 2,
+            "architectures": [architecture],
+            "model_type": "bert",
+            "hidden_size": hidden,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "intermediate_size": intermediate,
+            "vocab_size": vocab,
+            "max_position_embeddings": max_positions,
+            "layer_norm_eps": 1e-12,
+            "hidden_act": "gelu",
+            "type_vocab_size": 2,
         }
     raise InvalidArgumentError(f"write_tiny_checkpoint: unsupported architecture {architecture!r}")
 
@@ -71,13 +108,25 @@ def write_tiny_checkpoint(
     """
     folder = os.fspath(path)
     os.makedirs(folder, exist_ok=True)
-    cfg_dict = _config(architecture, hidden, layers, heads, kv_heads, intermediate, vocab,
-                       max_positions, tie, theta)
+    cfg_dict = _config(
+        architecture,
+        hidden,
+        layers,
+        heads,
+        kv_heads,
+        intermediate,
+        vocab,
+        max_positions,
+        tie,
+        theta,
+    )
     cfg = ModelConfig.from_dict(cfg_dict)
     rng = np.random.default_rng(seed)
     tensors: dict[str, np.ndarray] = {}
     for name, shape in cfg.expected_tensors().items():
-        if name.endswith(("norm.weight", "LayerNorm.weight")) or ".ln_" in name and name.endswith(".weight"):
+        if name.endswith(("norm.weight", "LayerNorm.weight")) or (
+            ".ln_" in name and name.endswith(".weight")
+        ):
             t = 1.0 + 0.1 * rng.standard_normal(shape, dtype=np.float32)
         elif name.endswith(".bias"):
             t = 0.1 * rng.standard_normal(shape, dtype=np.float32)

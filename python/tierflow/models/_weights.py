@@ -23,7 +23,9 @@ _FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
 
 
 def _missing(name: str, folder: str) -> TensorNotFoundError:
-    e = TensorNotFoundError(f"checkpoint {folder} lacks the tensor {name!r} that config.json implies")
+    e = TensorNotFoundError(
+        f"checkpoint {folder} lacks the tensor {name!r} that config.json implies"
+    )
     e.name = name
     return e
 
@@ -66,7 +68,9 @@ class Weights:
                 raise DTypeError(f"tensor {name!r} has dtype {t.dtype}; expected a float type")
         used = {n: infos[n] for n in expected}
         if dtype not in (None, "f32"):
-            raise InvalidArgumentError(f"weight format {dtype!r} needs tierflow.quantize (not built yet)")
+            raise InvalidArgumentError(
+                f"weight format {dtype!r} needs tierflow.quantize (not built yet)"
+            )
         raw = ck.mmap_tensors(used)
         arrays = {n: ck.as_float32(a, used[n].dtype) for n, a in raw.items()}
         return cls(arrays, used, dtype)

@@ -54,12 +54,16 @@ class BertModel:
         n = a.shape[0] if a.ndim == 1 else 0
         if mask is not None:
             if mask.shape != a.shape:
-                raise ShapeError(f"attention_mask shape {mask.shape} differs from ids shape {a.shape}")
+                raise ShapeError(
+                    f"attention_mask shape {mask.shape} differs from ids shape {a.shape}"
+                )
             n = int(np.count_nonzero(mask))
             if not np.all(mask[:n]) or np.any(mask[n:]):
                 raise InvalidArgumentError("attention_mask must be ones then zeros (right padding)")
         out = np.zeros((a.shape[0] if a.ndim == 1 else 0, h), np.float32)
-        ids_ = check_token_ids(a[:n] if a.ndim == 1 else a, self.config.vocab_size, self.config.max_positions)
+        ids_ = check_token_ids(
+            a[:n] if a.ndim == 1 else a, self.config.vocab_size, self.config.max_positions
+        )
         if ids_.size:
             out[: ids_.size] = self._encode(ids_)
         return out

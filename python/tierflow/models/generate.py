@@ -112,12 +112,17 @@ def generate(
     stops = _stop_set(stop)
     rng = np.random.default_rng(seed)
     if isinstance(ids, np.ndarray) and ids.ndim == 2:
-        return [_one(model, r, int(max_new_tokens), temperature, top_k, top_p, rng, stops) for r in ids]
+        return [
+            _one(model, r, int(max_new_tokens), temperature, top_k, top_p, rng, stops) for r in ids
+        ]
     if isinstance(ids, Sequence) and not isinstance(ids, (str, bytes)):
         if len(ids) == 0:
             return []
         if not isinstance(ids[0], (int, np.integer)):
-            return [_one(model, r, int(max_new_tokens), temperature, top_k, top_p, rng, stops) for r in ids]
+            return [
+                _one(model, r, int(max_new_tokens), temperature, top_k, top_p, rng, stops)
+                for r in ids
+            ]
     return _one(model, ids, int(max_new_tokens), temperature, top_k, top_p, rng, stops)
 
 

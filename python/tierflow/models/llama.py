@@ -43,10 +43,15 @@ class LlamaForCausalLM(CausalLM):
             v = proj(h, "self_attn.v_proj", nkv)
             k_all, v_all = cache.update(i, k, v)
             a = ops.attention(q, k_all, v_all, causal=True)
-            x = x + ops.linear(a[0].transpose(1, 0, 2).reshape(s, nh * d), w[p + "self_attn.o_proj.weight"])
+            x = x + ops.linear(
+                a[0].transpose(1, 0, 2).reshape(s, nh * d), w[p + "self_attn.o_proj.weight"]
+            )
             h = ops.rms_norm(x, w[p + "post_attention_layernorm.weight"], eps)
             x = x + ops.swiglu(
-                h, w[p + "mlp.gate_proj.weight"], w[p + "mlp.up_proj.weight"], w[p + "mlp.down_proj.weight"]
+                h,
+                w[p + "mlp.gate_proj.weight"],
+                w[p + "mlp.up_proj.weight"],
+                w[p + "mlp.down_proj.weight"],
             )
         cache.advance(s)
         if last_only:

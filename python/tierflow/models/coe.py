@@ -1,0 +1,77 @@
+"""A Composition of Experts on real checkpoints: text in, expert chosen, tokens out.
+
+``ExpertCoE(router, experts={name: folder_or_model})`` routes a prompt with the router (for example
+an :class:`~tierflow.routers.EmbeddingRouter` on all-MiniLM-L6-v2), loads the chosen expert on
+first use (only the experts actually used are ever read), tokenizes the prompt for it and decodes.
+Tiny experts written by :func:`write_tiny_checkpoint` have no tokenizer of their own: the default
+tokenizer is UTF-8 bytes (ids 0..255, so the expert's vocabulary must hold at least 256 ids).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidArgumentError
+from ..routers import Route
+
+__all__ = ["CoEResult", "ExpertCoE", "byte_tokenize"]
+
+
+def byte_tokenize(text: str) -> np.ndarray:
+    """UTF-8 bytes as token ids (0..255)."""
+    return np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class CoEResult:
+    expert: str
+    route: Route
+    prompt_ids: np.ndarray
+    new_ids: np.ndarray
+
+
+class ExpertCoE:
+    """Route, load on demand, generate."""
+
+    def __init__(
+        self,
+        router: Any,
+        experts: Mapping[str, str | os.PathLike[str] | Any],
+        tokenize: Callable[[str], np.ndarray] = byte_tokenize,
+        **load_kwargs: Any,
+    ):
+        missing = [e for e in router.experts if e not in experts]
+        if missing:
+            raise InvalidArgumentError(f"the router can pick experts with no checkpoint: {missing}")
+        self.router = router
+        self._sources = dict(experts)
+        self._loaded: dict[str, Any] = {}
+        self.tokenize = tokenize
+        self.load_kwargs = load_kwargs
+
+    def expert(self, name: str) -> Any:
+        """The model of expert ``name`` (loaded on first use)."""
+        if name not in self._loaded:
+            src = self._sources[name]
+            if isinstance(src, (str, os.PathLike)):
+                from . import load
+
+                src = load(src, **self.load_kwargs)
+            self._loaded[name] = src
+        return self._loaded[name]
+
+    @property
+    def loaded(self) -> list[str]:
+        return list(self._loaded)
+
+    def run(self, text: str, max_new_tokens: int = 16, **generate_kwargs: Any) -> CoEResult:
+        route = self.router.route(text)
+        model = self.expert(route.expert)
+        ids = self.tokenize(text)
+        out = model.generate(ids, max_new_tokens, **generate_kwargs)
+        return CoEResult(route.expert, route, ids, out[ids.size :])
