@@ -31,6 +31,9 @@ from .errors import (
 # --- store (issue: foundation) -------------------------------------------------------------
 # --- kernels -------------------------------------------------------------------------------
 # --- composition of experts ----------------------------------------------------------------
+# --- models and routers (issue: real experts) ----------------------------------------------
+from . import models, routers
+from .routers import EmbeddingRouter
 
 __all__ = [
     "AccessDeniedError",
@@ -56,4 +59,8 @@ __all__ = [
     # --- store ---
     # --- kernels ---
     # --- composition of experts ---
+    # --- models and routers ---
+    "EmbeddingRouter",
+    "models",
+    "routers",
 ]
