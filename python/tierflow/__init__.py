@@ -31,8 +31,7 @@ from .errors import (
 # --- store (issue: foundation) -------------------------------------------------------------
 # --- kernels -------------------------------------------------------------------------------
 # --- composition of experts ----------------------------------------------------------------
-# --- models and routers (issue: real experts) ----------------------------------------------
-from . import models, routers
+# --- models and routers (issue: real experts; import tierflow.models for the models) -------
 from .routers import EmbeddingRouter
 
 __all__ = [
@@ -61,6 +60,4 @@ __all__ = [
     # --- composition of experts ---
     # --- models and routers ---
     "EmbeddingRouter",
-    "models",
-    "routers",
 ]

@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from ..errors import CorruptFileError, DTypeError, MissingFileError
+from ..errors import CorruptFileError, DTypeError, MissingFileError, ShapeError
 
 __all__ = ["TensorInfo", "checkpoint_files", "mmap_tensors", "read_header"]
 
@@ -144,23 +146,43 @@ _ST_NAMES = {
 }
 
 
-def write_safetensors(path: str, tensors: dict[str, np.ndarray]) -> None:
-    """Write a safetensors file (F64/F32/F16/I64 tensors), streaming one tensor at a time."""
+def write_safetensors(
+    path: str,
+    tensors: Mapping[str, np.ndarray],
+    lazy: Mapping[str, tuple[tuple[int, ...], Callable[[], np.ndarray]]] | None = None,
+) -> None:
+    """Write a safetensors file of F64/F32/F16/I64 tensors.
+
+    ``lazy`` adds float32 tensors given as ``name -> (shape, make)``: ``make()`` is called while
+    writing, one tensor at a time, so a large checkpoint never sits in memory whole.
+    """
     header: dict[str, object] = {}
     off = 0
-    arrays = []
+    items: list[tuple[str, Any]] = []
     for name, a in tensors.items():
         a = np.ascontiguousarray(a)
-        dt = _ST_NAMES.get(a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype)
+        dt = _ST_NAMES.get(a.dtype.newbyteorder("=") if a.dtype.byteorder == ">" else a.dtype)
         if dt is None:
             raise DTypeError(f"cannot write tensor {name!r} of dtype {a.dtype}")
         header[name] = {"dtype": dt, "shape": list(a.shape), "data_offsets": [off, off + a.nbytes]}
         off += a.nbytes
-        arrays.append(a)
+        items.append((name, a))
+    for name, (shape, make) in (lazy or {}).items():
+        nbytes = 4 * int(np.prod(shape, dtype=np.int64))
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [off, off + nbytes]}
+        off += nbytes
+        items.append((name, (shape, make)))
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-(len(raw) + 8) % 8)  # data section 8-byte aligned
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
-        for a in arrays:
-            f.write(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes(order="C"))
+        for name, a in items:
+            if isinstance(a, tuple):
+                shape, make = a
+                a = np.ascontiguousarray(make(), dtype="<f4")
+                if a.shape != tuple(shape):
+                    raise ShapeError(
+                        f"lazy tensor {name!r}: made {a.shape}, declared {tuple(shape)}"
+                    )
+            f.write(memoryview(a.astype(a.dtype.newbyteorder("<"), copy=False)).cast("B"))

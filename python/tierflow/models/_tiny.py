@@ -122,18 +122,20 @@ def write_tiny_checkpoint(
     )
     cfg = ModelConfig.from_dict(cfg_dict)
     rng = np.random.default_rng(seed)
-    tensors: dict[str, np.ndarray] = {}
-    for name, shape in cfg.expected_tensors().items():
-        if name.endswith(("norm.weight", "LayerNorm.weight")) or (
-            ".ln_" in name and name.endswith(".weight")
-        ):
-            t = 1.0 + 0.1 * rng.standard_normal(shape, dtype=np.float32)
-        elif name.endswith(".bias"):
-            t = 0.1 * rng.standard_normal(shape, dtype=np.float32)
-        else:
-            t = std * rng.standard_normal(shape, dtype=np.float32)
-        tensors[name] = t
+
+    def maker(name: str, shape: tuple[int, ...]):
+        def make() -> np.ndarray:
+            owner = name.split(".")[-2]
+            if name.endswith(".weight") and ("norm" in owner.lower() or owner.startswith("ln_")):
+                return 1.0 + 0.1 * rng.standard_normal(shape, dtype=np.float32)
+            if name.endswith(".bias"):
+                return 0.1 * rng.standard_normal(shape, dtype=np.float32)
+            return std * rng.standard_normal(shape, dtype=np.float32)
+
+        return make
+
+    lazy = {n: (shape, maker(n, shape)) for n, shape in cfg.expected_tensors().items()}
     with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
         json.dump(cfg_dict, f, indent=2)
-    write_safetensors(os.path.join(folder, "model.safetensors"), tensors)
+    write_safetensors(os.path.join(folder, "model.safetensors"), {}, lazy)
     return folder
