@@ -828,6 +828,9 @@ impl Store {
             let e = st.entries.get_mut(name).expect("exists");
             e.tier = dst;
             e.entered = tick;
+            if dst < src {
+                e.last_access = tick; // brought up: recently used, not the next victim
+            }
             e.prefetched = reason == Reason::Prefetch && dst < src;
             let mut drop_file = None;
             if dst_file {
@@ -914,6 +917,9 @@ impl Store {
                 let tick = st.tick;
                 let e = st.entries.get_mut(name).expect("exists");
                 e.entered = tick;
+                if dst < src {
+                    e.last_access = tick;
+                }
                 st.tiers[src].used -= n;
                 st.counters.link(&src_name, &dst_name, n, secs);
                 if dst_file {
