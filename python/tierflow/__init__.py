@@ -29,6 +29,18 @@ from .errors import (
 )
 
 # --- store (issue: foundation) -------------------------------------------------------------
+from .store import (
+    BlockTensor,
+    Future,
+    StoreStats,
+    TensorRef,
+    Tier,
+    TieredStore,
+    bfloat16_dtype,
+    parse_size,
+    register_block_format,
+)
+
 # --- kernels -------------------------------------------------------------------------------
 # --- composition of experts ----------------------------------------------------------------
 # --- models and routers (issue: real experts; import tierflow.models for the models) -------
@@ -56,6 +68,15 @@ __all__ = [
     "info",
     "set_num_threads",
     # --- store ---
+    "BlockTensor",
+    "Future",
+    "StoreStats",
+    "TensorRef",
+    "Tier",
+    "TieredStore",
+    "bfloat16_dtype",
+    "parse_size",
+    "register_block_format",
     # --- kernels ---
     # --- composition of experts ---
     # --- models and routers ---
