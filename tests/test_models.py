@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from safetensors.numpy import load_file, save_file
 
 import reference_impl as ref
+import tierflow
 import tierflow.models as tm
 
 DATA = Path(__file__).parent / "data"
@@ -264,7 +265,45 @@ def test_float16_and_bfloat16_checkpoints(tmp_path):
         np.testing.assert_allclose(tm.load(d)(ids), expect, atol=1e-4, rtol=0)
 
 
-def test_weights_are_mapped_not_copied():
+def test_weights_are_adopted_in_place():
     model = tm.load(DATA / "tiny-llama")
-    a = model.weights["model.layers.0.mlp.up_proj.weight"]
-    assert not a.flags.owndata and not a.flags.writeable
+    info = model.store.info(model.weights.prefix + "model.layers.0.mlp.up_proj.weight")
+    assert info["adopted"] and info["tier"] == "disk"
+    assert os.path.samefile(info["file"], DATA / "tiny-llama" / "model.safetensors")
+
+
+@pytest.mark.parametrize("tier", ["fast", "ram", "disk"])
+def test_weights_served_from_each_tier(shared, tier):
+    name, base, r = shared
+    model = tm.load(DATA / name, tier=tier)
+    assert set(model.weights.tiers().values()) == {tier}
+    logits = model(r["input_ids_2"])
+    np.testing.assert_allclose(logits, r["logits_2"], atol=1e-4, rtol=0)
+    np.testing.assert_array_equal(logits, base(r["input_ids_2"]))
+
+
+def test_ram_budget_below_model_size_streams_weights(tmp_path):
+    """A RAM tier of 1 MiB for a 2 MiB model: every pass reads weights from the file tier again,
+    and the results are unchanged."""
+    r = _ref_data("tiny-llama")
+    tiers = [tierflow.Tier("ram", 1 << 20), tierflow.Tier("disk", None, path="disk")]
+    with tierflow.TieredStore(tmp_path / "store", tiers=tiers) as store:
+        model = tm.load(DATA / "tiny-llama", store=store)
+        store.reset_stats()
+        np.testing.assert_allclose(model(r["input_ids_1"]), r["logits_1"], atol=1e-4, rtol=0)
+        np.testing.assert_array_equal(model.generate(r["gen_prompt"], 24), r["gen_greedy"])
+        st = store.stats()
+        assert st.link("disk", "ram")["bytes"] > 24 * (2 << 20) * 0.4
+        assert st["counters"]["evictions"] > 0
+
+
+def test_two_models_share_one_store(tmp_path):
+    with tierflow.TieredStore(tmp_path / "s") as store:
+        a = tm.load(DATA / "tiny-llama", store=store)
+        b = tm.load(DATA / "tiny-llama", store=store)
+        g = tm.load(DATA / "tiny-gpt2", store=store)
+        assert a.weights.prefix != b.weights.prefix
+        np.testing.assert_array_equal(a([1, 2, 3]), b([1, 2, 3]))
+        assert g([1, 2]).shape == (2, 512)
+        with pytest.raises(tierflow.TensorExistsError):
+            tm.load(DATA / "tiny-llama", store=store, prefix=a.weights.prefix)

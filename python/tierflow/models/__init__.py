@@ -58,14 +58,19 @@ def load(
     store: Any = None,
     tier: str | None = None,
     dtype: str | None = None,
+    prefix: str | None = None,
 ) -> Any:
     """Load a checkpoint folder into the right model class.
 
     Args:
         path: folder with config.json and model.safetensors (or model.safetensors.index.json).
-        store: a TieredStore to register the weights in (one is made when None).
-        tier: the tier the weights are adopted into.
+        store: the TieredStore to register the weights in; None makes a private one (default
+            tiers fast / ram / disk in a temporary folder, removed with the model).
+        tier: where the weights start: a file tier adopts the files there in place (None: the
+            store's home file tier); a memory tier adopts them, then moves them up.
         dtype: convert weights on load: None (as stored), "f32", "bf16", "q8_0" or "q4_0".
+        prefix: the store names of the weights are ``prefix + tensor name`` (default: the
+            folder's name and a counter, e.g. ``"tiny-llama#1/"``), so many models share a store.
     Raises:
         InvalidArgumentError: an unsupported architecture (lists the supported ones) or option.
         TensorNotFoundError / ShapeError: a tensor missing or disagreeing with config.json.
@@ -77,5 +82,6 @@ def load(
 
         raise MissingFileError(f"no checkpoint folder at {folder}")
     cfg = read_config(folder)
-    weights = Weights.open(folder, cfg, store=store, tier=tier, dtype=dtype)
+    weights = Weights.open(folder, cfg, store=store, tier=tier, dtype=dtype, prefix=prefix)
+    store = weights.store
     return _CLASSES[cfg.family](cfg, weights, store)

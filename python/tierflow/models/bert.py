@@ -80,9 +80,9 @@ class BertModel:
             return ops.linear(t, w[n + ".weight"], w[n + ".bias"])
 
         x = (
-            w[e + "word_embeddings.weight"][ids]
-            + w[e + "position_embeddings.weight"][:s]
-            + w[e + "token_type_embeddings.weight"][0]
+            w.rows(e + "word_embeddings.weight", ids)
+            + w.rows(e + "position_embeddings.weight", np.arange(s))
+            + w.rows(e + "token_type_embeddings.weight", np.zeros(1, np.int64))
         )
         x = ln(x, e + "LayerNorm")
         for i in range(cfg.num_layers):

@@ -31,7 +31,7 @@ class GPT2LMHeadModel(CausalLM):
         cfg, w, pre = self.config, self.weights, self._prefix
         s, pos0 = ids.size, cache.length
         e, nh, d, eps = cfg.hidden_size, cfg.num_heads, cfg.head_dim, cfg.norm_eps
-        x = w[pre + "wte.weight"][ids] + w[pre + "wpe.weight"][pos0 : pos0 + s]
+        x = w.rows(pre + "wte.weight", ids) + w.rows(pre + "wpe.weight", np.arange(pos0, pos0 + s))
 
         def ln(t, n):
             return ops.layer_norm(t, w[n + ".weight"], w[n + ".bias"], eps)

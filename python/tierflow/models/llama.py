@@ -28,7 +28,7 @@ class LlamaForCausalLM(CausalLM):
         cfg, w = self.config, self.weights
         s, pos0 = ids.size, cache.length
         nh, nkv, d, eps = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.norm_eps
-        x = np.array(w["model.embed_tokens.weight"][ids], np.float32)
+        x = w.rows("model.embed_tokens.weight", ids)
         for i in range(cfg.num_layers):
             p = f"model.layers.{i}."
 
