@@ -137,6 +137,14 @@ class Weights:
         a = self.store.get(self.prefix + name)
         return a if a.dtype == np.float32 else np.asarray(a, np.float32)
 
+    def fetch(self, name: str) -> Any:
+        """The stored tensor as the store returns it (promoted into the store's default tier)."""
+        return self.store.get(self.prefix + name)
+
+    def nbytes(self, name: str) -> int:
+        """Bytes of the tensor as stored (after any conversion on load)."""
+        return int(self.store.info(self.prefix + name)["nbytes"])
+
     def ref(self, name: str) -> Any:
         """The store's handle on the tensor (kernels stream it from its tier)."""
         return self.store[self.prefix + name]
