@@ -16,11 +16,10 @@ import numpy as np
 
 __all__ = [
     "attention",
-    "conv1d",
     "gelu_erf",
     "gelu_tanh",
     "layer_norm",
-    "linear",
+    "matmul",
     "rms_norm",
     "rope",
     "silu",
@@ -30,14 +29,8 @@ __all__ = [
 _f32 = np.float32
 
 
-def linear(x: np.ndarray, w, b: np.ndarray | None = None) -> np.ndarray:
-    """``y = x W^T + b`` with ``W`` stored ``(out, in)`` (torch.nn.Linear layout)."""
-    y = np.asarray(x, _f32) @ np.asarray(w).T
-    return y + b if b is not None else y
-
-
-def conv1d(x: np.ndarray, w, b: np.ndarray | None = None) -> np.ndarray:
-    """``y = x W + b`` with ``W`` stored ``(in, out)`` (GPT-2 Conv1D layout)."""
+def matmul(x: np.ndarray, w, b: np.ndarray | None = None) -> np.ndarray:
+    """``y = x W + b`` with ``W`` the ``(K, N)`` operand from ``Weights.mat``."""
     y = np.asarray(x, _f32) @ np.asarray(w)
     return y + b if b is not None else y
 
@@ -75,8 +68,8 @@ def gelu_erf(x: np.ndarray) -> np.ndarray:
 
 
 def swiglu(x: np.ndarray, w_gate, w_up, w_down) -> np.ndarray:
-    """``down(silu(gate(x)) * up(x))`` with ``(out, in)`` weights."""
-    return linear(silu(linear(x, w_gate)) * linear(x, w_up), w_down)
+    """``silu(x Wg) * (x Wu)) Wd`` with ``(K, N)`` operands."""
+    return matmul(silu(matmul(x, w_gate)) * matmul(x, w_up), w_down)
 
 
 def rope(x: np.ndarray, pos0: int, theta: float) -> np.ndarray:

@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import DTypeError, InvalidArgumentError, ShapeError, TensorNotFoundError
 from ..store import TieredStore
 from . import _checkpoint as ck
-from .config import ModelConfig
+from .config import ModelConfig, matmul_layouts
 
 __all__ = ["WEIGHT_FORMATS", "Weights"]
 
@@ -86,6 +86,7 @@ class Weights:
         self.infos = infos
         self.format = fmt
         self._emb = embedding_maps
+        self.layouts: dict[str, str] = {}
 
     @classmethod
     def open(
@@ -128,6 +129,7 @@ class Weights:
                 store.move(prefix + n, tier)
         emb = {n: a for n, a in ck.mmap_tensors(_embedding_infos(infos, config)).items()}
         w = cls(store, prefix, infos, dtype, emb)
+        w.layouts = matmul_layouts(config, list(infos))
         if private is not None:
             weakref.finalize(w, _close_private_store, store, private)
         return w
@@ -136,6 +138,11 @@ class Weights:
         """The tensor as a float32 NumPy array (from the store; read-only)."""
         a = self.store.get(self.prefix + name)
         return a if a.dtype == np.float32 else np.asarray(a, np.float32)
+
+    def mat(self, name: str) -> Any:
+        """The weight as a matmul operand ``W`` of logical shape ``(K, N)`` (``y = x W``)."""
+        a = self[name]
+        return a.T if self.layouts[name] == "out_in" else a
 
     def fetch(self, name: str) -> Any:
         """The stored tensor as the store returns it (promoted into the store's default tier)."""

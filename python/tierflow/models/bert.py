@@ -77,7 +77,7 @@ class BertModel:
             return ops.layer_norm(t, w[n + ".weight"], w[n + ".bias"], eps)
 
         def lin(t, n):
-            return ops.linear(t, w[n + ".weight"], w[n + ".bias"])
+            return ops.matmul(t, w.mat(n + ".weight"), w[n + ".bias"])
 
         x = (
             w.rows(e + "word_embeddings.weight", ids)

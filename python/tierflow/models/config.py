@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import CorruptFileError, InvalidArgumentError, MissingFileError
 
-__all__ = ["SUPPORTED_ARCHITECTURES", "ModelConfig", "read_config"]
+__all__ = ["SUPPORTED_ARCHITECTURES", "ModelConfig", "matmul_layouts", "read_config"]
 
 #: architecture name in config.json -> model family implemented by tierflow.models
 SUPPORTED_ARCHITECTURES: dict[str, str] = {
@@ -257,6 +257,27 @@ class ModelConfig:
                     out[p + ln + ".weight"] = (h,)
                     out[p + ln + ".bias"] = (h,)
         return out
+
+
+def matmul_layouts(config: ModelConfig, names: list[str]) -> dict[str, str]:
+    """The weights used as matmul operands, each with its stored layout: ``"out_in"`` (torch
+    Linear, ``y = x W^T``) or ``"in_out"`` (GPT-2 Conv1D, ``y = x W``). The token embedding is
+    included when it doubles as the output head (tied)."""
+    out: dict[str, str] = {}
+    for n in names:
+        if not n.endswith(".weight") or "norm" in n.lower() or ".ln_" in n or n.startswith("ln_"):
+            continue
+        if config.family == "gpt2":
+            if ".attn.c_" in n or ".mlp.c_" in n:
+                out[n] = "in_out"
+            elif n.endswith("wte.weight"):
+                out[n] = "out_in"  # the tied head
+        elif config.family == "bert":
+            if "embeddings" not in n:
+                out[n] = "out_in"
+        elif n == "lm_head.weight" or "embed_tokens" not in n or "lm_head.weight" not in names:
+            out[n] = "out_in"
+    return out
 
 
 def _ids(v: Any) -> tuple[int, ...]:

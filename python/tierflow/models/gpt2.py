@@ -37,7 +37,7 @@ class GPT2LMHeadModel(CausalLM):
             return ops.layer_norm(t, w[n + ".weight"], w[n + ".bias"], eps)
 
         def conv(t, n):
-            return ops.conv1d(t, w[n + ".weight"], w[n + ".bias"])
+            return ops.matmul(t, w.mat(n + ".weight"), w[n + ".bias"])
 
         def heads(t):
             return t.reshape(s, nh, d).transpose(1, 0, 2)[None]
@@ -54,4 +54,4 @@ class GPT2LMHeadModel(CausalLM):
         cache.advance(s)
         if last_only:
             x = x[-1:]
-        return ops.linear(ln(x, pre + "ln_f"), w[pre + "wte.weight"])
+        return ops.matmul(ln(x, pre + "ln_f"), w.mat(pre + "wte.weight"))

@@ -34,7 +34,7 @@ class LlamaForCausalLM(CausalLM):
 
             def proj(t, n, heads, p=p):
                 b = w[p + n + ".bias"] if cfg.attention_bias else None
-                y = ops.linear(t, w[p + n + ".weight"], b)
+                y = ops.matmul(t, w.mat(p + n + ".weight"), b)
                 return y.reshape(s, heads, d).transpose(1, 0, 2)[None]
 
             h = ops.rms_norm(x, w[p + "input_layernorm.weight"], eps)
@@ -43,22 +43,22 @@ class LlamaForCausalLM(CausalLM):
             v = proj(h, "self_attn.v_proj", nkv)
             k_all, v_all = cache.update(i, k, v)
             a = ops.attention(q, k_all, v_all, causal=True)
-            x = x + ops.linear(
-                a[0].transpose(1, 0, 2).reshape(s, nh * d), w[p + "self_attn.o_proj.weight"]
+            x = x + ops.matmul(
+                a[0].transpose(1, 0, 2).reshape(s, nh * d), w.mat(p + "self_attn.o_proj.weight")
             )
             h = ops.rms_norm(x, w[p + "post_attention_layernorm.weight"], eps)
             x = x + ops.swiglu(
                 h,
-                w[p + "mlp.gate_proj.weight"],
-                w[p + "mlp.up_proj.weight"],
-                w[p + "mlp.down_proj.weight"],
+                w.mat(p + "mlp.gate_proj.weight"),
+                w.mat(p + "mlp.up_proj.weight"),
+                w.mat(p + "mlp.down_proj.weight"),
             )
         cache.advance(s)
         if last_only:
             x = x[-1:]
         x = ops.rms_norm(x, w["model.norm.weight"], eps)
         head = "lm_head.weight" if "lm_head.weight" in w else "model.embed_tokens.weight"
-        return ops.linear(x, w[head])
+        return ops.matmul(x, w.mat(head))
 
 
 class Qwen2ForCausalLM(LlamaForCausalLM):
