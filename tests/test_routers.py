@@ -141,32 +141,7 @@ def test_route_batch_rejects_a_bare_string(router):
 
 # --- the real thing: all-MiniLM-L6-v2 ---------------------------------------------------------
 
-REAL_EXAMPLES = {
-    "code": [
-        "Write a Python function that reverses a linked list.",
-        "Why does my JavaScript code throw undefined is not a function?",
-        "How do I fix a segmentation fault in C?",
-        "Explain Rust borrow checker errors.",
-        "Implement binary search over a sorted array in Java.",
-        "How do I sort a list of numbers in Python?",
-    ],
-    "cooking": [
-        "How long should I roast a chicken?",
-        "Give me a recipe for chocolate chip cookies.",
-        "What spices go well in a lentil curry?",
-        "How do I make fresh pasta dough?",
-        "How long do I bake banana bread in the oven?",
-        "How do I saute vegetables without burning them?",
-    ],
-    "finance": [
-        "Should I invest in index funds or individual stocks?",
-        "How is compound interest calculated?",
-        "What does a company's balance sheet show?",
-        "How do bond yields react to interest rate hikes?",
-        "Should I pay off debt or save for retirement?",
-        "What is a good savings rate for my salary?",
-    ],
-}
+REAL_EXAMPLES = tm.DEMO_EXAMPLES
 HELD_OUT = {
     "My Python script raises KeyError when reading a dict, how to debug it?": "code",
     "What temperature do I bake sourdough bread at?": "cooking",
@@ -227,3 +202,14 @@ def test_end_to_end_coe_text_in_expert_chosen_tokens_out(minilm, tmp_path):
     assert coe.run("Fix the null pointer exception in my Java code", 4).expert == "code"
     with pytest.raises(tierflow.InvalidArgumentError, match="finance"):
         tm.ExpertCoE(router, {"code": folders["code"], "cooking": folders["cooking"]})
+
+
+@needs_minilm
+def test_demo_coe_with_general_fallback(minilm, tmp_path):
+    experts = tm.write_demo_experts(tmp_path)
+    router = EmbeddingRouter(minilm, tm.DEMO_EXAMPLES, k=4, fallback="general", min_similarity=0.24)
+    coe = tm.ExpertCoE(router, experts)
+    r = coe.run("The migration patterns of arctic terns span both poles.", max_new_tokens=5)
+    assert r.expert == "general" and r.route.fell_back and len(r.new_ids) == 5
+    assert coe.run("How do I caramelize onions?", 3).expert == "cooking"
+    assert sorted(coe.loaded) == ["cooking", "general"]

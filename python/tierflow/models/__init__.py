@@ -17,7 +17,7 @@ from ._base import CausalLM
 from ._tiny import write_tiny_checkpoint
 from ._weights import WEIGHT_FORMATS, Weights
 from .bert import BertModel
-from .coe import CoEResult, ExpertCoE, byte_tokenize
+from .coe import DEMO_EXAMPLES, CoEResult, ExpertCoE, byte_tokenize, write_demo_experts
 from .config import SUPPORTED_ARCHITECTURES, ModelConfig, read_config
 from .encoder import SentenceEncoder, minilm_path
 from .generate import KVCache, sample_next
@@ -25,6 +25,7 @@ from .gpt2 import GPT2LMHeadModel
 from .llama import LlamaForCausalLM, Qwen2ForCausalLM
 
 __all__ = [
+    "DEMO_EXAMPLES",
     "SUPPORTED_ARCHITECTURES",
     "WEIGHT_FORMATS",
     "BertModel",
@@ -42,6 +43,7 @@ __all__ = [
     "minilm_path",
     "read_config",
     "sample_next",
+    "write_demo_experts",
     "write_tiny_checkpoint",
 ]
 
