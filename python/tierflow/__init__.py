@@ -30,6 +30,8 @@ from .errors import (
 
 # --- store (issue: foundation) -------------------------------------------------------------
 # --- kernels -------------------------------------------------------------------------------
+from . import bench, kernels
+from .kernels import FORMATS, QuantizedTensor, dequantize, matmul, pack, quantize
 # --- composition of experts ----------------------------------------------------------------
 
 __all__ = [
@@ -55,5 +57,13 @@ __all__ = [
     "set_num_threads",
     # --- store ---
     # --- kernels ---
+    "FORMATS",
+    "QuantizedTensor",
+    "bench",
+    "dequantize",
+    "kernels",
+    "matmul",
+    "pack",
+    "quantize",
     # --- composition of experts ---
 ]
