@@ -29,6 +29,18 @@ from .errors import (
 )
 
 # --- store (issue: foundation) -------------------------------------------------------------
+from .store import (
+    BlockTensor,
+    Future,
+    StoreStats,
+    TensorRef,
+    Tier,
+    TieredStore,
+    bfloat16_dtype,
+    parse_size,
+    register_block_format,
+)
+
 # --- kernels -------------------------------------------------------------------------------
 from . import bench, kernels
 from .kernels import FORMATS, QuantizedTensor, dequantize, matmul, pack, quantize
@@ -56,6 +68,15 @@ __all__ = [
     "info",
     "set_num_threads",
     # --- store ---
+    "BlockTensor",
+    "Future",
+    "StoreStats",
+    "TensorRef",
+    "Tier",
+    "TieredStore",
+    "bfloat16_dtype",
+    "parse_size",
+    "register_block_format",
     # --- kernels ---
     "FORMATS",
     "QuantizedTensor",
