@@ -262,3 +262,18 @@ def test_memory_bandwidth_probe():
     assert 1e8 < bw < 1e13
     with pytest.raises(tierflow.InvalidArgumentError):
         tierflow.bench.memory_bandwidth(nbytes=1)
+
+
+def test_quantized_tensor_round_trips_through_the_store(tmp_path):
+    """QuantizedTensor is a store BlockTensor: stored as typed blocks, read back as itself."""
+    w = np.random.default_rng(4).standard_normal((64, 9)).astype(np.float32)
+    q = tierflow.quantize(w, "q8_0")
+    assert isinstance(q, tierflow.BlockTensor)
+    with tierflow.TieredStore(tmp_path / "s") as s:
+        s.put("layer0.w", q)
+        back = s.get("layer0.w")
+    assert isinstance(back, tierflow.QuantizedTensor)
+    assert back.format == "q8_0" and back.shape == (64, 9)
+    assert np.array_equal(back.data, q.data)
+    x = np.ones((2, 64), np.float32)
+    assert np.array_equal(tierflow.matmul(x, back), tierflow.matmul(x, q))

@@ -42,8 +42,10 @@ from .store import (
 )
 
 # --- kernels -------------------------------------------------------------------------------
+# isort: split
 from . import bench, kernels
 from .kernels import FORMATS, QuantizedTensor, dequantize, matmul, pack, quantize
+
 # --- composition of experts ----------------------------------------------------------------
 
 __all__ = [

@@ -27,6 +27,7 @@ import numpy as np
 
 from . import _tierflow
 from .errors import DTypeError, InvalidArgumentError, ShapeError
+from .store import BlockTensor, register_block_format
 
 __all__ = ["FORMATS", "QuantizedTensor", "dequantize", "matmul", "pack", "quantize"]
 
@@ -67,7 +68,7 @@ def _as_f32(a: Any, what: str) -> np.ndarray:
     raise DTypeError(f"{what} must be float32, float16 or bfloat16, got {a.dtype}")
 
 
-class QuantizedTensor:
+class QuantizedTensor(BlockTensor):
     """A weight ``W`` of logical shape ``(K, N)`` (used as ``x @ W``) in a block format.
 
     The data are GGUF tensor data byte for byte: ``N`` rows (one per output column) of ``K``
@@ -84,8 +85,6 @@ class QuantizedTensor:
         shape: ``(K, N)``.
         data: the block bytes, a 1-D uint8 array.
     """
-
-    __slots__ = ("data", "format", "shape")
 
     def __init__(self, format: str, shape: tuple[int, int], data: np.ndarray) -> None:
         fmt = str(format).lower()
@@ -124,6 +123,10 @@ class QuantizedTensor:
 
     def __repr__(self) -> str:
         return f"QuantizedTensor(format={self.format!r}, shape={self.shape}, nbytes={self.nbytes})"
+
+
+for _fmt in FORMATS:
+    register_block_format(_fmt, QuantizedTensor)
 
 
 def quantize(w: Any, fmt: str) -> QuantizedTensor:
