@@ -42,6 +42,10 @@ from .store import (
 )
 
 # --- kernels -------------------------------------------------------------------------------
+# isort: split
+from . import bench, kernels
+from .kernels import FORMATS, QuantizedTensor, dequantize, matmul, pack, quantize
+
 # --- composition of experts ----------------------------------------------------------------
 # --- models and routers (issue: real experts; import tierflow.models for the models) -------
 from .routers import EmbeddingRouter
@@ -78,6 +82,14 @@ __all__ = [
     "parse_size",
     "register_block_format",
     # --- kernels ---
+    "FORMATS",
+    "QuantizedTensor",
+    "bench",
+    "dequantize",
+    "kernels",
+    "matmul",
+    "pack",
+    "quantize",
     # --- composition of experts ---
     # --- models and routers ---
     "EmbeddingRouter",
