@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+from .. import kernels as _tf
+
 __all__ = [
     "attention",
     "gelu_erf",
@@ -30,9 +32,8 @@ _f32 = np.float32
 
 
 def matmul(x: np.ndarray, w, b: np.ndarray | None = None) -> np.ndarray:
-    """``y = x W + b`` with ``W`` the ``(K, N)`` operand from ``Weights.mat``."""
-    y = np.asarray(x, _f32) @ np.asarray(w)
-    return y + b if b is not None else y
+    """``y = x W + b`` with ``W`` the ``(K, N)`` operand from ``Weights.mat`` (tierflow.matmul)."""
+    return _tf.matmul(x, w, bias=b)
 
 
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:

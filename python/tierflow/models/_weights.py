@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DTypeError, InvalidArgumentError, ShapeError, TensorNotFoundError
+from ..kernels import QuantizedTensor, quantize
 from ..store import TieredStore
 from . import _checkpoint as ck
 from .config import ModelConfig, matmul_layouts
@@ -34,6 +35,7 @@ __all__ = ["WEIGHT_FORMATS", "Weights"]
 WEIGHT_FORMATS = (None, "f32", "bf16", "q8_0", "q4_0")
 _FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
 _counter = itertools.count(1)
+_ROW_FORMATS = {"F32": "f32", "F16": "f16", "BF16": "bf16"}
 
 
 def _missing(name: str, folder: str) -> TensorNotFoundError:
@@ -104,10 +106,6 @@ class Weights:
                 f"unknown weight format {dtype!r}; supported: {', '.join(map(str, WEIGHT_FORMATS))}"
             )
         infos = validate(folder, config)
-        if dtype not in (None, "f32"):
-            raise InvalidArgumentError(
-                f"weight format {dtype!r} needs tierflow.quantize (not built yet)"
-            )
         private = None
         if store is None:
             private = tempfile.mkdtemp(prefix="tierflow-model-")
@@ -130,6 +128,8 @@ class Weights:
         emb = {n: a for n, a in ck.mmap_tensors(_embedding_infos(infos, config)).items()}
         w = cls(store, prefix, infos, dtype, emb)
         w.layouts = matmul_layouts(config, list(infos))
+        if dtype is not None and dtype != "f32":
+            w._convert(dtype, tier)
         if private is not None:
             weakref.finalize(w, _close_private_store, store, private)
         return w
@@ -137,12 +137,45 @@ class Weights:
     def __getitem__(self, name: str) -> np.ndarray:
         """The tensor as a float32 NumPy array (from the store; read-only)."""
         a = self.store.get(self.prefix + name)
-        return a if a.dtype == np.float32 else np.asarray(a, np.float32)
+        if isinstance(a, QuantizedTensor):
+            return a.dequantize().T if self.layouts.get(name) == "out_in" else a.dequantize()
+        if a.dtype == np.float32:
+            return a
+        if self.infos[name].dtype == "BF16":
+            return ck.as_float32(a.view(np.uint16), "BF16")
+        return a.astype(np.float32)
 
     def mat(self, name: str) -> Any:
-        """The weight as a matmul operand ``W`` of logical shape ``(K, N)`` (``y = x W``)."""
-        a = self[name]
-        return a.T if self.layouts[name] == "out_in" else a
+        """The weight as a :func:`tierflow.matmul` operand ``W`` of logical shape ``(K, N)``
+        (``y = x W``), zero copy: a converted weight is the stored QuantizedTensor; a float
+        ``(out, in)`` weight is exactly the kernels' row-stored layout (N rows of K), so its
+        bytes are wrapped as a QuantizedTensor of format f32 / f16 / bf16; an ``(in, out)`` one
+        is passed as the (K, N) array it is."""
+        a = self.store.get(self.prefix + name)
+        if isinstance(a, QuantizedTensor):
+            return a
+        if self.layouts[name] == "in_out":
+            return a
+        n, k = a.shape
+        fmt = _ROW_FORMATS[self.infos[name].dtype]
+        return QuantizedTensor(fmt, (k, n), np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+
+    def _convert(self, fmt: str, tier: str | None) -> None:
+        """Replace every matmul weight by its ``fmt`` form (``tierflow.quantize`` of the
+        ``(K, N)`` operand: GGUF row blocks along K), stored in ``tier`` (default: the home
+        file tier, where the checkpoint was adopted)."""
+        home = (
+            tier if tier is not None else self.store.tier_of(self.prefix + next(iter(self.layouts)))
+        )
+        for name, layout in self.layouts.items():
+            full = self.prefix + name
+            a = self.store.get(full, promote=False)
+            kn = a.T if layout == "out_in" else a
+            try:
+                q = quantize(kn, fmt)
+            except ShapeError as e:
+                raise ShapeError(f"cannot convert {name!r} to {fmt}: {e}") from None
+            self.store.put(full, q, tier=home, overwrite=True)
 
     def fetch(self, name: str) -> Any:
         """The stored tensor as the store returns it (promoted into the store's default tier)."""
