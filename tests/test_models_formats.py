@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import reference_impl as ref
 from safetensors.numpy import load_file
 
+import reference_impl as ref
 import tierflow
 import tierflow.models as tm
 
