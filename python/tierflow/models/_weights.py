@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import shutil
 import tempfile
 import weakref
@@ -89,6 +90,8 @@ class Weights:
         self.format = fmt
         self._emb = embedding_maps
         self.layouts: dict[str, str] = {}
+        self.groups: list[list[str]] = _groups(list(infos))
+        self.prefetch_ahead = True
 
     @classmethod
     def open(
@@ -177,6 +180,15 @@ class Weights:
                 raise ShapeError(f"cannot convert {name!r} to {fmt}: {e}") from None
             self.store.put(full, q, tier=home, overwrite=True)
 
+    def enter(self, group: int) -> None:
+        """The forward pass starts weight group ``group`` (a layer; the last group is what follows
+        the layers): prefetch the next group (wrapping to layer 0 for the next step) into the
+        store's default tier on a background thread, so reading the next layer from a slow tier
+        overlaps this layer's arithmetic."""
+        if self.prefetch_ahead and len(self.groups) > 1:
+            nxt = self.groups[(group + 1) % len(self.groups)]
+            self.store.prefetch([self.prefix + n for n in nxt])
+
     def fetch(self, name: str) -> Any:
         """The stored tensor as the store returns it (promoted into the store's default tier)."""
         return self.store.get(self.prefix + name)
@@ -205,6 +217,25 @@ class Weights:
     def tiers(self) -> dict[str, str]:
         """Where each weight is now (tensor name -> tier name)."""
         return {n: self.store.tier_of(self.prefix + n) for n in self.infos}
+
+
+_LAYER = re.compile(r"(?:^|\.)(?:layers|h|layer)\.(\d+)\.")
+
+
+def _groups(names: list[str]) -> list[list[str]]:
+    """Weights in execution order: one group per layer, then one for the rest (final norm,
+    head); token / position embedding tables are gathered from the file and left out."""
+    layers: dict[int, list[str]] = {}
+    rest: list[str] = []
+    for n in names:
+        m = _LAYER.search(n)
+        if m:
+            layers.setdefault(int(m.group(1)), []).append(n)
+        elif "embed" not in n and not n.endswith(("wte.weight", "wpe.weight")):
+            rest.append(n)
+        elif n.endswith(("embed_tokens.weight", "wte.weight")) and "lm_head.weight" not in names:
+            rest.append(n)  # tied: the table is also the head
+    return [layers[i] for i in sorted(layers)] + ([rest] if rest else [])
 
 
 def _is_file_tier(store: TieredStore, tier: str) -> bool:
