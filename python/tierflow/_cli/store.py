@@ -89,7 +89,8 @@ def store_demo(size: int, ram: int, tensors: int, folder: str | None, console: A
         folder = tmp.name
     root = Path(folder) / "store"
     results: dict[str, Any] = {}
-    with TieredStore(root, tiers=[Tier("fast", "32MiB"), Tier("ram", ram), Tier("disk", path="disk")], policy="lru") as store:
+    tiers = [Tier("fast", min(32 << 20, ram // 4)), Tier("ram", ram), Tier("disk", path="disk")]
+    with TieredStore(root, tiers=tiers, policy="lru", default_tier="ram") as store:
         rng = np.random.default_rng(0)
         cols = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn())
         with Progress(*cols, console=console, transient=True) as prog:
