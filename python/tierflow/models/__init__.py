@@ -20,8 +20,9 @@ from .bert import BertModel
 from .coe import DEMO_EXAMPLES, CoEResult, ExpertCoE, byte_tokenize, write_demo_experts
 from .config import SUPPORTED_ARCHITECTURES, ModelConfig, read_config
 from .encoder import SentenceEncoder, minilm_path
-from .generate import KVCache, sample_next
+from .generate import sample_next
 from .gpt2 import GPT2LMHeadModel
+from .kvcache import KVCache, PagedKVCache
 from .llama import LlamaForCausalLM, Qwen2ForCausalLM
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "KVCache",
     "LlamaForCausalLM",
     "ModelConfig",
+    "PagedKVCache",
     "Qwen2ForCausalLM",
     "SentenceEncoder",
     "byte_tokenize",

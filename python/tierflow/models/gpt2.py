@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _ops as ops
 from ._base import CausalLM
-from .generate import KVCache
+from .kvcache import KVCache
 
 __all__ = ["GPT2LMHeadModel"]
 

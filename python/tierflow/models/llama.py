@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _ops as ops
 from ._base import CausalLM
-from .generate import KVCache
+from .kvcache import KVCache
 
 __all__ = ["LlamaForCausalLM", "Qwen2ForCausalLM"]
 
