@@ -95,3 +95,36 @@ def test_decode_vs_weight_traffic_bound(benchmark, checkpoint, tmp_path, fmt):
             f"-> bound {r['bound_tok_s']:.2f} tok/s; decode {r['decode_tok_s']:.2f} tok/s "
             f"= {r['ratio']:.2f} x bound"
         )
+
+
+def test_prefill_512(benchmark, checkpoint, tmp_path):
+    """Prefill of a 512-token prompt (float32 weights): tokens/s, and its FLOP rate as a ratio to
+    tierflow.matmul on a square 1024^3 float32 GEMM measured in the same run (the anchor)."""
+    with tierflow.TieredStore(tmp_path / "store") as store:
+        model = tm.load(checkpoint, store=store, tier="ram")
+        cfg = model.config
+        ids = np.arange(512, dtype=np.int64) % cfg.vocab_size
+        model(ids[:8])  # warm up
+
+        def prefill():
+            cache = tm.KVCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 512)
+            model.forward(ids, cache, last_only=True)
+
+        benchmark.pedantic(prefill, rounds=1, iterations=1)
+        t = benchmark.stats.stats.mean
+        params = sum(int(np.prod(model.weights.infos[n].shape)) for n in model.weights.layouts)
+        flops = 2 * params * 512
+        a = np.random.default_rng(0).standard_normal((1024, 1024), dtype=np.float32)
+        tierflow.matmul(a, a)
+        t0 = time.perf_counter()
+        for _ in range(3):
+            tierflow.matmul(a, a)
+        gemm = 3 * 2 * 1024**3 / (time.perf_counter() - t0)
+        r = {"prefill_tok_s": 512 / t, "gflops": flops / t / 1e9, "gemm_gflops": gemm / 1e9}
+        r["ratio_to_gemm"] = r["gflops"] / r["gemm_gflops"]
+        RESULTS["prefill"] = r
+        benchmark.extra_info.update(r)
+        print(
+            f"\nprefill 512: {r['prefill_tok_s']:.1f} tok/s, {r['gflops']:.1f} GFLOP/s "
+            f"= {r['ratio_to_gemm']:.2f} x square GEMM ({r['gemm_gflops']:.1f} GFLOP/s)"
+        )
