@@ -15,7 +15,9 @@ import pytest
 RESULTS = Path(os.environ.get("TIERFLOW_BENCH_RESULTS", Path(__file__).parent / "results.json"))
 
 
-def best_of(fn: Callable[[], Any], repeat: int = 3, setup: Callable[[], Any] | None = None) -> float:
+def best_of(
+    fn: Callable[[], Any], repeat: int = 3, setup: Callable[[], Any] | None = None
+) -> float:
     """The best wall time of `repeat` runs of fn (setup, untimed, before each)."""
     best = float("inf")
     for _ in range(repeat):
@@ -43,5 +45,7 @@ def ratios():
         print(f"  {k}: {v['ratio']:.2f}x ({ok} target {v['target']}x) {v.get('note', '')}")
 
 
-def record(ratios: dict[str, dict[str, Any]], name: str, ratio: float, target: float, **extra: Any) -> None:
+def record(
+    ratios: dict[str, dict[str, Any]], name: str, ratio: float, target: float, **extra: Any
+) -> None:
     ratios[name] = {"ratio": round(ratio, 3), "target": target, **extra}
