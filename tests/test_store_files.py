@@ -184,7 +184,7 @@ def test_file_truncated_after_open_is_reported_not_sigbus(tmp_path):
     s.load_safetensors(f)
     with open(f, "r+b") as fh:
         fh.truncate(os.path.getsize(f) - 1000)
-    with pytest.raises(tierflow.CorruptFileError, match="changed on disk|truncated"):
+    with pytest.raises(tierflow.CorruptFileError, match=r"changed on disk|truncated"):
         s.get("w")
     # the store itself is intact
     s.put("x", np.ones(2))
