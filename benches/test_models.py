@@ -22,6 +22,7 @@ import pytest
 
 import tierflow
 import tierflow.models as tm
+from conftest import record
 
 pytestmark = pytest.mark.bench
 
@@ -54,7 +55,7 @@ def _sweep(model, names) -> float:
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_decode_vs_weight_traffic_bound(benchmark, checkpoint, tmp_path, fmt):
+def test_decode_vs_weight_traffic_bound(benchmark, checkpoint, tmp_path, fmt, ratios):
     total = sum(os.path.getsize(checkpoint / f) for f in os.listdir(checkpoint))
     ram = total // 4  # the RAM tier holds a quarter of the float32 model
     tiers = [tierflow.Tier("ram", ram), tierflow.Tier("disk", None, path="disk")]
@@ -90,6 +91,14 @@ def test_decode_vs_weight_traffic_bound(benchmark, checkpoint, tmp_path, fmt):
         }
         benchmark.extra_info.update(RESULTS[fmt])
         r = RESULTS[fmt]
+        record(
+            ratios,
+            f"models: {LAYERS}-layer Llama ({fmt}) decode tok/s / weight-traffic bound",
+            r["ratio"],
+            0.8,
+            note=f"{r['decode_tok_s']:.2f} tok/s; bound {r['bound_tok_s']:.2f} tok/s "
+            f"({per_token / 1e9:.2f} GB/token at {r['bandwidth_GBps']:.2f} GB/s)",
+        )
         print(
             f"\n{fmt}: {per_token / 1e9:.2f} GB/token, weight sweep {r['bandwidth_GBps']:.2f} GB/s "
             f"-> bound {r['bound_tok_s']:.2f} tok/s; decode {r['decode_tok_s']:.2f} tok/s "
@@ -97,7 +106,7 @@ def test_decode_vs_weight_traffic_bound(benchmark, checkpoint, tmp_path, fmt):
         )
 
 
-def test_prefill_512(benchmark, checkpoint, tmp_path):
+def test_prefill_512(benchmark, checkpoint, tmp_path, ratios):
     """Prefill of a 512-token prompt (float32 weights): tokens/s, and its FLOP rate as a ratio to
     tierflow.matmul on a square 1024^3 float32 GEMM measured in the same run (the anchor)."""
     with tierflow.TieredStore(tmp_path / "store") as store:
@@ -123,6 +132,13 @@ def test_prefill_512(benchmark, checkpoint, tmp_path):
         r = {"prefill_tok_s": 512 / t, "gflops": flops / t / 1e9, "gemm_gflops": gemm / 1e9}
         r["ratio_to_gemm"] = r["gflops"] / r["gemm_gflops"]
         RESULTS["prefill"] = r
+        record(
+            ratios,
+            f"models: {LAYERS}-layer Llama prefill 512 FLOP rate / square GEMM",
+            r["ratio_to_gemm"],
+            0.0,
+            note=f"{r['prefill_tok_s']:.1f} tok/s (the issue sets no target: reported)",
+        )
         benchmark.extra_info.update(r)
         print(
             f"\nprefill 512: {r['prefill_tok_s']:.1f} tok/s, {r['gflops']:.1f} GFLOP/s "

@@ -48,6 +48,7 @@ from .kernels import FORMATS, QuantizedTensor, dequantize, matmul, pack, quantiz
 
 # --- composition of experts ----------------------------------------------------------------
 # --- models and routers (issue: real experts; import tierflow.models for the models) -------
+# isort: split
 from .routers import EmbeddingRouter
 
 __all__ = [
