@@ -194,3 +194,17 @@ def test_bad_id_types_and_shapes(llama):
 def test_bad_sampling_arguments(llama, kw):
     with pytest.raises(tierflow.InvalidArgumentError):
         llama.generate([1, 2], **kw)
+
+
+def test_sliding_window_caps_positions(tmp_path):
+    d = tm.write_tiny_checkpoint(tmp_path / "m", "MistralForCausalLM")
+    cfg = json.loads((d_path := Path(d)).joinpath("config.json").read_text())
+    cfg["sliding_window"] = 32
+    (d_path / "config.json").write_text(json.dumps(cfg))
+    m = tm.load(d)
+    assert m.config.max_positions == 32
+    with pytest.raises(tierflow.InvalidArgumentError, match="32 positions"):
+        m.generate(list(range(30)), 5)
+    cfg.update(architectures=["Qwen2ForCausalLM"], model_type="qwen2", use_sliding_window=False)
+    (d_path / "config.json").write_text(json.dumps(cfg))
+    assert tm.read_config(d).max_positions == 256
