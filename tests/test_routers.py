@@ -213,3 +213,15 @@ def test_demo_coe_with_general_fallback(minilm, tmp_path):
     assert r.expert == "general" and r.route.fell_back and len(r.new_ids) == 5
     assert coe.run("How do I caramelize onions?", 3).expert == "cooking"
     assert sorted(coe.loaded) == ["cooking", "general"]
+    batch = [
+        "Sort an array of integers in Java",
+        "How do I caramelize onions?",
+        "Why is the sky blue?",
+    ]
+    res = coe.run_batch(batch, max_new_tokens=2)
+    assert [r.expert for r in res] == ["code", "cooking", "general"]
+    for text, r in zip(batch, res, strict=True):
+        assert r.prompt_ids.tolist() == list(text.encode())
+        one = coe.run(text, max_new_tokens=2)
+        assert one.new_ids.tolist() == r.new_ids.tolist()
+    assert coe.run_batch([]) == []
