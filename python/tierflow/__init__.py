@@ -44,7 +44,22 @@ from .store import (
 # --- kernels -------------------------------------------------------------------------------
 # isort: split
 from . import bench, kernels
-from .kernels import FORMATS, QuantizedTensor, dequantize, matmul, pack, quantize
+from .kernels import (
+    FORMATS,
+    QuantizedTensor,
+    attention,
+    dequantize,
+    gelu,
+    layer_norm,
+    matmul,
+    mlp,
+    pack,
+    quantize,
+    rms_norm,
+    rope,
+    silu,
+    softmax,
+)
 
 # --- composition of experts ----------------------------------------------------------------
 
@@ -82,11 +97,19 @@ __all__ = [
     # --- kernels ---
     "FORMATS",
     "QuantizedTensor",
+    "attention",
     "bench",
     "dequantize",
+    "gelu",
     "kernels",
+    "layer_norm",
     "matmul",
+    "mlp",
     "pack",
     "quantize",
+    "rms_norm",
+    "rope",
+    "silu",
+    "softmax",
     # --- composition of experts ---
 ]
