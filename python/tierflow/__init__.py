@@ -44,7 +44,22 @@ from .store import (
 # --- kernels -------------------------------------------------------------------------------
 # isort: split
 from . import bench, kernels
-from .kernels import FORMATS, QuantizedTensor, dequantize, matmul, pack, quantize
+from .kernels import (
+    FORMATS,
+    QuantizedTensor,
+    attention,
+    dequantize,
+    gelu,
+    layer_norm,
+    matmul,
+    mlp,
+    pack,
+    quantize,
+    rms_norm,
+    rope,
+    silu,
+    softmax,
+)
 
 # --- composition of experts ----------------------------------------------------------------
 # --- models and routers (issue: real experts; import tierflow.models for the models) -------
@@ -85,12 +100,20 @@ __all__ = [
     # --- kernels ---
     "FORMATS",
     "QuantizedTensor",
+    "attention",
     "bench",
     "dequantize",
+    "gelu",
     "kernels",
+    "layer_norm",
     "matmul",
+    "mlp",
     "pack",
     "quantize",
+    "rms_norm",
+    "rope",
+    "silu",
+    "softmax",
     # --- composition of experts ---
     # --- models and routers ---
     "EmbeddingRouter",

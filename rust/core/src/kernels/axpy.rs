@@ -5,11 +5,12 @@
 //! so the weight is read in its own order, a few rows at a time, once for all `M` rows of `X`.
 //! Strides: `X` row stride `K`, `C` row stride `ldc`; `C` must not alias `X` or `W`.
 //!
-//! Blocking: a task owns a column range `n0..n1` of `C` (a multiple of 16 wide) for all rows.
-//! Loop over `K` in blocks of `KB = 8` weight rows (8 concurrent read streams, each
-//! `(n1 - n0) * size` bytes long); within a block, 16-column groups and `MR = 4` rows of `X`
-//! hold a `4 x 16` tile of `C` in 8 registers across the 8 rows of the block, so `C` (which stays
-//! in L1/L2: `M * (n1 - n0) * 4` bytes) is loaded and stored once per 8 weight rows.
+//! Blocking: a task owns a column range `n0..n1` of `C` (a multiple of 16 wide, about `N /
+//! threads`, capped so `M * (n1 - n0) * 4 <= 256 KiB`) for all rows, accumulated in a private
+//! padded buffer. Loop over `K` in blocks of `KB = 8` weight rows (8 concurrent read streams,
+//! each `(n1 - n0) * size` bytes long); within a block, 16-column groups and `MR = 4` rows of `X`
+//! hold a `4 x 16` tile in 8 registers across the 8 rows of the block, so the accumulator (in
+//! L1/L2) is loaded and stored once per 8 weight rows.
 
 use super::dot::SendPtr;
 use crate::cpu::Isa;
@@ -62,8 +63,10 @@ pub fn matmul_cols(
         return;
     }
     let threads = crate::runtime::num_threads().max(1);
-    // Columns per task: at least 64 (256 contiguous bytes per row), about 4 tasks per thread.
-    let per = n.div_ceil(threads).max(64).div_ceil(16) * 16;
+    // Columns per task: one run per thread (long contiguous row segments), capped so that the
+    // task's accumulator (m x columns floats) stays within 256 KiB of L2.
+    let cap = (65536 / m.max(1)).max(64);
+    let per = n.div_ceil(threads).min(cap).max(64).div_ceil(16) * 16;
     let cp = SendPtr(c.as_mut_ptr());
     crate::runtime::install(|| {
         (0..n.div_ceil(per)).into_par_iter().for_each(|t| {
@@ -177,44 +180,51 @@ mod avx2 {
         }
     }
 
-    /// `C[i..i+MR, j..j+16] += X[i..i+MR, k0..k1] W[k0..k1, j..j+16]`.
+    /// `acc[i..i+MR, j..j+16] += xk[.., i..i+MR]^T W[k0..k0+kb, j..j+16]`, where `xk` is the
+    /// `(kb, m)` transposed block of `X` and `acc` the task's padded accumulator (row stride `lda`).
     #[inline(always)]
     unsafe fn tile<F: Fmt, const MR: usize>(
-        x: *const f32,
-        k: usize,
+        xk: *const f32,
+        m: usize,
+        kb: usize,
         w: *const u8,
         n: usize,
-        c: *mut f32,
-        ldc: usize,
+        acc: *mut f32,
+        lda: usize,
         i: usize,
         j: usize,
+        wj: usize,
         k0: usize,
-        k1: usize,
     ) {
         unsafe {
-            let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+            let mut a = [[_mm256_setzero_ps(); 2]; MR];
             for t in 0..MR {
-                let cp = c.add((i + t) * ldc + j);
-                acc[t] = [_mm256_loadu_ps(cp), _mm256_loadu_ps(cp.add(8))];
+                let cp = acc.add((i + t) * lda + j);
+                a[t] = [_mm256_loadu_ps(cp), _mm256_loadu_ps(cp.add(8))];
             }
-            for kk in k0..k1 {
-                let w0 = F::load8(w, kk * n + j);
-                let w1 = F::load8(w, kk * n + j + 8);
+            for kk in 0..kb {
+                let w0 = F::load8(w, (k0 + kk) * n + wj);
+                let w1 = F::load8(w, (k0 + kk) * n + wj + 8);
                 for t in 0..MR {
-                    let a = _mm256_broadcast_ss(&*x.add((i + t) * k + kk));
-                    acc[t][0] = _mm256_fmadd_ps(a, w0, acc[t][0]);
-                    acc[t][1] = _mm256_fmadd_ps(a, w1, acc[t][1]);
+                    let b = _mm256_broadcast_ss(&*xk.add(kk * m + i + t));
+                    a[t][0] = _mm256_fmadd_ps(b, w0, a[t][0]);
+                    a[t][1] = _mm256_fmadd_ps(b, w1, a[t][1]);
                 }
             }
             for t in 0..MR {
-                let cp = c.add((i + t) * ldc + j);
-                _mm256_storeu_ps(cp, acc[t][0]);
-                _mm256_storeu_ps(cp.add(8), acc[t][1]);
+                let cp = acc.add((i + t) * lda + j);
+                _mm256_storeu_ps(cp, a[t][0]);
+                _mm256_storeu_ps(cp.add(8), a[t][1]);
             }
         }
     }
 
-    /// Full 16-column groups of `n0..n1` (`n1 - n0` a multiple of 16).
+    /// Full 16-column groups of `n0..n1` (`n1 - n0` a multiple of 16), added into `C`.
+    ///
+    /// The accumulator is private, with a row stride padded by 16 floats, and the block of `X`
+    /// is transposed into a small buffer: with `C`, `X` and `W` rows all a multiple of 4 KiB
+    /// apart (N, K powers of two) their lines would otherwise share one L1 set and evict each
+    /// other on every step.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn task<F: Fmt>(
         x: &[f32],
@@ -227,29 +237,47 @@ mod avx2 {
         n0: usize,
         n1: usize,
     ) {
-        let xp = x.as_ptr();
+        let width = n1 - n0;
+        if width == 0 {
+            return;
+        }
+        let lda = width + 16;
+        let mut acc = vec![0f32; m * lda];
+        let mut xk = vec![0f32; super::KB * m];
+        let ap = acc.as_mut_ptr();
         let mut k0 = 0;
         while k0 < k {
-            let k1 = (k0 + super::KB).min(k);
-            let mut j = n0;
-            while j < n1 {
+            let kb = super::KB.min(k - k0);
+            for kk in 0..kb {
+                for i in 0..m {
+                    xk[kk * m + i] = x[i * k + k0 + kk];
+                }
+            }
+            let xp = xk.as_ptr();
+            let mut j = 0;
+            while j < width {
                 let mut i = 0;
                 unsafe {
                     while i + 4 <= m {
-                        tile::<F, 4>(xp, k, w, n, c, ldc, i, j, k0, k1);
+                        tile::<F, 4>(xp, m, kb, w, n, ap, lda, i, j, n0 + j, k0);
                         i += 4;
                     }
                     if i + 2 <= m {
-                        tile::<F, 2>(xp, k, w, n, c, ldc, i, j, k0, k1);
+                        tile::<F, 2>(xp, m, kb, w, n, ap, lda, i, j, n0 + j, k0);
                         i += 2;
                     }
                     if i < m {
-                        tile::<F, 1>(xp, k, w, n, c, ldc, i, j, k0, k1);
+                        tile::<F, 1>(xp, m, kb, w, n, ap, lda, i, j, n0 + j, k0);
                     }
                 }
                 j += 16;
             }
-            k0 = k1;
+            k0 += kb;
+        }
+        for i in 0..m {
+            for j in 0..width {
+                unsafe { *c.add(i * ldc + n0 + j) += acc[i * lda + j] };
+            }
         }
         let _ = F::SIZE;
     }
