@@ -26,19 +26,31 @@ impl AlignedBuf {
     /// A zeroed buffer of `len` bytes (an allocation failure is an error, not an abort).
     pub fn zeroed(len: usize) -> Result<AlignedBuf> {
         if len == 0 {
-            return Ok(AlignedBuf { ptr: NonNull::<u64>::dangling().cast(), len: 0, mapped: false });
+            return Ok(AlignedBuf {
+                ptr: NonNull::<u64>::dangling().cast(),
+                len: 0,
+                mapped: false,
+            });
         }
         if len >= MMAP_MIN {
             // SAFETY: an anonymous private mapping; checked for failure below.
             let p = unsafe {
-                libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
             };
             if p == libc::MAP_FAILED {
                 return Err(CoreError::Capacity(format!("out of memory mapping {len} bytes")));
             }
             // SAFETY: p is a mapping of len bytes; the advice is only a hint.
             unsafe { libc::madvise(p, len, libc::MADV_HUGEPAGE) };
-            let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| CoreError::Capacity("mmap returned null".into()))?;
+            let ptr = NonNull::new(p.cast::<u8>())
+                .ok_or_else(|| CoreError::Capacity("mmap returned null".into()))?;
             return Ok(AlignedBuf { ptr, len, mapped: true });
         }
         let layout = Layout::from_size_align(len, ALIGN)
@@ -83,7 +95,9 @@ impl Drop for AlignedBuf {
             unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
         } else if self.len > 0 {
             // SAFETY: allocated in `zeroed` with this layout.
-            unsafe { dealloc(self.ptr.as_ptr(), Layout::from_size_align_unchecked(self.len, ALIGN)) }
+            unsafe {
+                dealloc(self.ptr.as_ptr(), Layout::from_size_align_unchecked(self.len, ALIGN))
+            }
         }
     }
 }
