@@ -169,7 +169,7 @@ def bert_forward(weights: dict[str, np.ndarray], cfg: dict[str, Any], ids, mask)
         return t @ _w(weights, name + ".weight").T + _w(weights, name + ".bias")
 
     x = (
-        _w(weights, "embeddings.word_embeddings.weight")[ids]
+        np.asarray(weights["embeddings.word_embeddings.weight"])[ids].astype(F)
         + _w(weights, "embeddings.position_embeddings.weight")[np.arange(s)]
         + _w(weights, "embeddings.token_type_embeddings.weight")[0]
     )
