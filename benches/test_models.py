@@ -149,3 +149,35 @@ def test_prefill_512(benchmark, checkpoint, tmp_path, ratios):
             f"\nprefill 512: {r['prefill_tok_s']:.1f} tok/s, {r['gflops']:.1f} GFLOP/s "
             f"= {r['ratio_to_gemm']:.2f} x square GEMM ({r['gemm_gflops']:.1f} GFLOP/s)"
         )
+
+
+def test_decode_vs_transformers(checkpoint, tmp_path, ratios):
+    """Where PyTorch and transformers are installed: their CPU decode speed on the same
+    checkpoint (float32, 2 threads, weights in RAM) against tierflow's (float32, weights in RAM)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.set_num_threads(tierflow.get_num_threads())
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        str(checkpoint), torch_dtype=torch.float32
+    )
+    prompt = torch.arange(16).reshape(1, 16)
+    with torch.no_grad():
+        hf.generate(prompt, max_new_tokens=2, do_sample=False)
+        t = time.perf_counter()
+        hf.generate(
+            prompt,
+            max_new_tokens=1 + DECODE_TOKENS,
+            do_sample=False,
+            min_new_tokens=1 + DECODE_TOKENS,
+        )
+        t_hf = time.perf_counter() - t
+    with tierflow.TieredStore(tmp_path / "store") as store:
+        model = tm.load(checkpoint, store=store, tier="ram")
+        model.generate(np.arange(16), 2)
+        t = time.perf_counter()
+        model.generate(np.arange(16), 1 + DECODE_TOKENS)
+        t_tf = time.perf_counter() - t
+    record(ratios, "models: decode speed tierflow / transformers (f32, RAM)", t_hf / t_tf, 1.0)
+    print(
+        f"\ntransformers {t_hf:.2f}s, tierflow {t_tf:.2f}s for prefill 16 + {DECODE_TOKENS} tokens"
+    )
