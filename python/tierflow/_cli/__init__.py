@@ -7,9 +7,10 @@ from typing import Any
 
 
 def register_all(sub: argparse._SubParsersAction[Any]) -> None:
-    from . import demo, info, store
+    from . import demo, info, models, store
 
     info.register(sub)
     store.register(sub)
     demo.register(sub)
+    models.register(sub)
     # other domains register here
