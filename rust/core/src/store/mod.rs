@@ -601,19 +601,25 @@ impl Store {
                 }
             };
             let mut demos = Vec::new();
-            if let Err(e) = st.make_room(tier, nbytes, name, self.inner.policy, &mut demos) {
-                self.finish_demotions(&mut st, demos)?;
+            let room = st.make_room(tier, nbytes, name, self.inner.policy, &mut demos);
+            let finished = self.finish_demotions(&mut st, demos);
+            if let Err(e) = room.and(finished) {
                 restore(&mut st, old);
                 return Err(e);
             }
-            self.finish_demotions(&mut st, demos)?;
             let mut resfile = None;
             if tier_is_file && Some(tier) != self.inner.home {
                 let dir = st.tiers[tier].dir.clone().expect("file tier");
                 st.generation += 1;
                 let p =
                     dir.join(format!("{}.{}.safetensors", names::file_stem(name), st.generation));
-                resfile = Some(fileio::write_tensor_file(&p, name, &dtype, shape, data)?);
+                match fileio::write_tensor_file(&p, name, &dtype, shape, data) {
+                    Ok(l) => resfile = Some(l),
+                    Err(e) => {
+                        restore(&mut st, old);
+                        return Err(e);
+                    }
+                }
             }
             st.tick += 1;
             let tick = st.tick;
