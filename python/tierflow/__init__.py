@@ -31,6 +31,13 @@ from .errors import (
 # --- store (issue: foundation) -------------------------------------------------------------
 # --- kernels -------------------------------------------------------------------------------
 # --- composition of experts ----------------------------------------------------------------
+from . import devices, policies
+from .coe import CoE
+from .devices import Device, Tier
+from .policies import EvictionPolicy, Policy
+from .report import Report
+from .sim import simulate
+from .trace import Trace
 
 __all__ = [
     "AccessDeniedError",
@@ -56,4 +63,14 @@ __all__ = [
     # --- store ---
     # --- kernels ---
     # --- composition of experts ---
+    "CoE",
+    "Device",
+    "EvictionPolicy",
+    "Policy",
+    "Report",
+    "Tier",
+    "Trace",
+    "devices",
+    "policies",
+    "simulate",
 ]
