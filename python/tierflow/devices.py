@@ -268,8 +268,8 @@ SN40L_COLLECTIVE = 2.5e-6
 GPU_BW_EFFICIENCY = 0.8
 GPU_COMPUTE_EFFICIENCY = 0.7
 SN40L_COMPUTE_EFFICIENCY = 0.2
-# KV cache + activations kept in HBM per node (Llama2-7B: 0.5 MiB/token KV, 8 x 4k contexts).
-KV_RESERVE = 16 * GiB
+# KV cache kept in HBM per node: Llama2-7B 0.5 MiB/token x 8 sequences x 2048 tokens = 8 GiB.
+KV_RESERVE = 8 * GiB
 
 
 def sn40l(sockets: int = 8) -> Device:

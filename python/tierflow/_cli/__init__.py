@@ -10,4 +10,8 @@ def register_all(sub: argparse._SubParsersAction[Any]) -> None:
     from . import info
 
     info.register(sub)
+    # --- composition of experts ---
+    from . import sim
+
+    sim.register(sub)
     # other domains register here
