@@ -513,15 +513,17 @@ pub fn simulate(dev: &DeviceSpec, model: &Model, w: &Workload, cfg: &Config) -> 
     } else {
         place(cfg.placement, &sizes, &pop, cap, cfg.instances)
     };
-    // a pinned set must leave room for the largest unpinned node
-    for (k, p) in pinned.iter().enumerate() {
-        let used: u64 = p.iter().map(|&e| sizes[e as usize]).sum();
-        let biggest = (0..m).filter(|e| !p.contains(&(*e as u32))).map(|e| sizes[e]).max().unwrap_or(0);
-        if used + biggest > cap {
-            return Err(CoreError::Schedule(format!(
-                "instance {k}: pinned experts ({}) leave no room for the largest other node ({}) in {}: lower pinned_fraction",
-                gb(used as f64), gb(biggest as f64), gb(cap as f64)
-            )));
+    // a pinned set must leave room for the largest unpinned node: unpin the least popular
+    // (placement lists pins in popularity order) until it does
+    let mut pinned = pinned;
+    for p in pinned.iter_mut() {
+        loop {
+            let used: u64 = p.iter().map(|&e| sizes[e as usize]).sum();
+            let biggest = (0..m).filter(|e| !p.contains(&(*e as u32))).map(|e| sizes[e]).max().unwrap_or(0);
+            if used + biggest <= cap || p.is_empty() {
+                break;
+            }
+            p.pop();
         }
     }
     let links = dev.tiers.len().saturating_sub(1);
