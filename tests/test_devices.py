@@ -49,7 +49,11 @@ def test_experts_fit():
     ],
 )
 def test_bad_devices_name_the_field(kw, match):
-    base = {"name": "x", "tiers": [tf.Tier("a", 10**9, 1e9), tf.Tier("b", 10**10)], "exec_tier": "a"}
+    base = {
+        "name": "x",
+        "tiers": [tf.Tier("a", 10**9, 1e9), tf.Tier("b", 10**10)],
+        "exec_tier": "a",
+    }
     with pytest.raises(tf.InvalidArgumentError, match=match):
         tf.Device(**{**base, **kw})
 
@@ -101,7 +105,9 @@ def test_host_is_measured_once_and_cached(tmp_path, monkeypatch):
     h2 = devices.host()
     assert len(calls) == 1 and h2.to_dict() == h.to_dict()
     assert h.exec.name == "ram" and h.tiers[-1].name == "disk"
-    assert h.read_bandwidth > 1e8 and h.flops("float32") > 1e8 and h.tiers[h.exec_tier].bandwidth > 0
+    assert (
+        h.read_bandwidth > 1e8 and h.flops("float32") > 1e8 and h.tiers[h.exec_tier].bandwidth > 0
+    )
     # a corrupt cache is measured again
     (tmp_path / "host.json").write_text("{broken")
     devices.host()

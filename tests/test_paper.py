@@ -15,7 +15,7 @@ def result() -> paper.PaperResult:
 
 
 def test_switching_time_ratios(result):
-    name, a, pa, h, ph = result.rows[6]
+    name, a, _pa, h, _ph = result.rows[6]
     assert name == "model switching time"
     assert a == pytest.approx(31, rel=0.10) and h == pytest.approx(15, rel=0.10)
     ms = result.details["switch_ms"]  # golden per 13.5 GB expert (FACTS.md); ours is 13.48 GB
@@ -43,7 +43,7 @@ def test_dgx_spills_out_of_hbm_near_47_to_50(result):
 
 
 def test_disagreement_is_explained(result):
-    name, a, pa, h, ph = result.rows[7]
+    _name, a, pa, _h, _ph = result.rows[7]
     assert pa == "DGX out of memory" and "fits" in a
     assert any("Disagreement" in n and "2 TiB host" in n for n in result.notes)
 

@@ -19,9 +19,17 @@ def setup():
     g.router("r", params=0.5e9)
     for i in range(12):
         g.expert(f"e{i}", params=1e9)
-    d = tf.Device("toy", [tf.Tier("hbm", 40 * GB, 5e9), tf.Tier("ddr", 100 * GB)], exec_tier="hbm",
-                  read_bandwidth=1e12, peak_flops={"bfloat16": 1e14}, reserved=1 * GB)
-    t = tf.Trace.poisson(g.experts, rate=2.0, n=3000, zipf_s=1.3, prompt_tokens=64, output_tokens=16, seed=0)
+    d = tf.Device(
+        "toy",
+        [tf.Tier("hbm", 40 * GB, 5e9), tf.Tier("ddr", 100 * GB)],
+        exec_tier="hbm",
+        read_bandwidth=1e12,
+        peak_flops={"bfloat16": 1e14},
+        reserved=1 * GB,
+    )
+    t = tf.Trace.poisson(
+        g.experts, rate=2.0, n=3000, zipf_s=1.3, prompt_tokens=64, output_tokens=16, seed=0
+    )
     return g, d, t
 
 
@@ -55,18 +63,50 @@ def test_cli_simulate_and_plan(tmp_path, capsys):
     g.to_json(tmp_path / "g.json")
     d.to_json(tmp_path / "d.json")
     t.save_jsonl(tmp_path / "t.jsonl")
-    rc = main(["simulate", str(tmp_path / "g.json"), "--device", str(tmp_path / "d.json"), "--trace",
-               str(tmp_path / "t.jsonl"), "--policy", "lru", "--policy", "belady", "--plot", str(tmp_path / "s.png"),
-               "--json", str(tmp_path / "s.json")])
+    rc = main(
+        [
+            "simulate",
+            str(tmp_path / "g.json"),
+            "--device",
+            str(tmp_path / "d.json"),
+            "--trace",
+            str(tmp_path / "t.jsonl"),
+            "--policy",
+            "lru",
+            "--policy",
+            "belady",
+            "--plot",
+            str(tmp_path / "s.png"),
+            "--json",
+            str(tmp_path / "s.json"),
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "latency_p99_s" in out and "comparison" in out
     reps = json.loads((tmp_path / "s.json").read_text())
     assert reps[1]["summary"]["switches"] <= reps[0]["summary"]["switches"]
     assert (tmp_path / "s.png").stat().st_size > 1000
-    rc = main(["plan", str(tmp_path / "g.json"), "--device", str(tmp_path / "d.json"), "--trace",
-               str(tmp_path / "t.jsonl"), "--target-p99", "0.5", "--policy", "lru", "--steps", "4", "--refine", "2",
-               "--plot", str(tmp_path / "p.png")])
+    rc = main(
+        [
+            "plan",
+            str(tmp_path / "g.json"),
+            "--device",
+            str(tmp_path / "d.json"),
+            "--trace",
+            str(tmp_path / "t.jsonl"),
+            "--target-p99",
+            "0.5",
+            "--policy",
+            "lru",
+            "--steps",
+            "4",
+            "--refine",
+            "2",
+            "--plot",
+            str(tmp_path / "p.png"),
+        ]
+    )
     assert rc == 0
     assert "recommended: policy lru" in capsys.readouterr().out
     assert (tmp_path / "p.png").stat().st_size > 1000

@@ -55,13 +55,17 @@ def test_scores_rank_the_chosen_expert_first():
 
 
 def test_jsonl_roundtrip(tmp_path):
-    for t in (tf.Trace.poisson(["a", "b", "c"], rate=3.0, n=50, prompt_tokens=(10, 20), seed=1),
-              tf.Trace.closed_loop(["a", "b"], users=3, n=20, think_time=0.5, seed=1)):
+    for t in (
+        tf.Trace.poisson(["a", "b", "c"], rate=3.0, n=50, prompt_tokens=(10, 20), seed=1),
+        tf.Trace.closed_loop(["a", "b"], users=3, n=20, think_time=0.5, seed=1),
+    ):
         p = tmp_path / "t.jsonl"
         t.save_jsonl(p)
         u = tf.Trace.load_jsonl(p)
         assert [u.experts[i] for i in u.expert] == [t.experts[i] for i in t.expert]
-        assert np.allclose(u.arrival, t.arrival) and np.array_equal(u.prompt_tokens, t.prompt_tokens)
+        assert np.allclose(u.arrival, t.arrival) and np.array_equal(
+            u.prompt_tokens, t.prompt_tokens
+        )
         assert u.closed == t.closed
 
 
@@ -98,6 +102,6 @@ def test_bad_generator_arguments():
 
 def test_unknown_names_against_a_graph():
     tr = tf.Trace(["a", "ghost"], [0.0, 1.0], [1, 1], [1, 1], [0, 1])
-    with pytest.raises(tf.InvalidArgumentError, match="unknown expert.*ghost"):
+    with pytest.raises(tf.InvalidArgumentError, match=r"unknown expert.*ghost"):
         tr.with_experts(["a", "b"])
     assert json.dumps(tr.counts()) == '{"a": 1, "ghost": 1}'

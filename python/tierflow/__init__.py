@@ -31,6 +31,7 @@ from .errors import (
 # --- store (issue: foundation) -------------------------------------------------------------
 # --- kernels -------------------------------------------------------------------------------
 # --- composition of experts ----------------------------------------------------------------
+# isort: split
 from . import devices, policies
 from .coe import CoE
 from .devices import Device, Tier
@@ -39,7 +40,7 @@ from .report import Report
 from .sim import simulate
 from .trace import Trace
 
-__all__ = [
+__all__ = [  # noqa: RUF022 (kept in per-domain sections; see the markers)
     "AccessDeniedError",
     "CapacityError",
     "ClosedError",

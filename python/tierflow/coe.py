@@ -39,11 +39,28 @@ _DTYPES: dict[str, float] = {
     "int4": 0.5,
 }
 _ALIASES = {
-    "f64": "float64", "fp64": "float64", "f32": "float32", "fp32": "float32", "bf16": "bfloat16",
-    "f16": "float16", "fp16": "float16", "half": "float16", "fp8": "float8", "f8": "float8",
-    "i8": "int8", "i4": "int4", "f8_e4m3": "float8", "f8_e5m2": "float8", "bool": "int8",
-    "u8": "int8", "i16": "float16", "i32": "float32", "i64": "float64", "u16": "float16",
-    "u32": "float32", "u64": "float64",
+    "f64": "float64",
+    "fp64": "float64",
+    "f32": "float32",
+    "fp32": "float32",
+    "bf16": "bfloat16",
+    "f16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "fp8": "float8",
+    "f8": "float8",
+    "i8": "int8",
+    "i4": "int4",
+    "f8_e4m3": "float8",
+    "f8_e5m2": "float8",
+    "bool": "int8",
+    "u8": "int8",
+    "i16": "float16",
+    "i32": "float32",
+    "i64": "float64",
+    "u16": "float16",
+    "u32": "float32",
+    "u64": "float64",
 }
 
 
@@ -102,9 +119,13 @@ def safetensors_sizes(path: str | os.PathLike[str]) -> tuple[int, int, str]:
                     numel *= int(s)
                 dt = str(t["dtype"])
             except (KeyError, TypeError, ValueError):
-                raise CorruptFileError(f"{f}: tensor {name!r} has a malformed header entry") from None
+                raise CorruptFileError(
+                    f"{f}: tensor {name!r} has a malformed header entry"
+                ) from None
             if not 0 <= a <= b <= size - 8 - n:
-                raise CorruptFileError(f"{f}: tensor {name!r} data_offsets {a}..{b} outside the file")
+                raise CorruptFileError(
+                    f"{f}: tensor {name!r} data_offsets {a}..{b} outside the file"
+                )
             total += b - a
             params += numel
             by_dtype[dt] = by_dtype.get(dt, 0) + (b - a)
@@ -171,42 +192,115 @@ class CoE:
             params = params if params is not None else p
             source = f"store:{prefix or ''}"
         if params is None and nbytes is None:
-            raise InvalidArgumentError(f"{kind} {name!r}: give params=, nbytes=, checkpoint= or store=")
-        if params is not None and (not isinstance(params, (int, float)) or isinstance(params, bool) or not params > 0):
+            raise InvalidArgumentError(
+                f"{kind} {name!r}: give params=, nbytes=, checkpoint= or store="
+            )
+        if params is not None and (
+            not isinstance(params, (int, float)) or isinstance(params, bool) or not params > 0
+        ):
             raise InvalidArgumentError(f"{kind} {name!r}: params must be > 0, got {params!r}")
         if nbytes is None:
             nbytes = round(float(params) * dtype_bytes(dtype))  # type: ignore[arg-type]
         if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes <= 0:
-            raise InvalidArgumentError(f"{kind} {name!r}: nbytes must be a positive integer, got {nbytes!r}")
+            raise InvalidArgumentError(
+                f"{kind} {name!r}: nbytes must be a positive integer, got {nbytes!r}"
+            )
         if params is None:
             params = nbytes / dtype_bytes(dtype)
         if not isinstance(layers, int) or layers < 1:
-            raise InvalidArgumentError(f"{kind} {name!r}: layers must be an integer >= 1, got {layers!r}")
+            raise InvalidArgumentError(
+                f"{kind} {name!r}: layers must be an integer >= 1, got {layers!r}"
+            )
         if not isinstance(kv_bytes_per_token, int) or kv_bytes_per_token < 0:
-            raise InvalidArgumentError(f"{kind} {name!r}: kv_bytes_per_token must be an integer >= 0")
-        self.nodes[name] = Node(name, kind, float(params), dtype, int(nbytes), layers, kv_bytes_per_token, list(tags or []), source)
+            raise InvalidArgumentError(
+                f"{kind} {name!r}: kv_bytes_per_token must be an integer >= 0"
+            )
+        self.nodes[name] = Node(
+            name,
+            kind,
+            float(params),
+            dtype,
+            int(nbytes),
+            layers,
+            kv_bytes_per_token,
+            list(tags or []),
+            source,
+        )
         return self
 
-    def router(self, name: str, params: float | None = None, dtype: str = "bfloat16", *, nbytes: int | None = None,
-               layers: int = 32, kv_bytes_per_token: int = 0, checkpoint: str | os.PathLike[str] | None = None,
-               store: StoreLike | None = None, prefix: str | None = None) -> CoE:
+    def router(
+        self,
+        name: str,
+        params: float | None = None,
+        dtype: str = "bfloat16",
+        *,
+        nbytes: int | None = None,
+        layers: int = 32,
+        kv_bytes_per_token: int = 0,
+        checkpoint: str | os.PathLike[str] | None = None,
+        store: StoreLike | None = None,
+        prefix: str | None = None,
+    ) -> CoE:
         """Add the router (one per graph; it stays resident in the fast tier)."""
         if any(n.kind == "router" for n in self.nodes.values()):
             raise InvalidArgumentError(f"router {name!r}: the graph has a router already")
-        return self._add("router", name, params, dtype, nbytes, layers, kv_bytes_per_token, None, checkpoint, store, prefix)
+        return self._add(
+            "router",
+            name,
+            params,
+            dtype,
+            nbytes,
+            layers,
+            kv_bytes_per_token,
+            None,
+            checkpoint,
+            store,
+            prefix,
+        )
 
-    def expert(self, name: str, params: float | None = None, dtype: str = "bfloat16", *, nbytes: int | None = None,
-               layers: int = 32, kv_bytes_per_token: int = 0, tags: list[str] | tuple[str, ...] | None = None,
-               checkpoint: str | os.PathLike[str] | None = None, store: StoreLike | None = None,
-               prefix: str | None = None) -> CoE:
+    def expert(
+        self,
+        name: str,
+        params: float | None = None,
+        dtype: str = "bfloat16",
+        *,
+        nbytes: int | None = None,
+        layers: int = 32,
+        kv_bytes_per_token: int = 0,
+        tags: list[str] | tuple[str, ...] | None = None,
+        checkpoint: str | os.PathLike[str] | None = None,
+        store: StoreLike | None = None,
+        prefix: str | None = None,
+    ) -> CoE:
         """Add an expert. Sizes: ``params`` x ``dtype``, or ``nbytes``, or read from a safetensors
         ``checkpoint`` (file or folder, headers only), or from a ``store`` (anything with
         ``names()`` and ``info(name) -> {"nbytes": ...}``, such as a ``tierflow.TieredStore``),
         counting the tensors whose names start with ``prefix``."""
-        return self._add("expert", name, params, dtype, nbytes, layers, kv_bytes_per_token, tags, checkpoint, store, prefix)
+        return self._add(
+            "expert",
+            name,
+            params,
+            dtype,
+            nbytes,
+            layers,
+            kv_bytes_per_token,
+            tags,
+            checkpoint,
+            store,
+            prefix,
+        )
 
-    def stage(self, name: str, params: float | None = None, dtype: str = "bfloat16", *, after: list[str] | None = None,
-              nbytes: int | None = None, layers: int = 32, checkpoint: str | os.PathLike[str] | None = None) -> CoE:
+    def stage(
+        self,
+        name: str,
+        params: float | None = None,
+        dtype: str = "bfloat16",
+        *,
+        after: list[str] | None = None,
+        nbytes: int | None = None,
+        layers: int = 32,
+        checkpoint: str | os.PathLike[str] | None = None,
+    ) -> CoE:
         """Add a later stage (e.g. a post-processor) run after each expert in ``after``."""
         self._add("stage", name, params, dtype, nbytes, layers, 0, None, checkpoint, None, None)
         for a in after or []:
@@ -226,7 +320,9 @@ class CoE:
     def then(self, src: str, dst: str) -> CoE:
         """Run ``dst`` after ``src`` for the same request."""
         if src in self.post and self.post[src] != dst:
-            raise InvalidArgumentError(f"node {src!r} already runs {self.post[src]!r} next (one later stage per node)")
+            raise InvalidArgumentError(
+                f"node {src!r} already runs {self.post[src]!r} next (one later stage per node)"
+            )
         self.post[src] = dst
         return self
 
@@ -263,14 +359,16 @@ class CoE:
                 if x not in self.nodes:
                     raise InvalidArgumentError(f"stage edge {s!r} -> {d!r}: unknown node {x!r}")
             if self.nodes[d].kind == "router":
-                raise InvalidArgumentError(f"stage edge {s!r} -> {d!r}: a router cannot be a later stage")
+                raise InvalidArgumentError(
+                    f"stage edge {s!r} -> {d!r}: a router cannot be a later stage"
+                )
         for start in self.post:
             seen = [start]
             cur = start
             while cur in self.post:
                 cur = self.post[cur]
                 if cur in seen:
-                    cyc = " -> ".join([*seen[seen.index(cur):], cur])
+                    cyc = " -> ".join([*seen[seen.index(cur) :], cur])
                     raise InvalidArgumentError(f"the graph has a cycle: {cyc}")
                 seen.append(cur)
         if not self.experts:
@@ -283,13 +381,19 @@ class CoE:
         ex = [n for n in self.nodes.values() if n.kind == "expert"]
         st = [n for n in self.nodes.values() if n.kind == "stage"]
         r = self.router_node
-        lines = [f"CoE {self.name!r}: {len(ex)} experts, {len(st)} later stages, router: {r.name if r else 'none'}"]
+        lines = [
+            f"CoE {self.name!r}: {len(ex)} experts, {len(st)} later stages, router: {r.name if r else 'none'}"
+        ]
         lines.append(f"  total weights {self.total_bytes() / 1e9:.2f} GB")
         if ex:
             sizes = sorted(n.nbytes for n in ex)
-            lines.append(f"  expert sizes {sizes[0] / 1e9:.2f} .. {sizes[-1] / 1e9:.2f} GB ({ex[0].dtype})")
+            lines.append(
+                f"  expert sizes {sizes[0] / 1e9:.2f} .. {sizes[-1] / 1e9:.2f} GB ({ex[0].dtype})"
+            )
         if r:
-            lines.append(f"  router {r.name!r}: {r.nbytes / 1e9:.2f} GB, routes to {len(self.routes.get(r.name, []))} experts")
+            lines.append(
+                f"  router {r.name!r}: {r.nbytes / 1e9:.2f} GB, routes to {len(self.routes.get(r.name, []))} experts"
+            )
         tags: dict[str, int] = {}
         for n in ex:
             for t in n.tags:
@@ -307,7 +411,13 @@ class CoE:
 
         out = ["flowchart LR"]
         for n in self.nodes.values():
-            shape = ("{{", "}}") if n.kind == "router" else ("[", "]") if n.kind == "expert" else ("([", "])")
+            shape = (
+                ("{{", "}}")
+                if n.kind == "router"
+                else ("[", "]")
+                if n.kind == "expert"
+                else ("([", "])")
+            )
             out.append(f'  {nid(n.name)}{shape[0]}"{n.name}<br/>{n.nbytes / 1e9:.1f} GB"{shape[1]}')
         for r, es in self.routes.items():
             for e in es[:max_experts]:
@@ -353,9 +463,22 @@ class CoE:
                 raise InvalidArgumentError(f"CoE: nodes[{i}] misses field(s) {missing}")
             kind = n["kind"]
             if kind not in ("router", "expert", "stage"):
-                raise InvalidArgumentError(f"CoE: nodes[{i}].kind must be router, expert or stage, got {kind!r}")
-            g._add(kind, n["name"], n.get("params"), n.get("dtype", "bfloat16"), n["nbytes"], n.get("layers", 32),
-                   n.get("kv_bytes_per_token", 0), n.get("tags"), None, None, None)
+                raise InvalidArgumentError(
+                    f"CoE: nodes[{i}].kind must be router, expert or stage, got {kind!r}"
+                )
+            g._add(
+                kind,
+                n["name"],
+                n.get("params"),
+                n.get("dtype", "bfloat16"),
+                n["nbytes"],
+                n.get("layers", 32),
+                n.get("kv_bytes_per_token", 0),
+                n.get("tags"),
+                None,
+                None,
+                None,
+            )
             g.nodes[n["name"]].source = n.get("source")
         routes = d.get("routes", {})
         post = d.get("post", {})
@@ -391,8 +514,12 @@ class CoE:
         idx = {n: i for i, n in enumerate(names)}
 
         def spec(n: Node) -> dict[str, Any]:
-            return {"bytes": n.nbytes, "params": n.params, "layers": n.layers,
-                    "kv_bytes_per_token": float(n.kv_bytes_per_token)}
+            return {
+                "bytes": n.nbytes,
+                "params": n.params,
+                "layers": n.layers,
+                "kv_bytes_per_token": float(n.kv_bytes_per_token),
+            }
 
         r = self.router_node
         return {

@@ -33,7 +33,9 @@ GiB = 1 << 30
 TiB = 1 << 40
 
 
-def _num(owner: str, name: str, v: Any, *, positive: bool = True, allow_zero: bool = False) -> float:
+def _num(
+    owner: str, name: str, v: Any, *, positive: bool = True, allow_zero: bool = False
+) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise InvalidArgumentError(f"{owner}: {name} must be a number, got {v!r}")
     x = float(v)
@@ -116,7 +118,9 @@ class Device:
                 )
         if isinstance(self.exec_tier, str):
             if self.exec_tier not in names:
-                raise InvalidArgumentError(f"{own}: exec_tier {self.exec_tier!r} is not one of {names}")
+                raise InvalidArgumentError(
+                    f"{own}: exec_tier {self.exec_tier!r} is not one of {names}"
+                )
             self.exec_tier = names.index(self.exec_tier)
         if not isinstance(self.exec_tier, int) or not 0 <= self.exec_tier < len(self.tiers):
             raise InvalidArgumentError(f"{own}: exec_tier {self.exec_tier!r} is not a tier index")
@@ -135,7 +139,9 @@ class Device:
             raise InvalidArgumentError(f"{own}: tp must be an integer >= 1, got {self.tp!r}")
         self.reserved = int(_num(own, "reserved", self.reserved, allow_zero=True))
         if self.reserved >= self.exec.capacity:
-            raise InvalidArgumentError(f"{own}: reserved ({self.reserved} bytes) leaves no room in {self.exec.name!r}")
+            raise InvalidArgumentError(
+                f"{own}: reserved ({self.reserved} bytes) leaves no room in {self.exec.name!r}"
+            )
 
     @property
     def exec(self) -> Tier:
@@ -205,7 +211,9 @@ class Device:
         out = []
         for i, t in enumerate(tiers):
             if not isinstance(t, dict) or "name" not in t or "capacity" not in t:
-                raise InvalidArgumentError(f"device: tiers[{i}] needs at least 'name' and 'capacity'")
+                raise InvalidArgumentError(
+                    f"device: tiers[{i}] needs at least 'name' and 'capacity'"
+                )
             try:
                 out.append(Tier(**t))
             except TypeError as e:
@@ -234,7 +242,12 @@ class Device:
         return {
             "name": self.name,
             "tiers": [
-                {"name": t.name, "capacity": t.capacity, "bandwidth": float(t.bandwidth), "latency": float(t.latency)}
+                {
+                    "name": t.name,
+                    "capacity": t.capacity,
+                    "bandwidth": float(t.bandwidth),
+                    "latency": float(t.latency),
+                }
                 for t in self.tiers
             ],
             "exec_tier": int(self.exec_tier),

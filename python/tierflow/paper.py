@@ -71,7 +71,9 @@ def coe(n_experts: int = N_EXPERTS, router: bool = True) -> CoE:
     if router:
         g.router("router", params=LLAMA2_7B_PARAMS, dtype="bf16", kv_bytes_per_token=LLAMA2_7B_KV)
     for i in range(n_experts):
-        g.expert(f"expert{i:03d}", params=LLAMA2_7B_PARAMS, dtype="bf16", kv_bytes_per_token=LLAMA2_7B_KV)
+        g.expert(
+            f"expert{i:03d}", params=LLAMA2_7B_PARAMS, dtype="bf16", kv_bytes_per_token=LLAMA2_7B_KV
+        )
     if router:
         g.route("router", g.experts)
     return g
@@ -82,12 +84,22 @@ def workload(g: CoE, batch: int, output_tokens: int, batches: int = 20) -> Trace
     n = batch * batches
     names = g.experts
     expert = np.arange(n, dtype=np.uint32) % len(names)
-    return Trace(names, np.zeros(n), np.full(n, PROMPT_TOKENS), np.full(n, output_tokens), expert,
-                 user=np.arange(n, dtype=np.uint32) % batch)
+    return Trace(
+        names,
+        np.zeros(n),
+        np.full(n, PROMPT_TOKENS),
+        np.full(n, output_tokens),
+        expert,
+        user=np.arange(n, dtype=np.uint32) % batch,
+    )
 
 
 def platforms() -> dict[str, Device]:
-    return {"sn40l": devices.sn40l(8), "dgx_a100": devices.dgx_a100(), "dgx_h100": devices.dgx_h100()}
+    return {
+        "sn40l": devices.sn40l(8),
+        "dgx_a100": devices.dgx_a100(),
+        "dgx_h100": devices.dgx_h100(),
+    }
 
 
 def _overall(d: Device, g: CoE, batch: int, out: int) -> float:
@@ -100,7 +112,14 @@ def _exec_only(d: Device, out: int) -> float:
     """Seconds per request of one resident expert, no router, no switch (BS=1)."""
     g = coe(1, router=False)
     n = 5
-    t = Trace(g.experts, np.zeros(n), np.full(n, PROMPT_TOKENS), np.full(n, out), np.zeros(n), user=np.zeros(n))
+    t = Trace(
+        g.experts,
+        np.zeros(n),
+        np.full(n, PROMPT_TOKENS),
+        np.full(n, out),
+        np.zeros(n),
+        user=np.zeros(n),
+    )
     r = simulate(g, d, t, "lru")
     return float(np.median(r.latency[1:]))
 
@@ -167,14 +186,40 @@ def check(progress: Any = None) -> PaperResult:
             tick()
         res[k]["switch"] = _switch_time(d, g)
         tick()
-    keys = ["overall8_20", "overall1_20", "exec_20", "overall8_200", "overall1_200", "exec_200", "switch"]
+    keys = [
+        "overall8_20",
+        "overall1_20",
+        "exec_20",
+        "overall8_200",
+        "overall1_200",
+        "exec_200",
+        "switch",
+    ]
     rows: list[tuple[str, Any, Any, Any, Any]] = []
-    for (name, pa, ph), key in zip(PAPER_TABLE_V, keys):
-        rows.append((name, res["dgx_a100"][key] / res["sn40l"][key], pa, res["dgx_h100"][key] / res["sn40l"][key], ph))
+    for (name, pa, ph), key in zip(PAPER_TABLE_V, keys, strict=False):
+        rows.append(
+            (
+                name,
+                res["dgx_a100"][key] / res["sn40l"][key],
+                pa,
+                res["dgx_h100"][key] / res["sn40l"][key],
+                ph,
+            )
+        )
     fit = {k: max_experts(d, nb) for k, d in p.items()}
-    ours_oom = {k: ("fits" if fit[k] >= N_EXPERTS else "out of memory") + f" (max {fit[k]})" for k in ("dgx_a100", "dgx_h100")}
-    rows.append(("more than 150 experts", "DGX " + ours_oom["dgx_a100"], PAPER_TABLE_V[7][1],
-                 "DGX " + ours_oom["dgx_h100"], PAPER_TABLE_V[7][2]))
+    ours_oom = {
+        k: ("fits" if fit[k] >= N_EXPERTS else "out of memory") + f" (max {fit[k]})"
+        for k in ("dgx_a100", "dgx_h100")
+    }
+    rows.append(
+        (
+            "more than 150 experts",
+            "DGX " + ours_oom["dgx_a100"],
+            PAPER_TABLE_V[7][1],
+            "DGX " + ours_oom["dgx_h100"],
+            PAPER_TABLE_V[7][2],
+        )
+    )
     spill = {k: spill_point(d) for k, d in p.items() if k != "sn40l"}
     tick()
     footprint = nodes_to_hold(p["dgx_a100"], 850, nb)

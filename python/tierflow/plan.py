@@ -42,7 +42,9 @@ class Plan:
     def table(self) -> Table:
         from rich.table import Table
 
-        t = Table(title=f"p99 end-to-end latency vs fast-tier capacity (target {self.target_p99:g} s)")
+        t = Table(
+            title=f"p99 end-to-end latency vs fast-tier capacity (target {self.target_p99:g} s)"
+        )
         t.add_column("experts' capacity", justify="right")
         for p in self.p99:
             t.add_column(p, justify="right")
@@ -67,7 +69,12 @@ class Plan:
             ax.plot(x, ys, marker="o", label=p)
         ax.axhline(self.target_p99, color="k", linestyle="--", label="target p99")
         if self.best_capacity:
-            ax.axvline(self.best_capacity / 1e9, color="g", linestyle=":", label=f"recommended ({self.best_policy})")
+            ax.axvline(
+                self.best_capacity / 1e9,
+                color="g",
+                linestyle=":",
+                label=f"recommended ({self.best_policy})",
+            )
         ax.set_yscale("log")
         ax.set_xlabel("fast-tier capacity for experts (GB)")
         ax.set_ylabel("p99 latency (s)")
@@ -95,8 +102,17 @@ def _p99(g: CoE, d: Device, t: Trace, pol: Policy) -> float:
         return float("nan")
 
 
-def plan(g: CoE, device: Device, trace: Trace, *, target_p99: float, policies: Sequence[str | Policy] = DEFAULT_POLICIES,
-         steps: int = 10, refine: int = 6, progress: Callable[[], None] | None = None) -> Plan:
+def plan(
+    g: CoE,
+    device: Device,
+    trace: Trace,
+    *,
+    target_p99: float,
+    policies: Sequence[str | Policy] = DEFAULT_POLICIES,
+    steps: int = 10,
+    refine: int = 6,
+    progress: Callable[[], None] | None = None,
+) -> Plan:
     """Sweep ``steps`` capacities from one expert to the whole CoE for each policy; recommend the
     policy needing the least capacity for ``p99 <= target_p99`` and bisect its capacity
     ``refine`` times. ``progress()`` is called after each simulation."""
@@ -126,7 +142,9 @@ def plan(g: CoE, device: Device, trace: Trace, *, target_p99: float, policies: S
                 break
     notes = []
     if best is None:
-        notes.append(f"no policy meets p99 <= {target_p99:g} s even with every expert resident: the device is too slow for this traffic")
+        notes.append(
+            f"no policy meets p99 <= {target_p99:g} s even with every expert resident: the device is too slow for this traffic"
+        )
         return Plan(float(target_p99), caps, table, None, None, None, notes)
     cap, _, name = best
     pol = next(p for p in pols if p.name == name)
@@ -143,5 +161,7 @@ def plan(g: CoE, device: Device, trace: Trace, *, target_p99: float, policies: S
                 a = m
         cap = b
     if pol.eviction == "belady":
-        notes.append("belady needs the future access order (a planned batch job); online traffic should use the best other policy")
+        notes.append(
+            "belady needs the future access order (a planned batch job); online traffic should use the best other policy"
+        )
     return Plan(float(target_p99), caps, table, name, cap, cap + overhead, notes)

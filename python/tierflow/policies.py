@@ -56,19 +56,29 @@ class Policy:
 
     def __post_init__(self) -> None:
         if self.eviction not in ("lru", "lfu", "fifo", "belady"):
-            raise InvalidArgumentError(f"policy: eviction must be lru, lfu, fifo or belady, got {self.eviction!r}")
+            raise InvalidArgumentError(
+                f"policy: eviction must be lru, lfu, fifo or belady, got {self.eviction!r}"
+            )
         if self.placement not in ("none", "static", "pack", "replicate"):
-            raise InvalidArgumentError(f"policy: placement must be none, static, pack or replicate, got {self.placement!r}")
+            raise InvalidArgumentError(
+                f"policy: placement must be none, static, pack or replicate, got {self.placement!r}"
+            )
         if self.batching not in ("paper", "affinity"):
-            raise InvalidArgumentError(f"policy: batching must be paper or affinity, got {self.batching!r}")
+            raise InvalidArgumentError(
+                f"policy: batching must be paper or affinity, got {self.batching!r}"
+            )
         if not 0 <= self.pinned_fraction <= 1:
-            raise InvalidArgumentError(f"policy: pinned_fraction must be in [0, 1], got {self.pinned_fraction!r}")
+            raise InvalidArgumentError(
+                f"policy: pinned_fraction must be in [0, 1], got {self.pinned_fraction!r}"
+            )
         for f in ("batch_size", "instances"):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InvalidArgumentError(f"policy: {f} must be an integer >= 1, got {v!r}")
         if not self.max_wait >= 0:
-            raise InvalidArgumentError(f"policy: max_wait must be >= 0 seconds, got {self.max_wait!r}")
+            raise InvalidArgumentError(
+                f"policy: max_wait must be >= 0 seconds, got {self.max_wait!r}"
+            )
 
     @classmethod
     def parse(cls, spec: str | Policy | None, **overrides: Any) -> Policy:
@@ -169,10 +179,24 @@ class EvictionPolicy:
         return f"EvictionPolicy({self.kind!r}, {len(self.experts)} experts)"
 
 
-def place(placement: str, sizes: dict[str, int], popularity: dict[str, float], capacity: int, instances: int = 1,
-          fraction: float = 1.0, replica_factor: float = 1.0) -> list[list[str]]:
+def place(
+    placement: str,
+    sizes: dict[str, int],
+    popularity: dict[str, float],
+    capacity: int,
+    instances: int = 1,
+    fraction: float = 1.0,
+    replica_factor: float = 1.0,
+) -> list[list[str]]:
     """Experts pinned on each of ``instances`` devices whose fast tier holds ``capacity`` bytes."""
     names = list(sizes)
-    pins = _tierflow.place(placement, [int(sizes[n]) for n in names], [float(popularity.get(n, 0.0)) for n in names],
-                           int(capacity), int(instances), float(fraction), float(replica_factor))
+    pins = _tierflow.place(
+        placement,
+        [int(sizes[n]) for n in names],
+        [float(popularity.get(n, 0.0)) for n in names],
+        int(capacity),
+        int(instances),
+        float(fraction),
+        float(replica_factor),
+    )
     return [[names[i] for i in p] for p in pins]

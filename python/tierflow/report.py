@@ -33,7 +33,9 @@ class Report:
     ``link_bytes`` (bytes per tier link), ``busy``, ``stall``, ``occupancy_t``/``occupancy_bytes``.
     """
 
-    def __init__(self, raw: dict[str, Any], g: CoE, device: Device, trace: Trace, policy: Policy) -> None:
+    def __init__(
+        self, raw: dict[str, Any], g: CoE, device: Device, trace: Trace, policy: Policy
+    ) -> None:
         self.raw = raw
         self.coe, self.device, self.trace, self.policy = g, device, trace, policy
         self.arrival: np.ndarray = raw["arrival"]
@@ -120,7 +122,11 @@ class Report:
         t.add_column("ratio", justify="right")
         for k in a:
             va, vb = a[k], b[k]
-            ratio = f"{vb / va:.2f}x" if isinstance(va, float | int) and not isinstance(va, bool) and va else ""
+            ratio = (
+                f"{vb / va:.2f}x"
+                if isinstance(va, float | int) and not isinstance(va, bool) and va
+                else ""
+            )
             t.add_row(k, _fmt(k, va), _fmt(k, vb), ratio if not isinstance(va, str) else "")
         return t
 
@@ -132,10 +138,14 @@ class Report:
             "coe": self.coe.name,
             "link_bytes": self.link_bytes(),
             "instances": [
-                {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in i.items() if not k.startswith("occupancy")}
+                {
+                    k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                    for k, v in i.items()
+                    if not k.startswith("occupancy")
+                }
                 for i in self.instances
             ],
-            "node_loads": dict(zip(self.coe.experts, self.node_loads.tolist())),
+            "node_loads": dict(zip(self.coe.experts, self.node_loads.tolist(), strict=False)),
             "pinned": self.pinned,
         }
         if per_request:
@@ -143,7 +153,9 @@ class Report:
                 d[k] = getattr(self, k).tolist()
         return d
 
-    def to_json(self, path: str | os.PathLike[str] | None = None, *, per_request: bool = False) -> str:
+    def to_json(
+        self, path: str | os.PathLike[str] | None = None, *, per_request: bool = False
+    ) -> str:
         s = json.dumps(self.to_dict(per_request), indent=2)
         if path is not None:
             with open(path, "w") as f:

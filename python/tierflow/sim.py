@@ -31,8 +31,15 @@ from .trace import Trace
 __all__ = ["simulate"]
 
 
-def simulate(g: CoE, device: Device, trace: Trace, policy: str | Policy | None = "lru", *,
-             popularity: dict[str, float] | None = None, **overrides: Any) -> Report:
+def simulate(
+    g: CoE,
+    device: Device,
+    trace: Trace,
+    policy: str | Policy | None = "lru",
+    *,
+    popularity: dict[str, float] | None = None,
+    **overrides: Any,
+) -> Report:
     """Simulate ``trace`` on ``g`` placed on ``device`` under ``policy``.
 
     Args:
@@ -53,9 +60,13 @@ def simulate(g: CoE, device: Device, trace: Trace, policy: str | Policy | None =
     if not isinstance(g, CoE):
         raise InvalidArgumentError(f"simulate: g must be a tierflow.CoE, got {type(g).__name__}")
     if not isinstance(device, Device):
-        raise InvalidArgumentError(f"simulate: device must be a tierflow.Device, got {type(device).__name__}")
+        raise InvalidArgumentError(
+            f"simulate: device must be a tierflow.Device, got {type(device).__name__}"
+        )
     if not isinstance(trace, Trace):
-        raise InvalidArgumentError(f"simulate: trace must be a tierflow.Trace, got {type(trace).__name__}")
+        raise InvalidArgumentError(
+            f"simulate: trace must be a tierflow.Trace, got {type(trace).__name__}"
+        )
     pol = Policy.parse(policy, **overrides)
     model = g.native()
     if len(trace) == 0:
@@ -65,14 +76,27 @@ def simulate(g: CoE, device: Device, trace: Trace, policy: str | Policy | None =
     if popularity is not None:
         unknown = set(popularity) - set(model["names"])
         if unknown:
-            raise InvalidArgumentError(f"simulate: popularity names unknown expert(s) {sorted(unknown)[:5]}")
+            raise InvalidArgumentError(
+                f"simulate: popularity names unknown expert(s) {sorted(unknown)[:5]}"
+            )
         pop = [float(popularity.get(n, 0.0)) for n in model["names"]]
-    raw = _tierflow.simulate(device.native(g.dtype), model, t.arrival, t.prompt_tokens, t.output_tokens,
-                             t.expert, t.alt(), t.user, pol.native(pop))
+    raw = _tierflow.simulate(
+        device.native(g.dtype),
+        model,
+        t.arrival,
+        t.prompt_tokens,
+        t.output_tokens,
+        t.expert,
+        t.alt(),
+        t.user,
+        pol.native(pop),
+    )
     return Report(raw, g, device, t, pol)
 
 
-def run_many(jobs: list[tuple[CoE, Device, Trace, Policy]], progress: Callable[[], None] | None = None) -> list[Report]:
+def run_many(
+    jobs: list[tuple[CoE, Device, Trace, Policy]], progress: Callable[[], None] | None = None
+) -> list[Report]:
     """Run several simulations in order, calling ``progress()`` after each."""
     out = []
     for g, d, t, p in jobs:

@@ -66,7 +66,9 @@ class Trace:
         self.expert = np.ascontiguousarray(self.expert, dtype=np.uint32)
         for f in ("prompt_tokens", "output_tokens", "expert"):
             if len(getattr(self, f)) != n:
-                raise InvalidArgumentError(f"trace: field {f} has {len(getattr(self, f))} entries, arrival has {n}")
+                raise InvalidArgumentError(
+                    f"trace: field {f} has {len(getattr(self, f))} entries, arrival has {n}"
+                )
         if n and (not np.all(np.isfinite(self.arrival)) or self.arrival.min() < 0):
             raise InvalidArgumentError("trace: field arrival must hold finite times >= 0")
         if n and self.expert.max() >= len(self.experts):
@@ -78,7 +80,15 @@ class Trace:
             self._take(order)
 
     def _take(self, order: np.ndarray) -> None:
-        for f in ("arrival", "prompt_tokens", "output_tokens", "expert", "score_ids", "score_probs", "user"):
+        for f in (
+            "arrival",
+            "prompt_tokens",
+            "output_tokens",
+            "expert",
+            "score_ids",
+            "score_probs",
+            "user",
+        ):
             v = getattr(self, f)
             if v is not None:
                 setattr(self, f, np.ascontiguousarray(v[order]))
@@ -93,7 +103,7 @@ class Trace:
     def counts(self) -> dict[str, int]:
         """Requests per expert name."""
         c = np.bincount(self.expert, minlength=len(self.experts))
-        return {e: int(k) for e, k in zip(self.experts, c)}
+        return {e: int(k) for e, k in zip(self.experts, c, strict=False)}
 
     def alt(self) -> np.ndarray:
         """The router's second choice per request (-1 when unknown): the prefetch hint."""
@@ -102,7 +112,11 @@ class Trace:
         return np.ascontiguousarray(self.score_ids[:, 1], dtype=np.int32)
 
     def __repr__(self) -> str:
-        kind = f"closed loop, {len(np.unique(self.user))} users" if self.user is not None else "open loop"
+        kind = (
+            f"closed loop, {len(np.unique(self.user))} users"
+            if self.user is not None
+            else "open loop"
+        )
         return f"Trace({len(self)} requests, {len(self.experts)} experts, {kind})"
 
     # --- generators --------------------------------------------------------------------------
@@ -116,11 +130,21 @@ class Trace:
                 raise InvalidArgumentError(f"trace: zipf_s must be >= 0, got {zipf_s!r}")
             w = np.arange(1, m + 1, dtype=np.float64) ** -zipf_s
             return w / w.sum()
-        raise InvalidArgumentError(f"trace: popularity must be 'zipf' or 'uniform', got {popularity!r}")
+        raise InvalidArgumentError(
+            f"trace: popularity must be 'zipf' or 'uniform', got {popularity!r}"
+        )
 
     @staticmethod
-    def _choose(rng: np.random.Generator, experts: list[str], n: int, t: np.ndarray, popularity: str,
-                zipf_s: float, drift: float, top_k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _choose(
+        rng: np.random.Generator,
+        experts: list[str],
+        n: int,
+        t: np.ndarray,
+        popularity: str,
+        zipf_s: float,
+        drift: float,
+        top_k: int,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         m = len(experts)
         p = Trace._popularity(experts, popularity, zipf_s)
         ranks = rng.choice(m, size=(n, top_k), p=p)
@@ -141,10 +165,21 @@ class Trace:
         return ids[:, 0].astype(np.uint32), ids, probs
 
     @classmethod
-    def poisson(cls, experts: list[str] | int, *, rate: float, n: int, popularity: str = "zipf", zipf_s: float = 1.0,
-                prompt_tokens: int | tuple[int, int] = 512, output_tokens: int | tuple[int, int] = 128,
-                bursts: list[tuple[float, float, float]] | None = None, drift: float = 0.0, top_k: int = 3,
-                seed: int = 0) -> Trace:
+    def poisson(
+        cls,
+        experts: list[str] | int,
+        *,
+        rate: float,
+        n: int,
+        popularity: str = "zipf",
+        zipf_s: float = 1.0,
+        prompt_tokens: int | tuple[int, int] = 512,
+        output_tokens: int | tuple[int, int] = 128,
+        bursts: list[tuple[float, float, float]] | None = None,
+        drift: float = 0.0,
+        top_k: int = 3,
+        seed: int = 0,
+    ) -> Trace:
         """``n`` open-loop requests arriving as a Poisson process of ``rate``/s (times ``factor``
         inside each burst window)."""
         names = _names(experts)
@@ -158,32 +193,66 @@ class Trace:
         t = work / rate
         for b in bursts or []:
             if len(b) != 3 or b[1] <= 0 or b[2] <= 0 or b[0] < 0:
-                raise InvalidArgumentError(f"trace: burst {b!r} must be (start >= 0, duration > 0, factor > 0)")
+                raise InvalidArgumentError(
+                    f"trace: burst {b!r} must be (start >= 0, duration > 0, factor > 0)"
+                )
         if bursts:
             t = _warp(work, rate, bursts)
         expert, ids, probs = cls._choose(rng, names, n, t, popularity, zipf_s, float(drift), top_k)
-        return cls(names, t, _tokens("prompt_tokens", prompt_tokens, n, rng),
-                   _tokens("output_tokens", output_tokens, n, rng), expert, ids, probs)
+        return cls(
+            names,
+            t,
+            _tokens("prompt_tokens", prompt_tokens, n, rng),
+            _tokens("output_tokens", output_tokens, n, rng),
+            expert,
+            ids,
+            probs,
+        )
 
     @classmethod
-    def closed_loop(cls, experts: list[str] | int, *, users: int, n: int, think_time: float = 0.0,
-                    popularity: str = "zipf", zipf_s: float = 1.0, prompt_tokens: int | tuple[int, int] = 512,
-                    output_tokens: int | tuple[int, int] = 128, drift: float = 0.0, top_k: int = 3,
-                    seed: int = 0) -> Trace:
+    def closed_loop(
+        cls,
+        experts: list[str] | int,
+        *,
+        users: int,
+        n: int,
+        think_time: float = 0.0,
+        popularity: str = "zipf",
+        zipf_s: float = 1.0,
+        prompt_tokens: int | tuple[int, int] = 512,
+        output_tokens: int | tuple[int, int] = 128,
+        drift: float = 0.0,
+        top_k: int = 3,
+        seed: int = 0,
+    ) -> Trace:
         """``n`` requests from ``users`` clients in turn; each waits an exponential think time of
         mean ``think_time`` seconds after its previous request completes."""
         names = _names(experts)
         n, users = _count("n", n), _count("users", users)
-        if not (isinstance(think_time, (int, float)) and math.isfinite(think_time) and think_time >= 0):
-            raise InvalidArgumentError(f"trace: think_time must be >= 0 seconds, got {think_time!r}")
+        if not (
+            isinstance(think_time, (int, float)) and math.isfinite(think_time) and think_time >= 0
+        ):
+            raise InvalidArgumentError(
+                f"trace: think_time must be >= 0 seconds, got {think_time!r}"
+            )
         top_k = max(1, min(_count("top_k", top_k), len(names)))
         rng = np.random.default_rng(seed)
         think = rng.exponential(think_time, size=n) if think_time > 0 else np.zeros(n)
         user = np.arange(n, dtype=np.uint32) % users
         approx_t = np.arange(n) / users  # drift clock: request rounds
-        expert, ids, probs = cls._choose(rng, names, n, approx_t, popularity, zipf_s, float(drift), top_k)
-        return cls(names, think, _tokens("prompt_tokens", prompt_tokens, n, rng),
-                   _tokens("output_tokens", output_tokens, n, rng), expert, ids, probs, user)
+        expert, ids, probs = cls._choose(
+            rng, names, n, approx_t, popularity, zipf_s, float(drift), top_k
+        )
+        return cls(
+            names,
+            think,
+            _tokens("prompt_tokens", prompt_tokens, n, rng),
+            _tokens("output_tokens", output_tokens, n, rng),
+            expert,
+            ids,
+            probs,
+            user,
+        )
 
     # --- JSONL -------------------------------------------------------------------------------
     def save_jsonl(self, path: str | os.PathLike[str]) -> None:
@@ -201,7 +270,10 @@ class Trace:
                 r["output_tokens"] = int(self.output_tokens[i])
                 r["expert"] = self.experts[int(self.expert[i])]
                 if self.score_ids is not None and self.score_probs is not None:
-                    r["scores"] = {self.experts[int(j)]: round(float(p), 6) for j, p in zip(self.score_ids[i], self.score_probs[i])}
+                    r["scores"] = {
+                        self.experts[int(j)]: round(float(p), 6)
+                        for j, p in zip(self.score_ids[i], self.score_probs[i], strict=False)
+                    }
                 f.write(json.dumps(r) + "\n")
 
     @classmethod
@@ -244,7 +316,9 @@ class Trace:
                 raise InvalidArgumentError(f"{p}:{ln}: field {field!r} must be an expert name")
             if name not in idx:
                 if experts is not None:
-                    raise InvalidArgumentError(f"{p}:{ln}: field {field!r}: unknown expert {name!r}")
+                    raise InvalidArgumentError(
+                        f"{p}:{ln}: field {field!r}: unknown expert {name!r}"
+                    )
                 idx[name] = len(table)
                 table.append(name)
             return idx[name]
@@ -264,13 +338,19 @@ class Trace:
             except (TypeError, ValueError, OverflowError) as e:
                 raise InvalidArgumentError(f"{p}:{ln}: bad number ({e})") from None
             if not math.isfinite(arrival[i]) or arrival[i] < 0:
-                raise InvalidArgumentError(f"{p}:{ln}: field {'think' if closed else 't'!r} must be a time >= 0")
+                raise InvalidArgumentError(
+                    f"{p}:{ln}: field {'think' if closed else 't'!r} must be a time >= 0"
+                )
             if pt[i] < 1 or ot[i] < 1:
-                raise InvalidArgumentError(f"{p}:{ln}: prompt_tokens and output_tokens must be >= 1")
+                raise InvalidArgumentError(
+                    f"{p}:{ln}: prompt_tokens and output_tokens must be >= 1"
+                )
             scores = r.get("scores")
             if scores is not None:
                 if not isinstance(scores, dict):
-                    raise InvalidArgumentError(f"{p}:{ln}: field 'scores' must map expert names to numbers")
+                    raise InvalidArgumentError(
+                        f"{p}:{ln}: field 'scores' must map expert names to numbers"
+                    )
                 ranked = sorted(scores.items(), key=lambda kv: -float(kv[1]))
                 for j, (nm, sc) in enumerate(ranked):
                     sid[i, j] = name_index(nm, ln, "scores")  # type: ignore[index]
@@ -286,17 +366,31 @@ class Trace:
     def with_experts(self, names: list[str]) -> Trace:
         """The same trace indexed against ``names`` (the graph's order); unknown names are an error."""
         idx = {e: i for i, e in enumerate(names)}
-        unknown = sorted({e for e in np.asarray(self.experts)[np.unique(self.expert)] if e not in idx})
+        unknown = sorted(
+            {e for e in np.asarray(self.experts)[np.unique(self.expert)] if e not in idx}
+        )
         if unknown:
             more = f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""
-            raise InvalidArgumentError(f"trace field expert: unknown expert(s) {unknown[:5]}{more} not in the CoE")
+            raise InvalidArgumentError(
+                f"trace field expert: unknown expert(s) {unknown[:5]}{more} not in the CoE"
+            )
         remap = np.array([idx.get(e, -1) for e in self.experts], dtype=np.int64)
         sid = spr = None
         if self.score_ids is not None:
-            sid = np.where(self.score_ids >= 0, remap[np.maximum(self.score_ids, 0)], -1).astype(np.int32)
+            sid = np.where(self.score_ids >= 0, remap[np.maximum(self.score_ids, 0)], -1).astype(
+                np.int32
+            )
             spr = self.score_probs
-        return Trace(list(names), self.arrival, self.prompt_tokens, self.output_tokens,
-                     remap[self.expert].astype(np.uint32), sid, spr, self.user)
+        return Trace(
+            list(names),
+            self.arrival,
+            self.prompt_tokens,
+            self.output_tokens,
+            remap[self.expert].astype(np.uint32),
+            sid,
+            spr,
+            self.user,
+        )
 
 
 def _names(experts: list[str] | int) -> list[str]:

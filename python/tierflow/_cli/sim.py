@@ -16,7 +16,12 @@ from ..errors import InvalidArgumentError
 def _device(spec: str) -> Any:
     from .. import devices
 
-    presets = {"sn40l": devices.sn40l, "dgx_a100": devices.dgx_a100, "dgx_h100": devices.dgx_h100, "host": devices.host}
+    presets = {
+        "sn40l": devices.sn40l,
+        "dgx_a100": devices.dgx_a100,
+        "dgx_h100": devices.dgx_h100,
+        "host": devices.host,
+    }
     if spec in presets:
         return presets[spec]()
     if spec.startswith("sn40l:"):
@@ -41,20 +46,44 @@ def _trace(args: argparse.Namespace, g: Any) -> Any:
     pt = args.prompt_tokens
     ot = args.output_tokens
     if args.users:
-        return Trace.closed_loop(g.experts, users=args.users, n=args.requests, think_time=args.think,
-                                 popularity=args.popularity, zipf_s=args.zipf, prompt_tokens=pt, output_tokens=ot,
-                                 drift=args.drift, seed=args.seed)
-    return Trace.poisson(g.experts, rate=args.rate, n=args.requests, popularity=args.popularity, zipf_s=args.zipf,
-                         prompt_tokens=pt, output_tokens=ot, drift=args.drift, seed=args.seed)
+        return Trace.closed_loop(
+            g.experts,
+            users=args.users,
+            n=args.requests,
+            think_time=args.think,
+            popularity=args.popularity,
+            zipf_s=args.zipf,
+            prompt_tokens=pt,
+            output_tokens=ot,
+            drift=args.drift,
+            seed=args.seed,
+        )
+    return Trace.poisson(
+        g.experts,
+        rate=args.rate,
+        n=args.requests,
+        popularity=args.popularity,
+        zipf_s=args.zipf,
+        prompt_tokens=pt,
+        output_tokens=ot,
+        drift=args.drift,
+        seed=args.seed,
+    )
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("coe", help="CoE JSON file, or samba:N for N Llama2-7B experts and a router")
-    p.add_argument("--device", default="sn40l", help="sn40l, sn40l:SOCKETS, dgx_a100, dgx_h100, host, or a device JSON file")
+    p.add_argument(
+        "--device",
+        default="sn40l",
+        help="sn40l, sn40l:SOCKETS, dgx_a100, dgx_h100, host, or a device JSON file",
+    )
     p.add_argument("--trace", help="JSONL trace (default: generate one)")
     p.add_argument("--requests", type=int, default=10000, help="generated requests")
     p.add_argument("--rate", type=float, default=2.0, help="Poisson arrivals per second")
-    p.add_argument("--users", type=int, default=0, help="closed loop with this many users instead of Poisson")
+    p.add_argument(
+        "--users", type=int, default=0, help="closed loop with this many users instead of Poisson"
+    )
     p.add_argument("--think", type=float, default=0.0, help="closed-loop mean think time (s)")
     p.add_argument("--popularity", choices=["zipf", "uniform"], default="zipf")
     p.add_argument("--zipf", type=float, default=1.0, help="Zipf exponent")
@@ -65,8 +94,14 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TimeElapsedColumn(), console=console, transient=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -81,7 +116,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     with _progress(console) as prog:
         task = prog.add_task("simulating", total=len(policies))
         for p in policies:
-            reports.append(simulate(g, d, t, p, batch_size=args.batch_size, instances=args.instances))
+            reports.append(
+                simulate(g, d, t, p, batch_size=args.batch_size, instances=args.instances)
+            )
             prog.advance(task)
     console.print(g.summary())
     for r in reports:
@@ -109,12 +146,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
     total = args.steps * len(pols) + args.refine
     with _progress(console) as prog:
         task = prog.add_task("planning", total=total)
-        res = plan(g, d, t, target_p99=args.target_p99, policies=pols, steps=args.steps, refine=args.refine,
-                   progress=lambda: prog.advance(task))
+        res = plan(
+            g,
+            d,
+            t,
+            target_p99=args.target_p99,
+            policies=pols,
+            steps=args.steps,
+            refine=args.refine,
+            progress=lambda: prog.advance(task),
+        )
     console.print(res.table())
     if res.best_policy:
-        console.print(f"recommended: policy [bold]{res.best_policy}[/] with {res.best_capacity / 1e9:.1f} GB of "
-                      f"{d.exec.name} for experts ({res.device_capacity / 1e9:.1f} GB with router and reserve)")
+        console.print(
+            f"recommended: policy [bold]{res.best_policy}[/] with {res.best_capacity / 1e9:.1f} GB of "
+            f"{d.exec.name} for experts ({res.device_capacity / 1e9:.1f} GB with router and reserve)"
+        )
     for n in res.notes:
         console.print(f"note: {n}")
     if args.plot:
@@ -157,14 +204,20 @@ def cmd_paper(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("simulate", help="simulate a CoE on a device under a trace and policies")
     _common(p)
-    p.add_argument("--policy", action="append", help="policy name, e.g. lru, static+lfu, lru+prefetch (repeatable)")
+    p.add_argument(
+        "--policy",
+        action="append",
+        help="policy name, e.g. lru, static+lfu, lru+prefetch (repeatable)",
+    )
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--instances", type=int, default=1)
     p.add_argument("--plot", help="write latency CDF + occupancy PNG here")
     p.add_argument("--json", help="write the reports as JSON here")
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("plan", help="recommend a policy and the smallest fast tier meeting a p99 target")
+    p = sub.add_parser(
+        "plan", help="recommend a policy and the smallest fast tier meeting a p99 target"
+    )
     _common(p)
     p.add_argument("--target-p99", type=float, required=True, help="seconds")
     p.add_argument("--policy", action="append", help="candidate policies (repeatable)")
@@ -173,7 +226,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--plot", help="write the p99-vs-capacity curve PNG here")
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("paper", help="reproduce a paper's table (sn40l: Table V of arXiv 2405.07518)")
+    p = sub.add_parser(
+        "paper", help="reproduce a paper's table (sn40l: Table V of arXiv 2405.07518)"
+    )
     p.add_argument("which", choices=["sn40l"])
     p.add_argument("--json", help="write rows and details as JSON here")
     p.set_defaults(func=cmd_paper)

@@ -9,11 +9,15 @@ use numpy::{IntoPyArray, PyReadonlyArray1};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use tierflow_core::sim::{
-    place as core_place, simulate as core_simulate, Batching, Config, DeviceSpec, Eviction, EvictionKind, Model,
-    NodeSpec, Placement, Tier, Workload,
+    place as core_place, simulate as core_simulate, Batching, Config, DeviceSpec, Eviction,
+    EvictionKind, Model, NodeSpec, Placement, Tier, Workload,
 };
 
-fn item<'py, T: FromPyObjectOwned<'py>>(d: &Bound<'py, PyDict>, what: &str, key: &str) -> PyResult<T> {
+fn item<'py, T: FromPyObjectOwned<'py>>(
+    d: &Bound<'py, PyDict>,
+    what: &str,
+    key: &str,
+) -> PyResult<T> {
     match d.get_item(key)? {
         Some(v) => v.extract::<T>().map_err(|e| {
             let e: PyErr = e.into();

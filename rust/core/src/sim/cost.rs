@@ -92,13 +92,17 @@ mod tests {
     fn decode_closed_form_matches_loop() {
         let d = test_device(100, 100);
         for kv in [0.0, 1e5, 5e5] {
-            let node = NodeSpec { bytes: 1_000_000_000, params: 5e8, layers: 32, kv_bytes_per_token: kv };
+            let node =
+                NodeSpec { bytes: 1_000_000_000, params: 5e8, layers: 32, kv_bytes_per_token: kv };
             let c = NodeCost::new(&node, &d);
             for b in [1.0, 8.0, 3000.0] {
                 for steps in [0, 1, 7, 199] {
                     let want: f64 = (1..=steps).map(|i| c.pass(b, 100.0 + b * i as f64)).sum();
                     let got = c.decode(b, 100.0, steps);
-                    assert!((got - want).abs() <= 1e-9 * want.max(1.0), "{got} {want} b={b} kv={kv}");
+                    assert!(
+                        (got - want).abs() <= 1e-9 * want.max(1.0),
+                        "{got} {want} b={b} kv={kv}"
+                    );
                 }
             }
         }

@@ -48,36 +48,47 @@ pub struct DeviceSpec {
 impl DeviceSpec {
     /// Check every field; errors name the field.
     pub fn validate(&self) -> Result<()> {
-        let bad = |f: &str, why: String| Err(CoreError::Value(format!("device {:?}: {f} {why}", self.name)));
+        let bad = |f: &str, why: String| {
+            Err(CoreError::Value(format!("device {:?}: {f} {why}", self.name)))
+        };
         if self.tiers.is_empty() {
             return bad("tiers", "must hold at least one tier".into());
         }
         for (i, t) in self.tiers.iter().enumerate() {
             if t.capacity == 0 {
-                return bad(&format!("tiers[{i}].capacity ({})", t.name), "must be positive, got 0".into());
+                return bad(
+                    &format!("tiers[{i}].capacity ({})", t.name),
+                    "must be positive, got 0".into(),
+                );
             }
-            if i + 1 < self.tiers.len() && !(t.link_bandwidth.is_finite() && t.link_bandwidth > 0.0) {
+            if i + 1 < self.tiers.len() && !(t.link_bandwidth.is_finite() && t.link_bandwidth > 0.0)
+            {
                 return bad(
                     &format!("tiers[{i}].bandwidth ({})", t.name),
                     format!("must be a positive number of bytes/s, got {}", t.link_bandwidth),
                 );
             }
             if !(t.latency.is_finite() && t.latency >= 0.0) {
-                return bad(&format!("tiers[{i}].latency ({})", t.name), format!("must be >= 0, got {}", t.latency));
+                return bad(
+                    &format!("tiers[{i}].latency ({})", t.name),
+                    format!("must be >= 0, got {}", t.latency),
+                );
             }
         }
         if self.exec_tier >= self.tiers.len() {
-            return bad("exec_tier", format!("{} is not a tier index (0..{})", self.exec_tier, self.tiers.len()));
+            return bad(
+                "exec_tier",
+                format!("{} is not a tier index (0..{})", self.exec_tier, self.tiers.len()),
+            );
         }
-        for (f, v) in [
-            ("read_bandwidth", self.read_bandwidth),
-            ("peak_flops", self.peak_flops),
-        ] {
+        for (f, v) in [("read_bandwidth", self.read_bandwidth), ("peak_flops", self.peak_flops)] {
             if !(v.is_finite() && v > 0.0) {
                 return bad(f, format!("must be positive, got {v}"));
             }
         }
-        for (f, v) in [("bw_efficiency", self.bw_efficiency), ("compute_efficiency", self.compute_efficiency)] {
+        for (f, v) in
+            [("bw_efficiency", self.bw_efficiency), ("compute_efficiency", self.compute_efficiency)]
+        {
             if !(v.is_finite() && v > 0.0 && v <= 1.0) {
                 return bad(f, format!("must be in (0, 1], got {v}"));
             }
@@ -98,7 +109,10 @@ impl DeviceSpec {
         if self.reserved >= exec.capacity {
             return bad(
                 "reserved",
-                format!("({} bytes) leaves no room in tier {:?} ({} bytes)", self.reserved, exec.name, exec.capacity),
+                format!(
+                    "({} bytes) leaves no room in tier {:?} ({} bytes)",
+                    self.reserved, exec.name, exec.capacity
+                ),
             );
         }
         Ok(())

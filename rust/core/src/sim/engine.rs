@@ -81,14 +81,24 @@ fn validate(model: &Model, w: &Workload, cfg: &Config) -> Result<()> {
     if n == 0 {
         return Err(CoreError::Value("trace is empty: nothing to simulate".into()));
     }
-    for (f, len) in [("prompt_tokens", w.prompt.len()), ("output_tokens", w.output.len()), ("expert", w.expert.len()), ("alt", w.alt.len())] {
+    for (f, len) in [
+        ("prompt_tokens", w.prompt.len()),
+        ("output_tokens", w.output.len()),
+        ("expert", w.expert.len()),
+        ("alt", w.alt.len()),
+    ] {
         if len != n {
-            return Err(CoreError::Value(format!("trace field {f} has {len} entries, arrival has {n}")));
+            return Err(CoreError::Value(format!(
+                "trace field {f} has {len} entries, arrival has {n}"
+            )));
         }
     }
     if let Some(u) = &w.user {
         if u.len() != n {
-            return Err(CoreError::Value(format!("trace field user has {} entries, arrival has {n}", u.len())));
+            return Err(CoreError::Value(format!(
+                "trace field user has {} entries, arrival has {n}",
+                u.len()
+            )));
         }
     }
     let m = model.nodes.len();
@@ -96,7 +106,9 @@ fn validate(model: &Model, w: &Workload, cfg: &Config) -> Result<()> {
         return Err(CoreError::Value("the CoE has no experts".into()));
     }
     if model.post.len() != m || model.names.len() != m {
-        return Err(CoreError::Value("model: names, nodes and post must have one entry per node".into()));
+        return Err(CoreError::Value(
+            "model: names, nodes and post must have one entry per node".into(),
+        ));
     }
     for (i, &p) in model.post.iter().enumerate() {
         if p >= m as i32 || p == i as i32 {
@@ -107,7 +119,9 @@ fn validate(model: &Model, w: &Workload, cfg: &Config) -> Result<()> {
     for i in 0..n {
         let a = w.arrival[i];
         if !(a.is_finite() && a >= 0.0) {
-            return Err(CoreError::Value(format!("trace field arrival[{i}] must be a finite time >= 0, got {a}")));
+            return Err(CoreError::Value(format!(
+                "trace field arrival[{i}] must be a finite time >= 0, got {a}"
+            )));
         }
         if w.user.is_none() {
             if a < prev {
@@ -116,13 +130,21 @@ fn validate(model: &Model, w: &Workload, cfg: &Config) -> Result<()> {
             prev = a;
         }
         if w.expert[i] as usize >= m {
-            return Err(CoreError::Value(format!("trace field expert[{i}] = {} is not a node index (0..{m})", w.expert[i])));
+            return Err(CoreError::Value(format!(
+                "trace field expert[{i}] = {} is not a node index (0..{m})",
+                w.expert[i]
+            )));
         }
         if w.alt[i] >= m as i32 {
-            return Err(CoreError::Value(format!("trace field alt[{i}] = {} is not a node index", w.alt[i])));
+            return Err(CoreError::Value(format!(
+                "trace field alt[{i}] = {} is not a node index",
+                w.alt[i]
+            )));
         }
         if w.prompt[i] == 0 || w.output[i] == 0 {
-            return Err(CoreError::Value(format!("trace request {i}: prompt_tokens and output_tokens must be at least 1")));
+            return Err(CoreError::Value(format!(
+                "trace request {i}: prompt_tokens and output_tokens must be at least 1"
+            )));
         }
     }
     if cfg.instances == 0 {
@@ -130,7 +152,9 @@ fn validate(model: &Model, w: &Workload, cfg: &Config) -> Result<()> {
     }
     if let Some(p) = &cfg.popularity {
         if p.len() != m || p.iter().any(|x| !(x.is_finite() && *x >= 0.0)) {
-            return Err(CoreError::Value("popularity must hold one finite value >= 0 per node".into()));
+            return Err(CoreError::Value(
+                "popularity must hold one finite value >= 0 per node".into(),
+            ));
         }
     }
     Ok(())
@@ -149,7 +173,11 @@ fn homes(dev: &DeviceSpec, model: &Model, pop: &[f64]) -> Result<(Vec<u32>, u64)
     if router >= cap {
         return Err(CoreError::Schedule(format!(
             "the router ({}) does not fit in tier {:?} ({} free after {} reserved): {} missing",
-            gb(router as f64), dev.tiers[x].name, gb(cap as f64), gb(dev.reserved as f64), gb((router - cap) as f64 + 1.0)
+            gb(router as f64),
+            dev.tiers[x].name,
+            gb(cap as f64),
+            gb(dev.reserved as f64),
+            gb((router - cap) as f64 + 1.0)
         )));
     }
     let cap = cap - router;
@@ -157,7 +185,11 @@ fn homes(dev: &DeviceSpec, model: &Model, pop: &[f64]) -> Result<(Vec<u32>, u64)
         if nd.bytes > cap {
             return Err(CoreError::Schedule(format!(
                 "node {:?} ({}) is larger than tier {:?} can hold for experts ({}): {} missing",
-                model.names[i], gb(nd.bytes as f64), dev.tiers[x].name, gb(cap as f64), gb((nd.bytes - cap) as f64)
+                model.names[i],
+                gb(nd.bytes as f64),
+                dev.tiers[x].name,
+                gb(cap as f64),
+                gb((nd.bytes - cap) as f64)
             )));
         }
     }
@@ -170,7 +202,10 @@ fn homes(dev: &DeviceSpec, model: &Model, pop: &[f64]) -> Result<(Vec<u32>, u64)
         if total > cap {
             return Err(CoreError::Schedule(format!(
                 "the CoE ({}) does not fit in {:?}, the slowest tier ({} for experts): {} missing",
-                gb(total as f64), dev.tiers[x].name, gb(cap as f64), gb((total - cap) as f64)
+                gb(total as f64),
+                dev.tiers[x].name,
+                gb(cap as f64),
+                gb((total - cap) as f64)
             )));
         }
         home.iter_mut().for_each(|h| *h = x as u32);
@@ -212,12 +247,20 @@ struct Sim<'a> {
     rep: SimReport,
     batch: Vec<u32>,
     chain: Vec<u32>,
+    protect: Vec<u32>,
 }
 
 impl Sim<'_> {
     /// Make `e` resident on instance `k` at time `t`, not evicting `protect`; returns when it is
     /// ready. `demand`: an access (counts hit/miss); otherwise a prefetch.
-    fn bring(&mut self, k: usize, e: u32, t: f64, protect: &[u32], demand: bool) -> Result<Option<f64>> {
+    fn bring(
+        &mut self,
+        k: usize,
+        e: u32,
+        t: f64,
+        protect: &[u32],
+        demand: bool,
+    ) -> Result<Option<f64>> {
         let ei = e as usize;
         let size = self.model.nodes[ei].bytes;
         let inst = &mut self.insts[k];
@@ -285,7 +328,11 @@ impl Sim<'_> {
         } else {
             let e = self.w.expert[r as usize];
             let est = self.costs[e as usize].pass(self.w.prompt[r as usize] as f64, 0.0)
-                + self.costs[e as usize].decode(1.0, self.w.prompt[r as usize] as f64, self.w.output[r as usize] - 1);
+                + self.costs[e as usize].decode(
+                    1.0,
+                    self.w.prompt[r as usize] as f64,
+                    self.w.output[r as usize] - 1,
+                );
             let mut best = (f64::INFINITY, 0usize);
             for k in 0..self.insts.len() {
                 let i = &self.insts[k];
@@ -323,8 +370,11 @@ impl Sim<'_> {
                     let mut best = 0usize;
                     for &r in inst.queue.iter() {
                         let c = w.expert[r as usize];
-                        if inst.resident[c as usize] || self.home[c as usize] as usize == self.dev.exec_tier {
-                            let n = inst.queue.iter().filter(|&&q| w.expert[q as usize] == c).count();
+                        if inst.resident[c as usize]
+                            || self.home[c as usize] as usize == self.dev.exec_tier
+                        {
+                            let n =
+                                inst.queue.iter().filter(|&&q| w.expert[q as usize] == c).count();
                             if n > best {
                                 best = n;
                                 e = c;
@@ -405,15 +455,21 @@ impl Sim<'_> {
                     let p = w.prompt[ri] as f64;
                     let o = w.output[ri];
                     for (ci, &node) in chain.iter().enumerate() {
-                        let protect: Vec<u32> = chain[ci..].iter().copied().chain(batch[j + 1..].iter().map(|&q| w.expert[q as usize])).collect();
+                        let mut protect = std::mem::take(&mut self.protect);
+                        protect.clear();
+                        protect.extend(chain[ci..].iter().copied());
+                        protect.extend(batch[j + 1..].iter().map(|&q| w.expert[q as usize]));
                         let ready = self.bring(k, node, t, &protect, true)?.expect("demand load");
+                        self.protect = protect;
                         self.insts[k].st.stall += (ready - t).max(0.0);
                         let start = ready.max(t);
                         if self.cfg.prefetch {
                             ahead.clear();
                             ahead.extend(chain[ci + 1..].iter().copied());
                             ahead.extend(batch[j + 1..].iter().map(|&q| w.expert[q as usize]));
-                            ahead.extend(self.insts[k].queue.iter().take(4).map(|&q| w.expert[q as usize]));
+                            ahead.extend(
+                                self.insts[k].queue.iter().take(4).map(|&q| w.expert[q as usize]),
+                            );
                             let alt = if ahead.is_empty() { w.alt[ri] } else { -1 };
                             self.prefetch(k, start, node, &ahead, alt)?;
                         }
@@ -469,7 +525,8 @@ impl Sim<'_> {
                         let node = nx as u32;
                         let ready = self.bring(k, node, t, &[node], true)?.expect("demand load");
                         let s = ready.max(t);
-                        t = s + self.costs[nx as usize].pass((w.prompt[ri] + w.output[ri]) as f64, 0.0);
+                        t = s + self.costs[nx as usize]
+                            .pass((w.prompt[ri] + w.output[ri]) as f64, 0.0);
                         nx = self.model.post[nx as usize];
                         hops += 1;
                     }
@@ -519,7 +576,8 @@ pub fn simulate(dev: &DeviceSpec, model: &Model, w: &Workload, cfg: &Config) -> 
     for p in pinned.iter_mut() {
         loop {
             let used: u64 = p.iter().map(|&e| sizes[e as usize]).sum();
-            let biggest = (0..m).filter(|e| !p.contains(&(*e as u32))).map(|e| sizes[e]).max().unwrap_or(0);
+            let biggest =
+                (0..m).filter(|e| !p.contains(&(*e as u32))).map(|e| sizes[e]).max().unwrap_or(0);
             if used + biggest <= cap || p.is_empty() {
                 break;
             }
@@ -582,6 +640,7 @@ pub fn simulate(dev: &DeviceSpec, model: &Model, w: &Workload, cfg: &Config) -> 
         },
         batch: Vec::new(),
         chain: Vec::new(),
+        protect: Vec::new(),
     };
     // arrivals
     let mut heap: BinaryHeap<Reverse<(Ord64, u32)>> = BinaryHeap::new();
@@ -632,7 +691,9 @@ pub fn simulate(dev: &DeviceSpec, model: &Model, w: &Workload, cfg: &Config) -> 
             continue;
         }
         if best.1 == usize::MAX {
-            return Err(CoreError::Internal("simulator: no event left before all requests finished".into()));
+            return Err(CoreError::Internal(
+                "simulator: no event left before all requests finished".into(),
+            ));
         }
         let (t, k) = best;
         done.clear();

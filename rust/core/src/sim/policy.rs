@@ -85,7 +85,10 @@ impl Eviction {
     fn check(&self, e: u32) -> Result<usize> {
         let i = e as usize;
         if i >= self.stamp.len() {
-            return Err(CoreError::Value(format!("expert index {e} out of range (0..{})", self.stamp.len())));
+            return Err(CoreError::Value(format!(
+                "expert index {e} out of range (0..{})",
+                self.stamp.len()
+            )));
         }
         Ok(i)
     }
@@ -166,7 +169,7 @@ impl Eviction {
                 EvictionKind::Lfu => (self.count[i], self.stamp[i]),
                 EvictionKind::Belady => (u64::MAX - self.next_use(i), self.stamp[i]),
             };
-            if best.is_none_or(|(_, k)| key < k) {
+            if best.map_or(true, |(_, k)| key < k) {
                 best = Some((e, key));
             }
         }
@@ -212,7 +215,9 @@ pub enum Placement {
 impl Placement {
     pub fn parse(s: &str, fraction: f64) -> Result<Self> {
         if !(fraction.is_finite() && (0.0..=1.0).contains(&fraction)) {
-            return Err(CoreError::Value(format!("pinned_fraction must be in [0, 1], got {fraction}")));
+            return Err(CoreError::Value(format!(
+                "pinned_fraction must be in [0, 1], got {fraction}"
+            )));
         }
         Ok(match s.to_ascii_lowercase().as_str() {
             "none" | "" => Self::None,
@@ -230,9 +235,17 @@ impl Placement {
 
 /// Experts pinned per instance. `sizes[e]` bytes, `popularity[e]` >= 0 (any scale), `capacity`
 /// bytes per instance available to experts.
-pub fn place(p: Placement, sizes: &[u64], popularity: &[f64], capacity: u64, instances: usize) -> Vec<Vec<u32>> {
+pub fn place(
+    p: Placement,
+    sizes: &[u64],
+    popularity: &[f64],
+    capacity: u64,
+    instances: usize,
+) -> Vec<Vec<u32>> {
     let mut order: Vec<u32> = (0..sizes.len() as u32).collect();
-    order.sort_by(|&a, &b| popularity[b as usize].total_cmp(&popularity[a as usize]).then(a.cmp(&b)));
+    order.sort_by(|&a, &b| {
+        popularity[b as usize].total_cmp(&popularity[a as usize]).then(a.cmp(&b))
+    });
     let total: f64 = popularity.iter().sum::<f64>().max(f64::MIN_POSITIVE);
     let mut pinned = vec![Vec::new(); instances];
     let (fraction, replicas) = match p {
@@ -296,7 +309,9 @@ impl Batching {
             "paper" | "fifo" => Self::Paper { size },
             "affinity" => {
                 if !(max_wait.is_finite() && max_wait >= 0.0) {
-                    return Err(CoreError::Value(format!("max_wait must be >= 0 seconds, got {max_wait}")));
+                    return Err(CoreError::Value(format!(
+                        "max_wait must be >= 0 seconds, got {max_wait}"
+                    )));
                 }
                 Self::Affinity { size, max_wait }
             }

@@ -4,7 +4,9 @@ use crate::sim::device::test_device;
 fn model(n: usize, bytes: u64) -> Model {
     Model {
         names: (0..n).map(|i| format!("e{i}")).collect(),
-        nodes: (0..n).map(|_| NodeSpec { bytes, params: 1e6, layers: 1, kv_bytes_per_token: 0.0 }).collect(),
+        nodes: (0..n)
+            .map(|_| NodeSpec { bytes, params: 1e6, layers: 1, kv_bytes_per_token: 0.0 })
+            .collect(),
         post: vec![-1; n],
         router: None,
     }
