@@ -39,7 +39,7 @@ def test_experts_fit():
 @pytest.mark.parametrize(
     ("kw", "match"),
     [
-        ({"tiers": [tf.Tier("a", 10, 0.0), tf.Tier("b", 10)]}, r"tiers\[0\]\.bandwidth"),
+        ({"tiers": [tf.devices.Tier("a", 10, 0.0), tf.devices.Tier("b", 10)]}, r"tiers\[0\]\.bandwidth"),
         ({"read_bandwidth": 0}, "read_bandwidth must be > 0"),
         ({"bw_efficiency": 1.5}, r"bw_efficiency must be in \(0, 1\]"),
         ({"peak_flops": {"bfloat16": -1.0}}, "peak_flops"),
@@ -51,7 +51,7 @@ def test_experts_fit():
 def test_bad_devices_name_the_field(kw, match):
     base = {
         "name": "x",
-        "tiers": [tf.Tier("a", 10**9, 1e9), tf.Tier("b", 10**10)],
+        "tiers": [tf.devices.Tier("a", 10**9, 1e9), tf.devices.Tier("b", 10**10)],
         "exec_tier": "a",
     }
     with pytest.raises(tf.InvalidArgumentError, match=match):
@@ -61,13 +61,13 @@ def test_bad_devices_name_the_field(kw, match):
 @pytest.mark.parametrize("cap", [0, -1, float("nan")])
 def test_bad_tier_capacity(cap):
     with pytest.raises(tf.InvalidArgumentError, match="capacity"):
-        tf.Tier("a", cap, 1e9)
+        tf.devices.Tier("a", cap, 1e9)
 
 
 @pytest.mark.parametrize("bw", [-5.0, float("inf"), "fast"])
 def test_bad_tier_bandwidth(bw):
     with pytest.raises(tf.InvalidArgumentError, match="bandwidth"):
-        tf.Tier("a", 10, bw)
+        tf.devices.Tier("a", 10, bw)
 
 
 def test_json_roundtrip_and_errors(tmp_path):

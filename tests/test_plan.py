@@ -21,7 +21,7 @@ def setup():
         g.expert(f"e{i}", params=1e9)
     d = tf.Device(
         "toy",
-        [tf.Tier("hbm", 40 * GB, 5e9), tf.Tier("ddr", 100 * GB)],
+        [tf.devices.Tier("hbm", 40 * GB, 5e9), tf.devices.Tier("ddr", 100 * GB)],
         exec_tier="hbm",
         read_bandwidth=1e12,
         peak_flops={"bfloat16": 1e14},

@@ -29,12 +29,24 @@ from .errors import (
 )
 
 # --- store (issue: foundation) -------------------------------------------------------------
+from .store import (
+    BlockTensor,
+    Future,
+    StoreStats,
+    TensorRef,
+    Tier,
+    TieredStore,
+    bfloat16_dtype,
+    parse_size,
+    register_block_format,
+)
+
 # --- kernels -------------------------------------------------------------------------------
 # --- composition of experts ----------------------------------------------------------------
 # isort: split
 from . import devices, policies
 from .coe import CoE
-from .devices import Device, Tier
+from .devices import Device
 from .policies import EvictionPolicy, Policy
 from .report import Report
 from .sim import simulate
@@ -62,6 +74,15 @@ __all__ = [  # noqa: RUF022 (kept in per-domain sections; see the markers)
     "info",
     "set_num_threads",
     # --- store ---
+    "BlockTensor",
+    "Future",
+    "StoreStats",
+    "TensorRef",
+    "Tier",
+    "TieredStore",
+    "bfloat16_dtype",
+    "parse_size",
+    "register_block_format",
     # --- kernels ---
     # --- composition of experts ---
     "CoE",
@@ -69,7 +90,6 @@ __all__ = [  # noqa: RUF022 (kept in per-domain sections; see the markers)
     "EvictionPolicy",
     "Policy",
     "Report",
-    "Tier",
     "Trace",
     "devices",
     "policies",

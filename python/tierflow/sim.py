@@ -5,7 +5,7 @@ Example:
     >>> g = tf.CoE("demo")
     >>> for i in range(4):
     ...     _ = g.expert(f"e{i}", params=1e9, dtype="bf16")
-    >>> d = tf.Device("toy", [tf.Tier("hbm", 5 * 10**9, 10e9), tf.Tier("ddr", 10**11)], exec_tier="hbm",
+    >>> d = tf.Device("toy", [tf.devices.Tier("hbm", 5 * 10**9, 10e9), tf.devices.Tier("ddr", 10**11)], exec_tier="hbm",
     ...               read_bandwidth=1e12, peak_flops={"bfloat16": 1e14})
     >>> t = tf.Trace.poisson(g.experts, rate=5, n=200, seed=1)
     >>> r = tf.simulate(g, d, t, policy="lru")

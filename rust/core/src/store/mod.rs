@@ -1,1 +1,1139 @@
-//! See the crate docs.
+//! The tiered tensor store.
+//!
+//! Tiers are ordered fastest first: typically `fast` (a cache-sized staging buffer), `ram` (a
+//! memory budget) and `disk` (file-backed). Every tensor is resident in exactly one tier. When the
+//! store has a file tier, the slowest file tier is its *home*: every `put` is written through to a
+//! safetensors file there (atomically, with a CRC-32 in the manifest) before it is acknowledged,
+//! so a crash never loses a completed put and pushing a tensor down from memory to home costs no
+//! I/O. A put or move into a full tier evicts by the store's policy one tier down, cascading;
+//! pinned tensors are never evicted.
+//!
+//! Concurrency: one mutex guards the metadata; file reads and writes run outside it, with the
+//! tensor marked busy (other callers wait, and the wait is counted as a stall). A busy mark left
+//! by another process (a `fork()` child sees its parent's) is cleared, so the store keeps working
+//! in a child.
+
+pub mod buf;
+pub mod dtype;
+pub mod fileio;
+pub mod manifest;
+pub mod names;
+pub mod policy;
+mod prefetch;
+mod safetensors_dir;
+mod state;
+pub mod stats;
+pub mod tiers;
+
+pub use buf::AlignedBuf;
+pub use dtype::DType;
+pub use fileio::FileLoc;
+pub use policy::Policy;
+pub use prefetch::Prefetch;
+pub use tiers::{fmt_bytes, parse_size, TierSpec};
+
+use crate::{CoreError, Result};
+use manifest::{Manifest, ManifestEntry};
+use parking_lot::{Condvar, Mutex, MutexGuard};
+use serde::Serialize;
+use state::{Demotion, Entry, State, TierState};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// How much `open` checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verify {
+    /// Files exist with the expected sizes.
+    Header,
+    /// And every checksum matches (reads every byte).
+    Full,
+}
+
+/// What a caller sees of a tensor.
+#[derive(Clone, Debug, Serialize)]
+pub struct TensorMeta {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    pub nbytes: u64,
+    pub tier: String,
+    pub tier_index: usize,
+    pub pinned: bool,
+    pub file: Option<PathBuf>,
+    pub adopted: bool,
+    pub accesses: u64,
+}
+
+/// Construction options.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// The store's folder (manifest, lock, relative tier paths). `None`: memory only.
+    pub root: Option<PathBuf>,
+    pub tiers: Vec<TierSpec>,
+    pub policy: Policy,
+    /// Where `put` places tensors and `get` promotes them (index); default: the largest
+    /// memory tier, else the home tier.
+    pub default_tier: Option<usize>,
+    /// Check CRC-32s on every whole-tensor read from a file tier.
+    pub verify_reads: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reason {
+    Get,
+    Prefetch,
+    Explicit,
+}
+
+pub(crate) struct Inner {
+    root: Option<PathBuf>,
+    specs: Vec<TierSpec>,
+    home: Option<usize>,
+    default_tier: usize,
+    policy: Policy,
+    verify_reads: bool,
+    state: Mutex<State>,
+    cv: Condvar,
+    /// The folder lock (flock), released by `close`.
+    folder_lock: Mutex<Option<std::fs::File>>,
+}
+
+/// A handle on a store; clones share it.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+fn lock_folder(root: &Path) -> Result<std::fs::File> {
+    use std::os::unix::io::AsRawFd;
+    let p = root.join(".tierflow.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .map_err(|e| CoreError::io(&p, e))?;
+    // SAFETY: flock on a valid fd.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(CoreError::Value(format!(
+            "the store at {} is open in another TieredStore (this or another process): close it first",
+            root.display()
+        )));
+    }
+    Ok(f)
+}
+
+fn validate_tiers(specs: &[TierSpec]) -> Result<()> {
+    if specs.is_empty() {
+        return Err(CoreError::Value("a store needs at least one tier".into()));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for t in specs {
+        if t.name.is_empty() || !seen.insert(t.name.clone()) {
+            return Err(CoreError::Value(format!(
+                "tier names must be non-empty and unique: {:?}",
+                t.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Create a store, or reopen the one in `cfg.root` (its manifest's tensors are verified
+    /// with [`Verify::Full`] and strictly).
+    pub fn create(cfg: StoreConfig) -> Result<Store> {
+        validate_tiers(&cfg.tiers)?;
+        if let Some(root) = cfg.root.clone() {
+            if manifest::load(&root)?.is_some() {
+                return Store::open_with(&root, Some(cfg), Verify::Full, true);
+            }
+        }
+        let lock = match &cfg.root {
+            Some(root) => {
+                std::fs::create_dir_all(root).map_err(|e| CoreError::io(root, e))?;
+                Some(lock_folder(root)?)
+            }
+            None => None,
+        };
+        let store = Store::build(cfg, lock, 0)?;
+        store.save_manifest(&store.lock())?;
+        Ok(store)
+    }
+
+    fn build(cfg: StoreConfig, lock: Option<std::fs::File>, generation: u64) -> Result<Store> {
+        let mut tiers = Vec::new();
+        for t in &cfg.tiers {
+            let dir = match (&t.path, &cfg.root) {
+                (Some(p), Some(root)) if p.is_relative() => Some(root.join(p)),
+                (Some(p), _) if p.is_absolute() => Some(p.clone()),
+                (Some(_), _) => {
+                    return Err(CoreError::Value(format!(
+                        "tier {:?} has a relative path but the store has no folder",
+                        t.name
+                    )))
+                }
+                (None, _) => None,
+            };
+            if let Some(d) = &dir {
+                std::fs::create_dir_all(d).map_err(|e| CoreError::io(d, e))?;
+            }
+            tiers.push(TierState { name: t.name.clone(), capacity: t.capacity, dir, used: 0 });
+        }
+        let home = tiers.iter().rposition(|t| t.is_file());
+        if home.is_some() && cfg.root.is_none() {
+            return Err(CoreError::Value("a store with a file tier needs a folder (path)".into()));
+        }
+        let default_tier = match cfg.default_tier {
+            Some(i) if i < tiers.len() => i,
+            Some(i) => return Err(CoreError::Value(format!("no tier number {i}"))),
+            None => {
+                let mem: Vec<usize> = (0..tiers.len()).filter(|&i| !tiers[i].is_file()).collect();
+                mem.iter()
+                    .copied()
+                    .max_by_key(|&i| (tiers[i].capacity.unwrap_or(u64::MAX), std::cmp::Reverse(i)))
+                    .or(home)
+                    .unwrap_or(0)
+            }
+        };
+        let state = State {
+            entries: HashMap::new(),
+            tiers,
+            tick: 0,
+            generation,
+            future: policy::Future::default(),
+            counters: Default::default(),
+            closed: false,
+            quarantined: HashMap::new(),
+        };
+        Ok(Store {
+            inner: Arc::new(Inner {
+                root: cfg.root,
+                specs: cfg.tiers,
+                home,
+                default_tier,
+                policy: cfg.policy,
+                verify_reads: cfg.verify_reads,
+                state: Mutex::new(state),
+                cv: Condvar::new(),
+                folder_lock: Mutex::new(lock),
+            }),
+        })
+    }
+
+    /// Reopen the store in `root` from its manifest, verifying every tensor. With `strict`,
+    /// the first bad tensor is an error; otherwise bad tensors are quarantined (listed by
+    /// [`Store::quarantined`], an error on access, kept in the manifest) and the rest open.
+    pub fn open(root: &Path, verify: Verify, strict: bool) -> Result<Store> {
+        Store::open_with(root, None, verify, strict)
+    }
+
+    fn open_with(
+        root: &Path,
+        cfg: Option<StoreConfig>,
+        verify: Verify,
+        strict: bool,
+    ) -> Result<Store> {
+        let m = manifest::load(root)?.ok_or_else(|| {
+            CoreError::io(
+                root.join(manifest::MANIFEST),
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no tierflow store here"),
+            )
+        })?;
+        let lock = lock_folder(root)?;
+        let policy = Policy::parse(&m.policy)?;
+        let cfg = match cfg {
+            Some(c) => c,
+            None => StoreConfig {
+                root: Some(root.to_owned()),
+                tiers: m.tiers.clone(),
+                policy,
+                default_tier: None,
+                verify_reads: true,
+            },
+        };
+        let store = Store::build(cfg, Some(lock), m.generation)?;
+        {
+            let mut st = store.lock();
+            for (name, me) in &m.tensors {
+                let loc = me.loc(root);
+                let tier = me
+                    .tier
+                    .as_ref()
+                    .and_then(|t| st.tiers.iter().position(|x| &x.name == t && x.is_file()))
+                    .or(store.inner.home);
+                let checked = (|| -> Result<Entry> {
+                    let dtype = DType::parse(&me.dtype)?;
+                    let tier = tier.ok_or_else(|| {
+                        CoreError::corrupt(&loc.path, Some(name), "no file tier to hold it")
+                    })?;
+                    let f = std::fs::File::open(&loc.path).map_err(|e| match e.kind() {
+                        std::io::ErrorKind::NotFound => {
+                            CoreError::corrupt(&loc.path, Some(name), "file is missing")
+                        }
+                        _ => CoreError::io(&loc.path, e),
+                    })?;
+                    let len = f.metadata().map_err(|e| CoreError::io(&loc.path, e))?.len();
+                    if len != loc.file_len {
+                        return Err(CoreError::corrupt(
+                            &loc.path,
+                            Some(name),
+                            format!("file has {len} bytes, the manifest says {}", loc.file_len),
+                        ));
+                    }
+                    if verify == Verify::Full && loc.crc32.is_some() {
+                        let mut b = AlignedBuf::zeroed(me.nbytes as usize)?;
+                        fileio::read_into(&loc, name, 0, b.as_mut_slice(), true)?;
+                    }
+                    Ok(Entry {
+                        dtype,
+                        shape: me.shape.clone(),
+                        nbytes: me.nbytes,
+                        tier,
+                        mem: None,
+                        home: Some(loc.clone()),
+                        home_tier: Some(tier),
+                        resfile: None,
+                        pinned: false,
+                        last_access: 0,
+                        count: 0,
+                        entered: 0,
+                        busy: None,
+                        prefetched: false,
+                    })
+                })();
+                match checked {
+                    Ok(e) => {
+                        st.tiers[e.tier].used += e.nbytes;
+                        st.entries.insert(name.clone(), e);
+                    }
+                    Err(e) if strict => return Err(e),
+                    Err(e) => {
+                        st.quarantined.insert(name.clone(), (e.to_string(), me.clone()));
+                    }
+                }
+            }
+            store.cleanup_orphans(&st);
+        }
+        Ok(store)
+    }
+
+    /// Remove temporary files and files no committed tensor refers to, in the store's own
+    /// file-tier folders (never adopted files elsewhere).
+    fn cleanup_orphans(&self, st: &State) {
+        let Some(root) = &self.inner.root else { return };
+        let mut referenced: std::collections::HashSet<PathBuf> =
+            st.entries.values().filter_map(|e| e.home.as_ref().map(|l| l.path.clone())).collect();
+        referenced.extend(st.quarantined.values().map(|(_, me)| me.loc(root).path));
+        for t in &st.tiers {
+            let Some(dir) = &t.dir else { continue };
+            if !dir.starts_with(root) {
+                continue;
+            }
+            let Ok(rd) = std::fs::read_dir(dir) else { continue };
+            for ent in rd.flatten() {
+                let p = ent.path();
+                let fname = ent.file_name().to_string_lossy().into_owned();
+                let ours = fname.ends_with(".safetensors")
+                    && fname
+                        .rsplit('.')
+                        .nth(1)
+                        .is_some_and(|g| g.chars().all(|c| c.is_ascii_digit()));
+                let tmp = fname.starts_with('.') && fname.contains(".tmp-");
+                if tmp || (ours && !referenced.contains(&p)) {
+                    let _ = std::fs::remove_file(&p);
+                }
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock()
+    }
+
+    fn check_open(st: &State) -> Result<()> {
+        if st.closed {
+            Err(CoreError::Closed("the store"))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Persist the manifest (when the store has a home tier).
+    fn save_manifest(&self, st: &State) -> Result<()> {
+        let (Some(root), Some(_)) = (&self.inner.root, self.inner.home) else { return Ok(()) };
+        let mut tensors = std::collections::BTreeMap::new();
+        for (name, e) in &st.entries {
+            let Some(loc) = &e.home else { continue };
+            let file = loc
+                .path
+                .strip_prefix(root)
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|_| loc.path.clone());
+            tensors.insert(
+                name.clone(),
+                ManifestEntry {
+                    dtype: e.dtype.name(),
+                    shape: e.shape.clone(),
+                    nbytes: e.nbytes,
+                    file: if loc.adopted { loc.path.clone() } else { file },
+                    offset: loc.offset,
+                    file_len: loc.file_len,
+                    crc32: loc.crc32,
+                    mtime_ns: loc.mtime_ns,
+                    adopted: loc.adopted,
+                    tier: e.home_tier.map(|t| st.tiers[t].name.clone()),
+                },
+            );
+        }
+        for (name, (_, me)) in &st.quarantined {
+            tensors.entry(name.clone()).or_insert_with(|| me.clone());
+        }
+        let m = Manifest {
+            format: manifest::FORMAT.into(),
+            version: manifest::VERSION,
+            generation: st.generation,
+            policy: self.inner.policy.name().into(),
+            tiers: self.inner.specs.clone(),
+            tensors,
+        };
+        manifest::save(root, &m)
+    }
+
+    /// Index of the tier called `name`.
+    pub fn tier_index(&self, name: &str) -> Result<usize> {
+        let st = self.lock();
+        st.tiers.iter().position(|t| t.name == name).ok_or_else(|| {
+            CoreError::Value(format!(
+                "no tier named {name:?}; tiers: {:?}",
+                st.tiers.iter().map(|t| t.name.as_str()).collect::<Vec<_>>()
+            ))
+        })
+    }
+
+    /// The tiers as configured (absolute paths for file tiers).
+    pub fn tiers(&self) -> Vec<TierSpec> {
+        self.lock()
+            .tiers
+            .iter()
+            .map(|t| TierSpec { name: t.name.clone(), capacity: t.capacity, path: t.dir.clone() })
+            .collect()
+    }
+
+    pub fn policy(&self) -> Policy {
+        self.inner.policy
+    }
+    pub fn default_tier(&self) -> usize {
+        self.inner.default_tier
+    }
+    pub fn root(&self) -> Option<&Path> {
+        self.inner.root.as_deref()
+    }
+
+    /// Wait until `name` is not being moved; `Ok(false)` if it does not exist.
+    fn wait_idle(&self, st: &mut MutexGuard<'_, State>, name: &str, stall: bool) -> Result<bool> {
+        let t0 = Instant::now();
+        let mut waited = false;
+        loop {
+            Self::check_open(st)?;
+            let Some(e) = st.entries.get(name) else { return Ok(false) };
+            match e.busy {
+                None => break,
+                Some((pid, _)) if pid != std::process::id() => st.clear_foreign_busy(),
+                Some(_) => {
+                    waited = true;
+                    self.inner.cv.wait(st);
+                }
+            }
+        }
+        if waited && stall {
+            st.counters.stalls += 1;
+            st.counters.stall_seconds += t0.elapsed().as_secs_f64();
+        }
+        Ok(true)
+    }
+
+    fn not_found(st: &State, name: &str) -> CoreError {
+        match st.quarantined.get(name) {
+            Some((why, _)) => CoreError::Value(format!("tensor {name:?} is quarantined: {why}")),
+            None => CoreError::NotFound(name.to_owned()),
+        }
+    }
+
+    /// Finish evictions that need I/O (a victim pushed into a non-home file tier, or a copy
+    /// left in a faster file tier). Runs under the lock: such configurations are rare.
+    fn finish_demotions(&self, st: &mut State, demos: Vec<Demotion>) -> Result<()> {
+        for d in demos {
+            if let Some(p) = d.drop_file {
+                let _ = std::fs::remove_file(p);
+                continue;
+            }
+            st.generation += 1;
+            let gen = st.generation;
+            let dir = st.tiers[d.to].dir.clone().expect("file tier");
+            let e = st.entries.get_mut(&d.name).expect("victim");
+            let dst = dir.join(format!("{}.{gen}.safetensors", names::file_stem(&d.name)));
+            let loc = match (&e.mem, &e.resfile, &e.home) {
+                (Some(m), _, _) => {
+                    fileio::write_tensor_file(&dst, &d.name, &e.dtype, &e.shape, m.as_slice())?
+                }
+                (None, Some(src), _) | (None, None, Some(src)) => fileio::copy_tensor_file(
+                    src,
+                    &d.name,
+                    e.nbytes as usize,
+                    &dst,
+                    &e.dtype,
+                    &e.shape,
+                    self.inner.verify_reads,
+                )?,
+                _ => {
+                    return Err(CoreError::Internal(format!(
+                        "tensor {:?} has no bytes to demote",
+                        d.name
+                    )))
+                }
+            };
+            if let Some(old) = e.resfile.replace(loc) {
+                let _ = std::fs::remove_file(old.path);
+            }
+            e.mem = None;
+            st.counters.bytes_written += e.nbytes;
+        }
+        Ok(())
+    }
+
+    /// Store `data` (C-order bytes of `shape` x `dtype`) under `name` in `tier` (default: the
+    /// default tier). Without `overwrite` an existing name is an error and the old tensor stays.
+    pub fn put(
+        &self,
+        name: &str,
+        dtype: DType,
+        shape: &[usize],
+        data: &[u8],
+        tier: Option<usize>,
+        overwrite: bool,
+    ) -> Result<()> {
+        names::validate(name)?;
+        if let Some(n) = dtype::nbytes_of(&dtype, shape)? {
+            if n != data.len() {
+                return Err(CoreError::Shape(format!(
+                    "{} x {shape:?} needs {n} bytes, got {}",
+                    dtype.name(),
+                    data.len()
+                )));
+            }
+        }
+        let nbytes = data.len() as u64;
+        let tier = tier.unwrap_or(self.inner.default_tier);
+        let (home_dir, gen) = {
+            let mut st = self.lock();
+            Self::check_open(&st)?;
+            if tier >= st.tiers.len() {
+                return Err(CoreError::Value(format!("no tier number {tier}")));
+            }
+            if !overwrite && st.entries.contains_key(name) {
+                return Err(CoreError::Exists(name.to_owned()));
+            }
+            for t in [Some(tier), self.inner.home].into_iter().flatten() {
+                if let Some(cap) = st.tiers[t].capacity {
+                    if nbytes > cap {
+                        return Err(CoreError::Capacity(format!(
+                            "tensor {name:?} has {nbytes} bytes ({}), more than the capacity of tier {:?}: {cap} bytes ({})",
+                            fmt_bytes(nbytes),
+                            st.tiers[t].name,
+                            fmt_bytes(cap)
+                        )));
+                    }
+                }
+            }
+            st.generation += 1;
+            (self.inner.home.map(|h| st.tiers[h].dir.clone().expect("file tier")), st.generation)
+        };
+        // Write-through to home, outside the lock.
+        let t0 = Instant::now();
+        let home_loc = match &home_dir {
+            Some(dir) => Some(fileio::write_tensor_file(
+                &dir.join(format!("{}.{gen}.safetensors", names::file_stem(name))),
+                name,
+                &dtype,
+                shape,
+                data,
+            )?),
+            None => None,
+        };
+        let write_secs = t0.elapsed().as_secs_f64();
+        let cleanup_new = |loc: &Option<FileLoc>| {
+            if let Some(l) = loc {
+                let _ = std::fs::remove_file(&l.path);
+            }
+        };
+        let tier_is_file = { self.lock().tiers[tier].is_file() };
+        let mem = if tier_is_file {
+            None
+        } else {
+            match AlignedBuf::from_slice(data) {
+                Ok(b) => Some(Arc::new(b)),
+                Err(e) => {
+                    cleanup_new(&home_loc);
+                    return Err(e);
+                }
+            }
+        };
+        let mut st = self.lock();
+        let result = (|| -> Result<Vec<PathBuf>> {
+            self.wait_idle(&mut st, name, false)?;
+            if !overwrite && st.entries.contains_key(name) {
+                return Err(CoreError::Exists(name.to_owned()));
+            }
+            // Take the old entry out while making room (it must not be chosen as a victim and
+            // its bytes no longer count); put it back if anything fails.
+            let old = st.entries.remove(name);
+            if let Some(o) = &old {
+                st.tiers[o.tier].used -= o.nbytes;
+            }
+            let restore = |st: &mut State, old: Option<Entry>| {
+                if let Some(o) = old {
+                    st.tiers[o.tier].used += o.nbytes;
+                    st.entries.insert(name.to_owned(), o);
+                }
+            };
+            let mut demos = Vec::new();
+            if let Err(e) =
+                st.make_room(tier, nbytes, name, self.inner.policy, self.inner.home, &mut demos)
+            {
+                self.finish_demotions(&mut st, demos)?;
+                restore(&mut st, old);
+                return Err(e);
+            }
+            self.finish_demotions(&mut st, demos)?;
+            let mut resfile = None;
+            if tier_is_file && Some(tier) != self.inner.home {
+                let dir = st.tiers[tier].dir.clone().expect("file tier");
+                st.generation += 1;
+                let p =
+                    dir.join(format!("{}.{}.safetensors", names::file_stem(name), st.generation));
+                resfile = Some(fileio::write_tensor_file(&p, name, &dtype, shape, data)?);
+            }
+            st.tick += 1;
+            let tick = st.tick;
+            st.tiers[tier].used += nbytes;
+            st.entries.insert(
+                name.to_owned(),
+                Entry {
+                    dtype: dtype.clone(),
+                    shape: shape.to_vec(),
+                    nbytes,
+                    tier,
+                    mem: mem.clone(),
+                    home: home_loc.clone(),
+                    home_tier: self.inner.home.filter(|_| home_loc.is_some()),
+                    resfile,
+                    pinned: old.as_ref().is_some_and(|o| o.pinned),
+                    last_access: tick,
+                    count: 1,
+                    entered: tick,
+                    busy: None,
+                    prefetched: false,
+                },
+            );
+            if let Err(e) = self.save_manifest(&st) {
+                let new = st.entries.remove(name).expect("just inserted");
+                st.tiers[tier].used -= nbytes;
+                if let Some(r) = new.resfile {
+                    let _ = std::fs::remove_file(r.path);
+                }
+                restore(&mut st, old);
+                return Err(e);
+            }
+            let mut stale = Vec::new();
+            if let Some(o) = old {
+                stale.extend(o.home.filter(|l| !l.adopted).map(|l| l.path));
+                stale.extend(o.resfile.map(|l| l.path));
+            }
+            Ok(stale)
+        })();
+        drop(st);
+        self.inner.cv.notify_all();
+        match result {
+            Ok(stale) => {
+                for p in stale {
+                    let _ = std::fs::remove_file(p);
+                }
+                let mut st = self.lock();
+                if home_loc.is_some() {
+                    st.counters.bytes_written += nbytes;
+                    let home = self.inner.home.expect("home");
+                    let (a, b) = (st.tiers[tier].name.clone(), st.tiers[home].name.clone());
+                    if tier != home {
+                        let _ = (a, b, write_secs);
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                cleanup_new(&home_loc);
+                Err(e)
+            }
+        }
+    }
+
+    /// The tensor's bytes. From a memory tier: shared, no copy (a hit). From a file tier: read
+    /// (a miss) and, with `promote`, placed in the default tier (evicting per the policy).
+    pub fn get(&self, name: &str, promote: bool) -> Result<(TensorMeta, Arc<AlignedBuf>)> {
+        let promote_to = {
+            let mut st = self.lock();
+            if !self.wait_idle(&mut st, name, true)? {
+                return Err(Self::not_found(&st, name));
+            }
+            st.touch(name);
+            let e = &st.entries[name];
+            if !st.tiers[e.tier].is_file() {
+                let buf = e.mem.clone().ok_or_else(|| {
+                    CoreError::Internal(format!("{name:?} in a memory tier without bytes"))
+                })?;
+                let was_prefetched = e.prefetched;
+                let meta = self.meta_of(&st, name);
+                st.counters.hits += 1;
+                if was_prefetched {
+                    st.counters.prefetch_hits += 1;
+                    st.entries.get_mut(name).expect("exists").prefetched = false;
+                }
+                return Ok((meta, buf));
+            }
+            let target = self.inner.default_tier;
+            let up = (promote && target < e.tier && !st.tiers[target].is_file()).then_some(target);
+            st.counters.misses += 1;
+            up
+        };
+        if let Some(t) = promote_to {
+            match self.move_inner(name, t, Reason::Get) {
+                Ok(Some(buf)) => {
+                    let st = self.lock();
+                    return Ok((self.meta_of(&st, name), buf));
+                }
+                Ok(None) => {}
+                Err(CoreError::Capacity(_)) => {} // no room up there (all pinned): read in place
+                Err(e) => return Err(e),
+            }
+        }
+        // Read in place without moving.
+        let (meta, loc) = {
+            let mut st = self.lock();
+            if !self.wait_idle(&mut st, name, true)? {
+                return Err(Self::not_found(&st, name));
+            }
+            let e = &st.entries[name];
+            if let Some(m) = &e.mem {
+                return Ok((self.meta_of(&st, name), m.clone()));
+            }
+            let loc = e
+                .resfile
+                .clone()
+                .or_else(|| e.home.clone())
+                .ok_or_else(|| CoreError::Internal(format!("{name:?} has no bytes")))?;
+            (self.meta_of(&st, name), loc)
+        };
+        let mut buf = AlignedBuf::zeroed(meta.nbytes as usize)?;
+        let t0 = Instant::now();
+        fileio::read_into(&loc, name, 0, buf.as_mut_slice(), self.inner.verify_reads)?;
+        let mut st = self.lock();
+        st.counters.bytes_read += meta.nbytes;
+        let src = meta.tier.clone();
+        let l = st.counters.streamed.entry(src).or_default();
+        l.bytes += meta.nbytes;
+        l.tensors += 1;
+        l.seconds += t0.elapsed().as_secs_f64();
+        Ok((meta, Arc::new(buf)))
+    }
+
+    fn meta_of(&self, st: &State, name: &str) -> TensorMeta {
+        let e = &st.entries[name];
+        TensorMeta {
+            name: name.to_owned(),
+            dtype: e.dtype.name(),
+            shape: e.shape.clone(),
+            nbytes: e.nbytes,
+            tier: st.tiers[e.tier].name.clone(),
+            tier_index: e.tier,
+            pinned: e.pinned,
+            file: e.resfile.as_ref().or(e.home.as_ref()).map(|l| l.path.clone()),
+            adopted: e.home.as_ref().is_some_and(|l| l.adopted),
+            accesses: e.count,
+        }
+    }
+
+    /// Metadata of `name`.
+    pub fn meta(&self, name: &str) -> Result<TensorMeta> {
+        let st = self.lock();
+        Self::check_open(&st)?;
+        if !st.entries.contains_key(name) {
+            return Err(Self::not_found(&st, name));
+        }
+        Ok(self.meta_of(&st, name))
+    }
+
+    /// Move `name` into `tier` (up or down), evicting by the policy to make room.
+    pub fn move_to(&self, name: &str, tier: usize) -> Result<()> {
+        self.move_inner(name, tier, Reason::Explicit).map(|_| ())
+    }
+
+    fn move_inner(
+        &self,
+        name: &str,
+        dst: usize,
+        reason: Reason,
+    ) -> Result<Option<Arc<AlignedBuf>>> {
+        let mut st = self.lock();
+        if dst >= st.tiers.len() {
+            return Err(CoreError::Value(format!("no tier number {dst}")));
+        }
+        if !self.wait_idle(&mut st, name, reason == Reason::Get)? {
+            return Err(Self::not_found(&st, name));
+        }
+        let (src, n) = {
+            let e = &st.entries[name];
+            (e.tier, e.nbytes)
+        };
+        if src == dst {
+            return Ok(st.entries[name].mem.clone());
+        }
+        if let Some(cap) = st.tiers[dst].capacity {
+            if n > cap {
+                return Err(CoreError::Capacity(format!(
+                    "tensor {name:?} has {n} bytes ({}), more than the capacity of tier {:?}: {cap} bytes ({})",
+                    fmt_bytes(n),
+                    st.tiers[dst].name,
+                    fmt_bytes(cap)
+                )));
+            }
+        }
+        let mut demos = Vec::new();
+        let room = st.make_room(dst, n, name, self.inner.policy, self.inner.home, &mut demos);
+        self.finish_demotions(&mut st, demos)?;
+        room?;
+        let (src_name, dst_name) = (st.tiers[src].name.clone(), st.tiers[dst].name.clone());
+        let src_file = st.tiers[src].is_file();
+        let dst_file = st.tiers[dst].is_file();
+        let dst_home = Some(dst) == st.entries[name].home_tier;
+        let pid = std::process::id();
+        // Cheap moves, under the lock: memory <-> memory, or down into the home copy.
+        if (!src_file && !dst_file) || (dst_file && dst_home) {
+            st.tick += 1;
+            let tick = st.tick;
+            st.tiers[src].used -= n;
+            st.tiers[dst].used += n;
+            let e = st.entries.get_mut(name).expect("exists");
+            e.tier = dst;
+            e.entered = tick;
+            if dst < src {
+                e.last_access = tick; // brought up: recently used, not the next victim
+            }
+            e.prefetched = reason == Reason::Prefetch && dst < src;
+            let mut drop_file = None;
+            if dst_file {
+                e.mem = None;
+                drop_file = e.resfile.take();
+            }
+            let mem = e.mem.clone();
+            st.counters.link(&src_name, &dst_name, n, 0.0);
+            drop(st);
+            if let Some(l) = drop_file {
+                let _ = std::fs::remove_file(l.path);
+            }
+            self.inner.cv.notify_all();
+            return Ok(mem);
+        }
+        // Moves with I/O: reserve room, mark busy, work outside the lock.
+        st.tiers[dst].used += n;
+        st.generation += 1;
+        let gen = st.generation;
+        let dst_dir = st.tiers[dst].dir.clone();
+        let e = st.entries.get_mut(name).expect("exists");
+        e.busy = Some((pid, dst));
+        let (dtype, shape) = (e.dtype.clone(), e.shape.clone());
+        let mem = e.mem.clone();
+        let loc = e.resfile.clone().or_else(|| e.home.clone());
+        drop(st);
+        let t0 = Instant::now();
+        let io = (|| -> Result<(Option<Arc<AlignedBuf>>, Option<FileLoc>)> {
+            if !dst_file {
+                let loc = loc
+                    .as_ref()
+                    .ok_or_else(|| CoreError::Internal(format!("{name:?} has no file")))?;
+                let mut buf = AlignedBuf::zeroed(n as usize)?;
+                fileio::read_into(loc, name, 0, buf.as_mut_slice(), self.inner.verify_reads)?;
+                Ok((Some(Arc::new(buf)), None))
+            } else {
+                let p = dst_dir
+                    .expect("file tier")
+                    .join(format!("{}.{gen}.safetensors", names::file_stem(name)));
+                let l = match (&mem, &loc) {
+                    (Some(m), _) => {
+                        fileio::write_tensor_file(&p, name, &dtype, &shape, m.as_slice())?
+                    }
+                    (None, Some(src)) => fileio::copy_tensor_file(
+                        src,
+                        name,
+                        n as usize,
+                        &p,
+                        &dtype,
+                        &shape,
+                        self.inner.verify_reads,
+                    )?,
+                    _ => return Err(CoreError::Internal(format!("{name:?} has no bytes"))),
+                };
+                Ok((None, Some(l)))
+            }
+        })();
+        let secs = t0.elapsed().as_secs_f64();
+        let mut st = self.lock();
+        let Some(e) = st.entries.get_mut(name) else {
+            // Cannot happen: delete waits for busy tensors. Release the reservation anyway.
+            st.tiers[dst].used -= n;
+            self.inner.cv.notify_all();
+            return Err(CoreError::Internal(format!("{name:?} vanished while it was moved")));
+        };
+        e.busy = None;
+        match io {
+            Err(err) => {
+                st.tiers[dst].used -= n;
+                drop(st);
+                self.inner.cv.notify_all();
+                Err(err)
+            }
+            Ok((buf, newfile)) => {
+                let old_res = if dst_file {
+                    e.resfile.replace(newfile.expect("written"))
+                } else {
+                    e.resfile.take()
+                };
+                e.mem = buf.clone();
+                e.tier = dst;
+                e.prefetched = reason == Reason::Prefetch && dst < src;
+                st.tick += 1;
+                let tick = st.tick;
+                let e = st.entries.get_mut(name).expect("exists");
+                e.entered = tick;
+                if dst < src {
+                    e.last_access = tick;
+                }
+                st.tiers[src].used -= n;
+                st.counters.link(&src_name, &dst_name, n, secs);
+                if dst_file {
+                    st.counters.bytes_written += n;
+                } else {
+                    st.counters.bytes_read += n;
+                }
+                drop(st);
+                if let Some(l) = old_res {
+                    let _ = std::fs::remove_file(l.path);
+                }
+                self.inner.cv.notify_all();
+                Ok(buf)
+            }
+        }
+    }
+
+    /// Push `name` one tier down; returns the tier it lands in.
+    pub fn evict(&self, name: &str) -> Result<usize> {
+        let (tier, ntiers) = {
+            let st = self.lock();
+            Self::check_open(&st)?;
+            let e = st.entries.get(name).ok_or_else(|| Self::not_found(&st, name))?;
+            if e.pinned {
+                return Err(CoreError::Value(format!(
+                    "tensor {name:?} is pinned: unpin it before evicting it"
+                )));
+            }
+            (e.tier, st.tiers.len())
+        };
+        if tier + 1 >= ntiers {
+            return Err(CoreError::Value(format!(
+                "tensor {name:?} is already in the slowest tier"
+            )));
+        }
+        self.move_inner(name, tier + 1, Reason::Explicit)?;
+        self.lock().counters.evictions += 1;
+        Ok(tier + 1)
+    }
+
+    /// Remove `name` and its files (never an adopted file).
+    pub fn delete(&self, name: &str) -> Result<()> {
+        let mut st = self.lock();
+        if !self.wait_idle(&mut st, name, false)? {
+            if st.quarantined.remove(name).is_some() {
+                return self.save_manifest(&st);
+            }
+            return Err(Self::not_found(&st, name));
+        }
+        let e = st.entries.remove(name).expect("exists");
+        st.tiers[e.tier].used -= e.nbytes;
+        if let Err(err) = self.save_manifest(&st) {
+            st.tiers[e.tier].used += e.nbytes;
+            st.entries.insert(name.to_owned(), e);
+            return Err(err);
+        }
+        drop(st);
+        for l in [e.home, e.resfile].into_iter().flatten() {
+            if !l.adopted {
+                let _ = std::fs::remove_file(l.path);
+            }
+        }
+        self.inner.cv.notify_all();
+        Ok(())
+    }
+
+    /// Pin (never evicted) or unpin `name`.
+    pub fn set_pinned(&self, name: &str, pinned: bool) -> Result<()> {
+        let mut st = self.lock();
+        Self::check_open(&st)?;
+        match st.entries.get_mut(name) {
+            Some(e) => {
+                e.pinned = pinned;
+                Ok(())
+            }
+            None => Err(Self::not_found(&st, name)),
+        }
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.lock().entries.keys().cloned().collect();
+        v.sort();
+        v
+    }
+    pub fn contains(&self, name: &str) -> bool {
+        self.lock().entries.contains_key(name)
+    }
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Tensors that failed verification at open (name, reason).
+    pub fn quarantined(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> =
+            self.lock().quarantined.iter().map(|(k, (w, _))| (k.clone(), w.clone())).collect();
+        v.sort();
+        v
+    }
+
+    /// The future access sequence the `planned` policy evicts by (Belady).
+    pub fn set_future(&self, seq: Vec<String>) {
+        self.lock().future = policy::Future::new(seq);
+    }
+
+    /// Statistics as JSON: tiers, traffic, hits, misses, prefetch hits, stalls.
+    pub fn stats(&self) -> serde_json::Value {
+        let st = self.lock();
+        let tiers: Vec<serde_json::Value> = st
+            .tiers
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let resident: Vec<&Entry> = st.entries.values().filter(|e| e.tier == i).collect();
+                serde_json::json!({
+                    "name": t.name,
+                    "kind": if t.is_file() { "file" } else { "memory" },
+                    "capacity": t.capacity,
+                    "used": resident.iter().map(|e| e.nbytes).sum::<u64>(),
+                    "reserved": t.used - resident.iter().map(|e| e.nbytes).sum::<u64>(),
+                    "tensors": resident.len(),
+                    "pinned": resident.iter().filter(|e| e.pinned).count(),
+                    "path": t.dir,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "policy": self.inner.policy.name(),
+            "tiers": tiers,
+            "counters": st.counters,
+            "quarantined": st.quarantined.len(),
+        })
+    }
+
+    pub fn reset_stats(&self) {
+        self.lock().counters = Default::default();
+    }
+
+    /// Make sure the manifest on disk is current and durable.
+    pub fn flush(&self) -> Result<()> {
+        let st = self.lock();
+        Self::check_open(&st)?;
+        self.save_manifest(&st)
+    }
+
+    /// Flush and close; later calls fail with `Closed`. Idempotent.
+    pub fn close(&self) -> Result<()> {
+        let mut st = self.lock();
+        if st.closed {
+            return Ok(());
+        }
+        while st.entries.values().any(|e| e.busy.is_some_and(|(p, _)| p == std::process::id())) {
+            self.inner.cv.wait(&mut st);
+        }
+        let r = self.save_manifest(&st);
+        st.closed = true;
+        st.entries.clear();
+        drop(st);
+        self.inner.folder_lock.lock().take();
+        self.inner.cv.notify_all();
+        r
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Copy bytes `[offset, offset + out.len())` of `name` into `out` from wherever it lives,
+    /// without moving it (kernels stream weight panels this way). Counted as streamed traffic.
+    pub fn read_into(&self, name: &str, offset: u64, out: &mut [u8]) -> Result<()> {
+        let (mem, loc, tier, n) = {
+            let mut st = self.lock();
+            if !self.wait_idle(&mut st, name, true)? {
+                return Err(Self::not_found(&st, name));
+            }
+            if offset == 0 {
+                st.touch(name);
+            }
+            let e = &st.entries[name];
+            (
+                e.mem.clone(),
+                e.resfile.clone().or_else(|| e.home.clone()),
+                st.tiers[e.tier].name.clone(),
+                e.nbytes,
+            )
+        };
+        let end = offset.checked_add(out.len() as u64).filter(|&e| e <= n);
+        if end.is_none() {
+            return Err(CoreError::Value(format!(
+                "range {offset}+{} is outside tensor {name:?} ({n} bytes)",
+                out.len()
+            )));
+        }
+        let t0 = Instant::now();
+        match (mem, loc) {
+            (Some(m), _) => {
+                out.copy_from_slice(&m.as_slice()[offset as usize..offset as usize + out.len()])
+            }
+            (None, Some(l)) => {
+                fileio::read_into(&l, name, offset, out, false)?;
+            }
+            _ => return Err(CoreError::Internal(format!("{name:?} has no bytes"))),
+        }
+        let mut st = self.lock();
+        let l = st.counters.streamed.entry(tier).or_default();
+        l.bytes += out.len() as u64;
+        l.seconds += t0.elapsed().as_secs_f64();
+        if offset == 0 {
+            l.tensors += 1;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

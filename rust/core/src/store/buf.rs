@@ -1,0 +1,70 @@
+//! A 64-byte aligned, immutable-once-shared byte buffer: the payload of in-memory tiers.
+//! Shared as `Arc<AlignedBuf>` so a NumPy view handed to Python stays valid after the tensor is
+//! evicted or deleted (zero copy, no dangling pointer).
+
+use crate::{CoreError, Result};
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::ptr::NonNull;
+
+pub const ALIGN: usize = 64;
+
+pub struct AlignedBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the buffer owns its allocation; shared access is read-only (mutation needs &mut).
+unsafe impl Send for AlignedBuf {}
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    /// A zeroed buffer of `len` bytes (an allocation failure is an error, not an abort).
+    pub fn zeroed(len: usize) -> Result<AlignedBuf> {
+        if len == 0 {
+            return Ok(AlignedBuf { ptr: NonNull::<u64>::dangling().cast(), len: 0 });
+        }
+        let layout = Layout::from_size_align(len, ALIGN)
+            .map_err(|_| CoreError::Capacity(format!("cannot allocate {len} bytes")))?;
+        // SAFETY: layout has non-zero size.
+        let p = unsafe { alloc_zeroed(layout) };
+        let ptr = NonNull::new(p)
+            .ok_or_else(|| CoreError::Capacity(format!("out of memory allocating {len} bytes")))?;
+        Ok(AlignedBuf { ptr, len })
+    }
+
+    /// A copy of `data`.
+    pub fn from_slice(data: &[u8]) -> Result<AlignedBuf> {
+        let mut b = AlignedBuf::zeroed(data.len())?;
+        b.as_mut_slice().copy_from_slice(data);
+        Ok(b)
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr.as_ptr()
+    }
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: ptr is valid for len bytes (or dangling with len 0).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and &mut self gives exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: allocated in `zeroed` with this layout.
+            unsafe {
+                dealloc(self.ptr.as_ptr(), Layout::from_size_align_unchecked(self.len, ALIGN))
+            }
+        }
+    }
+}

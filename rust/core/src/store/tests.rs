@@ -1,0 +1,108 @@
+//! Unit tests of the store core (the Python suite covers the API end to end).
+
+use super::*;
+
+fn cfg(root: &Path, ram: u64) -> StoreConfig {
+    StoreConfig {
+        root: Some(root.to_owned()),
+        tiers: vec![
+            TierSpec { name: "fast".into(), capacity: Some(64), path: None },
+            TierSpec { name: "ram".into(), capacity: Some(ram), path: None },
+            TierSpec { name: "disk".into(), capacity: None, path: Some("disk".into()) },
+        ],
+        policy: Policy::Lru,
+        default_tier: None,
+        verify_reads: true,
+    }
+}
+
+fn bytes(n: usize, seed: u8) -> Vec<u8> {
+    (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+#[test]
+fn put_get_evict_reopen() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::create(cfg(d.path(), 100)).unwrap();
+    assert_eq!(s.default_tier(), 1);
+    s.put("a", DType::U8, &[40], &bytes(40, 1), None, false).unwrap();
+    s.put("b", DType::U8, &[40], &bytes(40, 2), None, false).unwrap();
+    // a third 40-byte tensor does not fit in 100 bytes: LRU evicts "a" to disk.
+    s.put("c", DType::U8, &[40], &bytes(40, 3), None, false).unwrap();
+    assert_eq!(s.meta("a").unwrap().tier, "disk");
+    assert_eq!(s.meta("c").unwrap().tier, "ram");
+    assert!(matches!(s.put("a", DType::U8, &[1], &[0], None, false), Err(CoreError::Exists(_))));
+    let (_, buf) = s.get("a", true).unwrap();
+    assert_eq!(buf.as_slice(), &bytes(40, 1)[..]);
+    assert_eq!(s.meta("a").unwrap().tier, "ram");
+    let st = s.stats();
+    assert_eq!(st["counters"]["misses"], 1);
+    assert!(matches!(
+        s.put("big", DType::U8, &[200], &bytes(200, 0), None, false),
+        Err(CoreError::Capacity(_))
+    ));
+    s.close().unwrap();
+    assert!(matches!(s.get("a", true), Err(CoreError::Closed(_))));
+    let s2 = Store::open(d.path(), Verify::Full, true).unwrap();
+    assert_eq!(s2.names(), vec!["a", "b", "c"]);
+    for (n, seed) in [("a", 1), ("b", 2), ("c", 3)] {
+        assert_eq!(s2.get(n, false).unwrap().1.as_slice(), &bytes(40, seed)[..]);
+    }
+}
+
+#[test]
+fn pinned_never_evicted_and_planned_policy() {
+    let d = tempfile::tempdir().unwrap();
+    let mut c = cfg(d.path(), 100);
+    c.policy = Policy::Planned;
+    let s = Store::create(c).unwrap();
+    s.set_future(["a", "b", "c", "a", "b"].iter().map(|x| x.to_string()).collect());
+    s.put("a", DType::U8, &[50], &bytes(50, 1), None, false).unwrap();
+    s.put("b", DType::U8, &[50], &bytes(50, 2), None, false).unwrap();
+    s.set_pinned("a", true).unwrap();
+    s.put("c", DType::U8, &[50], &bytes(50, 3), None, false).unwrap();
+    assert_eq!(s.meta("a").unwrap().tier, "ram");
+    assert_eq!(s.meta("b").unwrap().tier, "disk");
+    s.set_pinned("c", true).unwrap();
+    let e = s.move_to("b", 1).unwrap_err();
+    assert!(matches!(e, CoreError::Capacity(_)), "{e}");
+    assert!(e.to_string().contains("pinned"));
+}
+
+#[test]
+fn corrupt_files_are_reported() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::create(cfg(d.path(), 1000)).unwrap();
+    s.put("w", DType::F32, &[4], &bytes(16, 9), Some(2), false).unwrap();
+    let file = s.meta("w").unwrap().file.unwrap();
+    s.close().unwrap();
+    drop(s);
+    // flip one data byte: the checksum catches it
+    let mut raw = std::fs::read(&file).unwrap();
+    let last = raw.len() - 1;
+    raw[last] ^= 0xff;
+    std::fs::write(&file, &raw).unwrap();
+    match Store::open(d.path(), Verify::Full, true) {
+        Err(CoreError::Corrupt { tensor, .. }) => assert_eq!(tensor.as_deref(), Some("w")),
+        other => panic!("expected a corrupt-file error, got {:?}", other.err()),
+    }
+    let s = Store::open(d.path(), Verify::Full, false).unwrap();
+    assert_eq!(s.quarantined().len(), 1);
+    assert!(s.get("w", false).is_err());
+}
+
+#[test]
+fn adopt_and_detect_truncation() {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("x.safetensors");
+    let data = bytes(64, 5);
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![4, 4], &data).unwrap();
+    safetensors::tensor::serialize_to_file([("t", view)], None, &f).unwrap();
+    let s = Store::create(cfg(&d.path().join("store"), 1000)).unwrap();
+    assert_eq!(s.load_safetensors(&f, None, "m.", false).unwrap(), vec!["m.t"]);
+    assert_eq!(s.get("m.t", false).unwrap().1.as_slice(), &data[..]);
+    let len = std::fs::metadata(&f).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&f).unwrap().set_len(len - 8).unwrap();
+    assert!(matches!(s.get("m.t", false), Err(CoreError::Corrupt { .. })));
+}
