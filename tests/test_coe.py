@@ -131,3 +131,16 @@ def test_sizes_from_a_store():
     assert g.nbytes("e1") == 2020 and g.nodes["e1"].params == 1010
     with pytest.raises(tf.InvalidArgumentError, match="no tensors"):
         g.expert("e3", store=FakeStore(), prefix="e3.")
+
+
+def test_sizes_from_the_tiered_store():
+    s = tf.TieredStore()
+    try:
+        s.put("e1.w", np.ones((64, 16), dtype=np.float32))
+        s.put("e1.b", np.ones(16, dtype=np.float32))
+        s.put("e2.w", np.ones((8, 8), dtype=np.float32))
+        g = tf.CoE()
+        g.expert("e1", store=s, prefix="e1.", dtype="float32")
+        assert g.nbytes("e1") == (64 * 16 + 16) * 4 and g.nodes["e1"].params == 64 * 16 + 16
+    finally:
+        s.close()
