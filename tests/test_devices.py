@@ -39,7 +39,10 @@ def test_experts_fit():
 @pytest.mark.parametrize(
     ("kw", "match"),
     [
-        ({"tiers": [tf.devices.Tier("a", 10, 0.0), tf.devices.Tier("b", 10)]}, r"tiers\[0\]\.bandwidth"),
+        (
+            {"tiers": [tf.devices.Tier("a", 10, 0.0), tf.devices.Tier("b", 10)]},
+            r"tiers\[0\]\.bandwidth",
+        ),
         ({"read_bandwidth": 0}, "read_bandwidth must be > 0"),
         ({"bw_efficiency": 1.5}, r"bw_efficiency must be in \(0, 1\]"),
         ({"peak_flops": {"bfloat16": -1.0}}, "peak_flops"),
