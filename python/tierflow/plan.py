@@ -113,7 +113,7 @@ def plan(
     refine: int = 6,
     progress: Callable[[], None] | None = None,
 ) -> Plan:
-    """Sweep ``steps`` capacities from one expert to the whole CoE for each policy; recommend the
+    """Sweep ``steps`` capacities (geometric) from one expert to the whole CoE for each policy; recommend the
     policy needing the least capacity for ``p99 <= target_p99`` and bisect its capacity
     ``refine`` times. ``progress()`` is called after each simulation."""
     if not (isinstance(target_p99, (int, float)) and target_p99 > 0):
@@ -125,7 +125,7 @@ def plan(
     overhead = device.reserved + router
     sizes = [g.nodes[e].nbytes for e in g.experts]
     lo, hi = max(sizes), sum(sizes)
-    caps = sorted({int(c) for c in np.linspace(lo, hi, steps)})
+    caps = sorted({int(c) for c in np.geomspace(lo, hi, steps)})  # dense near the knee
     tick = progress or (lambda: None)
     table: dict[str, list[float]] = {p.name: [] for p in pols}
     for c in caps:
