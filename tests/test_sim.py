@@ -341,3 +341,25 @@ def test_report_outputs(tmp_path):
     assert j["summary"]["switches"] == a.switches
     a.plot(tmp_path / "r.png")
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_simulation_releases_the_gil():
+    import threading
+
+    g = coe([1.0] * 20)
+    d = toy_device(5)
+    t = tf.Trace.poisson(g.experts, rate=1.0, n=1_000_000, seed=0)
+    done = threading.Event()
+
+    def work():
+        tf.simulate(g, d, t, "lru")
+        done.set()
+
+    th = threading.Thread(target=work)
+    ticks = 0
+    th.start()
+    while not done.is_set():
+        ticks += 1  # runs only if the simulating thread let go of the GIL
+        done.wait(0.001)
+    th.join()
+    assert ticks > 50, ticks  # holding the GIL would allow a handful at most
