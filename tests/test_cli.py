@@ -24,7 +24,11 @@ def test_inspect_file_and_store(tmp_path, capsys):
     save_file({"emb": np.zeros((5, 3), np.float32), "b": np.zeros(7, np.int64)}, str(f))
     assert main(["inspect", str(f), "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
-    assert rows["emb"]["shape"] == [5, 3] and rows["emb"]["nbytes"] == 60 and rows["b"]["dtype"] == "I64"
+    assert (
+        rows["emb"]["shape"] == [5, 3]
+        and rows["emb"]["nbytes"] == 60
+        and rows["b"]["dtype"] == "I64"
+    )
     with tierflow.TieredStore(tmp_path / "s") as s:
         s.put("x", np.ones((2, 2), np.float16))
     assert main(["inspect", str(tmp_path / "s")]) == 0
@@ -43,7 +47,20 @@ def test_inspect_errors(tmp_path, capsys):
 
 def test_demo_small(tmp_path):
     r = subprocess.run(
-        [sys.executable, "-m", "tierflow", "demo", "--size", "24MiB", "--ram", "8MiB", "--tensors", "6", "--dir", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "tierflow",
+            "demo",
+            "--size",
+            "24MiB",
+            "--ram",
+            "8MiB",
+            "--tensors",
+            "6",
+            "--dir",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         timeout=300,

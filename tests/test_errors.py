@@ -11,7 +11,9 @@ from tierflow import _tierflow, errors
 
 
 def test_every_error_is_a_tierflow_error_and_a_builtin():
-    classes = [c for _, c in inspect.getmembers(errors, inspect.isclass) if issubclass(c, Exception)]
+    classes = [
+        c for _, c in inspect.getmembers(errors, inspect.isclass) if issubclass(c, Exception)
+    ]
     assert len(classes) >= 14
     for c in classes:
         assert issubclass(c, tierflow.TierflowError)

@@ -17,7 +17,17 @@ from hypothesis.extra import numpy as hnp
 import tierflow
 from tierflow import Tier, TieredStore
 
-DTYPES = [np.float32, np.float64, np.float16, ml_dtypes.bfloat16, np.int8, np.uint8, np.int32, np.int64, np.bool_]
+DTYPES = [
+    np.float32,
+    np.float64,
+    np.float16,
+    ml_dtypes.bfloat16,
+    np.int8,
+    np.uint8,
+    np.int32,
+    np.int64,
+    np.bool_,
+]
 
 
 def small_store(path, fast="4KiB", ram="64KiB", policy="lru"):
@@ -56,7 +66,13 @@ def test_put_get_basics(store_dir):
     np.testing.assert_array_equal(g, a)
     assert not g.flags.writeable  # a zero-copy view of the store's buffer
     ref = s["a"]
-    assert (ref.name, ref.shape, ref.dtype, ref.nbytes, ref.tier) == ("a", (3, 4), np.float32, 48, "ram")
+    assert (ref.name, ref.shape, ref.dtype, ref.nbytes, ref.tier) == (
+        "a",
+        (3, 4),
+        np.float32,
+        48,
+        "ram",
+    )
     np.testing.assert_array_equal(np.asarray(ref), a)
     assert "a" in s and "b" not in s and len(s) == 1 and list(s) == ["a"]
     info = s.info("a")
@@ -128,7 +144,12 @@ def test_roundtrip_every_dtype_layout_tier(tmp_path_factory, arr, layout, moves)
 
 def test_unsupported_dtypes(store_dir):
     s = small_store(store_dir)
-    for bad in [np.zeros(2, np.complex64), np.zeros(2, np.uint32), np.array(["a"]), np.array([object()])]:
+    for bad in [
+        np.zeros(2, np.complex64),
+        np.zeros(2, np.uint32),
+        np.array(["a"]),
+        np.array([object()]),
+    ]:
         with pytest.raises(tierflow.DTypeError):
             s.put("x", bad)
     assert len(s) == 0
@@ -245,7 +266,9 @@ def test_planned_policy_is_belady(tmp_path_factory, seq):
             continue
         belady += 1
         if len(cache) == 3:
-            nxt = {c: next((j for j in range(i + 1, len(seq)) if seq[j] == c), 10**9) for c in cache}
+            nxt = {
+                c: next((j for j in range(i + 1, len(seq)) if seq[j] == c), 10**9) for c in cache
+            }
             cache.remove(max(cache, key=lambda c: nxt[c]))
         cache.append(n)
     assert planned == belady
@@ -293,7 +316,9 @@ def test_names_cannot_leave_the_folder(tmp_path):
         assert s.get(n).tolist() == [i]
     for p in tmp_path.rglob("*"):
         assert str(p.resolve()).startswith(str(root.resolve())) or p in (tmp_path / "inner", root)
-    assert set(os.listdir(tmp_path)) == {"inner"} and set(os.listdir(tmp_path / "inner")) == {"store"}
+    assert set(os.listdir(tmp_path)) == {"inner"} and set(os.listdir(tmp_path / "inner")) == {
+        "store"
+    }
     for bad in ["", "a\0b"]:
         with pytest.raises(tierflow.InvalidNameError):
             s.put(bad, np.zeros(1))
@@ -302,7 +327,9 @@ def test_names_cannot_leave_the_folder(tmp_path):
         assert sorted(s2.names()) == sorted(evil)
 
 
-@pytest.mark.parametrize("cap", [-1, "-5MiB", "lots", "12 parsecs", 1.5e30, float("nan"), True, [1]])
+@pytest.mark.parametrize(
+    "cap", [-1, "-5MiB", "lots", "12 parsecs", 1.5e30, float("nan"), True, [1]]
+)
 def test_bad_capacities(cap):
     with pytest.raises(ValueError):
         Tier("t", cap)

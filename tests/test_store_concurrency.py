@@ -46,13 +46,20 @@ def test_eight_threads_random_operations(tmp_path):
         try:
             while time.monotonic() < stop:
                 n = rnd.choice(names)
-                op = rnd.choice(["put", "get", "get", "move", "evict", "prefetch", "delete", "pin", "stats"])
+                op = rnd.choice(
+                    ["put", "get", "get", "move", "evict", "prefetch", "delete", "pin", "stats"]
+                )
                 with locks[n]:  # one writer per name; the store itself is shared freely
                     ver = truth.get(n)
                     if op == "put":
                         v = (ver or 0) + 1
                         try:
-                            s.put(n, value(n, v), overwrite=True, tier=rnd.choice([None, "fast", "disk"]))
+                            s.put(
+                                n,
+                                value(n, v),
+                                overwrite=True,
+                                tier=rnd.choice([None, "fast", "disk"]),
+                            )
                             truth[n] = v
                         except tierflow.CapacityError:  # the tier is full of pinned tensors
                             if ver is not None:  # the old tensor is intact
@@ -124,7 +131,9 @@ CRASH_CHILD = textwrap.dedent(
 def test_sigkill_mid_put_loses_no_completed_put(tmp_path):
     for attempt in range(3):
         root = tmp_path / f"s{attempt}"
-        p = subprocess.Popen([sys.executable, "-c", CRASH_CHILD, str(root)], stdout=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            [sys.executable, "-c", CRASH_CHILD, str(root)], stdout=subprocess.PIPE, text=True
+        )
         done = -1
         assert p.stdout is not None
         deadline = time.monotonic() + 60

@@ -18,7 +18,9 @@ from tierflow import Tier, TieredStore
 
 
 def store(path, **kw):
-    return TieredStore(path, tiers=[Tier("fast", "1MiB"), Tier("ram", "8MiB"), Tier("disk", path="disk")], **kw)
+    return TieredStore(
+        path, tiers=[Tier("fast", "1MiB"), Tier("ram", "8MiB"), Tier("disk", path="disk")], **kw
+    )
 
 
 def write_raw(path, header: dict, data: bytes, length_word: int | None = None):
@@ -35,7 +37,9 @@ def test_adopt_single_file_without_copy(tmp_path):
     names = s.load_safetensors(f, prefix="m.")
     assert sorted(names) == ["m.a", "m.b"]
     assert s.tier_of("m.a") == "disk" and s.info("m.a")["adopted"]
-    assert not any(p.suffix == ".safetensors" for p in (tmp_path / "s" / "disk").iterdir())  # no copy
+    assert not any(
+        p.suffix == ".safetensors" for p in (tmp_path / "s" / "disk").iterdir()
+    )  # no copy
     for k, v in tensors.items():
         np.testing.assert_array_equal(s.get("m." + k), v)
     with pytest.raises(tierflow.TensorExistsError):
@@ -52,7 +56,9 @@ def test_adopt_hf_sharded_checkpoint(tmp_path):
     ck.mkdir()
     rng = np.random.default_rng(0)
     shards = {
-        "model-00001-of-00002.safetensors": {"embed.weight": rng.standard_normal((8, 4)).astype(np.float32)},
+        "model-00001-of-00002.safetensors": {
+            "embed.weight": rng.standard_normal((8, 4)).astype(np.float32)
+        },
         "model-00002-of-00002.safetensors": {
             "layers.0.w": rng.standard_normal((4, 4)).astype(np.float16),
             "lm_head.weight": rng.standard_normal((8, 4)).astype(np.float32),
@@ -62,7 +68,9 @@ def test_adopt_hf_sharded_checkpoint(tmp_path):
     for fname, ts in shards.items():
         save_file(ts, str(ck / fname))
         weight_map.update({k: fname for k in ts})
-    (ck / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (ck / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
     s = store(tmp_path / "s")
     assert sorted(s.load_safetensors(ck)) == sorted(weight_map)
     for ts in shards.values():
@@ -75,19 +83,34 @@ def test_adopt_hf_sharded_checkpoint(tmp_path):
         s.load_safetensors(ck / "model.safetensors.index.json", prefix="x.")
     assert not any(n.startswith("x.") for n in s.names())
     # shard names that try to leave the folder
-    (ck / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "../evil.safetensors"}}))
+    (ck / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "../evil.safetensors"}})
+    )
     with pytest.raises(tierflow.CorruptFileError):
         s.load_safetensors(ck, prefix="y.")
 
 
 @pytest.mark.parametrize(
     "case",
-    ["empty", "short_word", "header_longer_than_file", "invalid_json", "not_object", "out_of_range", "overlap", "bad_dtype_size", "truncated"],
+    [
+        "empty",
+        "short_word",
+        "header_longer_than_file",
+        "invalid_json",
+        "not_object",
+        "out_of_range",
+        "overlap",
+        "bad_dtype_size",
+        "truncated",
+    ],
 )
 def test_corrupt_safetensors_rejected(tmp_path, case):
     f = tmp_path / f"{case}.safetensors"
     data = np.arange(8, dtype=np.float32).tobytes()
-    good = {"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}, "b": {"dtype": "F32", "shape": [4], "data_offsets": [16, 32]}}
+    good = {
+        "a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+        "b": {"dtype": "F32", "shape": [4], "data_offsets": [16, 32]},
+    }
     if case == "empty":
         f.write_bytes(b"")
     elif case == "short_word":
@@ -161,7 +184,7 @@ def test_file_truncated_after_open_is_reported_not_sigbus(tmp_path):
     s.load_safetensors(f)
     with open(f, "r+b") as fh:
         fh.truncate(os.path.getsize(f) - 1000)
-    with pytest.raises(tierflow.CorruptFileError, match="changed on disk|truncated"):
+    with pytest.raises(tierflow.CorruptFileError, match=r"changed on disk|truncated"):
         s.get("w")
     # the store itself is intact
     s.put("x", np.ones(2))
@@ -207,7 +230,12 @@ FULL_DISK_CHILD = textwrap.dedent(
 
 
 def test_full_disk_leaves_store_consistent(tmp_path):
-    r = subprocess.run([sys.executable, "-c", FULL_DISK_CHILD, str(tmp_path / "s")], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_CHILD, str(tmp_path / "s")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("OSError")
     with TieredStore.open(tmp_path / "s") as s:
@@ -226,7 +254,9 @@ def test_reopen_cleans_orphans(tmp_path):
     save_file({"ghost": np.zeros(2)}, str(disk / "ghost.99.safetensors"))
     with TieredStore.open(tmp_path / "s") as s2:
         assert s2.names() == ["a"]
-    assert sorted(os.listdir(disk)) == sorted(p for p in os.listdir(disk) if not p.startswith(".") and "ghost" not in p)
+    assert sorted(os.listdir(disk)) == sorted(
+        p for p in os.listdir(disk) if not p.startswith(".") and "ghost" not in p
+    )
 
 
 def test_files_readable_by_safetensors(tmp_path):

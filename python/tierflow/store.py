@@ -96,7 +96,9 @@ def parse_size(size: int | str | None) -> int | None:
     if size is None:
         return None
     if isinstance(size, bool):
-        raise InvalidArgumentError(f"capacity must be a number of bytes or a size string, not {size!r}")
+        raise InvalidArgumentError(
+            f"capacity must be a number of bytes or a size string, not {size!r}"
+        )
     if isinstance(size, (int, np.integer)):
         if size < 0:
             raise InvalidArgumentError(f"capacity must not be negative, got {size}")
@@ -107,7 +109,9 @@ def parse_size(size: int | str | None) -> int | None:
         return int(size)
     if isinstance(size, str):
         return _tierflow.parse_size(size)
-    raise InvalidArgumentError(f"capacity must be a number of bytes or a size string, not {type(size).__name__}")
+    raise InvalidArgumentError(
+        f"capacity must be a number of bytes or a size string, not {type(size).__name__}"
+    )
 
 
 @dataclass(frozen=True)
@@ -301,7 +305,11 @@ class StoreStats(dict[str, Any]):
         raise KeyError(name)
 
     def link(self, src: str, dst: str) -> dict[str, Any]:
-        return dict(self["counters"]["links"].get(f"{src}->{dst}", {"bytes": 0, "tensors": 0, "seconds": 0.0}))
+        return dict(
+            self["counters"]["links"].get(
+                f"{src}->{dst}", {"bytes": 0, "tensors": 0, "seconds": 0.0}
+            )
+        )
 
     def tables(self) -> list[Any]:
         from rich.table import Table
@@ -310,17 +318,40 @@ class StoreStats(dict[str, Any]):
         for c in ("tier", "kind", "capacity", "used", "tensors", "pinned"):
             t.add_column(c, justify="right" if c not in ("tier", "kind") else "left")
         for x in self["tiers"]:
-            t.add_row(x["name"], x["kind"], _fmt_bytes(x["capacity"]), _fmt_bytes(x["used"]), str(x["tensors"]), str(x["pinned"]))
+            t.add_row(
+                x["name"],
+                x["kind"],
+                _fmt_bytes(x["capacity"]),
+                _fmt_bytes(x["used"]),
+                str(x["tensors"]),
+                str(x["pinned"]),
+            )
         c = self["counters"]
         m = Table(title="traffic")
         for col in ("from -> to", "bytes", "tensors", "seconds", "GB/s"):
             m.add_column(col, justify="left" if col == "from -> to" else "right")
-        rows = [(k, v) for k, v in c["links"].items()] + [(f"{k} -> kernels (streamed)", v) for k, v in c["streamed"].items()]
+        rows = [(k, v) for k, v in c["links"].items()] + [
+            (f"{k} -> kernels (streamed)", v) for k, v in c["streamed"].items()
+        ]
         for k, v in rows:
             gbs = v["bytes"] / v["seconds"] / 1e9 if v["seconds"] > 0 else float("nan")
-            m.add_row(k.replace("->", " -> "), _fmt_bytes(v["bytes"]), str(v["tensors"]), f"{v['seconds']:.3f}", "-" if gbs != gbs else f"{gbs:.2f}")
+            m.add_row(
+                k.replace("->", " -> "),
+                _fmt_bytes(v["bytes"]),
+                str(v["tensors"]),
+                f"{v['seconds']:.3f}",
+                "-" if gbs != gbs else f"{gbs:.2f}",
+            )
         s = Table(title="accesses")
-        for col in ("hits", "misses", "hit rate", "prefetch hits", "stalls", "stall s", "evictions"):
+        for col in (
+            "hits",
+            "misses",
+            "hit rate",
+            "prefetch hits",
+            "stalls",
+            "stall s",
+            "evictions",
+        ):
             s.add_column(col, justify="right")
         total = c["hits"] + c["misses"]
         s.add_row(
@@ -340,9 +371,9 @@ class StoreStats(dict[str, Any]):
         return Group(*self.tables())
 
     def __str__(self) -> str:
-        from rich.console import Console
-
         import io
+
+        from rich.console import Console
 
         console = Console(width=100, file=io.StringIO(), color_system=None)
         console.print(self.table())
@@ -353,7 +384,9 @@ def _as_contiguous_bytes(array: np.ndarray) -> tuple[str, tuple[int, ...], np.nd
     a = np.asarray(array)
     name = _NP_TO_NAME.get(a.dtype.newbyteorder("=") if a.dtype.byteorder not in "=|" else a.dtype)
     if name is None:
-        raise DTypeError(f"unsupported dtype {a.dtype}: the store holds {', '.join(SUPPORTED_DTYPES)} (and block formats)")
+        raise DTypeError(
+            f"unsupported dtype {a.dtype}: the store holds {', '.join(SUPPORTED_DTYPES)} (and block formats)"
+        )
     if a.dtype.byteorder == ">" or (a.dtype.byteorder == "=" and np.little_endian is False):
         a = a.astype(a.dtype.newbyteorder("<"))
     if not a.flags.c_contiguous:  # non-contiguous, Fortran-order or negative-stride input
@@ -397,15 +430,24 @@ class TieredStore:
             tiers = list(tiers) if tiers is not None else _default_tiers(root)
             for t in tiers:
                 if not isinstance(t, Tier):
-                    raise InvalidArgumentError(f"tiers must be tierflow.Tier objects, got {type(t).__name__}")
+                    raise InvalidArgumentError(
+                        f"tiers must be tierflow.Tier objects, got {type(t).__name__}"
+                    )
             dt = self._tier_arg(default_tier, [t.name for t in tiers])
-            specs = [(t.name, t.capacity_bytes, Path(t.path) if t.path is not None else None) for t in tiers]
-            self._s = _tierflow.Store(str(root) if root is not None else None, specs, policy, dt, verify_reads)
+            specs = [
+                (t.name, t.capacity_bytes, Path(t.path) if t.path is not None else None)
+                for t in tiers
+            ]
+            self._s = _tierflow.Store(
+                str(root) if root is not None else None, specs, policy, dt, verify_reads
+            )
         self._lock = threading.Lock()
         self._futures: list[Future] = []
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, verify: str = "full", strict: bool = True) -> TieredStore:
+    def open(
+        cls, path: str | os.PathLike[str], *, verify: str = "full", strict: bool = True
+    ) -> TieredStore:
         """Reopen the store in ``path`` with the tiers and policy it was created with, verifying
         every committed tensor: ``verify="full"`` reads every byte and checks its CRC-32,
         ``"header"`` checks files and sizes only. With ``strict`` the first bad tensor raises
@@ -421,9 +463,15 @@ class TieredStore:
             if tier not in names:
                 raise InvalidArgumentError(f"no tier named {tier!r}; tiers: {names}")
             return names.index(tier)
-        if isinstance(tier, (int, np.integer)) and not isinstance(tier, bool) and 0 <= tier < len(names):
+        if (
+            isinstance(tier, (int, np.integer))
+            and not isinstance(tier, bool)
+            and 0 <= tier < len(names)
+        ):
             return int(tier)
-        raise InvalidArgumentError(f"tier must be a tier name or index, got {tier!r}; tiers: {names}")
+        raise InvalidArgumentError(
+            f"tier must be a tier name or index, got {tier!r}; tiers: {names}"
+        )
 
     def _tier(self, tier: str | int | None) -> int | None:
         return self._tier_arg(tier, self.tier_names)
@@ -602,7 +650,7 @@ class TieredStore:
         for f in futures:
             try:
                 f.wait()
-            except Exception:  # noqa: S110 - its caller sees the error; closing goes on
+            except Exception:
                 pass
         self._s.close()
 

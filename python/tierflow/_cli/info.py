@@ -24,12 +24,16 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(d, indent=2))
         return 0
     c = Console()
-    c.print(f"[bold]tierflow[/bold] {d['version']} ({d['target_arch']}), {d['num_threads']} threads")
+    c.print(
+        f"[bold]tierflow[/bold] {d['version']} ({d['target_arch']}), {d['num_threads']} threads"
+    )
     t = Table(title="CPU features (found at run time)")
     t.add_column("feature")
     t.add_column("present")
     for k, v in d["cpu_features"].items():
         t.add_row(k, "yes" if v else "no")
     c.print(t)
-    c.print(f"kernel paths available: {', '.join(d['isa_available'])}; selected: [bold]{d['isa_selected']}[/bold]")
+    c.print(
+        f"kernel paths available: {', '.join(d['isa_available'])}; selected: [bold]{d['isa_selected']}[/bold]"
+    )
     return 0

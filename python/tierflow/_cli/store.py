@@ -12,8 +12,13 @@ from typing import Any
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    p = sub.add_parser("inspect", help="tensors, dtypes, shapes, sizes of a safetensors file, checkpoint or store")
-    p.add_argument("path", help="a .safetensors file, a checkpoint folder or index JSON, or a tierflow store folder")
+    p = sub.add_parser(
+        "inspect", help="tensors, dtypes, shapes, sizes of a safetensors file, checkpoint or store"
+    )
+    p.add_argument(
+        "path",
+        help="a .safetensors file, a checkpoint folder or index JSON, or a tierflow store folder",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run_inspect)
 
@@ -39,17 +44,30 @@ def run_inspect(args: argparse.Namespace) -> int:
         m = json.loads((path / "tierflow-store.json").read_text())
         title = f"tierflow store {path} (policy {m['policy']}, tiers {', '.join(t['name'] for t in m['tiers'])})"
         for name, e in sorted(m["tensors"].items()):
-            rows.append({"name": name, "dtype": e["dtype"], "shape": e["shape"], "nbytes": e["nbytes"], "where": e.get("tier") or "", "file": e["file"]})
+            rows.append(
+                {
+                    "name": name,
+                    "dtype": e["dtype"],
+                    "shape": e["shape"],
+                    "nbytes": e["nbytes"],
+                    "where": e.get("tier") or "",
+                    "file": e["file"],
+                }
+            )
     else:
         files: list[Path]
         if path.is_dir():
             idx = path / "model.safetensors.index.json"
             if idx.is_file():
-                files = sorted({path / f for f in json.loads(idx.read_text())["weight_map"].values()})
+                files = sorted(
+                    {path / f for f in json.loads(idx.read_text())["weight_map"].values()}
+                )
             else:
                 files = sorted(path.glob("*.safetensors"))
         elif path.suffix == ".json" and path.is_file():
-            files = sorted({path.parent / f for f in json.loads(path.read_text())["weight_map"].values()})
+            files = sorted(
+                {path.parent / f for f in json.loads(path.read_text())["weight_map"].values()}
+            )
         elif path.exists():
             files = [path]
         else:
@@ -57,7 +75,16 @@ def run_inspect(args: argparse.Namespace) -> int:
         for f in files:
             h = json.loads(_tierflow.read_safetensors_header(str(f)))
             for t in h["tensors"]:
-                rows.append({"name": t["name"], "dtype": t["dtype"], "shape": t["shape"], "nbytes": t["end"] - t["start"], "where": f.name, "file": str(f)})
+                rows.append(
+                    {
+                        "name": t["name"],
+                        "dtype": t["dtype"],
+                        "shape": t["shape"],
+                        "nbytes": t["end"] - t["start"],
+                        "where": f.name,
+                        "file": str(f),
+                    }
+                )
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -71,7 +98,9 @@ def run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def store_demo(size: int, ram: int, tensors: int, folder: str | None, console: Any) -> dict[str, Any]:
+def store_demo(
+    size: int, ram: int, tensors: int, folder: str | None, console: Any
+) -> dict[str, Any]:
     """Write ``size`` bytes of weights into the file tier of a store, then stream them up through
     a RAM tier smaller than the total, computing on tensor i while tensor i+1 is prefetched;
     once without and once with prefetch. Returns the figures."""
@@ -92,7 +121,12 @@ def store_demo(size: int, ram: int, tensors: int, folder: str | None, console: A
     tiers = [Tier("fast", min(32 << 20, ram // 4)), Tier("ram", ram), Tier("disk", path="disk")]
     with TieredStore(root, tiers=tiers, policy="lru", default_tier="ram") as store:
         rng = np.random.default_rng(0)
-        cols = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn())
+        cols = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeRemainingColumn(),
+        )
         with Progress(*cols, console=console, transient=True) as prog:
             task = prog.add_task("writing weights to the file tier", total=tensors)
             for i in range(tensors):

@@ -23,7 +23,6 @@ impl From<TfError> for PyErr {
     }
 }
 
-
 /// Build an instance of `tierflow.errors.<class>` with `args`; on failure (the Python package is
 /// broken) fall back to a RuntimeError carrying the message.
 fn make(

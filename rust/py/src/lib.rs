@@ -55,7 +55,9 @@ fn get_num_threads() -> usize {
 /// `tierflow.InternalError`, never a crash.
 #[pyfunction]
 fn _debug_panic(py: Python<'_>) -> PyResult<()> {
-    utils::run(py, || -> tierflow_core::Result<()> { panic!("a deliberate panic (tierflow self-test)") })
+    utils::run(py, || -> tierflow_core::Result<()> {
+        panic!("a deliberate panic (tierflow self-test)")
+    })
 }
 
 #[pymodule]

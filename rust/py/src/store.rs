@@ -1,6 +1,5 @@
 //! Bindings of `tierflow_core::store` (mirrors `python/tierflow/store.py`, which wraps them).
 
-
 use crate::utils::{guard, run};
 use numpy::PyReadonlyArray1;
 use pyo3::exceptions::PyBufferError;
@@ -9,7 +8,9 @@ use pyo3::prelude::*;
 use std::os::raw::{c_int, c_void};
 use std::path::PathBuf;
 use std::sync::Arc;
-use tierflow_core::store::{self, AlignedBuf, DType, Policy, Prefetch, Store, StoreConfig, TierSpec, Verify};
+use tierflow_core::store::{
+    self, AlignedBuf, DType, Policy, Prefetch, Store, StoreConfig, TierSpec, Verify,
+};
 
 /// A read-only buffer over tensor bytes owned by the store (zero copy: NumPy views it with
 /// `numpy.frombuffer`; the bytes stay alive while any view does, even after an eviction).
@@ -32,7 +33,11 @@ impl TensorBuffer {
 
     /// # Safety
     /// Called by CPython with a valid `Py_buffer`.
-    unsafe fn __getbuffer__(slf: Bound<'_, Self>, view: *mut ffi::Py_buffer, flags: c_int) -> PyResult<()> {
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut ffi::Py_buffer,
+        flags: c_int,
+    ) -> PyResult<()> {
         if (flags & ffi::PyBUF_WRITABLE) == ffi::PyBUF_WRITABLE {
             return Err(PyBufferError::new_err("tierflow tensor buffers are read-only"));
         }
@@ -72,7 +77,10 @@ impl PyPrefetch {
     fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<usize>> {
         let t = match timeout {
             Some(t) if !(t >= 0.0 && t.is_finite()) => {
-                return Err(crate::errors::err("InvalidArgumentError", format!("timeout must be a non-negative number of seconds, got {t}")))
+                return Err(crate::errors::err(
+                    "InvalidArgumentError",
+                    format!("timeout must be a non-negative number of seconds, got {t}"),
+                ))
             }
             Some(t) => Some(std::time::Duration::from_secs_f64(t)),
             None => None,
@@ -94,9 +102,19 @@ type TierTuple = (String, Option<u64>, Option<PathBuf>);
 impl PyStore {
     #[new]
     #[pyo3(signature = (root, tiers, policy="lru", default_tier=None, verify_reads=true))]
-    fn new(py: Python<'_>, root: Option<PathBuf>, tiers: Vec<TierTuple>, policy: &str, default_tier: Option<usize>, verify_reads: bool) -> PyResult<Self> {
+    fn new(
+        py: Python<'_>,
+        root: Option<PathBuf>,
+        tiers: Vec<TierTuple>,
+        policy: &str,
+        default_tier: Option<usize>,
+        verify_reads: bool,
+    ) -> PyResult<Self> {
         let policy = guard(|| Policy::parse(policy))?;
-        let tiers = tiers.into_iter().map(|(name, capacity, path)| TierSpec { name, capacity, path }).collect();
+        let tiers = tiers
+            .into_iter()
+            .map(|(name, capacity, path)| TierSpec { name, capacity, path })
+            .collect();
         let cfg = StoreConfig { root, tiers, policy, default_tier, verify_reads };
         Ok(PyStore { inner: run(py, move || Store::create(cfg))? })
     }
@@ -108,7 +126,12 @@ impl PyStore {
         let verify = match verify {
             "full" => Verify::Full,
             "header" => Verify::Header,
-            other => return Err(crate::errors::err("InvalidArgumentError", format!("verify must be \"full\" or \"header\", got {other:?}"))),
+            other => {
+                return Err(crate::errors::err(
+                    "InvalidArgumentError",
+                    format!("verify must be \"full\" or \"header\", got {other:?}"),
+                ))
+            }
         };
         Ok(PyStore { inner: run(py, move || Store::open(&root, verify, strict))? })
     }
@@ -134,16 +157,32 @@ impl PyStore {
     }
 
     #[pyo3(signature = (name, dtype, shape, data, tier=None, overwrite=false))]
-    fn put(&self, py: Python<'_>, name: &str, dtype: &str, shape: Vec<usize>, data: PyReadonlyArray1<'_, u8>, tier: Option<usize>, overwrite: bool) -> PyResult<()> {
+    fn put(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        dtype: &str,
+        shape: Vec<usize>,
+        data: PyReadonlyArray1<'_, u8>,
+        tier: Option<usize>,
+        overwrite: bool,
+    ) -> PyResult<()> {
         let dtype = guard(|| DType::parse(dtype))?;
-        let bytes = data.as_slice().map_err(|_| crate::errors::err("InternalError", "put needs a contiguous byte view"))?;
+        let bytes = data
+            .as_slice()
+            .map_err(|_| crate::errors::err("InternalError", "put needs a contiguous byte view"))?;
         let s = &self.inner;
         run(py, move || s.put(name, dtype, &shape, bytes, tier, overwrite))
     }
 
     /// (dtype, shape, buffer) of `name`.
     #[pyo3(signature = (name, promote=true))]
-    fn get(&self, py: Python<'_>, name: &str, promote: bool) -> PyResult<(String, Vec<usize>, TensorBuffer)> {
+    fn get(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        promote: bool,
+    ) -> PyResult<(String, Vec<usize>, TensorBuffer)> {
         let s = &self.inner;
         let (meta, buf) = run(py, move || s.get(name, promote))?;
         Ok((meta.dtype, meta.shape, TensorBuffer { buf }))
@@ -221,14 +260,29 @@ impl PyStore {
     }
 
     #[pyo3(signature = (path, tier=None, prefix="", overwrite=false))]
-    fn load_safetensors(&self, py: Python<'_>, path: PathBuf, tier: Option<usize>, prefix: &str, overwrite: bool) -> PyResult<Vec<String>> {
+    fn load_safetensors(
+        &self,
+        py: Python<'_>,
+        path: PathBuf,
+        tier: Option<usize>,
+        prefix: &str,
+        overwrite: bool,
+    ) -> PyResult<Vec<String>> {
         let s = &self.inner;
         run(py, move || s.load_safetensors(&path, tier, prefix, overwrite))
     }
 
     /// Copy bytes [offset, offset + len(out)) of `name` into the writable uint8 array `out`.
-    fn read_into(&self, py: Python<'_>, name: &str, offset: u64, mut out: numpy::PyReadwriteArray1<'_, u8>) -> PyResult<()> {
-        let slice = out.as_slice_mut().map_err(|_| crate::errors::err("InvalidArgumentError", "out must be a contiguous uint8 array"))?;
+    fn read_into(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        offset: u64,
+        mut out: numpy::PyReadwriteArray1<'_, u8>,
+    ) -> PyResult<()> {
+        let slice = out.as_slice_mut().map_err(|_| {
+            crate::errors::err("InvalidArgumentError", "out must be a contiguous uint8 array")
+        })?;
         let s = &self.inner;
         run(py, move || s.read_into(name, offset, slice))
     }
@@ -253,7 +307,8 @@ fn read_safetensors_header(py: Python<'_>, path: PathBuf) -> PyResult<String> {
         .iter()
         .map(|t| serde_json::json!({"name": t.name, "dtype": format!("{:?}", t.dtype), "shape": t.shape, "start": t.start, "end": t.end}))
         .collect();
-    Ok(serde_json::json!({"tensors": tensors, "metadata": h.metadata, "file_len": h.file_len}).to_string())
+    Ok(serde_json::json!({"tensors": tensors, "metadata": h.metadata, "file_len": h.file_len})
+        .to_string())
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -601,9 +601,7 @@ impl Store {
                 }
             };
             let mut demos = Vec::new();
-            if let Err(e) =
-                st.make_room(tier, nbytes, name, self.inner.policy, self.inner.home, &mut demos)
-            {
+            if let Err(e) = st.make_room(tier, nbytes, name, self.inner.policy, &mut demos) {
                 self.finish_demotions(&mut st, demos)?;
                 restore(&mut st, old);
                 return Err(e);
@@ -662,14 +660,10 @@ impl Store {
                 for p in stale {
                     let _ = std::fs::remove_file(p);
                 }
-                let mut st = self.lock();
                 if home_loc.is_some() {
+                    let mut st = self.lock();
                     st.counters.bytes_written += nbytes;
-                    let home = self.inner.home.expect("home");
-                    let (a, b) = (st.tiers[tier].name.clone(), st.tiers[home].name.clone());
-                    if tier != home {
-                        let _ = (a, b, write_secs);
-                    }
+                    st.counters.write_seconds += write_secs;
                 }
                 Ok(())
             }
@@ -811,7 +805,7 @@ impl Store {
             }
         }
         let mut demos = Vec::new();
-        let room = st.make_room(dst, n, name, self.inner.policy, self.inner.home, &mut demos);
+        let room = st.make_room(dst, n, name, self.inner.policy, &mut demos);
         self.finish_demotions(&mut st, demos)?;
         room?;
         let (src_name, dst_name) = (st.tiers[src].name.clone(), st.tiers[dst].name.clone());

@@ -121,7 +121,6 @@ impl State {
         need: u64,
         exclude: &str,
         policy: Policy,
-        home: Option<usize>,
         out: &mut Vec<Demotion>,
     ) -> Result<()> {
         loop {
@@ -167,7 +166,7 @@ impl State {
                 )));
             }
             let vbytes = self.entries[&victim].nbytes;
-            self.make_room(below, vbytes, exclude, policy, home, out)?;
+            self.make_room(below, vbytes, exclude, policy, out)?;
             self.tick += 1;
             let tick = self.tick;
             let e = self.entries.get_mut(&victim).expect("victim exists");
@@ -194,7 +193,6 @@ impl State {
             self.counters.evictions += 1;
             let (from, to) = (self.tiers[tier].name.clone(), self.tiers[below].name.clone());
             self.counters.link(&from, &to, vbytes, 0.0);
-            let _ = home;
         }
     }
 }
