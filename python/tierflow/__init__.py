@@ -52,7 +52,7 @@ from .report import Report
 from .sim import simulate
 from .trace import Trace
 
-__all__ = [  # noqa: RUF022 (kept in per-domain sections; see the markers)
+__all__ = [
     "AccessDeniedError",
     "CapacityError",
     "ClosedError",
