@@ -62,6 +62,15 @@ from .kernels import (
 )
 
 # --- composition of experts ----------------------------------------------------------------
+# isort: split
+from . import devices, policies
+from .coe import CoE
+from .devices import Device
+from .policies import EvictionPolicy, Policy
+from .report import Report
+from .sim import simulate
+from .trace import Trace
+
 # --- models and routers (issue: real experts; import tierflow.models for the models) -------
 # isort: split
 from .routers import EmbeddingRouter
@@ -115,6 +124,15 @@ __all__ = [
     "silu",
     "softmax",
     # --- composition of experts ---
+    "CoE",
+    "Device",
+    "EvictionPolicy",
+    "Policy",
+    "Report",
+    "Trace",
+    "devices",
+    "policies",
+    "simulate",
     # --- models and routers ---
     "EmbeddingRouter",
 ]

@@ -7,10 +7,17 @@ from typing import Any
 
 
 def register_all(sub: argparse._SubParsersAction[Any]) -> None:
-    from . import demo, info, models, store
+    from . import demo, info, store
 
     info.register(sub)
     store.register(sub)
     demo.register(sub)
+    # --- composition of experts ---
+    from . import sim
+
+    sim.register(sub)
+    # --- models and routers ---
+    from . import models
+
     models.register(sub)
     # other domains register here
