@@ -307,3 +307,12 @@ def test_two_models_share_one_store(tmp_path):
         assert g([1, 2]).shape == (2, 512)
         with pytest.raises(tierflow.TensorExistsError):
             tm.load(DATA / "tiny-llama", store=store, prefix=a.weights.prefix)
+
+
+def test_docstring_examples():
+    import doctest
+
+    import tierflow.models
+
+    res = doctest.testmod(tierflow.models, optionflags=doctest.ELLIPSIS)
+    assert res.attempted >= 4 and res.failed == 0

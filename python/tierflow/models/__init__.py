@@ -1,11 +1,18 @@
 """Real models on tierflow: Llama / Mistral / Qwen2 / GPT-2 decoders and BERT sentence encoders.
 
 ``load(path)`` reads a Hugging Face checkpoint folder (config.json + safetensors, single or
-sharded), checks every tensor against the config, and returns the model::
+sharded), checks every tensor against the config, registers the weights in a TieredStore in place
+and returns the model, which computes on tierflow's kernels.
 
-    model = tierflow.models.load("tiny-llama")
-    logits = model([1, 2, 3])                       # (3, vocab) float32
-    out = model.generate([1, 2, 3], max_new_tokens=8)
+Example:
+    >>> import tempfile, tierflow.models as tm
+    >>> folder = tm.write_tiny_checkpoint(tempfile.mkdtemp(), "Qwen2ForCausalLM", vocab=256)
+    >>> model = tm.load(folder, dtype="q8_0")
+    >>> model([1, 2, 3]).shape
+    (3, 256)
+    >>> out = model.generate([1, 2, 3], max_new_tokens=5)
+    >>> len(out), out[:3].tolist()
+    (8, [1, 2, 3])
 """
 
 from __future__ import annotations
