@@ -70,6 +70,7 @@ def load(
     tier: str | None = None,
     dtype: str | None = None,
     prefix: str | None = None,
+    mmap_files: bool = True,
 ) -> Any:
     """Load a checkpoint folder into the right model class.
 
@@ -82,6 +83,10 @@ def load(
         dtype: convert weights on load: None (as stored), "f32", "bf16", "q8_0" or "q4_0".
         prefix: the store names of the weights are ``prefix + tensor name`` (default: the
             folder's name and a counter, e.g. ``"tiny-llama#1/"``), so many models share a store.
+        mmap_files: matmul weights that sit in a file tier are read in place (memory-mapped:
+            one pass over the bytes, through the OS page cache) rather than copied into a memory
+            tier by the store first; False routes every read through the store (its tiers,
+            eviction policy, prefetch and traffic statistics).
     Raises:
         InvalidArgumentError: an unsupported architecture (lists the supported ones) or option.
         TensorNotFoundError / ShapeError: a tensor missing or disagreeing with config.json.
@@ -93,6 +98,8 @@ def load(
 
         raise MissingFileError(f"no checkpoint folder at {folder}")
     cfg = read_config(folder)
-    weights = Weights.open(folder, cfg, store=store, tier=tier, dtype=dtype, prefix=prefix)
+    weights = Weights.open(
+        folder, cfg, store=store, tier=tier, dtype=dtype, prefix=prefix, mmap_files=mmap_files
+    )
     store = weights.store
     return _CLASSES[cfg.family](cfg, weights, store)

@@ -92,6 +92,10 @@ class Weights:
         self.layouts: dict[str, str] = {}
         self.groups: list[list[str]] = _groups(list(infos))
         self.prefetch_ahead = True
+        #: read matmul weights that sit in a file tier in place (mmap) instead of via the store
+        self.mmap_files = True
+        self._direct: dict[str, tuple[str, Any]] = {}
+        self._file_tiers = {t.name for t in store.tiers if t.file_backed}
 
     @classmethod
     def open(
@@ -103,6 +107,7 @@ class Weights:
         tier: str | None = None,
         dtype: str | None = None,
         prefix: str | None = None,
+        mmap_files: bool = True,
     ) -> Weights:
         if dtype not in WEIGHT_FORMATS:
             raise InvalidArgumentError(
@@ -131,6 +136,7 @@ class Weights:
         emb = {n: a for n, a in ck.mmap_tensors(_embedding_infos(infos, config)).items()}
         w = cls(store, prefix, infos, dtype, emb)
         w.layouts = matmul_layouts(config, list(infos))
+        w.mmap_files = bool(mmap_files)
         if dtype is not None and dtype != "f32":
             w._convert(dtype, tier)
         if private is not None:
@@ -154,6 +160,10 @@ class Weights:
         ``(out, in)`` weight is exactly the kernels' row-stored layout (N rows of K), so its
         bytes are wrapped as a QuantizedTensor of format f32 / f16 / bf16; an ``(in, out)`` one
         is passed as the (K, N) array it is."""
+        if self.mmap_files:
+            op = self._direct_operand(name)
+            if op is not None:
+                return op
         a = self.store.get(self.prefix + name)
         if isinstance(a, QuantizedTensor):
             return a
@@ -162,6 +172,38 @@ class Weights:
         n, k = a.shape
         fmt = _ROW_FORMATS[self.infos[name].dtype]
         return QuantizedTensor(fmt, (k, n), np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+
+    def _direct_operand(self, name: str) -> Any:
+        """The operand read in place from the file backing the tensor, when it sits in a file
+        tier: the kernel then reads the bytes once, through the OS page cache, instead of the
+        store copying them into a memory tier first and the kernel reading that copy. The file is
+        the adopted checkpoint, or the store's own file for a converted weight (found from
+        ``store.info``, its safetensors header parsed here); the wrapped operand is cached per
+        file, so block data are validated once, not at every step. None: use the store."""
+        info = self.store.info(self.prefix + name)
+        if info["tier"] not in self._file_tiers or not info.get("file"):
+            return None
+        cached = self._direct.get(name)
+        if cached is not None and cached[0] == info["file"]:
+            return cached[1]
+        hdr = ck.read_header(info["file"])
+        t = hdr.get(name) if info.get("adopted") else next(iter(hdr.values()), None)
+        if t is None:
+            return None
+        raw = ck.mmap_tensors({name: t})[name]
+        dt = str(info["dtype"])
+        op: Any = None
+        if dt.startswith("block:"):
+            k, n = (int(v) for v in info["shape"])
+            op = QuantizedTensor(dt[len("block:") :], (k, n), raw.reshape(-1).view(np.uint8))
+        elif self.layouts[name] == "out_in" and t.dtype in _ROW_FORMATS:
+            n, k = t.shape
+            op = QuantizedTensor(_ROW_FORMATS[t.dtype], (k, n), raw.reshape(-1).view(np.uint8))
+        elif t.dtype in ("F32", "F16"):
+            op = raw
+        if op is not None:
+            self._direct[name] = (info["file"], op)
+        return op
 
     def _convert(self, fmt: str, tier: str | None) -> None:
         """Replace every matmul weight by its ``fmt`` form (``tierflow.quantize`` of the
@@ -182,10 +224,11 @@ class Weights:
 
     def enter(self, group: int) -> None:
         """The forward pass starts weight group ``group`` (a layer; the last group is what follows
-        the layers): prefetch the next group (wrapping to layer 0 for the next step) into the
-        store's default tier on a background thread, so reading the next layer from a slow tier
-        overlaps this layer's arithmetic."""
-        if self.prefetch_ahead and len(self.groups) > 1:
+        the layers). When weights are read through the store (``mmap_files`` off): prefetch the
+        next group (wrapping to layer 0 for the next step) into the store's default tier on a
+        background thread, so reading the next layer from a slow tier overlaps this layer's
+        arithmetic. (Files read in place are paged in by the OS.)"""
+        if self.prefetch_ahead and not self.mmap_files and len(self.groups) > 1:
             nxt = self.groups[(group + 1) % len(self.groups)]
             self.store.prefetch([self.prefix + n for n in nxt])
 
