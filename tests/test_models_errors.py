@@ -233,3 +233,12 @@ def test_fuzzed_headers_give_typed_errors(tmp_path, data):
         tm.load(d)([1, 2, 3])
     except tierflow.TierflowError:
         pass
+
+
+def test_failed_load_leaves_the_store_as_it_was(tmp_path):
+    d = tm.write_tiny_checkpoint(tmp_path / "m", hidden=40, heads=4, kv_heads=2, intermediate=64)
+    with tierflow.TieredStore(tmp_path / "s") as store:
+        with pytest.raises(tierflow.ShapeError):
+            tm.load(d, store=store, dtype="q4_0")  # K = 40 is no multiple of 32
+        assert len(store) == 0
+        assert tm.load(d, store=store)([1]).shape == (1, 256)

@@ -118,27 +118,36 @@ class Weights:
         if store is None:
             private = tempfile.mkdtemp(prefix="tierflow-model-")
             store = TieredStore(private)
-        if tier is not None and tier not in store.tier_names:
-            raise InvalidArgumentError(f"no tier named {tier!r}; tiers: {store.tier_names}")
-        if prefix is None:
-            prefix = f"{os.path.basename(os.path.abspath(folder))}#{next(_counter)}/"
-        file_tier = tier if tier is not None and _is_file_tier(store, tier) else None
-        files = sorted({t.path for t in infos.values()})
         adopted: list[str] = []
-        for f in files:
-            adopted += store.load_safetensors(f, tier=file_tier, prefix=prefix)
-        extra = set(adopted) - {prefix + n for n in infos}
-        for n in extra:  # tensors the forward pass never reads (e.g. BERT's position_ids)
-            store.delete(n)
-        if tier is not None and file_tier is None:
-            for n in infos:
-                store.move(prefix + n, tier)
-        emb = {n: a for n, a in ck.mmap_tensors(_embedding_infos(infos, config)).items()}
-        w = cls(store, prefix, infos, dtype, emb)
-        w.layouts = matmul_layouts(config, list(infos))
-        w.mmap_files = bool(mmap_files)
-        if dtype is not None and dtype != "f32":
-            w._convert(dtype, tier)
+        try:
+            if tier is not None and tier not in store.tier_names:
+                raise InvalidArgumentError(f"no tier named {tier!r}; tiers: {store.tier_names}")
+            if prefix is None:
+                prefix = f"{os.path.basename(os.path.abspath(folder))}#{next(_counter)}/"
+            file_tier = tier if tier is not None and _is_file_tier(store, tier) else None
+            files = sorted({t.path for t in infos.values()})
+            for f in files:
+                adopted += store.load_safetensors(f, tier=file_tier, prefix=prefix)
+            extra = set(adopted) - {prefix + n for n in infos}
+            for n in extra:  # tensors the forward pass never reads (e.g. BERT's position_ids)
+                store.delete(n)
+            if tier is not None and file_tier is None:
+                for n in infos:
+                    store.move(prefix + n, tier)
+            emb = {n: a for n, a in ck.mmap_tensors(_embedding_infos(infos, config)).items()}
+            w = cls(store, prefix, infos, dtype, emb)
+            w.layouts = matmul_layouts(config, list(infos))
+            w.mmap_files = bool(mmap_files)
+            if dtype is not None and dtype != "f32":
+                w._convert(dtype, tier)
+        except BaseException:
+            if private is not None:
+                _close_private_store(store, private)
+            else:  # leave the caller's store as it was
+                for n in adopted:
+                    if n in store:
+                        store.delete(n)
+            raise
         if private is not None:
             weakref.finalize(w, _close_private_store, store, private)
         return w
