@@ -71,6 +71,8 @@ def test_encoder_edge_cases(encoder):
     assert encoder.encode([]).shape == (0, 384)
     with pytest.raises(tierflow.InvalidArgumentError):
         encoder.encode("one string, not a list")
+    with pytest.raises(tierflow.InvalidArgumentError, match="item 1 is a int"):
+        encoder.encode(["fine", 3])
     long = encoder.encode(["word " * 1000])  # truncated to max_seq_length (256)
     assert long.shape == (1, 384) and np.isfinite(long).all()
     raw = encoder.encode(["The cat sat."], normalize=False)
