@@ -133,6 +133,13 @@ def test_bad_encoder_output():
     with pytest.raises(tierflow.ShapeError):
         EmbeddingRouter(Bad(), EXAMPLES)
 
+    class NaNs:
+        def encode(self, texts, normalize=True):
+            return np.full((len(texts), 4), np.nan)
+
+    with pytest.raises(tierflow.InvalidArgumentError, match="NaN"):
+        EmbeddingRouter(NaNs(), EXAMPLES)
+
 
 def test_route_batch_rejects_a_bare_string(router):
     with pytest.raises(tierflow.InvalidArgumentError):
