@@ -98,11 +98,60 @@ def test_decode_formats(benchmark, fmt, m, kn):
     q = tierflow.quantize(w, fmt)
     out = np.empty((m, kn), np.float32)
     t_f32 = best_of(lambda: tierflow.matmul(x, w, out=out), 5)
-    del w
     benchmark.pedantic(tierflow.matmul, args=(x, q, out), rounds=5, iterations=1, warmup_rounds=1)
     record(
         benchmark,
         f"decode {fmt} M={m} K=N={kn}",
         "x tierflow f32",
         t_f32 / benchmark.stats.stats.min,
+    )
+
+
+def numpy_attention_causal(q, k, v, tril):
+    """The anchor: softmax(Q K^T / sqrt(D) + causal mask) V with the full S x S scores."""
+    s = q @ k.transpose(0, 1, 3, 2) * np.float32(1.0 / np.sqrt(q.shape[-1]))
+    s = np.where(tril, s, np.float32(-np.inf))
+    s -= s.max(-1, keepdims=True)
+    np.exp(s, out=s)
+    s /= s.sum(-1, keepdims=True)
+    return s @ v
+
+
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("s", [1024, 2048, 4096])
+def test_attention_causal(benchmark, s, d):
+    rng = np.random.default_rng(3)
+    q, k, v = (rng.standard_normal((1, 8, s, d)).astype(np.float32) for _ in range(3))
+    tril = np.tril(np.ones((s, s), bool))
+    r = 2 if s >= 2048 else 3
+    t_np = best_of(lambda: numpy_attention_causal(q, k, v, tril), r)
+    benchmark.pedantic(
+        tierflow.attention, args=(q, k, v), kwargs={"causal": True}, rounds=r, iterations=1
+    )
+    record(
+        benchmark,
+        f"attention causal S={s} D={d}",
+        "x NumPy softmax(QK^T)V",
+        t_np / benchmark.stats.stats.min,
+    )
+
+
+def test_mlp_swiglu_decode(benchmark):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((8, 4096)).astype(np.float32)
+    wg = rng.standard_normal((4096, 11008)).astype(np.float32) * 0.02
+    wu = rng.standard_normal((4096, 11008)).astype(np.float32) * 0.02
+    wd = rng.standard_normal((11008, 4096)).astype(np.float32) * 0.02
+
+    def chain():
+        g = x @ wg
+        return (g / (1 + np.exp(-g)) * (x @ wu)) @ wd
+
+    t_np = best_of(chain, 3)
+    benchmark.pedantic(tierflow.mlp, args=(x, wg, wu, wd), rounds=3, iterations=1, warmup_rounds=1)
+    record(
+        benchmark,
+        "mlp SwiGLU f32 x 8x4096, I=11008",
+        "x NumPy unfused chain",
+        t_np / benchmark.stats.stats.min,
     )

@@ -18,7 +18,7 @@ erf = np.vectorize(math.erf)
 
 def ref_attention(q, k, v, causal=False, scale=None, mask=None):
     q, k, v = (a.astype(np.float64) for a in (q, k, v))
-    b, h, sq, d = q.shape
+    _, h, sq, d = q.shape
     hkv, skv = k.shape[1], k.shape[2]
     k = np.repeat(k, h // hkv, axis=1)
     v = np.repeat(v, h // hkv, axis=1)

@@ -28,6 +28,18 @@ def _matmul_blocks(
     bias: Any = None,
     isa: str | None = None,
 ) -> None: ...
+def _matmul_streamed(
+    x: Any,
+    store: Any,
+    name: str,
+    fmt: str,
+    k: int,
+    n: int,
+    out: Any,
+    bias: Any = None,
+    panel_bytes: int = ...,
+    isa: str | None = None,
+) -> None: ...
 def _quantize(w: Any, fmt: str) -> Any: ...
 def _check_blocks(fmt: str, k: int, n: int, data: Any) -> None: ...
 def _format_nbytes(fmt: str, k: int, n: int) -> int: ...

@@ -293,7 +293,56 @@ fn _rope(
     })
 }
 
+/// `out = x @ W (+ bias)` with `W` the block-format tensor `name` of a store, streamed from its
+/// tier in panels of about `panel_bytes` through a double buffer.
+#[pyfunction]
+#[pyo3(signature = (x, store, name, fmt, k, n, out, bias=None, panel_bytes=4 << 20, isa=None))]
+fn _matmul_streamed(
+    py: Python<'_>,
+    x: PyReadonlyArray2<'_, f32>,
+    store: PyRef<'_, crate::store::PyStore>,
+    name: &str,
+    fmt: &str,
+    k: usize,
+    n: usize,
+    mut out: PyReadwriteArray2<'_, f32>,
+    bias: Option<PyReadonlyArray1<'_, f32>>,
+    panel_bytes: usize,
+    isa: Option<&str>,
+) -> PyResult<()> {
+    let isa = pick_isa(isa)?;
+    let fmt = Format::parse(fmt).map_err(crate::errors::to_pyerr)?;
+    let m = x.shape()[0];
+    let xs = slice2(&x, "x")?;
+    let b = match &bias {
+        Some(b) => Some(slice(b, "bias")?),
+        None => None,
+    };
+    let ldc = out.shape()[1];
+    let cs =
+        out.as_slice_mut().map_err(|_| err("InvalidArgumentError", "out must be C-contiguous"))?;
+    let st = store.inner.clone();
+    let name = name.to_owned();
+    run(py, move || {
+        let read = |off: u64, buf: &mut [u8]| st.read_into(&name, off, buf);
+        tierflow_core::kernels::stream::matmul_streamed(
+            isa,
+            xs,
+            m,
+            fmt,
+            k,
+            n,
+            &read,
+            b,
+            cs,
+            ldc,
+            panel_bytes,
+        )
+    })
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(_matmul_streamed, m)?)?;
     m.add_function(wrap_pyfunction!(_attention, m)?)?;
     m.add_function(wrap_pyfunction!(_rowwise, m)?)?;
     m.add_function(wrap_pyfunction!(_rope, m)?)?;

@@ -17,4 +17,5 @@ pub mod norm;
 pub mod quant;
 pub mod rope;
 pub mod rows;
+pub mod stream;
 pub mod vmath;
