@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tierflow
+import tierflow.kvcache
 from tierflow import kernels
 
 ISAS = tierflow.info()["isa_available"]
@@ -35,6 +36,7 @@ def bound(x: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
 def test_doctests():
     assert doctest.testmod(kernels).failed == 0
     assert doctest.testmod(tierflow.bench).failed == 0
+    assert doctest.testmod(tierflow.kvcache).failed == 0
 
 
 def test_expected_isa_selected():

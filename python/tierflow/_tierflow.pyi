@@ -40,6 +40,17 @@ def _matmul_streamed(
     panel_bytes: int = ...,
     isa: str | None = None,
 ) -> None: ...
+def _paged_decode(
+    q: Any,
+    kpool: Any,
+    vpool: Any,
+    sizes: tuple[int, int, int, int, int, int, int],
+    table: Any,
+    lens: list[int],
+    scale: float,
+    out: Any,
+    isa: str | None = None,
+) -> None: ...
 def _quantize(w: Any, fmt: str) -> Any: ...
 def _check_blocks(fmt: str, k: int, n: int, data: Any) -> None: ...
 def _format_nbytes(fmt: str, k: int, n: int) -> int: ...

@@ -341,7 +341,34 @@ fn _matmul_streamed(
     })
 }
 
+/// Decode attention against a paged KV cache (see `tierflow_core::kernels::paged`).
+#[pyfunction]
+#[pyo3(signature = (q, kpool, vpool, sizes, table, lens, scale, out, isa=None))]
+fn _paged_decode(
+    py: Python<'_>,
+    q: PyReadonlyArray1<'_, f32>,
+    kpool: PyReadonlyArray1<'_, f32>,
+    vpool: PyReadonlyArray1<'_, f32>,
+    sizes: (usize, usize, usize, usize, usize, usize, usize),
+    table: PyReadonlyArray1<'_, i64>,
+    lens: Vec<usize>,
+    scale: f32,
+    mut out: PyReadwriteArray1<'_, f32>,
+    isa: Option<&str>,
+) -> PyResult<()> {
+    use tierflow_core::kernels::paged::{paged_decode, Paged};
+    let isa = pick_isa(isa)?;
+    let (b, h, hkv, d, nb, page, max_blocks) = sizes;
+    let (qs, ks, vs) = (slice(&q, "q")?, slice(&kpool, "k pool")?, slice(&vpool, "v pool")?);
+    let ts = slice(&table, "block table")?;
+    let os =
+        out.as_slice_mut().map_err(|_| err("InvalidArgumentError", "out must be C-contiguous"))?;
+    let p = Paged { b, h, hkv, d, nb, page, max_blocks };
+    run(py, || paged_decode(isa, qs, ks, vs, p, ts, &lens, scale, os))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(_paged_decode, m)?)?;
     m.add_function(wrap_pyfunction!(_matmul_streamed, m)?)?;
     m.add_function(wrap_pyfunction!(_attention, m)?)?;
     m.add_function(wrap_pyfunction!(_rowwise, m)?)?;

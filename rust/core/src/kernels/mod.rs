@@ -14,6 +14,7 @@ pub mod bandwidth;
 pub mod dot;
 pub mod gemm;
 pub mod norm;
+pub mod paged;
 pub mod quant;
 pub mod rope;
 pub mod rows;
