@@ -72,7 +72,8 @@ class PagedKVCache:
             )
         t = ka.shape[2]
         need = sum(
-            -(-(n + t) // self.page_size) - len(tab) for n, tab in zip(self.lengths, self.tables)
+            -(-(n + t) // self.page_size) - len(tab)
+            for n, tab in zip(self.lengths, self.tables, strict=True)
         )
         if need > len(self._free):
             raise CapacityError(f"the KV cache needs {need} more pages, {len(self._free)} are free")
