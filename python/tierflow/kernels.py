@@ -219,7 +219,7 @@ def matmul(
     out: np.ndarray | None = None,
     bias: Any = None,
     *,
-    panel_bytes: int = 4 << 20,
+    panel_bytes: int = 8 << 20,
     _isa: str | None = None,
 ) -> np.ndarray:
     """``x @ w (+ bias)`` in float32.

@@ -296,7 +296,7 @@ fn _rope(
 /// `out = x @ W (+ bias)` with `W` the block-format tensor `name` of a store, streamed from its
 /// tier in panels of about `panel_bytes` through a double buffer.
 #[pyfunction]
-#[pyo3(signature = (x, store, name, fmt, k, n, out, bias=None, panel_bytes=4 << 20, isa=None))]
+#[pyo3(signature = (x, store, name, fmt, k, n, out, bias=None, panel_bytes=8 << 20, isa=None))]
 fn _matmul_streamed(
     py: Python<'_>,
     x: PyReadonlyArray2<'_, f32>,
