@@ -98,7 +98,8 @@ class QuantizedTensor(BlockTensor):
     Attributes:
         format: one of :data:`FORMATS`.
         shape: ``(K, N)``.
-        data: the block bytes, a 1-D uint8 array.
+        data: the block bytes, a read-only 1-D uint8 array (checked once, at construction:
+            length and finite scales; ``CorruptFileError`` otherwise).
     """
 
     def __init__(self, format: str, shape: tuple[int, int], data: np.ndarray) -> None:
@@ -113,6 +114,9 @@ class QuantizedTensor(BlockTensor):
         if arr.dtype != np.uint8:
             raise DTypeError(f"block data must be uint8, got {arr.dtype}")
         _tierflow._check_blocks(fmt, k, n, arr)  # CorruptFileError on wrong length / bad scales
+        # Checked once here (matmul does not re-read every scale): a read-only view guards it.
+        arr = arr.view()
+        arr.flags.writeable = False
         self.format = fmt
         self.shape = (k, n)
         self.data = arr

@@ -96,8 +96,10 @@ fn _matmul_blocks(
     let ldc = out.shape()[1];
     let cs =
         out.as_slice_mut().map_err(|_| err("InvalidArgumentError", "out must be C-contiguous"))?;
+    // The scales were checked when the QuantizedTensor was built (`_check_blocks`); a second
+    // pass here would read the whole weight twice.
     run(py, || {
-        let q = QWeight::new(fmt, k, n, ds)?;
+        let q = QWeight::with_len_check(fmt, k, n, ds)?;
         matmul(isa, xs, m, Weight::Rows(q), b, cs, ldc)
     })
 }
