@@ -69,8 +69,8 @@ pub fn attention(
             "{hkv} key/value heads do not divide {h} query heads"
         )));
     }
-    if nq.is_none_or(|n| q.len() != n || out.len() != n)
-        || nkv.is_none_or(|n| k.len() != n || v.len() != n)
+    if nq.map_or(true, |n| q.len() != n || out.len() != n)
+        || nkv.map_or(true, |n| k.len() != n || v.len() != n)
     {
         return Err(CoreError::Shape(format!("attention buffers do not match {dims:?}")));
     }
@@ -95,15 +95,14 @@ pub fn attention(
             |bufs, t| {
                 let (bh, qb) = (t / nqb, t % nqb);
                 let (bi, hi) = (bh / h, bh % h);
-                let op = op;
                 let task = Task { q, k, v, dims, causal, scale, mask, bi, hi, r0: qb * BR };
                 // SAFETY: the task writes only rows r0..r0+BR of head (bi, hi) of `out`.
                 unsafe {
                     #[cfg(target_arch = "x86_64")]
                     if isa >= Isa::Avx2 {
-                        return avx2(&task, bufs, op.0);
+                        return avx2(&task, bufs, op.get());
                     }
-                    run::<false>(&task, bufs, op.0);
+                    run::<false>(&task, bufs, op.get());
                 }
             },
         );
@@ -339,7 +338,7 @@ mod tests {
         let dm = Dims { b: 2, h: 4, hkv: 2, sq: 37, skv: 70, d: 19 };
         let gen = |n: usize, s: u32| {
             (0..n)
-                .map(|i| (((i as u32 * 2654435761 ^ s) % 1000) as f32 / 500.0) - 1.0)
+                .map(|i| ((((i as u32).wrapping_mul(2654435761) ^ s) % 1000) as f32 / 500.0) - 1.0)
                 .collect::<Vec<_>>()
         };
         let q = gen(2 * 4 * 37 * 19, 1);

@@ -46,8 +46,8 @@ pub fn paged_decode(
     if hkv == 0 || h % hkv != 0 || page == 0 {
         return Err(CoreError::Shape(format!("bad paged attention sizes {p:?}")));
     }
-    if chk(b, &[h, d]).is_none_or(|n| q.len() != n || out.len() != n)
-        || chk(nb, &[hkv, page, d]).is_none_or(|n| kpool.len() != n || vpool.len() != n)
+    if chk(b, &[h, d]).map_or(true, |n| q.len() != n || out.len() != n)
+        || chk(nb, &[hkv, page, d]).map_or(true, |n| kpool.len() != n || vpool.len() != n)
         || chk(b, &[max_blocks]) != Some(table.len())
         || lens.len() != b
     {
@@ -74,9 +74,8 @@ pub fn paged_decode(
         (0..b * h).into_par_iter().for_each_init(
             || (vec![0f32; page], vec![0f32; d]),
             |(s, o), t| {
-                let op = op;
                 // SAFETY: task t writes only out[t * d..(t + 1) * d].
-                let dst = unsafe { std::slice::from_raw_parts_mut(op.0.add(t * d), d) };
+                let dst = unsafe { std::slice::from_raw_parts_mut(op.get().add(t * d), d) };
                 #[cfg(target_arch = "x86_64")]
                 if isa >= Isa::Avx2 {
                     return unsafe { avx2(q, kpool, vpool, p, table, lens, scale, t, s, o, dst) };

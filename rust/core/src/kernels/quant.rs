@@ -264,7 +264,7 @@ impl<'a> QWeight<'a> {
 pub fn quantize(fmt: Format, w: &[f32], k: usize, n: usize) -> Result<Vec<u8>> {
     use rayon::prelude::*;
     let total = fmt.total_bytes(k, n)?;
-    if w.len() != k.checked_mul(n).unwrap_or(usize::MAX) {
+    if w.len() != k.saturating_mul(n) {
         return Err(CoreError::Shape(format!(
             "weight buffer of {} elements is not ({k}, {n})",
             w.len()
