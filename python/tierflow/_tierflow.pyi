@@ -65,7 +65,7 @@ def _attention(
     scale: float,
     out: Any,
     mask: Any = None,
-    mask_bh: tuple[int, int] = (1, 1),
+    mask_bh: tuple[int, int] = ...,
     isa: str | None = None,
 ) -> None: ...
 def _rowwise(
