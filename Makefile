@@ -35,7 +35,7 @@ fmt: ## format Rust and Python
 	ruff check --fix python tests benches
 
 bench: ## benchmarks (pytest-benchmark; ratios against the anchors in the same run)
-	$(PY) -m pytest benches -m bench --benchmark-enable --benchmark-only -p no:randomly -s
+	$(PY) -m pytest benches -m bench -s
 
 clean: ## remove build products
 	cargo clean

@@ -63,6 +63,14 @@ from .kernels import (
 from .kvcache import PagedKVCache
 
 # --- composition of experts ----------------------------------------------------------------
+# isort: split
+from . import devices, policies
+from .coe import CoE
+from .devices import Device
+from .policies import EvictionPolicy, Policy
+from .report import Report
+from .sim import simulate
+from .trace import Trace
 
 __all__ = [
     "AccessDeniedError",
@@ -114,4 +122,13 @@ __all__ = [
     "silu",
     "softmax",
     # --- composition of experts ---
+    "CoE",
+    "Device",
+    "EvictionPolicy",
+    "Policy",
+    "Report",
+    "Trace",
+    "devices",
+    "policies",
+    "simulate",
 ]

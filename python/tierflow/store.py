@@ -104,7 +104,7 @@ def parse_size(size: int | str | None) -> int | None:
             raise InvalidArgumentError(f"capacity must not be negative, got {size}")
         return int(size)
     if isinstance(size, float):
-        if not (size >= 0 and np.isfinite(size)):
+        if not (0 <= size < 2.0**64):
             raise InvalidArgumentError(f"capacity must be a non-negative finite number, got {size}")
         return int(size)
     if isinstance(size, str):
@@ -371,11 +371,13 @@ class StoreStats(dict[str, Any]):
         return Group(*self.tables())
 
     def __str__(self) -> str:
+        import io
+
         from rich.console import Console
 
-        console = Console(width=100, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+        console = Console(width=100, file=io.StringIO(), color_system=None)
         console.print(self.table())
-        return console.export_text()
+        return console.file.getvalue()  # type: ignore[attr-defined]
 
 
 def _as_contiguous_bytes(array: np.ndarray) -> tuple[str, tuple[int, ...], np.ndarray]:
@@ -387,7 +389,8 @@ def _as_contiguous_bytes(array: np.ndarray) -> tuple[str, tuple[int, ...], np.nd
         )
     if a.dtype.byteorder == ">" or (a.dtype.byteorder == "=" and np.little_endian is False):
         a = a.astype(a.dtype.newbyteorder("<"))
-    a = np.ascontiguousarray(a)  # copies non-contiguous, Fortran-order or negative-stride input
+    if not a.flags.c_contiguous:  # non-contiguous, Fortran-order or negative-stride input
+        a = a.copy(order="C")  # (np.ascontiguousarray would turn a 0-d array into 1-d)
     return name, tuple(int(s) for s in a.shape), a.reshape(-1).view(np.uint8)
 
 
@@ -647,7 +650,7 @@ class TieredStore:
         for f in futures:
             try:
                 f.wait()
-            except Exception:  # noqa: S110 - its caller sees the error; closing goes on
+            except Exception:
                 pass
         self._s.close()
 

@@ -7,7 +7,13 @@ from typing import Any
 
 
 def register_all(sub: argparse._SubParsersAction[Any]) -> None:
-    from . import info
+    from . import demo, info, store
 
     info.register(sub)
+    store.register(sub)
+    demo.register(sub)
+    # --- composition of experts ---
+    from . import sim
+
+    sim.register(sub)
     # other domains register here

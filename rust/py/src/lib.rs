@@ -51,12 +51,22 @@ fn get_num_threads() -> usize {
     tierflow_core::runtime::num_threads()
 }
 
+/// Panic inside the GIL-releasing call helper: tests check that a panic reaches Python as
+/// `tierflow.InternalError`, never a crash.
+#[pyfunction]
+fn _debug_panic(py: Python<'_>) -> PyResult<()> {
+    utils::run(py, || -> tierflow_core::Result<()> {
+        panic!("a deliberate panic (tierflow self-test)")
+    })
+}
+
 #[pymodule]
 fn _tierflow(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(build_info, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(_debug_panic, m)?)?;
     store::register(m)?;
     kernels::register(m)?;
     sim::register(m)?;

@@ -11,7 +11,12 @@ pub const ALIGN: usize = 64;
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     len: usize,
+    mapped: bool,
 }
+
+/// Buffers at least this large come straight from `mmap`: the kernel hands out zero pages
+/// lazily (no memset pass before a read overwrites them) and may back them with huge pages.
+const MMAP_MIN: usize = 1 << 20;
 
 // SAFETY: the buffer owns its allocation; shared access is read-only (mutation needs &mut).
 unsafe impl Send for AlignedBuf {}
@@ -21,7 +26,32 @@ impl AlignedBuf {
     /// A zeroed buffer of `len` bytes (an allocation failure is an error, not an abort).
     pub fn zeroed(len: usize) -> Result<AlignedBuf> {
         if len == 0 {
-            return Ok(AlignedBuf { ptr: NonNull::<u64>::dangling().cast(), len: 0 });
+            return Ok(AlignedBuf {
+                ptr: NonNull::<u64>::dangling().cast(),
+                len: 0,
+                mapped: false,
+            });
+        }
+        if len >= MMAP_MIN {
+            // SAFETY: an anonymous private mapping; checked for failure below.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                return Err(CoreError::Capacity(format!("out of memory mapping {len} bytes")));
+            }
+            // SAFETY: p is a mapping of len bytes; the advice is only a hint.
+            unsafe { libc::madvise(p, len, libc::MADV_HUGEPAGE) };
+            let ptr = NonNull::new(p.cast::<u8>())
+                .ok_or_else(|| CoreError::Capacity("mmap returned null".into()))?;
+            return Ok(AlignedBuf { ptr, len, mapped: true });
         }
         let layout = Layout::from_size_align(len, ALIGN)
             .map_err(|_| CoreError::Capacity(format!("cannot allocate {len} bytes")))?;
@@ -29,7 +59,7 @@ impl AlignedBuf {
         let p = unsafe { alloc_zeroed(layout) };
         let ptr = NonNull::new(p)
             .ok_or_else(|| CoreError::Capacity(format!("out of memory allocating {len} bytes")))?;
-        Ok(AlignedBuf { ptr, len })
+        Ok(AlignedBuf { ptr, len, mapped: false })
     }
 
     /// A copy of `data`.
@@ -60,7 +90,10 @@ impl AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        if self.len > 0 {
+        if self.mapped {
+            // SAFETY: mapped in `zeroed` with this length.
+            unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        } else if self.len > 0 {
             // SAFETY: allocated in `zeroed` with this layout.
             unsafe {
                 dealloc(self.ptr.as_ptr(), Layout::from_size_align_unchecked(self.len, ALIGN))

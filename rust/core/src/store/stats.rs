@@ -27,6 +27,8 @@ pub struct Counters {
     /// Bytes written to and read from files.
     pub bytes_written: u64,
     pub bytes_read: u64,
+    /// Time spent writing tensors through to their files (seconds).
+    pub write_seconds: f64,
     /// Bytes streamed to kernels without moving the tensor, per source tier.
     pub streamed: BTreeMap<String, Link>,
     /// Traffic between tiers, keyed "src->dst".

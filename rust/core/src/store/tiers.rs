@@ -45,7 +45,7 @@ pub fn parse_size(s: &str) -> Result<Option<u64>> {
         _ => return Err(bad()),
     };
     let v = num * mult;
-    if !v.is_finite() || v < 0.0 || v > 1.8e19 {
+    if !v.is_finite() || !(0.0..=1.8e19).contains(&v) {
         return Err(bad());
     }
     Ok(Some(v.round() as u64))
