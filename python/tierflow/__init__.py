@@ -43,8 +43,16 @@ from .store import (
 
 # --- kernels -------------------------------------------------------------------------------
 # --- composition of experts ----------------------------------------------------------------
+# isort: split
+from . import devices, policies
+from .coe import CoE
+from .devices import Device
+from .policies import EvictionPolicy, Policy
+from .report import Report
+from .sim import simulate
+from .trace import Trace
 
-__all__ = [
+__all__ = [  # noqa: RUF022 (kept in per-domain sections; see the markers)
     "AccessDeniedError",
     "CapacityError",
     "ClosedError",
@@ -77,4 +85,13 @@ __all__ = [
     "register_block_format",
     # --- kernels ---
     # --- composition of experts ---
+    "CoE",
+    "Device",
+    "EvictionPolicy",
+    "Policy",
+    "Report",
+    "Trace",
+    "devices",
+    "policies",
+    "simulate",
 ]

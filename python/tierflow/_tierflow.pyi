@@ -84,3 +84,34 @@ class Store:
 
 # --- kernels ---
 # --- sim ---
+def simulate(
+    device_spec: dict[str, Any],
+    model_spec: dict[str, Any],
+    arrival: Any,
+    prompt: Any,
+    output: Any,
+    expert: Any,
+    alt: Any,
+    user: Any | None,
+    policy: dict[str, Any],
+) -> dict[str, Any]: ...
+def place(
+    placement: str,
+    sizes: list[int],
+    popularity: list[float],
+    capacity: int,
+    instances: int,
+    fraction: float = 1.0,
+    factor: float = 1.0,
+) -> list[list[int]]: ...
+
+class EvictionPolicy:
+    def __new__(cls, kind: str, n: int) -> EvictionPolicy: ...
+    @property
+    def kind(self) -> str: ...
+    def __len__(self) -> int: ...
+    def on_access(self, e: int) -> None: ...
+    def on_insert(self, e: int) -> None: ...
+    def on_evict(self, e: int) -> None: ...
+    def victim(self, resident: list[int]) -> int | None: ...
+    def set_future(self, sequence: list[int]) -> None: ...

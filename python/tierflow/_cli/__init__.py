@@ -12,4 +12,8 @@ def register_all(sub: argparse._SubParsersAction[Any]) -> None:
     info.register(sub)
     store.register(sub)
     demo.register(sub)
+    # --- composition of experts ---
+    from . import sim
+
+    sim.register(sub)
     # other domains register here

@@ -1,0 +1,372 @@
+//! Scheduling policies, implemented once and shared by the simulator and the host runtime.
+//!
+//! - [`Eviction`]: which resident expert leaves the fast tier when another must come in
+//!   (LRU, LFU, FIFO, and Belady's planned policy that evicts the expert used furthest in a
+//!   known future). Driven by `on_access` / `on_insert` / `on_evict` / `victim`.
+//! - [`Placement`]: which experts are pinned in which device instance before traffic starts.
+//! - [`Batching`]: how queued requests are grouped.
+
+use crate::error::{CoreError, Result};
+
+/// Eviction policy kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EvictionKind {
+    Lru,
+    Lfu,
+    Fifo,
+    Belady,
+}
+
+impl EvictionKind {
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "lru" => Self::Lru,
+            "lfu" => Self::Lfu,
+            "fifo" => Self::Fifo,
+            "belady" | "planned" | "opt" => Self::Belady,
+            _ => {
+                return Err(CoreError::Value(format!(
+                    "eviction: unknown policy {s:?} (expected lru, lfu, fifo or belady)"
+                )))
+            }
+        })
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Lru => "lru",
+            Self::Lfu => "lfu",
+            Self::Fifo => "fifo",
+            Self::Belady => "belady",
+        }
+    }
+}
+
+/// The state of one eviction policy over experts `0..n`.
+///
+/// Every access calls [`Eviction::on_access`]; a load calls [`Eviction::on_insert`]; when room is
+/// needed the caller asks [`Eviction::victim`] among the evictable resident experts and then calls
+/// [`Eviction::on_evict`]. For Belady the caller first gives the planned access sequence with
+/// [`Eviction::set_future`]; each `on_access` then advances through it (an access that departs from
+/// the plan is still counted, the plan resynchronises on the next matching access).
+#[derive(Clone, Debug)]
+pub struct Eviction {
+    kind: EvictionKind,
+    clock: u64,
+    /// LRU: last access; FIFO: insert time; LFU: tie-break by last access.
+    stamp: Vec<u64>,
+    count: Vec<u64>,
+    /// Belady: positions of each expert's accesses in the plan, and a cursor per expert.
+    future: Vec<Vec<u64>>,
+    cursor: Vec<usize>,
+    pos: u64,
+}
+
+impl Eviction {
+    pub fn new(kind: EvictionKind, n: usize) -> Self {
+        Eviction {
+            kind,
+            clock: 0,
+            stamp: vec![0; n],
+            count: vec![0; n],
+            future: vec![Vec::new(); if kind == EvictionKind::Belady { n } else { 0 }],
+            cursor: vec![0; if kind == EvictionKind::Belady { n } else { 0 }],
+            pos: 0,
+        }
+    }
+    pub fn kind(&self) -> EvictionKind {
+        self.kind
+    }
+    pub fn len(&self) -> usize {
+        self.stamp.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.stamp.is_empty()
+    }
+    fn check(&self, e: u32) -> Result<usize> {
+        let i = e as usize;
+        if i >= self.stamp.len() {
+            return Err(CoreError::Value(format!(
+                "expert index {e} out of range (0..{})",
+                self.stamp.len()
+            )));
+        }
+        Ok(i)
+    }
+
+    /// Give Belady the planned sequence of accesses (ignored by the other policies).
+    pub fn set_future(&mut self, seq: &[u32]) -> Result<()> {
+        if self.kind != EvictionKind::Belady {
+            return Ok(());
+        }
+        for f in &mut self.future {
+            f.clear();
+        }
+        for (p, &e) in seq.iter().enumerate() {
+            let i = self.check(e)?;
+            self.future[i].push(p as u64);
+        }
+        self.cursor.iter_mut().for_each(|c| *c = 0);
+        self.pos = 0;
+        Ok(())
+    }
+
+    /// Record an access to expert `e` (hit or miss).
+    #[inline]
+    pub fn on_access(&mut self, e: u32) {
+        let i = e as usize;
+        self.clock += 1;
+        self.count[i] += 1;
+        if self.kind != EvictionKind::Fifo {
+            self.stamp[i] = self.clock;
+        }
+        if self.kind == EvictionKind::Belady {
+            // advance this expert's cursor past the current plan position
+            let f = &self.future[i];
+            let mut c = self.cursor[i];
+            while c < f.len() && f[c] < self.pos {
+                c += 1;
+            }
+            if c < f.len() {
+                self.pos = f[c] + 1;
+                c += 1;
+            }
+            self.cursor[i] = c;
+        }
+    }
+
+    /// Record that `e` became resident.
+    #[inline]
+    pub fn on_insert(&mut self, e: u32) {
+        if self.kind == EvictionKind::Fifo {
+            self.clock += 1;
+            self.stamp[e as usize] = self.clock;
+        }
+    }
+
+    /// Record that `e` left.
+    #[inline]
+    pub fn on_evict(&mut self, _e: u32) {}
+
+    /// The next planned use of `e` (u64::MAX: never).
+    #[inline]
+    fn next_use(&self, i: usize) -> u64 {
+        let f = &self.future[i];
+        let mut c = self.cursor[i];
+        while c < f.len() && f[c] < self.pos {
+            c += 1;
+        }
+        f.get(c).copied().unwrap_or(u64::MAX)
+    }
+
+    /// The expert to evict among `candidates` (None if empty).
+    pub fn victim(&self, candidates: impl IntoIterator<Item = u32>) -> Option<u32> {
+        let mut best: Option<(u32, (u64, u64))> = None;
+        for e in candidates {
+            let i = e as usize;
+            // smaller key = better victim
+            let key = match self.kind {
+                EvictionKind::Lru | EvictionKind::Fifo => (self.stamp[i], 0),
+                EvictionKind::Lfu => (self.count[i], self.stamp[i]),
+                EvictionKind::Belady => (u64::MAX - self.next_use(i), self.stamp[i]),
+            };
+            if best.map_or(true, |(_, k)| key < k) {
+                best = Some((e, key));
+            }
+        }
+        best.map(|b| b.0)
+    }
+
+    /// Checked variant of `on_access` for callers outside the simulator.
+    pub fn access(&mut self, e: u32) -> Result<()> {
+        self.check(e)?;
+        self.on_access(e);
+        Ok(())
+    }
+    /// Checked variant of `on_insert`.
+    pub fn insert(&mut self, e: u32) -> Result<()> {
+        self.check(e)?;
+        self.on_insert(e);
+        Ok(())
+    }
+    /// Checked variant of `victim`.
+    pub fn pick(&self, candidates: &[u32]) -> Result<Option<u32>> {
+        for &e in candidates {
+            self.check(e)?;
+        }
+        Ok(self.victim(candidates.iter().copied()))
+    }
+}
+
+/// Placement of experts before traffic starts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Placement {
+    /// Nothing pinned: the fast tier is a pure cache.
+    None,
+    /// Every instance pins the most popular experts, up to `fraction` of its expert capacity.
+    Static { fraction: f64 },
+    /// Experts in popularity order go to the instance with the least pinned popularity that has
+    /// room (capacity-aware packing across instances); each expert on at most one instance.
+    Pack { fraction: f64 },
+    /// Like `Pack`, but an expert with popularity share `p` gets `ceil(p * instances * factor)`
+    /// replicas (at least one) on distinct instances.
+    Replicate { fraction: f64, factor: f64 },
+}
+
+impl Placement {
+    pub fn parse(s: &str, fraction: f64) -> Result<Self> {
+        if !(fraction.is_finite() && (0.0..=1.0).contains(&fraction)) {
+            return Err(CoreError::Value(format!(
+                "pinned_fraction must be in [0, 1], got {fraction}"
+            )));
+        }
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "none" | "" => Self::None,
+            "static" => Self::Static { fraction },
+            "pack" => Self::Pack { fraction },
+            "replicate" => Self::Replicate { fraction, factor: 1.0 },
+            _ => {
+                return Err(CoreError::Value(format!(
+                    "placement: unknown policy {s:?} (expected none, static, pack or replicate)"
+                )))
+            }
+        })
+    }
+}
+
+/// Experts pinned per instance. `sizes[e]` bytes, `popularity[e]` >= 0 (any scale), `capacity`
+/// bytes per instance available to experts.
+pub fn place(
+    p: Placement,
+    sizes: &[u64],
+    popularity: &[f64],
+    capacity: u64,
+    instances: usize,
+) -> Vec<Vec<u32>> {
+    let mut order: Vec<u32> = (0..sizes.len() as u32).collect();
+    order.sort_by(|&a, &b| {
+        popularity[b as usize].total_cmp(&popularity[a as usize]).then(a.cmp(&b))
+    });
+    let total: f64 = popularity.iter().sum::<f64>().max(f64::MIN_POSITIVE);
+    let mut pinned = vec![Vec::new(); instances];
+    let (fraction, replicas) = match p {
+        Placement::None => return pinned,
+        Placement::Static { fraction } => {
+            let budget = (capacity as f64 * fraction) as u64;
+            let mut used = 0u64;
+            for &e in &order {
+                if used + sizes[e as usize] <= budget {
+                    used += sizes[e as usize];
+                    for inst in &mut pinned {
+                        inst.push(e);
+                    }
+                }
+            }
+            return pinned;
+        }
+        Placement::Pack { fraction } => (fraction, None),
+        Placement::Replicate { fraction, factor } => (fraction, Some(factor)),
+    };
+    let budget = (capacity as f64 * fraction) as u64;
+    let mut used = vec![0u64; instances];
+    let mut load = vec![0f64; instances];
+    for &e in &order {
+        let s = sizes[e as usize];
+        let share = popularity[e as usize] / total;
+        let want = match replicas {
+            None => 1,
+            Some(f) => ((share * instances as f64 * f).ceil() as usize).clamp(1, instances),
+        };
+        let mut cand: Vec<usize> = (0..instances).filter(|&k| used[k] + s <= budget).collect();
+        cand.sort_by(|&a, &b| load[a].total_cmp(&load[b]).then(a.cmp(&b)));
+        let n = cand.len().min(want);
+        for &k in &cand[..n] {
+            used[k] += s;
+            load[k] += share / n as f64;
+            pinned[k].push(e);
+        }
+    }
+    pinned
+}
+
+/// How queued requests are grouped.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Batching {
+    /// The paper's: take up to `size` queued requests, run the router once on them, then run
+    /// each (prompt, expert) pair in sequence.
+    Paper { size: u32 },
+    /// Expert affinity: serve the expert with the most queued requests among resident experts
+    /// (else the oldest request's expert), up to `size` requests of that expert run together
+    /// in one batched pass; a request older than `max_wait` seconds is served first.
+    Affinity { size: u32, max_wait: f64 },
+}
+
+impl Batching {
+    pub fn parse(s: &str, size: u32, max_wait: f64) -> Result<Self> {
+        if size == 0 {
+            return Err(CoreError::Value("batch_size must be at least 1".into()));
+        }
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "paper" | "fifo" => Self::Paper { size },
+            "affinity" => {
+                if !(max_wait.is_finite() && max_wait >= 0.0) {
+                    return Err(CoreError::Value(format!(
+                        "max_wait must be >= 0 seconds, got {max_wait}"
+                    )));
+                }
+                Self::Affinity { size, max_wait }
+            }
+            _ => {
+                return Err(CoreError::Value(format!(
+                    "batching: unknown policy {s:?} (expected paper, fifo or affinity)"
+                )))
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn misses(kind: EvictionKind, seq: &[u32], slots: usize, n: usize) -> u64 {
+        let mut ev = Eviction::new(kind, n);
+        ev.set_future(seq).unwrap();
+        let mut res: Vec<u32> = Vec::new();
+        let mut m = 0;
+        for &e in seq {
+            if !res.contains(&e) {
+                m += 1;
+                if res.len() == slots {
+                    let v = ev.victim(res.iter().copied()).unwrap();
+                    res.retain(|&x| x != v);
+                    ev.on_evict(v);
+                }
+                res.push(e);
+                ev.on_insert(e);
+            }
+            ev.on_access(e);
+        }
+        m
+    }
+
+    #[test]
+    fn belady_textbook() {
+        // Classic example: 3 frames, OPT = 9 faults, LRU = 12, FIFO = 15.
+        let seq = [7, 0, 1, 2, 0, 3, 0, 4, 2, 3, 0, 3, 2, 1, 2, 0, 1, 7, 0, 1];
+        assert_eq!(misses(EvictionKind::Belady, &seq, 3, 8), 9);
+        assert_eq!(misses(EvictionKind::Lru, &seq, 3, 8), 12);
+        assert_eq!(misses(EvictionKind::Fifo, &seq, 3, 8), 15);
+    }
+
+    #[test]
+    fn placement_respects_capacity() {
+        let sizes = vec![10u64; 10];
+        let pop: Vec<f64> = (0..10).map(|i| 10.0 - i as f64).collect();
+        let p = place(Placement::Pack { fraction: 1.0 }, &sizes, &pop, 30, 2);
+        assert_eq!(p[0].len() + p[1].len(), 6);
+        let r = place(Placement::Replicate { fraction: 1.0, factor: 4.0 }, &sizes, &pop, 30, 2);
+        assert!(r[0].contains(&0) && r[1].contains(&0));
+        let s = place(Placement::Static { fraction: 0.5 }, &sizes, &pop, 40, 2);
+        assert_eq!(s[0], vec![0, 1]);
+    }
+}
