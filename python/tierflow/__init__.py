@@ -42,6 +42,10 @@ from .store import (
 )
 
 # --- kernels -------------------------------------------------------------------------------
+# isort: split
+from . import bench, kernels
+from .kernels import FORMATS, QuantizedTensor, dequantize, matmul, pack, quantize
+
 # --- composition of experts ----------------------------------------------------------------
 # isort: split
 from . import devices, policies
@@ -84,6 +88,14 @@ __all__ = [  # noqa: RUF022 (kept in per-domain sections; see the markers)
     "parse_size",
     "register_block_format",
     # --- kernels ---
+    "FORMATS",
+    "QuantizedTensor",
+    "bench",
+    "dequantize",
+    "kernels",
+    "matmul",
+    "pack",
+    "quantize",
     # --- composition of experts ---
     "CoE",
     "Device",

@@ -83,6 +83,31 @@ class Store:
     def read_into(self, name: str, offset: int, out: npt.NDArray[np.uint8]) -> None: ...
 
 # --- kernels ---
+def _matmul_plain(
+    x: Any,
+    w32: Any,
+    w16: Any,
+    wkind: str,
+    out: Any,
+    bias: Any = None,
+    isa: str | None = None,
+) -> None: ...
+def _matmul_blocks(
+    x: Any,
+    fmt: str,
+    k: int,
+    n: int,
+    data: Any,
+    out: Any,
+    bias: Any = None,
+    isa: str | None = None,
+) -> None: ...
+def _quantize(w: Any, fmt: str) -> Any: ...
+def _check_blocks(fmt: str, k: int, n: int, data: Any) -> None: ...
+def _format_nbytes(fmt: str, k: int, n: int) -> int: ...
+def _dequantize(fmt: str, k: int, n: int, data: Any) -> Any: ...
+def memory_bandwidth(nbytes: int = ..., reps: int = ...) -> float: ...
+
 # --- sim ---
 def simulate(
     device_spec: dict[str, Any],

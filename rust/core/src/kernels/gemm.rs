@@ -1,0 +1,242 @@
+//! `C = X W (+ bias)`: the one matmul entry point, choosing a kernel by shape and weight format.
+//!
+//! - `M <= DECODE_MAX_M` (decode: a few rows against a big weight; bandwidth-bound): the
+//!   hand-written streaming kernels, `axpy.rs` for a plain `(K, N)` weight and `dot.rs` for a
+//!   row-stored (packed or quantised) one, reading each weight byte once.
+//! - larger `M` (compute-bound): the `gemm` crate (its own runtime-dispatched AVX2/AVX-512
+//!   micro-kernels, threaded on the tierflow pool). A row-stored weight is dequantised in panels
+//!   of `NB` rows (`NB * K * 4` bytes, e.g. 1 MiB at K = 4096) that the gemm multiplies while
+//!   they are hot in cache.
+//! - `Isa::Scalar` always takes the scalar reference kernels, whatever the shape.
+//!
+//! Layouts: `X` row-major `(M, K)`, `C` row-major with row stride `ldc >= N`, no aliasing.
+
+use super::axpy::{matmul_cols, ColW};
+use super::dot::{matmul_rows, SendPtr};
+use super::quant::{dequantize_row, QWeight};
+use crate::cpu::Isa;
+use crate::{CoreError, Result};
+use rayon::prelude::*;
+
+/// Largest `M` that takes the decode (weight-streaming) kernels.
+pub const DECODE_MAX_M: usize = 32;
+/// Weight rows per dequantised panel on the large-`M` path.
+const NB: usize = 64;
+
+/// A weight operand.
+#[derive(Clone, Copy, Debug)]
+pub enum Weight<'a> {
+    /// Row-major `(K, N)` as NumPy holds it.
+    Plain { w: ColW<'a>, k: usize, n: usize },
+    /// `N` rows of `K` elements in a block format (packed or quantised).
+    Rows(QWeight<'a>),
+}
+
+impl Weight<'_> {
+    pub fn k(&self) -> usize {
+        match self {
+            Weight::Plain { k, .. } => *k,
+            Weight::Rows(q) => q.k,
+        }
+    }
+    pub fn n(&self) -> usize {
+        match self {
+            Weight::Plain { n, .. } => *n,
+            Weight::Rows(q) => q.n,
+        }
+    }
+}
+
+/// `C[:m, :n] = X W + bias`, `X` `(m, k)` row-major.
+pub fn matmul(
+    isa: Isa,
+    x: &[f32],
+    m: usize,
+    w: Weight<'_>,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    ldc: usize,
+) -> Result<()> {
+    let (k, n) = (w.k(), w.n());
+    let need_x = m.checked_mul(k);
+    let need_c =
+        if m == 0 { Some(0) } else { (m - 1).checked_mul(ldc).and_then(|v| v.checked_add(n)) };
+    if need_x.is_none_or(|v| x.len() < v) || need_c.is_none_or(|v| c.len() < v) || ldc < n {
+        return Err(CoreError::Shape(format!(
+            "matmul buffers too small for ({m}, {k}) x ({k}, {n}) with row stride {ldc}"
+        )));
+    }
+    if let Some(b) = bias {
+        if b.len() != n {
+            return Err(CoreError::Shape(format!("bias has {} elements, expected {n}", b.len())));
+        }
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        for i in 0..m {
+            for j in 0..n {
+                c[i * ldc + j] = bias.map_or(0.0, |b| b[j]);
+            }
+        }
+        return Ok(());
+    }
+    let small = m <= DECODE_MAX_M || isa == Isa::Scalar;
+    match w {
+        Weight::Plain { w, .. } if small => matmul_cols(isa, x, m, k, w, n, bias, c, ldc),
+        Weight::Rows(q) if small => matmul_rows(isa, x, m, &q, bias, c, ldc),
+        Weight::Plain { w: ColW::F32(wf), .. } => gemm_f32(x, m, k, wf, n, bias, c, ldc),
+        Weight::Plain { w, .. } => {
+            let mut wf = vec![0f32; k * n];
+            crate::runtime::install(|| {
+                wf.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
+                    for (j, v) in row.iter_mut().enumerate() {
+                        *v = match w {
+                            ColW::F32(p) => p[r * n + j],
+                            ColW::F16(p) => half::f16::from_bits(p[r * n + j]).to_f32(),
+                            ColW::Bf16(p) => f32::from_bits((p[r * n + j] as u32) << 16),
+                        };
+                    }
+                })
+            });
+            gemm_f32(x, m, k, &wf, n, bias, c, ldc)
+        }
+        Weight::Rows(q) => gemm_rows(x, m, &q, bias, c, ldc),
+    }
+    Ok(())
+}
+
+fn fill_bias(c: &mut [f32], m: usize, n: usize, ldc: usize, bias: Option<&[f32]>) {
+    for i in 0..m {
+        let row = &mut c[i * ldc..i * ldc + n];
+        match bias {
+            Some(b) => row.copy_from_slice(b),
+            None => row.fill(0.0),
+        }
+    }
+}
+
+/// Large-`M` float32 product through the `gemm` crate on the tierflow pool.
+fn gemm_f32(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    if bias.is_some() {
+        fill_bias(c, m, n, ldc, bias);
+    }
+    let threads = crate::runtime::num_threads();
+    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    crate::runtime::install(|| unsafe {
+        // SAFETY: the slices cover (m, k), (k, n) and (m, ldc) row-major (checked by `matmul`);
+        // gemm computes dst = alpha * dst + beta * lhs * rhs.
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            ldc as isize,
+            bias.is_some(),
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            1,
+            n as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            par,
+        )
+    });
+}
+
+/// Large-`M` product with a row-stored weight: dequantise `NB` rows, multiply, next panel.
+fn gemm_rows(
+    x: &[f32],
+    m: usize,
+    q: &QWeight<'_>,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    let (k, n) = (q.k, q.n);
+    fill_bias(c, m, n, ldc, bias);
+    let cp = SendPtr(c.as_mut_ptr());
+    crate::runtime::install(|| {
+        (0..n.div_ceil(NB)).into_par_iter().for_each_init(
+            || vec![0f32; NB * k],
+            |buf, p| {
+                let j0 = p * NB;
+                let nb = NB.min(n - j0);
+                for r in 0..nb {
+                    dequantize_row(q.fmt, q.row(j0 + r), &mut buf[r * k..(r + 1) * k]);
+                }
+                let cp = cp;
+                // SAFETY: panel p writes only columns j0..j0+nb of C. The panel buffer holds
+                // W[:, j0..j0+nb] column-major: element (kk, r) at r * k + kk.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        nb,
+                        k,
+                        cp.0.add(j0),
+                        1,
+                        ldc as isize,
+                        true,
+                        x.as_ptr(),
+                        1,
+                        k as isize,
+                        buf.as_ptr(),
+                        k as isize,
+                        1,
+                        1.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    )
+                }
+            },
+        );
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::quant::{quantize, Format};
+
+    #[test]
+    fn large_m_paths_match_scalar() {
+        let (m, k, n) = (70, 64, 130);
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
+        let w: Vec<f32> = (0..k * n).map(|i| ((i * 3) % 5) as f32 - 2.0).collect();
+        let bias: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        for fmt in [Format::F32, Format::Bf16, Format::Q8_0] {
+            let data = quantize(fmt, &w, k, n).unwrap();
+            let q = QWeight::new(fmt, k, n, &data).unwrap();
+            let mut want = vec![0f32; m * n];
+            let mut got = vec![0f32; m * n];
+            matmul(Isa::Scalar, &x, m, Weight::Rows(q), Some(&bias), &mut want, n).unwrap();
+            matmul(Isa::detect(), &x, m, Weight::Rows(q), Some(&bias), &mut got, n).unwrap();
+            assert_eq!(got, want); // small integers: exact
+            let mut got2 = vec![0f32; m * n];
+            let pw = Weight::Plain { w: ColW::F32(&w), k, n };
+            matmul(Isa::detect(), &x, m, pw, Some(&bias), &mut got2, n).unwrap();
+            if fmt == Format::F32 {
+                assert_eq!(got2, want);
+            }
+        }
+    }
+}

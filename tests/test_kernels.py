@@ -1,0 +1,279 @@
+"""tierflow.kernels: matmul and weight formats against NumPy float64, on every instruction-set
+path this machine has (the private ``_isa=`` argument forces one per call)."""
+
+from __future__ import annotations
+
+import doctest
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tierflow
+from tierflow import kernels
+
+ISAS = tierflow.info()["isa_available"]
+EPS32 = float(np.finfo(np.float32).eps)
+# Sizes that hit every tile edge: 1, primes, and non-multiples of 4, 8, 16 and 32.
+DIMS = st.sampled_from([0, 1, 2, 3, 5, 7, 8, 13, 16, 17, 31, 33, 64, 67, 97])
+MS = st.sampled_from([1, 2, 3, 4, 5, 8, 9, 31, 33, 40])
+
+
+def ref_matmul(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    r = x.astype(np.float64) @ w.astype(np.float64)
+    return r if bias is None else r + bias.astype(np.float64)
+
+
+def bound(x: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
+    """float32 accumulation of K products: |err| <= 2 K eps32 sum_k |x||w| (+ tiny)."""
+    mag = np.abs(x.astype(np.float64)) @ np.abs(w.astype(np.float64))
+    return 2.0 * max(k, 1) * EPS32 * mag + 1e-30
+
+
+def test_doctests():
+    assert doctest.testmod(kernels).failed == 0
+    assert doctest.testmod(tierflow.bench).failed == 0
+
+
+def test_expected_isa_selected():
+    """CI sets TIERFLOW_EXPECT_ISA (e.g. avx2): fail if the fast path was silently skipped."""
+    want = os.environ.get("TIERFLOW_EXPECT_ISA")
+    if not want:
+        pytest.skip("TIERFLOW_EXPECT_ISA not set")
+    assert want in ISAS, f"CPU lacks {want}: available {ISAS}"
+    assert tierflow.info()["isa_selected"] == want
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@settings(max_examples=25, deadline=None)
+@given(
+    m=MS,
+    k=DIMS,
+    n=DIMS,
+    seed=st.integers(0, 2**31),
+    order=st.sampled_from("CF"),
+    wdt=st.sampled_from(["float32", "float16", "bfloat16"]),
+    use_bias=st.booleans(),
+)
+def test_matmul_plain_matches_float64(isa, m, k, n, seed, order, wdt, use_bias):
+    rng = np.random.default_rng(seed)
+    x = np.asarray(rng.standard_normal((m, k)), np.float32, order=order)
+    w32 = rng.standard_normal((k, n)).astype(np.float32)
+    if wdt == "bfloat16":
+        ml_dtypes = pytest.importorskip("ml_dtypes")
+        w = w32.astype(ml_dtypes.bfloat16)
+    else:
+        w = np.asarray(w32.astype(wdt), order=order)
+    wv = w.astype(np.float32)  # the values the weight really holds
+    bias = rng.standard_normal(n).astype(np.float32) if use_bias else None
+    got = tierflow.matmul(x, w, bias=bias, _isa=isa)
+    assert got.dtype == np.float32 and got.shape == (m, n)
+    want = ref_matmul(x, wv, bias)
+    assert np.all(np.abs(got - want) <= bound(x, wv, k) + (1e-6 if use_bias else 0))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@settings(max_examples=20, deadline=None)
+@given(
+    m=MS,
+    kb=st.sampled_from([0, 1, 2, 3, 5]),
+    n=DIMS,
+    seed=st.integers(0, 2**31),
+    fmt=st.sampled_from(["f32", "f16", "bf16", "q8_0", "q4_0"]),
+)
+def test_matmul_quantized_matches_dequantized(isa, m, kb, n, seed, fmt):
+    """x @ q equals x @ q.dequantize() (float64) within the accumulation bound, and the
+    dequantised weight is within the format's quantisation error of the original."""
+    k = 32 * kb
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    q = tierflow.quantize(w, fmt)
+    dq = q.dequantize()
+    assert dq.shape == (k, n) and dq.dtype == np.float32
+    check_quant_error(w, dq, fmt)
+    got = tierflow.matmul(x, q, _isa=isa)
+    assert np.all(np.abs(got - ref_matmul(x, dq)) <= bound(x, dq, k))
+
+
+def check_quant_error(w: np.ndarray, dq: np.ndarray, fmt: str) -> None:
+    err = np.abs(dq.astype(np.float64) - w)
+    if fmt == "f32":
+        assert np.array_equal(dq, w)
+    elif fmt == "f16":
+        assert np.all(err <= 2.0**-11 * np.abs(w) + 2.0**-24)
+    elif fmt == "bf16":
+        assert np.all(err <= 2.0**-8 * np.abs(w) + 1e-38)
+    else:
+        k, n = w.shape
+        blocks = np.abs(w.T.reshape(n, k // 32, 32)).max(axis=2) if k else np.zeros((n, 0))
+        # Per element: rounding to the grid (d/2 for Q8_0, d for Q4_0's truncation) plus the
+        # f16 rounding of the scale (relative 2^-11) times the largest |q| (127, resp. 8).
+        amax = np.repeat(blocks, 32, axis=1).T if k else np.zeros((0, n))
+        if fmt == "q8_0":
+            tol = amax / 127.0 * (0.5 + 127 * 2.0**-11) * 1.001 + 1e-7
+        else:
+            tol = amax / 8.0 * (1.0 + 8 * 2.0**-11) * 1.001 + 1e-7
+        assert np.all(err <= tol)
+
+
+def test_q8_0_and_q4_0_gguf_layout():
+    """Byte-level layout of one block, computed by hand."""
+    w = np.zeros((32, 1), np.float32)
+    w[:, 0] = np.arange(32) - 16  # max |x| = 16 at element 0 (value -16)
+    q8 = tierflow.quantize(w, "q8_0")
+    assert q8.nbytes == 34
+    d = np.frombuffer(q8.data[:2].tobytes(), np.float16)[0]
+    assert d == np.float16(16 / 127)
+    qs = q8.data[2:].view(np.int8)
+    assert qs.tolist() == np.round((np.arange(32) - 16) / np.float32(16 / 127)).astype(int).tolist()
+    q4 = tierflow.quantize(w, "q4_0")
+    assert q4.nbytes == 18
+    assert np.frombuffer(q4.data[:2].tobytes(), np.float16)[0] == np.float16(2.0)  # -16 / -8
+    nib = q4.data[2:]
+    lo, hi = nib & 0x0F, nib >> 4
+    vals = np.concatenate([lo, hi]).astype(int) - 8  # elements 0..15 low, 16..31 high
+    want = np.clip(np.trunc((np.arange(32) - 16) / 2.0 + 8.5), 0, 15).astype(int) - 8
+    assert vals.tolist() == want.tolist()
+    assert np.allclose(q4.dequantize()[:, 0], vals * 2.0)
+
+
+def test_from_blocks_round_trip_and_corruption():
+    w = np.random.default_rng(0).standard_normal((64, 5)).astype(np.float32)
+    q = tierflow.quantize(w, "q4_0")
+    q2 = tierflow.QuantizedTensor._from_blocks("q4_0", (64, 5), q.data.copy())
+    assert np.array_equal(q2.dequantize(), q.dequantize())
+    with pytest.raises(tierflow.CorruptFileError):
+        tierflow.QuantizedTensor("q4_0", (64, 5), q.data[:-1])
+    bad = q.data.copy()
+    bad[0:2] = np.frombuffer(np.float16(np.inf).tobytes(), np.uint8)
+    with pytest.raises(tierflow.CorruptFileError):
+        tierflow.QuantizedTensor("q4_0", (64, 5), bad)
+    with pytest.raises(tierflow.ShapeError):
+        tierflow.quantize(np.ones((33, 2), np.float32), "q8_0")
+    with pytest.raises(tierflow.DTypeError):
+        tierflow.quantize(w, "q3_k")
+    with pytest.raises(tierflow.ShapeError):
+        tierflow.QuantizedTensor("q8_0", (2**62, 2**62), np.zeros(0, np.uint8))
+
+
+def test_pack_is_a_stable_prepacked_weight():
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((40, 24)).astype(np.float32)
+    x = rng.standard_normal((3, 40)).astype(np.float32)
+    p = tierflow.pack(w)
+    assert p.format == "f32" and p.nbytes == w.nbytes
+    assert np.array_equal(p.dequantize(), w)
+    assert tierflow.pack(p) is p
+    assert np.all(np.abs(tierflow.matmul(x, p) - ref_matmul(x, w)) <= bound(x, w, 40))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_matmul_strides_batches_out_and_f16_inputs(isa):
+    rng = np.random.default_rng(2)
+    base = rng.standard_normal((4, 6, 90)).astype(np.float32)
+    x = base[:, ::2, ::3]  # (4, 3, 30), non-contiguous
+    w = rng.standard_normal((60, 30)).astype(np.float32).T[:, ::2]  # (30, 30) strided
+    want = ref_matmul(x, w)
+    got = tierflow.matmul(x, w, _isa=isa)
+    assert got.shape == (4, 3, 30)
+    assert np.all(np.abs(got - want) <= bound(x, w, 30))
+    out = np.empty((4, 3, 30), np.float32)
+    assert tierflow.matmul(x, w, out=out, _isa=isa) is out
+    assert np.array_equal(out, got)
+    xh = x.astype(np.float16)
+    got_h = tierflow.matmul(xh, w, _isa=isa)
+    assert np.all(np.abs(got_h - ref_matmul(xh.astype(np.float32), w)) <= bound(x, w, 30) * 2)
+    v = tierflow.matmul(x[0, 0], w, _isa=isa)  # 1-D x
+    assert v.shape == (30,)
+
+
+def test_large_m_gemm_path():
+    """M above the decode threshold goes through the gemm crate / panelled dequantisation."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((130, 96)).astype(np.float32)
+    w = rng.standard_normal((96, 70)).astype(np.float32)
+    b = rng.standard_normal(70).astype(np.float32)
+    for weight in (w, w.astype(np.float16), tierflow.quantize(w, "q8_0")):
+        wv = (
+            weight.dequantize()
+            if isinstance(weight, tierflow.QuantizedTensor)
+            else weight.astype(np.float32)
+        )
+        for isa in ISAS:
+            got = tierflow.matmul(x, weight, bias=b, _isa=isa)
+            assert np.all(np.abs(got - ref_matmul(x, wv, b)) <= bound(x, wv, 96) + 1e-5)
+
+
+def test_matmul_bad_input():
+    x = np.ones((3, 4), np.float32)
+    w = np.ones((5, 6), np.float32)
+    with pytest.raises(tierflow.ShapeError, match=r"\(3, 4\).*\(5, 6\)"):
+        tierflow.matmul(x, w)
+    with pytest.raises(tierflow.DTypeError):
+        tierflow.matmul(x.astype(np.int32), np.ones((4, 6), np.float32))
+    with pytest.raises(tierflow.DTypeError):
+        tierflow.matmul(x, np.ones((4, 6), np.int8))
+    w = np.ones((4, 6), np.float32)
+    with pytest.raises(tierflow.ShapeError):
+        tierflow.matmul(x, w, out=np.empty((3, 5), np.float32))
+    with pytest.raises(tierflow.DTypeError):
+        tierflow.matmul(x, w, out=np.empty((3, 6), np.float64))
+    ro = np.empty((3, 6), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(tierflow.InvalidArgumentError):
+        tierflow.matmul(x, w, out=ro)
+    with pytest.raises(tierflow.ShapeError):
+        tierflow.matmul(x, w, bias=np.ones(5, np.float32))
+    with pytest.raises(tierflow.ShapeError):
+        tierflow.matmul(x, np.ones(4, np.float32))
+    huge = np.lib.stride_tricks.as_strided(np.ones(1, np.float32), (2**31, 2**20, 4), (0, 0, 0))
+    with pytest.raises(tierflow.ShapeError, match="overflow"):
+        tierflow.matmul(huge, np.ones((4, 4096), np.float32))  # result: 2^65 bytes
+    with pytest.raises(tierflow.InvalidArgumentError):
+        tierflow.matmul(x, w, _isa="no-such-isa")
+
+
+def test_empty_and_ieee():
+    assert tierflow.matmul(np.ones((0, 4), np.float32), np.ones((4, 3), np.float32)).shape == (0, 3)
+    assert tierflow.matmul(np.ones((2, 4), np.float32), np.ones((4, 0), np.float32)).shape == (2, 0)
+    z = tierflow.matmul(
+        np.ones((2, 0), np.float32),
+        np.ones((0, 3), np.float32),
+        bias=np.arange(3, dtype=np.float32),
+    )
+    assert z.tolist() == [[0, 1, 2], [0, 1, 2]]
+    x = np.ones((2, 64), np.float32)
+    x[0, 3] = np.nan
+    x[1, 5] = np.inf
+    for isa in ISAS:
+        for w in (
+            np.ones((64, 20), np.float32),
+            tierflow.quantize(np.ones((64, 20), np.float32), "q4_0"),
+        ):
+            r = tierflow.matmul(x, w, _isa=isa)
+            assert np.isnan(r[0]).all() and np.isposinf(r[1]).all()
+
+
+def test_memory_bandwidth_probe():
+    bw = tierflow.bench.memory_bandwidth(nbytes=8 << 20, reps=2)
+    assert 1e8 < bw < 1e13
+    with pytest.raises(tierflow.InvalidArgumentError):
+        tierflow.bench.memory_bandwidth(nbytes=1)
+
+
+def test_quantized_tensor_round_trips_through_the_store(tmp_path):
+    """QuantizedTensor is a store BlockTensor: stored as typed blocks, read back as itself."""
+    w = np.random.default_rng(4).standard_normal((64, 9)).astype(np.float32)
+    q = tierflow.quantize(w, "q8_0")
+    assert isinstance(q, tierflow.BlockTensor)
+    with tierflow.TieredStore(tmp_path / "s") as s:
+        s.put("layer0.w", q)
+        back = s.get("layer0.w")
+    assert isinstance(back, tierflow.QuantizedTensor)
+    assert back.format == "q8_0" and back.shape == (64, 9)
+    assert np.array_equal(back.data, q.data)
+    x = np.ones((2, 64), np.float32)
+    assert np.array_equal(tierflow.matmul(x, back), tierflow.matmul(x, q))
