@@ -55,6 +55,8 @@ from .policies import EvictionPolicy, Policy
 from .report import Report
 from .sim import simulate
 from .trace import Trace
+# --- models and routers (issue: real experts; import tierflow.models for the models) -------
+from .routers import EmbeddingRouter
 
 __all__ = [  # noqa: RUF022 (kept in per-domain sections; see the markers)
     "AccessDeniedError",
@@ -106,4 +108,6 @@ __all__ = [  # noqa: RUF022 (kept in per-domain sections; see the markers)
     "devices",
     "policies",
     "simulate",
+    # --- models and routers ---
+    "EmbeddingRouter",
 ]
