@@ -100,4 +100,9 @@ def test_decode_formats(benchmark, fmt, m, kn):
     t_f32 = best_of(lambda: tierflow.matmul(x, w, out=out), 5)
     del w
     benchmark.pedantic(tierflow.matmul, args=(x, q, out), rounds=5, iterations=1, warmup_rounds=1)
-    record(benchmark, f"decode {fmt} M={m} K=N={kn}", "x tierflow f32", t_f32 / benchmark.stats.stats.min)
+    record(
+        benchmark,
+        f"decode {fmt} M={m} K=N={kn}",
+        "x tierflow f32",
+        t_f32 / benchmark.stats.stats.min,
+    )

@@ -44,7 +44,22 @@ from .store import (
 # --- kernels -------------------------------------------------------------------------------
 # isort: split
 from . import bench, kernels
-from .kernels import FORMATS, QuantizedTensor, dequantize, matmul, pack, quantize
+from .kernels import (
+    FORMATS,
+    QuantizedTensor,
+    attention,
+    dequantize,
+    gelu,
+    layer_norm,
+    matmul,
+    mlp,
+    pack,
+    quantize,
+    rms_norm,
+    rope,
+    silu,
+    softmax,
+)
 
 # --- composition of experts ----------------------------------------------------------------
 # isort: split
@@ -92,12 +107,20 @@ __all__ = [  # noqa: RUF022 (kept in per-domain sections; see the markers)
     # --- kernels ---
     "FORMATS",
     "QuantizedTensor",
+    "attention",
     "bench",
     "dequantize",
+    "gelu",
     "kernels",
+    "layer_norm",
     "matmul",
+    "mlp",
     "pack",
     "quantize",
+    "rms_norm",
+    "rope",
+    "silu",
+    "softmax",
     # --- composition of experts ---
     "CoE",
     "Device",

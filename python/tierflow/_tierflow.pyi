@@ -107,6 +107,39 @@ def _check_blocks(fmt: str, k: int, n: int, data: Any) -> None: ...
 def _format_nbytes(fmt: str, k: int, n: int) -> int: ...
 def _dequantize(fmt: str, k: int, n: int, data: Any) -> Any: ...
 def memory_bandwidth(nbytes: int = ..., reps: int = ...) -> float: ...
+def _attention(
+    q: Any,
+    k: Any,
+    v: Any,
+    dims: tuple[int, int, int, int, int, int],
+    causal: bool,
+    scale: float,
+    out: Any,
+    mask: Any = None,
+    mask_bh: tuple[int, int] = (1, 1),
+    isa: str | None = None,
+) -> None: ...
+def _rowwise(
+    op: str,
+    x: Any,
+    d: int,
+    out: Any,
+    w: Any = None,
+    b: Any = None,
+    aux: Any = None,
+    eps: float = 1e-06,
+    isa: str | None = None,
+) -> None: ...
+def _rope(
+    x: Any,
+    s: int,
+    d: int,
+    pos: Any,
+    base: float,
+    interleaved: bool,
+    out: Any,
+    isa: str | None = None,
+) -> None: ...
 
 # --- sim ---
 def simulate(

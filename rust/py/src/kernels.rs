@@ -5,8 +5,8 @@
 use crate::errors::err;
 use crate::utils::run;
 use numpy::{
-    PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray2,
-    PyUntypedArrayMethods,
+    PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray1,
+    PyReadwriteArray2, PyUntypedArrayMethods,
 };
 use pyo3::prelude::*;
 use tierflow_core::cpu::Isa;
@@ -167,7 +167,136 @@ fn memory_bandwidth(py: Python<'_>, nbytes: usize, reps: usize) -> PyResult<f64>
     run(py, || Ok::<_, CoreError>(tierflow_core::kernels::bandwidth::read_bandwidth(nbytes, reps)))
 }
 
+/// Flash attention on contiguous (B, H, S, D) float32 arrays; `mask` is (Mb, Mh, Sq, Skv).
+#[pyfunction]
+#[pyo3(signature = (q, k, v, dims, causal, scale, out, mask=None, mask_bh=(1, 1), isa=None))]
+fn _attention(
+    py: Python<'_>,
+    q: PyReadonlyArray1<'_, f32>,
+    k: PyReadonlyArray1<'_, f32>,
+    v: PyReadonlyArray1<'_, f32>,
+    dims: (usize, usize, usize, usize, usize, usize),
+    causal: bool,
+    scale: f32,
+    mut out: PyReadwriteArray1<'_, f32>,
+    mask: Option<PyReadonlyArray1<'_, f32>>,
+    mask_bh: (usize, usize),
+    isa: Option<&str>,
+) -> PyResult<()> {
+    use tierflow_core::kernels::attention::{attention, Dims, Mask};
+    let isa = pick_isa(isa)?;
+    let (b, h, hkv, sq, skv, d) = dims;
+    let (qs, ks, vs) = (slice(&q, "q")?, slice(&k, "k")?, slice(&v, "v")?);
+    let ms = match &mask {
+        Some(m) => Some(Mask { data: slice(m, "mask")?, mb: mask_bh.0, mh: mask_bh.1 }),
+        None => None,
+    };
+    let os =
+        out.as_slice_mut().map_err(|_| err("InvalidArgumentError", "out must be C-contiguous"))?;
+    run(py, || attention(isa, qs, ks, vs, Dims { b, h, hkv, sq, skv, d }, causal, scale, ms, os))
+}
+
+/// Row-wise ops on a contiguous float32 buffer viewed as rows of `d`: `op` is one of "rms_norm",
+/// "layer_norm", "silu", "gelu_tanh", "gelu_erf", "softmax", "swiglu" (`aux` = up),
+/// "geglu_tanh"/"geglu_erf" (`aux` = up).
+#[pyfunction]
+#[pyo3(signature = (op, x, d, out, w=None, b=None, aux=None, eps=1e-6, isa=None))]
+fn _rowwise(
+    py: Python<'_>,
+    op: &str,
+    x: PyReadonlyArray1<'_, f32>,
+    d: usize,
+    mut out: PyReadwriteArray1<'_, f32>,
+    w: Option<PyReadonlyArray1<'_, f32>>,
+    b: Option<PyReadonlyArray1<'_, f32>>,
+    aux: Option<PyReadonlyArray1<'_, f32>>,
+    eps: f32,
+    isa: Option<&str>,
+) -> PyResult<()> {
+    use tierflow_core::kernels::act::{activation, gated, softmax, Act};
+    use tierflow_core::kernels::norm::{layer_norm, rms_norm};
+    let isa = pick_isa(isa)?;
+    let xs = slice(&x, "x")?;
+    let ws = match &w {
+        Some(a) => Some(slice(a, "weight")?),
+        None => None,
+    };
+    let bs = match &b {
+        Some(a) => Some(slice(a, "bias")?),
+        None => None,
+    };
+    let aux_s = match &aux {
+        Some(a) => Some(slice(a, "up")?),
+        None => None,
+    };
+    let ys =
+        out.as_slice_mut().map_err(|_| err("InvalidArgumentError", "out must be C-contiguous"))?;
+    if ys.len() != xs.len() || d == 0 && !xs.is_empty() || d > 0 && xs.len() % d != 0 {
+        return Err(err("ShapeError", "rowwise buffers do not match"));
+    }
+    if ws.is_some_and(|w| w.len() != d)
+        || bs.is_some_and(|b| b.len() != d)
+        || aux_s.is_some_and(|a| a.len() != xs.len())
+    {
+        return Err(err("ShapeError", "rowwise parameter sizes do not match"));
+    }
+    let op = op.to_owned();
+    run(py, move || {
+        match op.as_str() {
+            "rms_norm" => rms_norm(isa, xs, d, ws, eps, ys),
+            "layer_norm" => layer_norm(isa, xs, d, ws, bs, eps, ys),
+            "silu" => activation(isa, Act::Silu, xs, d, ys),
+            "gelu_tanh" => activation(isa, Act::GeluTanh, xs, d, ys),
+            "gelu_erf" => activation(isa, Act::GeluErf, xs, d, ys),
+            "softmax" => softmax(isa, xs, d, ys),
+            "swiglu" | "geglu_tanh" | "geglu_erf" => {
+                let a = match op.as_str() {
+                    "swiglu" => Act::Silu,
+                    "geglu_tanh" => Act::GeluTanh,
+                    _ => Act::GeluErf,
+                };
+                let up = aux_s.ok_or_else(|| CoreError::Value("gated op needs `aux`".into()))?;
+                gated(isa, a, xs, up, d, ys)
+            }
+            other => return Err(CoreError::Value(format!("unknown row op {other:?}"))),
+        }
+        Ok(())
+    })
+}
+
+/// Rotary embedding of a contiguous (N, S, D) float32 buffer.
+#[pyfunction]
+#[pyo3(signature = (x, s, d, pos, base, interleaved, out, isa=None))]
+fn _rope(
+    py: Python<'_>,
+    x: PyReadonlyArray1<'_, f32>,
+    s: usize,
+    d: usize,
+    pos: PyReadonlyArray1<'_, f64>,
+    base: f64,
+    interleaved: bool,
+    mut out: PyReadwriteArray1<'_, f32>,
+    isa: Option<&str>,
+) -> PyResult<()> {
+    let isa = pick_isa(isa)?;
+    let xs = slice(&x, "x")?;
+    let ps = slice(&pos, "positions")?;
+    let ys =
+        out.as_slice_mut().map_err(|_| err("InvalidArgumentError", "out must be C-contiguous"))?;
+    if d % 2 != 0 || ps.len() != s || ys.len() != xs.len() || (s * d > 0 && xs.len() % (s * d) != 0)
+    {
+        return Err(err("ShapeError", "rope buffers do not match"));
+    }
+    run(py, || {
+        tierflow_core::kernels::rope::rope(isa, xs, s, d, ps, base, interleaved, ys);
+        Ok::<_, CoreError>(())
+    })
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(_attention, m)?)?;
+    m.add_function(wrap_pyfunction!(_rowwise, m)?)?;
+    m.add_function(wrap_pyfunction!(_rope, m)?)?;
     m.add_function(wrap_pyfunction!(_matmul_plain, m)?)?;
     m.add_function(wrap_pyfunction!(_matmul_blocks, m)?)?;
     m.add_function(wrap_pyfunction!(_quantize, m)?)?;

@@ -7,8 +7,14 @@
 //! kernels (the build machine has no AVX-512 to test one on), while the `gemm` crate uses its own
 //! AVX-512 micro-kernels where the CPU has them.
 
+pub mod act;
+pub mod attention;
 pub mod axpy;
 pub mod bandwidth;
 pub mod dot;
 pub mod gemm;
+pub mod norm;
 pub mod quant;
+pub mod rope;
+pub mod rows;
+pub mod vmath;

@@ -1,0 +1,91 @@
+//! Shared driver of the row-wise kernels (norms, activations, softmax, rope): split the rows over
+//! the tierflow pool and run one generic body, as the scalar reference or under AVX2+FMA.
+
+use crate::cpu::Isa;
+use rayon::prelude::*;
+
+/// Rows per task: about 64 KiB of data, at least one row.
+fn rows_per_task(d: usize) -> usize {
+    (16384 / d.max(1)).max(1)
+}
+
+/// A row kernel: `f(row_index, input_row, output_row)`, generic over FMA (see `vmath.rs`).
+pub trait RowOp: Sync {
+    fn row<const F: bool>(&self, i: usize, x: &[f32], y: &mut [f32]);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn chunk_avx2<O: RowOp>(op: &O, i0: usize, x: &[f32], y: &mut [f32], d: usize) {
+    for (r, (xr, yr)) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)).enumerate() {
+        op.row::<true>(i0 + r, xr, yr);
+    }
+}
+
+fn chunk_scalar<O: RowOp>(op: &O, i0: usize, x: &[f32], y: &mut [f32], d: usize) {
+    for (r, (xr, yr)) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)).enumerate() {
+        op.row::<false>(i0 + r, xr, yr);
+    }
+}
+
+/// Apply `op` to every row of `x` (`rows x d`, contiguous) into `y` (same shape).
+pub fn for_rows<O: RowOp>(isa: Isa, op: &O, x: &[f32], y: &mut [f32], d: usize) {
+    if d == 0 || x.is_empty() {
+        return;
+    }
+    let per = rows_per_task(d);
+    crate::runtime::install(|| {
+        x.par_chunks(per * d).zip(y.par_chunks_mut(per * d)).enumerate().for_each(
+            |(t, (xc, yc))| {
+                #[cfg(target_arch = "x86_64")]
+                if isa >= Isa::Avx2 {
+                    // SAFETY: the CPU has AVX2 and FMA (isa is only Avx2+ when supported).
+                    return unsafe { chunk_avx2(op, t * per, xc, yc, d) };
+                }
+                let _ = isa;
+                chunk_scalar(op, t * per, xc, yc, d)
+            },
+        )
+    });
+}
+
+/// Sum with 16 independent lanes (so it vectorises without reassociation licence).
+#[inline(always)]
+pub fn lanes_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; 16];
+    let mut it = x.chunks_exact(16);
+    for c in &mut it {
+        for j in 0..16 {
+            acc[j] += f(c[j]);
+        }
+    }
+    let mut s = it.remainder().iter().fold(0f32, |a, &v| a + f(v));
+    for a in acc {
+        s += a;
+    }
+    s
+}
+
+/// Maximum with 16 lanes; NaN propagates (a NaN element makes the result NaN).
+#[inline(always)]
+pub fn lanes_max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let mut nan = false;
+    let mut it = x.chunks_exact(16);
+    for c in &mut it {
+        for j in 0..16 {
+            acc[j] = if c[j] > acc[j] { c[j] } else { acc[j] };
+            nan |= c[j].is_nan();
+        }
+    }
+    let mut m = f32::NEG_INFINITY;
+    for &v in it.remainder().iter().chain(acc.iter()) {
+        m = if v > m { v } else { m };
+        nan |= v.is_nan();
+    }
+    if nan {
+        f32::NAN
+    } else {
+        m
+    }
+}
