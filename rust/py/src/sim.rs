@@ -96,7 +96,22 @@ fn config(d: &Bound<'_, PyDict>) -> PyResult<Config> {
     })
 }
 
-/// Run one simulation (see `tierflow.simulate`). Returns a dict of NumPy arrays and stats.
+/// Run one simulation; `tierflow.simulate` builds the arguments.
+///
+/// Args:
+///     device_spec: `Device.native()` (tiers, exec tier, bandwidths, overheads).
+///     model_spec: `CoE.native()` (names, node sizes, later-stage links, router).
+///     arrival, prompt, output, expert, alt: one entry per request (float64, uint32, uint32,
+///         uint32, int32); `alt` is the router's second choice or -1.
+///     user: closed loop: the user of each request (then `arrival` is the think time), or None.
+///     policy: `Policy.native()`.
+///
+/// Returns:
+///     dict of NumPy arrays per request (arrival, ttft, latency, queue, instance), per node
+///     (node_loads, home) and per instance stats (switches, link_bytes, occupancy, ...).
+///
+/// Raises:
+///     InvalidArgumentError: a field out of range (named); ScheduleError: the CoE does not fit.
 #[pyfunction]
 #[pyo3(signature = (device_spec, model_spec, arrival, prompt, output, expert, alt, user, policy))]
 fn simulate<'py>(
@@ -155,6 +170,15 @@ fn simulate<'py>(
 }
 
 /// Experts pinned per instance by a placement policy (see `tierflow.policies.place`).
+///
+/// Args:
+///     placement: none | static | pack | replicate.
+///     sizes, popularity: per expert (bytes; any non-negative scale).
+///     capacity: bytes per instance available to experts; instances: how many.
+///     fraction: share of capacity that may be pinned; factor: replica multiplier.
+///
+/// Returns:
+///     list (per instance) of expert indices, most popular first.
 #[pyfunction]
 #[pyo3(signature = (placement, sizes, popularity, capacity, instances, fraction=1.0, factor=1.0))]
 fn place(

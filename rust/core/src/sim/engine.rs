@@ -248,6 +248,8 @@ struct Sim<'a> {
     batch: Vec<u32>,
     chain: Vec<u32>,
     protect: Vec<u32>,
+    pbuf: Vec<u32>,
+    ahead: Vec<u32>,
 }
 
 impl Sim<'_> {
@@ -401,18 +403,25 @@ impl Sim<'_> {
 
     fn prefetch(&mut self, k: usize, t: f64, cur: u32, next: &[u32], alt: i32) -> Result<()> {
         let mut done = 0;
-        let mut protect: Vec<u32> = vec![cur];
+        let mut protect = std::mem::take(&mut self.pbuf);
+        protect.clear();
+        protect.push(cur);
         for &c in next {
             if done == 2 {
-                return Ok(());
+                break;
             }
             if !self.holds(k, c) {
                 if self.bring(k, c, t, &protect, false)?.is_none() {
-                    return Ok(());
+                    done = 2;
+                    break;
                 }
                 done += 1;
             }
             protect.push(c);
+        }
+        if done == 2 {
+            self.pbuf = protect;
+            return Ok(());
         }
         if alt >= 0 && done < 2 && !self.holds(k, alt as u32) {
             // speculative: only into free space
@@ -421,6 +430,7 @@ impl Sim<'_> {
                 self.bring(k, alt as u32, t, &protect, false)?;
             }
         }
+        self.pbuf = protect;
         Ok(())
     }
 
@@ -440,7 +450,7 @@ impl Sim<'_> {
             self.rep.queue[r as usize] = t0 - self.rep.arrival[r as usize];
         }
         // lookahead for prefetch: the next batch members' experts, then queued requests'
-        let mut ahead: Vec<u32> = Vec::new();
+        let mut ahead = std::mem::take(&mut self.ahead);
         match self.cfg.batching {
             Batching::Paper { .. } => {
                 for (j, &r) in batch.iter().enumerate() {
@@ -540,6 +550,7 @@ impl Sim<'_> {
             }
         }
         self.batch = batch;
+        self.ahead = ahead;
         let inst = &mut self.insts[k];
         inst.st.busy += t - t0;
         inst.free_at = t;
@@ -641,6 +652,8 @@ pub fn simulate(dev: &DeviceSpec, model: &Model, w: &Workload, cfg: &Config) -> 
         batch: Vec::new(),
         chain: Vec::new(),
         protect: Vec::new(),
+        pbuf: Vec::new(),
+        ahead: Vec::new(),
     };
     // arrivals
     let mut heap: BinaryHeap<Reverse<(Ord64, u32)>> = BinaryHeap::new();
