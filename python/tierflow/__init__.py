@@ -73,6 +73,11 @@ from .trace import Trace
 # --- models and routers (issue: real experts; import tierflow.models for the models) -------
 from .routers import EmbeddingRouter
 
+# --- host runtime (issue: runtime) ---------------------------------------------------------
+# isort: split
+from . import runtime
+from .runtime import Plan, schedule
+
 __all__ = [  # noqa: RUF022 (kept in per-domain sections; see the markers)
     "AccessDeniedError",
     "CapacityError",
@@ -133,4 +138,8 @@ __all__ = [  # noqa: RUF022 (kept in per-domain sections; see the markers)
     "simulate",
     # --- models and routers ---
     "EmbeddingRouter",
+    # --- host runtime ---
+    "Plan",
+    "runtime",
+    "schedule",
 ]
