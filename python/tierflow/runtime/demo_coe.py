@@ -23,12 +23,12 @@ from .experts import PrototypeRouter, TransformerExpert
 
 __all__ = ["DEMO_CONFIG", "demo_ready", "load_demo_coe", "write_demo_coe"]
 
-#: 16 experts x 4 blocks of width 256 (MLP 1024): 4.2 M params, 16.8 MB float32 each, 269 MB total.
+#: 16 experts x 3 blocks of width 256 (MLP 768): 2.56 M params, 10.2 MB float32 each, 164 MB total.
 DEMO_CONFIG: dict[str, Any] = {
     "experts": 16,
     "hidden": 256,
-    "intermediate": 1024,
-    "layers": 4,
+    "intermediate": 768,
+    "layers": 3,
     "seed": 7,
 }
 

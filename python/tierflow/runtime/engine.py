@@ -61,6 +61,7 @@ class _Slot:
     future: Any = None  # store Future while loading
     refs: int = 0
     t_issue: float = 0.0
+    prefetched: bool = False  # loaded ahead of its demand, not used yet
 
 
 @dataclass
@@ -97,6 +98,7 @@ class Residency:
             )
         self.policy = EvictionPolicy(eviction, list(tensors))
         self.slots: dict[str, _Slot] = {}
+        self._pending: tuple[list[str], Callable[[str], float]] | None = None
         self.cv = threading.Condition()
         self.c = Counters()
         self.t0 = time.perf_counter()
@@ -112,7 +114,21 @@ class Residency:
     def used(self) -> int:
         return sum(s.nbytes for s in self.slots.values())
 
+    def _reap(self) -> None:
+        """Finish loads that completed in the background (caller holds ``cv``); a failed one
+        frees its slot (the next demand for that expert reports the error)."""
+        for e, s in list(self.slots.items()):
+            if s.future is not None and s.future.done():
+                try:
+                    s.future.wait(0)
+                except Exception:  # noqa: BLE001 - surfaced again on demand
+                    del self.slots[e]
+                    continue
+                s.future = None
+                self.policy.on_insert(e)
+
     def resident(self) -> list[str]:
+        self._reap()
         return [e for e, s in self.slots.items() if s.future is None]
 
     def _drop(self, e: str) -> None:
@@ -124,14 +140,25 @@ class Residency:
         self.c.occupancy.append((time.perf_counter() - self.t0, self.used()))
 
     def _evictable(self) -> list[str]:
-        return [e for e, s in self.slots.items() if s.future is None and s.refs == 0]
+        """Experts a demand load may evict: resident, not in use, and not prefetched for a
+        request still ahead (unless nothing else is left)."""
+        self._reap()
+        free = [e for e, s in self.slots.items() if s.future is None and s.refs == 0]
+        return [e for e in free if not self.slots[e].prefetched] or free
 
     def _make_room(self, need: int, allow: Callable[[str], bool] | None = None) -> bool:
-        """Evict (policy's choice) until ``need`` more bytes fit. With ``allow``, stop (False)
-        as soon as the policy's victim is not allowed. Caller holds ``cv``."""
+        """Evict (policy's choice) until ``need`` more bytes fit. With ``allow`` (a prefetch),
+        the policy chooses among all resident experts, in use or not, and we stop (False) as
+        soon as its victim is in use or not allowed: a prefetch never evicts what the policy
+        would keep at the next demand. Caller holds ``cv``."""
         while self.used() + need > self.budget:
-            v = self.policy.victim(self._evictable())
-            if v is None or (allow is not None and not allow(v)):
+            if allow is None:
+                v = self.policy.victim(self._evictable())
+            else:
+                v = self.policy.victim(self.resident())
+                if v is not None and (self.slots[v].refs > 0 or not allow(v)):
+                    return False
+            if v is None:
                 return False
             self._drop(v)
             del self.slots[v]
@@ -176,7 +203,8 @@ class Residency:
                 slot = self.slots.get(e)
                 if slot is not None:
                     slot.refs += 1
-                    kind = "hit" if slot.future is None else "prefetch_hit"
+                    kind = "prefetch_hit" if slot.prefetched else "hit"
+                    slot.prefetched = False
                     break
                 if self._make_room(self.nbytes[e]):
                     slot = self._start_load(e)
@@ -201,24 +229,30 @@ class Residency:
         return stall, kind
 
     def release(self, e: str) -> None:
+        """Let go of ``e``; retry prefetches that waited for it to become evictable."""
         with self.cv:
             s = self.slots.get(e)
             if s is not None:
                 s.refs -= 1
+            pending, self._pending = self._pending, None
             self.cv.notify_all()
+        if pending is not None:
+            self.prefetch(*pending)
 
     def prefetch(self, candidates: Sequence[str], next_use: Callable[[str], float]) -> int:
         """Start loads for ``candidates`` (in order) where room can be made by evicting only
         experts needed later than the candidate. Returns loads started."""
         started = 0
         with self.cv:
-            for c in candidates:
+            self._pending = None
+            for k, c in enumerate(candidates):
                 if c in self.slots:
                     continue
                 nu = next_use(c)
                 if not self._make_room(self.nbytes[c], allow=lambda v, nu=nu: next_use(v) > nu):
+                    self._pending = (list(candidates[k:]), next_use)
                     break
-                self._start_load(c)
+                self._start_load(c).prefetched = True
                 self.c.prefetches += 1
                 started += 1
         return started
@@ -240,7 +274,7 @@ def serve(
     *,
     workers: int = 1,
     prefetch: bool = False,
-    lookahead: int = 4,
+    lookahead: int = 1,
     future: Sequence[str] | None = None,
     broken: dict[str, str] | None = None,
     progress: Callable[[], None] | None = None,

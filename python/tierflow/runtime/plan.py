@@ -347,7 +347,7 @@ def schedule(
     experts: Mapping[str, Any] | None = None,
     ram_budget: int | str | None = None,
     workers: int = 1,
-    lookahead: int = 4,
+    lookahead: int = 1,
     **overrides: Any,
 ) -> Plan:
     """Schedule ``g`` onto this host.
