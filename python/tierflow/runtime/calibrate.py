@@ -2,21 +2,15 @@
 it, then let :func:`tierflow.simulate` predict the trace.
 
 The simulator's pass time on the host (``rust/core/src/sim/cost.rs``) is
-``t(n) = max(2 * params * n / peak, bytes / read_bw) + layers * launch_overhead`` (one fused
-"kernel" per layer: ``kernels_per_layer = 1``). The probe measures, on a resident expert:
-
-- ``T1``: one pass over 1 token, ``TP``: one pass over ``P`` tokens (median of repeats);
-- the file -> RAM copy bandwidth of a whole expert through the store (``disk->ram`` link).
-
-With ``w = bytes / read_bw`` (RAM bandwidth from :func:`tierflow.devices.host`), the fixed cost
-is ``c = T1 - w`` (clamped at 0) and the compute rate ``peak = 2 * params * P / (TP - c)``.
+``t(n) = max(2 * params * n / peak, bytes / read_bw) + layers * launch_overhead``; an expert
+switch costs ``bytes / bandwidth(ram <- disk)``. :func:`calibrate` serves a short probe trace on
+the real plan and fits ``peak`` and the switch bandwidth to what it measured; the simulator then
+predicts other traces and policies with those two numbers.
 """
 
 from __future__ import annotations
 
 import json
-import statistics
-import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,7 +20,7 @@ from ..devices import Device, Tier, host, host_cache_path
 if TYPE_CHECKING:
     from .plan import Plan
 
-__all__ = ["calibrate", "host_device"]
+__all__ = ["calibrate", "host_device", "with_next_hint"]
 
 
 def host_device(ram_budget: int, calib: dict[str, Any] | None = None) -> Device:
@@ -60,58 +54,51 @@ def host_device(ram_budget: int, calib: dict[str, Any] | None = None) -> Device:
     )
 
 
-def _median_time(f: Any, reps: int) -> float:
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+def calibrate(plan: Plan, prompt_tokens: int, requests: int = 40, save: bool = True) -> Device:
+    """Serve a short probe trace (its own seed, LRU, no prefetch) on ``plan``'s experts and fit
+    the host model to it; returns the calibrated host device (also written to
+    ``<cache>/host-calibrated.json``).
 
+    Fitted: the compute rate from the median expert pass (``peak = 2 * params * P / t_pass``,
+    no fixed term), and the file -> RAM bandwidth a request sees, from the mean stall of a
+    demand load (``bytes / stall``), which includes the store's per-load overheads.
+    """
+    from ..trace import Trace
+    from .plan import Plan as _Plan
 
-def calibrate(plan: Plan, prompt_tokens: int, reps: int = 5, save: bool = True) -> Device:
-    """Measure ``plan``'s experts on this host and return the calibrated host device (also
-    written to ``<cache>/host-calibrated.json``)."""
-    experts = [e for e in plan.coe.experts if e not in plan.broken]
-    e = experts[0]
-    m = plan.experts[e]
-    hidden = int(getattr(m, "hidden", 64))
-    res = plan.residency()
-    # load bandwidth: whole experts from the file tier through the store's prefetch path
-    loads = []
-    for k in experts[1 : 1 + min(3, len(experts) - 1)] or [e]:
-        names = plan.tensors[k]
-        for n in names:
-            if plan.store.tier_of(n) != "disk":
-                plan.store.evict(n)
-        t = time.perf_counter()
-        plan.store.prefetch(names, "ram").wait()
-        loads.append((plan.nbytes[k], time.perf_counter() - t))
-        for n in names:
-            plan.store.evict(n)
-    bw = statistics.median(b / s for b, s in loads)
-    res.acquire(e)
-    try:
-        rng = np.random.default_rng(0)
-        x1 = rng.standard_normal((1, hidden)).astype(np.float32)
-        xp = rng.standard_normal((prompt_tokens, hidden)).astype(np.float32)
-        plan.compute(e, xp)  # warm up
-        t1 = _median_time(lambda: plan.compute(e, x1), reps)
-        tp = _median_time(lambda: plan.compute(e, xp), reps)
-    finally:
-        res.release(e)
-    node = plan.coe.nodes[e]
+    assert isinstance(plan, _Plan)
+    live = [e for e in plan.coe.experts if e not in plan.broken]
+    probe = Trace.closed_loop(
+        live, users=1, n=requests, prompt_tokens=prompt_tokens, output_tokens=1, zipf_s=0.5, seed=12345
+    )
+    rep = plan.run(probe)
+    kinds = np.array(rep.kinds)  # type: ignore[attr-defined]
+    comp = np.asarray(rep.compute_s)  # type: ignore[attr-defined]
+    stall = np.asarray(rep.stall_s)  # type: ignore[attr-defined]
+    ok = kinds != "failed"
+    t_pass = float(np.median(comp[ok]))
+    miss = kinds == "miss"
+    sizes = np.array([plan.nbytes.get(e, 0) for e in rep.routed])
+    if miss.any():
+        bw = float(sizes[miss].sum() / max(stall[miss].sum(), 1e-9))
+    else:
+        bw = host_device(plan.ram_budget).tiers[0].bandwidth
+    node = plan.coe.nodes[live[0]]
     ram_bw = host().read_bandwidth
-    w = node.nbytes / ram_bw
-    c = max(t1 - w, 0.0)
-    peak = 2 * node.params * prompt_tokens / max(tp - c, 1e-9)
+    peak = 2 * node.params * prompt_tokens / max(t_pass, 1e-9)
     calib = {
         "load_bandwidth": bw,
         "load_latency": 0.0,
         "read_bandwidth": ram_bw,
         "peak_flops": peak,
-        "launch_overhead": c / max(node.layers, 1),
-        "probe": {"t1_s": t1, "tp_s": tp, "prompt_tokens": prompt_tokens, "expert_bytes": node.nbytes},
+        "launch_overhead": 0.0,
+        "probe": {
+            "requests": requests,
+            "t_pass_s": t_pass,
+            "prompt_tokens": prompt_tokens,
+            "demand_loads": int(miss.sum()),
+            "expert_bytes": node.nbytes,
+        },
     }
     d = host_device(plan.ram_budget, calib)
     if save:
@@ -119,3 +106,25 @@ def calibrate(plan: Plan, prompt_tokens: int, reps: int = 5, save: bool = True) 
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(json.dumps(calib, indent=2))
     return d
+
+
+def with_next_hint(trace: Any, routed: list[str] | None = None) -> Any:
+    """A copy of ``trace`` whose per-request prefetch hint (the simulator's "router's second
+    choice") is the expert of the next queued request: what the runtime's prefetcher looks at
+    (``lookahead=1``), so :func:`tierflow.simulate` models the same prefetch."""
+    from ..trace import Trace
+
+    names = trace.experts
+    idx = {e: i for i, e in enumerate(names)}
+    cur = (
+        np.array([idx[e] for e in routed], dtype=np.uint32)
+        if routed is not None
+        else np.asarray(trace.expert, dtype=np.uint32)
+    )
+    nxt = np.append(cur[1:], cur[-1:])
+    ids = np.stack([cur, nxt], axis=1).astype(np.uint32)
+    probs = np.tile(np.array([[1.0, 0.0]]), (len(cur), 1))
+    return Trace(
+        list(names), trace.arrival.copy(), trace.prompt_tokens.copy(), trace.output_tokens.copy(),
+        cur.copy(), ids, probs, None if trace.user is None else trace.user.copy(),
+    )

@@ -314,6 +314,10 @@ class Plan:
         rep.routed = routed
         rep.store_stats = dict(st)
         rep.loads = c.loads
+        rep.compute_s = np.array([o.end - o.ready for o in outs])  # type: ignore[attr-defined]
+        rep.stall_s = np.array([o.stall for o in outs])  # type: ignore[attr-defined]
+        rep.kinds = [o.kind for o in outs]  # type: ignore[attr-defined]
+        rep.router_s = router_s  # type: ignore[attr-defined]
         rep.prefetch_hits = c.prefetch_hits  # type: ignore[attr-defined]
         rep.load_seconds = float(link.get("seconds", 0.0))  # type: ignore[attr-defined]
         return rep
