@@ -162,7 +162,8 @@ def test_corrupt_expert_fails_by_name_and_others_keep_serving(tmp_path: Path) ->
     for i, e in enumerate(bad.routed):
         if e == victim:
             assert bad.outputs[i] is None
-            assert f"expert {victim!r}" in bad.errors[i] and "CRC" in bad.errors[i].upper() + "CRC"
+            assert f"expert {victim!r}" in bad.errors[i]
+            assert "corrupt" in bad.errors[i].lower() or "crc" in bad.errors[i].lower()
         else:
             np.testing.assert_array_equal(bad.outputs[i], good.outputs[i])
 
@@ -237,3 +238,20 @@ def test_sigkill_during_the_demo_leaves_the_cache_reusable(tmp_path: Path) -> No
     assert "reusing" in r.stdout
     assert (d / "READY").stat().st_mtime_ns == ready
     assert (d / "report" / "report.json").exists()
+
+
+def test_cli_run_serves_a_graph_from_json(demo: tuple[Path, tf.CoE], tmp_path: Path) -> None:
+    root, g = demo
+    t = _trace(g, n=10, seed=11)
+    t.save_jsonl(tmp_path / "t.jsonl")
+    env = {**os.environ, "TIERFLOW_CACHE_DIR": str(tmp_path / "cache")}
+    r = subprocess.run(
+        [sys.executable, "-m", "tierflow", "run", str(root / "coe.json"), "--trace", str(tmp_path / "t.jsonl"),
+         "--ram", str(_budget(g)), "--policy", "planned+prefetch", "--json", str(tmp_path / "r.json")],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    import json
+
+    d = json.loads((tmp_path / "r.json").read_text())
+    assert d["summary"]["requests"] == 10 and not d["errors"]

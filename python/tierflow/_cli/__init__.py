@@ -16,4 +16,8 @@ def register_all(sub: argparse._SubParsersAction[Any]) -> None:
     from . import sim
 
     sim.register(sub)
+    # --- host runtime ---
+    from . import runtime
+
+    runtime.register(sub)
     # other domains register here

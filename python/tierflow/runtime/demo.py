@@ -100,7 +100,12 @@ def run_demo(
     from .demo_coe import DEMO_CONFIG, demo_ready, write_demo_coe
     from .plan import schedule
 
+    from .tune import apply_tuning
+
     con = console or Console()
+    threads = apply_tuning()
+    if threads:
+        con.print(f"kernel threads from tierflow tune: {threads}")
     cfg = dict(config or DEMO_CONFIG)
     root = Path(folder) if folder is not None else demo_dir()
     outdir = Path(out) if out is not None else root / "report"
