@@ -84,7 +84,7 @@ def test_outputs_match_float64_reference_and_router_agrees(demo: tuple[Path, tf.
         xs = plan.inputs_for(t)
         for i in (0, 5, 11):
             e = r.routed[i]
-            w = {n: np.asarray(plan.store.get(f"{e}/{n}", promote=False)) for n in plan.experts[e].tensors}
+            w = plan.experts[e].weights(lambda n, e=e: np.asarray(plan.store.get(f"{e}/{n}", promote=False)))
             ref = _ref_forward(w, xs[i], CFG["layers"], int(t.output_tokens[i]))
             np.testing.assert_allclose(r.outputs[i], ref, rtol=2e-4, atol=2e-4)
 
@@ -153,7 +153,7 @@ def test_corrupt_expert_fails_by_name_and_others_keep_serving(tmp_path: Path) ->
         good = plan.run(t)
     victim = "expert00"  # the most popular expert under Zipf
     assert victim in good.routed
-    f = sorted((tmp_path / "store" / "disk").glob(f"{victim}%2Flayers.0.w1.*.safetensors"))[0]
+    f = sorted((tmp_path / "store" / "disk").glob(f"{victim}%2Fweights.*.safetensors"))[0]
     raw = bytearray(f.read_bytes())
     raw[-64:] = bytes(64)
     f.write_bytes(bytes(raw))

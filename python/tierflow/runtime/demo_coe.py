@@ -1,5 +1,5 @@
 """The built-in demo CoE: a prototype router and ``experts`` transformer-block experts with real
-random weights, written once into a persistent :class:`~tierflow.TieredStore` (file tier, CRC-32
+random weights (each expert's weights packed in one tensor, so a switch is one large read), written once into a persistent :class:`~tierflow.TieredStore` (file tier, CRC-32
 per tensor) next to ``coe.json``.
 
 Writing is crash safe: everything goes to ``<folder>/.tmp-<pid>`` and is renamed into place as a
@@ -38,12 +38,14 @@ def _kv_bytes(e: TransformerExpert) -> int:
 
 
 def demo_ready(folder: str | os.PathLike[str], config: dict[str, Any] | None = None) -> bool:
+    """True when ``folder`` holds a complete demo CoE of this configuration."""
+    config = {**(config or DEMO_CONFIG), "layout": "packed-v1"}
     p = Path(folder)
     r = p / "READY"
     if not r.exists():
         return False
     try:
-        return json.loads(r.read_text()) == dict(config or DEMO_CONFIG)
+        return bool(json.loads(r.read_text()) == config)
     except (OSError, json.JSONDecodeError):
         return False
 
@@ -65,7 +67,10 @@ def write_demo_coe(
     complete there with the same configuration; returns the graph."""
     if isinstance(experts, bool) or not isinstance(experts, int) or experts < 2:
         raise InvalidArgumentError(f"write_demo_coe: experts must be an integer >= 2, got {experts!r}")
-    cfg = {"experts": experts, "hidden": hidden, "intermediate": intermediate, "layers": layers, "seed": seed}
+    cfg = {
+        "experts": experts, "hidden": hidden, "intermediate": intermediate, "layers": layers,
+        "seed": seed, "layout": "packed-v1",
+    }
     root = Path(folder)
     if demo_ready(root, cfg):
         return load_demo_coe(root)
@@ -77,20 +82,22 @@ def write_demo_coe(
         (root / name).unlink(missing_ok=True)
     shutil.rmtree(root / "store", ignore_errors=True)
     tmp = root / f".tmp-{os.getpid()}"
-    model = TransformerExpert(hidden, intermediate, layers)
+    model = TransformerExpert(hidden, intermediate, layers, packed=True)
     names = [f"expert{i:02d}" for i in range(experts)]
     tiers = [Tier("fast", "64MiB"), Tier("ram", None), Tier("disk", None, path="disk")]
     with TieredStore(tmp / "store", tiers, default_tier="ram") as store:
         store.put("router/prototypes", PrototypeRouter.init(experts, hidden, seed), tier="disk")
         for k, e in enumerate(names):
-            for t, w in model.init(seed * 1000 + k).items():
-                store.put(f"{e}/{t}", w, tier="disk")
+            store.put(f"{e}/weights", model.pack(model.init(seed * 1000 + k)), tier="disk")
             if progress:
                 progress(k + 1, experts)
         g = CoE("demo")
         g.router("router", nbytes=4 * experts * hidden, params=float(experts * hidden), dtype="float32", layers=1)
         for e in names:
-            g.expert(e, store=store, prefix=e + "/", dtype="float32", layers=layers, kv_bytes_per_token=_kv_bytes(model))
+            g.expert(
+                e, store=store, prefix=e + "/", dtype="float32", layers=layers,
+                kv_bytes_per_token=_kv_bytes(model), tags=model.tags,
+            )
         g.route("router", names)
     g.to_json(tmp / "coe.json")
     os.replace(tmp / "store", root / "store")

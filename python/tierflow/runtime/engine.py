@@ -13,8 +13,11 @@ kernels release the GIL). An expert in use by a worker is never evicted.
 
 Prefetch (``policy.prefetch``): after acquiring request ``i``, the runtime looks at the next
 ``lookahead`` routed requests (the "planned" future, or the router's queue) and loads each expert
-not resident, provided room can be made by evicting only an expert whose next use lies beyond the
-candidate's (Belady) or that is not needed in the lookahead window (LRU/LFU/FIFO).
+not resident, provided the policy's victim (among all resident experts) is needed later than the
+candidate. If that victim is the expert computing right now, it leaves the cache at once and the
+load overlaps its compute (double buffering: the RAM tier then peaks at the budget plus that one
+expert, whose buffers the worker still reads); a prefetch that cannot make room waits for the
+next release.
 """
 
 from __future__ import annotations
@@ -99,6 +102,7 @@ class Residency:
         self.policy = EvictionPolicy(eviction, list(tensors))
         self.slots: dict[str, _Slot] = {}
         self._pending: tuple[list[str], Callable[[str], float]] | None = None
+        self.leaving: dict[str, _Slot] = {}  # evicted while in use (double buffering)
         self.cv = threading.Condition()
         self.c = Counters()
         self.t0 = time.perf_counter()
@@ -156,8 +160,15 @@ class Residency:
                 v = self.policy.victim(self._evictable())
             else:
                 v = self.policy.victim(self.resident())
-                if v is not None and (self.slots[v].refs > 0 or not allow(v)):
+                if v is not None and not allow(v):
                     return False
+                if v is not None and self.slots[v].refs > 0:
+                    # double buffering: the expert computing now leaves the cache while its
+                    # successor loads (its buffers stay alive until the worker drops them);
+                    # at most one such expert, so RAM peaks at budget + one expert
+                    if self.leaving:
+                        return False
+                    self.leaving[v] = self.slots[v]
             if v is None:
                 return False
             self._drop(v)
@@ -231,9 +242,11 @@ class Residency:
     def release(self, e: str) -> None:
         """Let go of ``e``; retry prefetches that waited for it to become evictable."""
         with self.cv:
-            s = self.slots.get(e)
+            s = self.leaving.get(e) or self.slots.get(e)
             if s is not None:
                 s.refs -= 1
+                if e in self.leaving and s.refs <= 0:
+                    del self.leaving[e]
             pending, self._pending = self._pending, None
             self.cv.notify_all()
         if pending is not None:

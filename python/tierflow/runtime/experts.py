@@ -49,7 +49,7 @@ class TransformerExpert:
     ``wq wk wv wo (D, D)``, ``mlp_norm (D,)``, ``w1 w3 (D, I)``, ``w2 (I, D)``.
     """
 
-    def __init__(self, hidden: int, intermediate: int, layers: int) -> None:
+    def __init__(self, hidden: int, intermediate: int, layers: int, *, packed: bool = False) -> None:
         if hidden % HEAD_DIM or hidden <= 0 or intermediate <= 0 or layers <= 0:
             raise InvalidArgumentError(
                 f"TransformerExpert: hidden must be a positive multiple of {HEAD_DIM} and "
@@ -57,7 +57,10 @@ class TransformerExpert:
             )
         self.hidden, self.intermediate, self.layers = hidden, intermediate, layers
         self.heads = hidden // HEAD_DIM
-        self.tensors = [f"layers.{i}.{t}" for i in range(layers) for t in _LAYER_TENSORS]
+        self.packed = packed
+        self.tensors = (
+            ["weights"] if packed else [f"layers.{i}.{t}" for i in range(layers) for t in _LAYER_TENSORS]
+        )
 
     # --- description -----------------------------------------------------------------------
     def shapes(self) -> dict[str, tuple[int, ...]]:
@@ -74,6 +77,45 @@ class TransformerExpert:
             "w2": (m, d),
         }
         return {f"layers.{i}.{t}": per[t] for i in range(self.layers) for t in _LAYER_TENSORS}
+
+    @property
+    def tags(self) -> list[str]:
+        """CoE node tags that describe this expert (read back by :meth:`from_tags`)."""
+        return [
+            "tierflow-transformer",
+            f"hidden={self.hidden}",
+            f"intermediate={self.intermediate}",
+            f"packed={int(self.packed)}",
+        ]
+
+    @classmethod
+    def from_tags(cls, tags: list[str], layers: int) -> TransformerExpert | None:
+        kv = dict(t.split("=", 1) for t in tags if "=" in t)
+        if "tierflow-transformer" not in tags or "hidden" not in kv or "intermediate" not in kv:
+            return None
+        return cls(int(kv["hidden"]), int(kv["intermediate"]), layers, packed=kv.get("packed") == "1")
+
+    def pack(self, weights: Mapping[str, np.ndarray]) -> np.ndarray:
+        """All weights in one float32 vector (layout: :meth:`shapes` order, C order each), so an
+        expert switch is one large sequential read."""
+        return np.concatenate([np.asarray(weights[n], np.float32).reshape(-1) for n in self.shapes()])
+
+    def unpack(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        """Views of the packed vector by name (no copies)."""
+        out, off = {}, 0
+        if flat.shape != (self.params,):
+            raise ShapeError(f"packed expert weights must be ({self.params},), got {flat.shape}")
+        for n, s in self.shapes().items():
+            k = int(np.prod(s))
+            out[n] = flat[off : off + k].reshape(s)
+            off += k
+        return out
+
+    def weights(self, get: Any) -> dict[str, Any]:
+        """The weights by name, reading the stored tensors with ``get(name)``."""
+        if self.packed:
+            return self.unpack(get("weights"))
+        return {t: get(t) for t in self.tensors}
 
     @property
     def params(self) -> int:

@@ -99,7 +99,10 @@ class Plan:
     # --- pieces ----------------------------------------------------------------------------
     def _weights(self, e: str) -> dict[str, Any]:
         m = self.experts[e]
-        return {t: self.store.get(f"{e}/{t}", promote=False) for t in m.tensors}
+        get = lambda t: self.store.get(f"{e}/{t}", promote=False)  # noqa: E731
+        if hasattr(m, "weights"):
+            return dict(m.weights(get))
+        return {t: get(t) for t in m.tensors}
 
     def compute(self, e: str, x: Any, output_tokens: int = 1) -> np.ndarray:
         """Run expert ``e`` on ``x`` (its weights must be resident; see :meth:`infer`)."""
@@ -426,6 +429,10 @@ def schedule(
                 for n in names
                 if n.startswith(e + "/")
             }
+            tagged = TransformerExpert.from_tags(list(g.nodes[e].tags), g.nodes[e].layers)
+            if tagged is not None and set(shapes) == set(tagged.tensors):
+                models[e] = tagged
+                continue
             try:
                 models[e] = TransformerExpert.from_shapes(shapes, f"expert {e!r}")
             except Exception as err:  # noqa: BLE001
