@@ -31,7 +31,9 @@ def coe(tmp_path_factory):
     root = tmp_path_factory.mktemp("rt")
     g = write_demo_coe(root)
     budget = int(max(g.nbytes(e) for e in g.experts) * 4.5)
-    trace = tf.Trace.closed_loop(g.experts, users=1, n=N, prompt_tokens=16, output_tokens=1, zipf_s=1.0, seed=0)
+    trace = tf.Trace.closed_loop(
+        g.experts, users=1, n=N, prompt_tokens=16, output_tokens=1, zipf_s=1.0, seed=0
+    )
     store = tf.TieredStore.open(root / "store", verify="header", strict=False)
     runs = {}
     dev = None
@@ -45,7 +47,7 @@ def coe(tmp_path_factory):
 
 
 def test_prefetch_hides_expert_load_time(coe, ratios):
-    g, _, budget, trace, runs, _ = coe
+    g, _, budget, _, runs, _ = coe
     total = sum(g.nbytes(e) for e in g.experts)
     assert total > budget  # the working set exceeds the RAM tier
     for ev in ("lru", "planned"):

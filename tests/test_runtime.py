@@ -29,7 +29,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tf.CoE]:
 
 
 def _trace(g: tf.CoE, n: int = 48, seed: int = 0) -> tf.Trace:
-    return tf.Trace.closed_loop(g.experts, users=1, n=n, prompt_tokens=(3, 9), output_tokens=(1, 3), seed=seed)
+    return tf.Trace.closed_loop(
+        g.experts, users=1, n=n, prompt_tokens=(3, 9), output_tokens=(1, 3), seed=seed
+    )
 
 
 def _budget(g: tf.CoE, k: float = 3.5) -> int:
@@ -46,9 +48,13 @@ def _ref_forward(w: dict[str, np.ndarray], x: np.ndarray, layers: int, n_out: in
     cache: list[tuple[np.ndarray, np.ndarray] | None] = [None] * layers
     outs = []
     h = x.astype(np.float64)
-    for step in range(n_out):
+    for _ in range(n_out):
         for i in range(layers):
-            p = {k.split(".", 2)[2]: v.astype(np.float64) for k, v in w.items() if k.startswith(f"layers.{i}.")}
+            p = {
+                k.split(".", 2)[2]: v.astype(np.float64)
+                for k, v in w.items()
+                if k.startswith(f"layers.{i}.")
+            }
             n = rms(h, p["attn_norm"])
             t = h.shape[0]
             q, k, v = (
@@ -84,7 +90,9 @@ def test_outputs_match_float64_reference_and_router_agrees(demo: tuple[Path, tf.
         xs = plan.inputs_for(t)
         for i in (0, 5, 11):
             e = r.routed[i]
-            w = plan.experts[e].weights(lambda n, e=e: np.asarray(plan.store.get(f"{e}/{n}", promote=False)))
+            w = plan.experts[e].weights(
+                lambda n, e=e: np.asarray(plan.store.get(f"{e}/{n}", promote=False))
+            )
             ref = _ref_forward(w, xs[i], CFG["layers"], int(t.output_tokens[i]))
             np.testing.assert_allclose(r.outputs[i], ref, rtol=2e-4, atol=2e-4)
 
@@ -104,7 +112,9 @@ def test_parallel_prefetching_run_equals_serial_run(demo: tuple[Path, tf.CoE]) -
     # the measured report has the simulator's shape and adds up
     s = b.summary()
     assert s["requests"] == 60
-    assert s["bytes_moved"] == sum(b.store_stats["counters"]["links"]["disk->ram"]["bytes"] for _ in [0])
+    assert s["bytes_moved"] == sum(
+        b.store_stats["counters"]["links"]["disk->ram"]["bytes"] for _ in [0]
+    )
     assert b.switches == b.loads >= len(set(b.routed))
     assert 0 <= s["hit_rate"] <= 1
 
@@ -126,7 +136,9 @@ def test_planned_policy_meets_belady_and_beats_lru(demo: tuple[Path, tf.CoE]) ->
     assert loads["lru"] >= bound
 
 
-def test_unknown_expert_is_rejected_with_a_reason(demo: tuple[Path, tf.CoE], tmp_path: Path) -> None:
+def test_unknown_expert_is_rejected_with_a_reason(
+    demo: tuple[Path, tf.CoE], tmp_path: Path
+) -> None:
     root, g = demo
     with tf.schedule(g, store=root / "store", ram_budget=_budget(g)) as plan:
         with pytest.raises(ExpertError, match=r"unknown expert 'nope'.*known: \['expert00'"):
@@ -181,7 +193,7 @@ def test_concurrent_clients_get_the_same_outputs_as_one(demo: tuple[Path, tf.CoE
             try:
                 for i in range(k, len(xs), 4):
                     got[i] = plan.infer(None, xs[i], int(t.output_tokens[i]))
-            except BaseException as e:  # noqa: BLE001
+            except BaseException as e:
                 errors.append(e)
 
         threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
@@ -207,14 +219,27 @@ def test_schedule_rejects_bad_arguments(demo: tuple[Path, tf.CoE]) -> None:
 
 
 def _demo_cmd(d: Path) -> list[str]:
-    return [sys.executable, "-m", "tierflow", "demo", "--small", "--requests", "20", "--dir", str(d), "--no-plots"]
+    return [
+        sys.executable,
+        "-m",
+        "tierflow",
+        "demo",
+        "--small",
+        "--requests",
+        "20",
+        "--dir",
+        str(d),
+        "--no-plots",
+    ]
 
 
 def test_sigkill_during_the_demo_leaves_the_cache_reusable(tmp_path: Path) -> None:
     env = {**os.environ, "TIERFLOW_CACHE_DIR": str(tmp_path / "cache"), "COLUMNS": "160"}
     d = tmp_path / "demo"
     # 1. killed while generating the CoE
-    p = subprocess.Popen(_demo_cmd(d), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        _demo_cmd(d), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 60
     while time.time() < deadline and not any(d.glob(".tmp-*/store/disk/*")):
         time.sleep(0.01)
@@ -222,7 +247,9 @@ def test_sigkill_during_the_demo_leaves_the_cache_reusable(tmp_path: Path) -> No
     p.wait()
     assert not (d / "READY").exists()
     # 2. killed while serving
-    p = subprocess.Popen(_demo_cmd(d), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.Popen(
+        _demo_cmd(d), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     assert p.stdout is not None
     for line in p.stdout:
         if "calibrated" in line:
@@ -246,9 +273,25 @@ def test_cli_run_serves_a_graph_from_json(demo: tuple[Path, tf.CoE], tmp_path: P
     t.save_jsonl(tmp_path / "t.jsonl")
     env = {**os.environ, "TIERFLOW_CACHE_DIR": str(tmp_path / "cache")}
     r = subprocess.run(
-        [sys.executable, "-m", "tierflow", "run", str(root / "coe.json"), "--trace", str(tmp_path / "t.jsonl"),
-         "--ram", str(_budget(g)), "--policy", "planned+prefetch", "--json", str(tmp_path / "r.json")],
-        env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "tierflow",
+            "run",
+            str(root / "coe.json"),
+            "--trace",
+            str(tmp_path / "t.jsonl"),
+            "--ram",
+            str(_budget(g)),
+            "--policy",
+            "planned+prefetch",
+            "--json",
+            str(tmp_path / "r.json"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert r.returncode == 0, r.stdout + r.stderr
     import json

@@ -12,9 +12,13 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "demo",
         help="the main job: serve a CoE larger than the RAM tier on this host, measured and simulated",
     )
-    p.add_argument("--requests", type=int, default=150, help="requests in the Zipf trace (default 150)")
+    p.add_argument(
+        "--requests", type=int, default=150, help="requests in the Zipf trace (default 150)"
+    )
     p.add_argument("--ram", default=None, help="RAM-tier budget for experts (default 4.5 experts)")
-    p.add_argument("--dir", default=None, help="the cached CoE folder (default ~/.cache/tierflow/demo)")
+    p.add_argument(
+        "--dir", default=None, help="the cached CoE folder (default ~/.cache/tierflow/demo)"
+    )
     p.add_argument("--out", default=None, help="report folder (default <dir>/report)")
     p.add_argument("--workers", type=int, default=1, help="worker threads serving requests")
     p.add_argument("--small", action="store_true", help="tiny experts (for tests)")
@@ -41,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
             raise InvalidArgumentError(
                 "--size and --ram must be positive sizes and --tensors at least 1"
             )
-        console.rule("tierflow demo --store: a tiered store streaming weights larger than its RAM tier")
+        console.rule(
+            "tierflow demo --store: a tiered store streaming weights larger than its RAM tier"
+        )
         store_demo(size, ram, args.tensors, args.dir, console)
         return 0
     from ..runtime.demo import SMALL_CONFIG, run_demo

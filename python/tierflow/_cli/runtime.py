@@ -12,13 +12,21 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("run", help="serve a CoE graph (JSON) on this host for a JSONL trace")
     p.add_argument("coe", help="the CoE JSON (experts from safetensors checkpoints or a store)")
     p.add_argument("--trace", required=True, help="the requests (JSONL, see tierflow.Trace)")
-    p.add_argument("--store", default=None, help="a tierflow store folder with '<expert>/...' tensors (default: <coe folder>/store if present)")
-    p.add_argument("--policy", default="lru", help="lru, lfu, planned, lru+prefetch, planned+prefetch, ...")
+    p.add_argument(
+        "--store",
+        default=None,
+        help="a tierflow store folder with '<expert>/...' tensors (default: <coe folder>/store if present)",
+    )
+    p.add_argument(
+        "--policy", default="lru", help="lru, lfu, planned, lru+prefetch, planned+prefetch, ..."
+    )
     p.add_argument("--ram", default="1GiB", help="RAM-tier budget for experts (default 1GiB)")
     p.add_argument("--workers", type=int, default=1, help="worker threads")
     p.add_argument("--json", default=None, help="write the measured report here")
     p.set_defaults(func=run)
-    t = sub.add_parser("tune", help="measure kernel thread counts and ISA paths here; keep the best")
+    t = sub.add_parser(
+        "tune", help="measure kernel thread counts and ISA paths here; keep the best"
+    )
     t.add_argument("--hidden", type=int, default=256)
     t.add_argument("--intermediate", type=int, default=768)
     t.add_argument("--reps", type=int, default=5)
@@ -30,10 +38,10 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from ..coe import CoE
-    from ..store import parse_size
-    from ..trace import Trace
     from ..runtime import schedule
     from ..runtime.tune import apply_tuning
+    from ..store import parse_size
+    from ..trace import Trace
 
     con = Console()
     g = CoE.from_json(args.coe)
@@ -42,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
     if store is None and (Path(args.coe).parent / "store" / "tierflow-store.json").exists():
         store = Path(args.coe).parent / "store"
     apply_tuning()
-    with schedule(g, policy=args.policy, store=store, ram_budget=parse_size(args.ram), workers=args.workers) as plan:
+    with schedule(
+        g, policy=args.policy, store=store, ram_budget=parse_size(args.ram), workers=args.workers
+    ) as plan:
         for why in plan.broken.values():
             con.print(f"[red]{why}[/]")
         with Progress(console=con) as pb:

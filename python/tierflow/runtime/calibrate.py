@@ -34,7 +34,12 @@ def host_device(ram_budget: int, calib: dict[str, Any] | None = None) -> Device:
     return Device(
         name="host" + (" (calibrated)" if calib else ""),
         tiers=[
-            Tier("ram", int(ram_budget), float(c.get("load_bandwidth", disk_bw)), float(c.get("load_latency", 0.0))),
+            Tier(
+                "ram",
+                int(ram_budget),
+                float(c.get("load_bandwidth", disk_bw)),
+                float(c.get("load_latency", 0.0)),
+            ),
             Tier("disk", 1 << 50),
         ],
         exec_tier="ram",
@@ -69,7 +74,13 @@ def calibrate(plan: Plan, prompt_tokens: int, requests: int = 40, save: bool = T
     assert isinstance(plan, _Plan)
     live = [e for e in plan.coe.experts if e not in plan.broken]
     probe = Trace.closed_loop(
-        live, users=1, n=requests, prompt_tokens=prompt_tokens, output_tokens=1, zipf_s=0.5, seed=12345
+        live,
+        users=1,
+        n=requests,
+        prompt_tokens=prompt_tokens,
+        output_tokens=1,
+        zipf_s=0.5,
+        seed=12345,
     )
     rep = plan.run(probe)
     kinds = np.array(rep.kinds)  # type: ignore[attr-defined]
@@ -125,6 +136,12 @@ def with_next_hint(trace: Any, routed: list[str] | None = None) -> Any:
     ids = np.stack([cur, nxt], axis=1).astype(np.uint32)
     probs = np.tile(np.array([[1.0, 0.0]]), (len(cur), 1))
     return Trace(
-        list(names), trace.arrival.copy(), trace.prompt_tokens.copy(), trace.output_tokens.copy(),
-        cur.copy(), ids, probs, None if trace.user is None else trace.user.copy(),
+        list(names),
+        trace.arrival.copy(),
+        trace.prompt_tokens.copy(),
+        trace.output_tokens.copy(),
+        cur.copy(),
+        ids,
+        probs,
+        None if trace.user is None else trace.user.copy(),
     )

@@ -99,7 +99,6 @@ def run_demo(
     from .calibrate import calibrate, with_next_hint
     from .demo_coe import DEMO_CONFIG, demo_ready, write_demo_coe
     from .plan import schedule
-
     from .tune import apply_tuning
 
     con = console or Console()
@@ -138,18 +137,29 @@ def run_demo(
         f"RAM-tier budget {budget / 1e6:.0f} MB ({budget / total:.0%} of the experts)"
     )
     trace = Trace.closed_loop(
-        g.experts, users=1, n=requests, prompt_tokens=prompt_tokens, output_tokens=1, zipf_s=1.0, seed=0
+        g.experts,
+        users=1,
+        n=requests,
+        prompt_tokens=prompt_tokens,
+        output_tokens=1,
+        zipf_s=1.0,
+        seed=0,
     )
     outdir.mkdir(parents=True, exist_ok=True)
     trace.save_jsonl(outdir / "trace.jsonl")
 
     store = TieredStore.open(root / "store", verify="header", strict=False)
-    result: dict[str, Any] = {"coe": g.to_dict(), "ram_budget": budget, "requests": requests, "policies": {}}
+    result: dict[str, Any] = {
+        "coe": g.to_dict(),
+        "ram_budget": budget,
+        "requests": requests,
+        "policies": {},
+    }
     try:
         # 2. calibrate the simulator's host model from a probe
         with schedule(g, policy="lru", store=store, ram_budget=budget, workers=workers) as probe:
             if probe.broken:
-                for e, why in probe.broken.items():
+                for why in probe.broken.values():
                     con.print(f"[red]{why}[/]")
             dev = calibrate(probe, prompt_tokens)
         cal = {
@@ -168,15 +178,34 @@ def run_demo(
         with bar() as pb:
             for pol in policies:
                 task = pb.add_task(f"serving {pol:<17}", total=requests)
-                with schedule(g, policy=pol, store=store, ram_budget=budget, workers=workers) as plan:
-                    rep = plan.run(trace, progress=lambda task=task: pb.advance(task))
+                with schedule(
+                    g, policy=pol, store=store, ram_budget=budget, workers=workers
+                ) as plan:
+
+                    def tick(task: Any = task) -> None:
+                        pb.advance(task)
+
+                    rep = plan.run(trace, progress=tick)
                 pred = simulate(g, dev, with_next_hint(trace, rep.routed), Policy.parse(pol))
                 reports[pol] = (rep, pred)
         # 4. the table
-        t = Table(expand=False, title=f"{requests} requests, Zipf(1.0) over {len(g.experts)} experts, measured on this host")
+        t = Table(
+            expand=False,
+            title=f"{requests} requests, Zipf(1.0) over {len(g.experts)} experts, measured on this host",
+        )
         for col in (
-            "policy", "p50", "p99", "mean", "req/s", "hit rate", "loads", "file->RAM", "stall",
-            "sim p50", "sim mean", "mean err",
+            "policy",
+            "p50",
+            "p99",
+            "mean",
+            "req/s",
+            "hit rate",
+            "loads",
+            "file->RAM",
+            "stall",
+            "sim p50",
+            "sim mean",
+            "mean err",
         ):
             t.add_column(col, justify="left" if col == "policy" else "right")
         for pol, (rep, pred) in reports.items():
@@ -223,7 +252,9 @@ def run_demo(
             _summary_plot(reports, outdir / "policies.png")
         # 6. scale to an SN40L node in the simulator
         big = scaled_coe(g, 150)
-        btrace = Trace.poisson(big.experts, rate=2.0, n=2000, prompt_tokens=512, output_tokens=20, zipf_s=1.0, seed=0)
+        btrace = Trace.poisson(
+            big.experts, rate=2.0, n=2000, prompt_tokens=512, output_tokens=20, zipf_s=1.0, seed=0
+        )
         st = Table(
             title="the same CoE scaled to the paper's Samba-CoE: 150 Llama2-7B experts (13.5 GB each), "
             "Zipf(1.0), 2000 requests at 2 req/s, simulated"
@@ -235,8 +266,12 @@ def run_demo(
             for pol in ("lru", "planned+prefetch"):
                 r = simulate(big, d, btrace, pol).summary()
                 st.add_row(
-                    dname, pol, f"{r['latency_p50_s']:.2f} s", f"{r['latency_p99_s']:.2f} s",
-                    str(r["switches"]), f"{r['hit_rate']:.0%}",
+                    dname,
+                    pol,
+                    f"{r['latency_p50_s']:.2f} s",
+                    f"{r['latency_p99_s']:.2f} s",
+                    str(r["switches"]),
+                    f"{r['hit_rate']:.0%}",
                 )
                 result["scaled"][f"{dname} {pol}"] = r
         con.print(st)
@@ -244,7 +279,11 @@ def run_demo(
         store.close()
     result["seconds"] = time.perf_counter() - t_start
     (outdir / "report.json").write_text(json.dumps(result, indent=2, default=_json_default))
-    con.print(f"wrote {outdir}/report.json, trace.jsonl" + (" and PNG plots" if plots else "") + f" in {result['seconds']:.0f} s")
+    con.print(
+        f"wrote {outdir}/report.json, trace.jsonl"
+        + (" and PNG plots" if plots else "")
+        + f" in {result['seconds']:.0f} s"
+    )
     return result
 
 

@@ -66,10 +66,16 @@ def write_demo_coe(
     """Write the demo CoE into ``folder`` (``store/`` and ``coe.json``) unless it is already
     complete there with the same configuration; returns the graph."""
     if isinstance(experts, bool) or not isinstance(experts, int) or experts < 2:
-        raise InvalidArgumentError(f"write_demo_coe: experts must be an integer >= 2, got {experts!r}")
+        raise InvalidArgumentError(
+            f"write_demo_coe: experts must be an integer >= 2, got {experts!r}"
+        )
     cfg = {
-        "experts": experts, "hidden": hidden, "intermediate": intermediate, "layers": layers,
-        "seed": seed, "layout": "packed-v1",
+        "experts": experts,
+        "hidden": hidden,
+        "intermediate": intermediate,
+        "layers": layers,
+        "seed": seed,
+        "layout": "packed-v1",
     }
     root = Path(folder)
     if demo_ready(root, cfg):
@@ -92,11 +98,22 @@ def write_demo_coe(
             if progress:
                 progress(k + 1, experts)
         g = CoE("demo")
-        g.router("router", nbytes=4 * experts * hidden, params=float(experts * hidden), dtype="float32", layers=1)
+        g.router(
+            "router",
+            nbytes=4 * experts * hidden,
+            params=float(experts * hidden),
+            dtype="float32",
+            layers=1,
+        )
         for e in names:
             g.expert(
-                e, store=store, prefix=e + "/", dtype="float32", layers=layers,
-                kv_bytes_per_token=_kv_bytes(model), tags=model.tags,
+                e,
+                store=store,
+                prefix=e + "/",
+                dtype="float32",
+                layers=layers,
+                kv_bytes_per_token=_kv_bytes(model),
+                tags=model.tags,
             )
         g.route("router", names)
     g.to_json(tmp / "coe.json")

@@ -125,7 +125,7 @@ class Residency:
             if s.future is not None and s.future.done():
                 try:
                     s.future.wait(0)
-                except Exception:  # noqa: BLE001 - surfaced again on demand
+                except Exception:
                     del self.slots[e]
                     continue
                 s.future = None
@@ -262,7 +262,11 @@ class Residency:
                 if c in self.slots:
                     continue
                 nu = next_use(c)
-                if not self._make_room(self.nbytes[c], allow=lambda v, nu=nu: next_use(v) > nu):
+
+                def later(v: str, nu: float = nu) -> bool:
+                    return next_use(v) > nu
+
+                if not self._make_room(self.nbytes[c], allow=later):
                     self._pending = (list(candidates[k:]), next_use)
                     break
                 self._start_load(c).prefetched = True
@@ -320,7 +324,7 @@ def serve(
     def work(o: Outcome, payload: Any) -> None:
         try:
             o.output = compute(o.expert, payload, o.index)
-        except Exception as err:  # noqa: BLE001 - reported per request
+        except Exception as err:
             o.error = f"expert {o.expert!r}: {type(err).__name__}: {err}"
             o.kind = "failed"
         finally:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -38,8 +38,9 @@ _LAYER_TENSORS = ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w1", "w2", "
 class Expert(Protocol):
     tensors: list[str]
 
-    def forward(self, x: np.ndarray, weights: Mapping[str, Any], output_tokens: int) -> np.ndarray:
-        ...
+    def forward(
+        self, x: np.ndarray, weights: Mapping[str, Any], output_tokens: int
+    ) -> np.ndarray: ...
 
 
 class TransformerExpert:
@@ -49,7 +50,9 @@ class TransformerExpert:
     ``wq wk wv wo (D, D)``, ``mlp_norm (D,)``, ``w1 w3 (D, I)``, ``w2 (I, D)``.
     """
 
-    def __init__(self, hidden: int, intermediate: int, layers: int, *, packed: bool = False) -> None:
+    def __init__(
+        self, hidden: int, intermediate: int, layers: int, *, packed: bool = False
+    ) -> None:
         if hidden % HEAD_DIM or hidden <= 0 or intermediate <= 0 or layers <= 0:
             raise InvalidArgumentError(
                 f"TransformerExpert: hidden must be a positive multiple of {HEAD_DIM} and "
@@ -59,7 +62,9 @@ class TransformerExpert:
         self.heads = hidden // HEAD_DIM
         self.packed = packed
         self.tensors = (
-            ["weights"] if packed else [f"layers.{i}.{t}" for i in range(layers) for t in _LAYER_TENSORS]
+            ["weights"]
+            if packed
+            else [f"layers.{i}.{t}" for i in range(layers) for t in _LAYER_TENSORS]
         )
 
     # --- description -----------------------------------------------------------------------
@@ -93,12 +98,16 @@ class TransformerExpert:
         kv = dict(t.split("=", 1) for t in tags if "=" in t)
         if "tierflow-transformer" not in tags or "hidden" not in kv or "intermediate" not in kv:
             return None
-        return cls(int(kv["hidden"]), int(kv["intermediate"]), layers, packed=kv.get("packed") == "1")
+        return cls(
+            int(kv["hidden"]), int(kv["intermediate"]), layers, packed=kv.get("packed") == "1"
+        )
 
     def pack(self, weights: Mapping[str, np.ndarray]) -> np.ndarray:
         """All weights in one float32 vector (layout: :meth:`shapes` order, C order each), so an
         expert switch is one large sequential read."""
-        return np.concatenate([np.asarray(weights[n], np.float32).reshape(-1) for n in self.shapes()])
+        return np.concatenate(
+            [np.asarray(weights[n], np.float32).reshape(-1) for n in self.shapes()]
+        )
 
     def unpack(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         """Views of the packed vector by name (no copies)."""
@@ -126,19 +135,23 @@ class TransformerExpert:
         return 4 * self.params
 
     @classmethod
-    def from_shapes(cls, shapes: Mapping[str, tuple[int, ...]], owner: str = "expert") -> TransformerExpert:
+    def from_shapes(
+        cls, shapes: Mapping[str, tuple[int, ...]], owner: str = "expert"
+    ) -> TransformerExpert:
         """Infer the configuration from tensor names and shapes (e.g. a checkpoint's header)."""
         idx = {int(m.group(1)) for n in shapes if (m := re.match(r"layers\.(\d+)\.", n))}
         if not idx or "layers.0.w1" not in shapes:
             raise ShapeError(f"{owner}: not a tierflow transformer expert (no layers.0.w1 tensor)")
-        d, m = shapes["layers.0.w1"]
-        e = cls(int(d), int(m), max(idx) + 1)
+        d, inter = shapes["layers.0.w1"]
+        e = cls(int(d), int(inter), max(idx) + 1)
         want = e.shapes()
         for n, s in want.items():
             if n not in shapes:
                 raise ShapeError(f"{owner}: tensor {n!r} is missing")
             if tuple(shapes[n]) != s:
-                raise ShapeError(f"{owner}: tensor {n!r} has shape {tuple(shapes[n])}, expected {s}")
+                raise ShapeError(
+                    f"{owner}: tensor {n!r} has shape {tuple(shapes[n])}, expected {s}"
+                )
         return e
 
     def init(self, seed: int) -> dict[str, np.ndarray]:
@@ -149,13 +162,11 @@ class TransformerExpert:
             if n.endswith("norm"):
                 out[n] = (1.0 + 0.1 * rng.standard_normal(s)).astype(np.float32)
             else:
-                out[n] = (rng.standard_normal(s, dtype=np.float32) / np.float32(np.sqrt(s[0])))
+                out[n] = rng.standard_normal(s, dtype=np.float32) / np.float32(np.sqrt(s[0]))
         return out
 
     # --- compute ---------------------------------------------------------------------------
-    def _block(
-        self, x: np.ndarray, w: Mapping[str, Any], i: int, cache: list[Any]
-    ) -> np.ndarray:
+    def _block(self, x: np.ndarray, w: Mapping[str, Any], i: int, cache: list[Any]) -> np.ndarray:
         p = f"layers.{i}."
         t, h, hd = x.shape[0], self.heads, HEAD_DIM
         n = kernels.rms_norm(x, w[p + "attn_norm"])
@@ -172,7 +183,9 @@ class TransformerExpert:
         n2 = kernels.rms_norm(x, w[p + "mlp_norm"])
         return x + kernels.mlp(n2, w[p + "w1"], w[p + "w3"], w[p + "w2"])
 
-    def forward(self, x: np.ndarray, weights: Mapping[str, Any], output_tokens: int = 1) -> np.ndarray:
+    def forward(
+        self, x: np.ndarray, weights: Mapping[str, Any], output_tokens: int = 1
+    ) -> np.ndarray:
         """Prefill over ``x`` (P, hidden), then ``output_tokens - 1`` decode passes."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.hidden or x.shape[0] < 1:
@@ -192,7 +205,7 @@ class TransformerExpert:
 class PrototypeRouter:
     """Scores ``softmax(mean(x) P^T)`` for a ``(experts, hidden)`` prototype matrix ``P``."""
 
-    tensors = ["prototypes"]
+    tensors: ClassVar[list[str]] = ["prototypes"]
 
     def __init__(self, experts: list[str], hidden: int) -> None:
         self.experts, self.hidden = list(experts), hidden

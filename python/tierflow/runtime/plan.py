@@ -29,7 +29,7 @@ from ..devices import Device
 from ..errors import InvalidArgumentError
 from ..policies import Policy
 from ..report import Report
-from ..store import TieredStore, Tier, parse_size
+from ..store import Tier, TieredStore, parse_size
 from ..trace import Trace
 from .engine import ExpertError, Outcome, Residency, serve
 from .experts import PrototypeRouter, TransformerExpert, demo_input
@@ -167,7 +167,9 @@ class Plan:
             e = trace.experts[int(trace.expert[i])]
             tok = int(trace.prompt_tokens[i])
             if protos is not None and self.router is not None and e in self.router.experts:
-                out.append(demo_input(protos[self.router.experts.index(e)], tok, seed * 1_000_003 + i))
+                out.append(
+                    demo_input(protos[self.router.experts.index(e)], tok, seed * 1_000_003 + i)
+                )
             else:
                 rng = np.random.default_rng(seed * 1_000_003 + i)
                 out.append(rng.standard_normal((tok, hidden)).astype(np.float32))
@@ -197,7 +199,9 @@ class Plan:
         Requests for unknown or broken experts fail with a reason in ``report.errors``.
         """
         if not isinstance(trace, Trace):
-            raise InvalidArgumentError(f"run: trace must be a tierflow.Trace, got {type(trace).__name__}")
+            raise InvalidArgumentError(
+                f"run: trace must be a tierflow.Trace, got {type(trace).__name__}"
+            )
         if len(trace) == 0:
             raise InvalidArgumentError("run: the trace is empty")
         if inputs is None:
@@ -402,7 +406,9 @@ def schedule(
         broken: dict[str, str] = {}
         for t, why in bad_tensors.items():
             e = t.split("/", 1)[0]
-            broken.setdefault(e, f"expert {e!r} is unavailable: its weights failed verification ({t}: {why})")
+            broken.setdefault(
+                e, f"expert {e!r} is unavailable: its weights failed verification ({t}: {why})"
+            )
         for e in g.experts:
             node = g.nodes[e]
             if not any(n.startswith(e + "/") for n in names) and e not in broken:
@@ -411,7 +417,7 @@ def schedule(
                     path = src[len("safetensors:") :]
                     try:
                         store.load_safetensors(path, tier="disk", prefix=e + "/")
-                    except Exception as err:  # noqa: BLE001 - the expert is reported unavailable
+                    except Exception as err:
                         broken[e] = f"expert {e!r} is unavailable: {path}: {err}"
                     names = set(store.names())
                 else:
@@ -435,7 +441,7 @@ def schedule(
                 continue
             try:
                 models[e] = TransformerExpert.from_shapes(shapes, f"expert {e!r}")
-            except Exception as err:  # noqa: BLE001
+            except Exception:
                 if e in broken:
                     continue
                 raise
@@ -443,7 +449,9 @@ def schedule(
         if ROUTER_PREFIX + "prototypes" in names:
             rnode = g.router_node
             order = list(g.routes.get(rnode.name, g.experts)) if rnode else g.experts
-            router = PrototypeRouter(order, int(store.info(ROUTER_PREFIX + "prototypes")["shape"][1]))
+            router = PrototypeRouter(
+                order, int(store.info(ROUTER_PREFIX + "prototypes")["shape"][1])
+            )
             if store.tier_of(ROUTER_PREFIX + "prototypes") != "fast" and "fast" in store.tier_names:
                 store.move(ROUTER_PREFIX + "prototypes", "fast")
             store.pin(ROUTER_PREFIX + "prototypes")
@@ -456,7 +464,9 @@ def schedule(
         budget = parse_size(ram_budget)
         if budget is None:
             budget = dev.exec.capacity - dev.reserved
-        plan = Plan(g, dev, pol, store, own, int(budget), models, router, broken, workers, lookahead)
+        plan = Plan(
+            g, dev, pol, store, own, int(budget), models, router, broken, workers, lookahead
+        )
     except BaseException:
         if own:
             store.close()

@@ -41,7 +41,11 @@ def _time(f: Any, reps: int) -> float:
 
 
 def tune(
-    hidden: int = 256, intermediate: int = 768, tokens: tuple[int, ...] = (1, 16), reps: int = 5, save: bool = True
+    hidden: int = 256,
+    intermediate: int = 768,
+    tokens: tuple[int, ...] = (1, 16),
+    reps: int = 5,
+    save: bool = True,
 ) -> dict[str, Any]:
     """Time matmul, attention and mlp at the expert's shapes for every thread count and ISA path;
     returns (and saves) ``{"threads": best overall, "isa": best, "results": [...]}``."""
@@ -61,13 +65,17 @@ def tune(
                     x = rng.standard_normal((m, hidden), dtype=np.float32)
                     q = rng.standard_normal((1, hidden // 64, m, 64), dtype=np.float32)
                     cases = {
-                        "matmul": lambda x=x: kernels.matmul(x, w_up, _isa=isa),
-                        "mlp": lambda x=x: kernels.mlp(x, w_up, w_up, w_dn, _isa=isa),
-                        "attention": lambda q=q: kernels.attention(q, q, q, causal=True, _isa=isa),
+                        "matmul": lambda x=x, isa=isa: kernels.matmul(x, w_up, _isa=isa),
+                        "mlp": lambda x=x, isa=isa: kernels.mlp(x, w_up, w_up, w_dn, _isa=isa),
+                        "attention": lambda q=q, isa=isa: kernels.attention(
+                            q, q, q, causal=True, _isa=isa
+                        ),
                     }
                     for name, f in cases.items():
                         s = _time(f, reps)
-                        results.append({"kernel": name, "tokens": m, "threads": th, "isa": isa, "seconds": s})
+                        results.append(
+                            {"kernel": name, "tokens": m, "threads": th, "isa": isa, "seconds": s}
+                        )
                         totals[(th, isa)] = totals.get((th, isa), 0.0) + s
     finally:
         set_num_threads(before)
