@@ -64,7 +64,7 @@ def calibrate(plan: Plan, prompt_tokens: int, requests: int = 40, save: bool = T
     the host model to it; returns the calibrated host device (also written to
     ``<cache>/host-calibrated.json``).
 
-    Fitted: the compute rate from the median expert pass (``peak = 2 * params * P / t_pass``,
+    Fitted: the compute rate from the mean expert pass (``peak = 2 * params * P / t_pass``,
     no fixed term), and the file -> RAM bandwidth a request sees, from the mean stall of a
     demand load (``bytes / stall``), which includes the store's per-load overheads.
     """
@@ -87,7 +87,7 @@ def calibrate(plan: Plan, prompt_tokens: int, requests: int = 40, save: bool = T
     comp = np.asarray(rep.compute_s)  # type: ignore[attr-defined]
     stall = np.asarray(rep.stall_s)  # type: ignore[attr-defined]
     ok = kinds != "failed"
-    t_pass = float(np.median(comp[ok]))
+    t_pass = float(np.mean(comp[ok]))  # the mean: latency means are what is predicted
     miss = kinds == "miss"
     sizes = np.array([plan.nbytes.get(e, 0) for e in rep.routed])
     if miss.any():
