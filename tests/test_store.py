@@ -410,3 +410,33 @@ def test_manifest_is_json_and_files_are_safetensors(store_dir):
     assert m["format"] == "tierflow-store" and "model.w" in m["tensors"]
     # other tools can read the files
     np.testing.assert_array_equal(load_file(s.info("model.w")["file"])["model.w"], a)
+
+
+def test_two_file_tiers_cascade(tmp_path):
+    """ram -> ssd (a faster file tier: victims are written there) -> hdd (home, write-through)."""
+    tiers = [Tier("ram", "8KiB"), Tier("ssd", "16KiB", path="ssd"), Tier("hdd", None, path="hdd")]
+    s = TieredStore(tmp_path / "s", tiers=tiers)
+    vals = {f"t{i}": np.full(1024, i, np.float32) for i in range(8)}  # 4 KiB each
+    for n, v in vals.items():
+        s.put(n, v)
+    where = {n: s.tier_of(n) for n in vals}
+    assert list(where.values()).count("ram") == 2 and list(where.values()).count("ssd") == 4
+    assert list(where.values()).count("hdd") == 2
+    ssd_files = os.listdir(tmp_path / "s" / "ssd")
+    assert len([f for f in ssd_files if f.endswith(".safetensors")]) == 4
+    for n, v in vals.items():
+        np.testing.assert_array_equal(s.get(n, promote=False), v)
+    s.move("t7", "hdd")
+    s.move("t0", "ssd")
+    for n, v in vals.items():
+        np.testing.assert_array_equal(s.get(n), v)
+    st_ = s.stats()
+    for t in st_["tiers"]:
+        assert t["capacity"] is None or t["used"] <= t["capacity"]
+    s.close()
+    with TieredStore.open(tmp_path / "s") as s2:  # everything reopens from home
+        # copies in the faster file tier are not kept across a reopen
+        assert not [f for f in os.listdir(tmp_path / "s" / "ssd") if f.endswith(".safetensors")]
+        assert {s2.tier_of(n) for n in vals} == {"hdd"}
+        for n, v in vals.items():
+            np.testing.assert_array_equal(s2.get(n), v)

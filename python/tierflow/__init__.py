@@ -78,7 +78,7 @@ from .routers import EmbeddingRouter
 from . import runtime
 from .runtime import Plan, schedule
 
-__all__ = [  # noqa: RUF022 (kept in per-domain sections; see the markers)
+__all__ = [
     "AccessDeniedError",
     "CapacityError",
     "ClosedError",

@@ -188,8 +188,8 @@ class CoE:
             params = params if params is not None else p
             source = f"safetensors:{checkpoint}"
         elif store is not None:
-            nbytes, p = _store_sizes(store, prefix, dtype)
-            params = params if params is not None else p
+            nbytes, pf = _store_sizes(store, prefix, dtype)
+            params = params if params is not None else pf
             source = f"store:{prefix or ''}"
         if params is None and nbytes is None:
             raise InvalidArgumentError(

@@ -243,17 +243,18 @@ def check(progress: Any = None, *, sn40l_overlap: bool = True) -> PaperResult:
     tick()
     footprint = nodes_to_hold(p["dgx_a100"], 850, nb)
     sn_max = max_experts(p["sn40l"], nb)
-    details = {
+    switch_ms = {k: v["switch"] * 1e3 for k, v in res.items()}
+    details: dict[str, Any] = {
         "seconds": res,
-        "switch_ms": {k: v["switch"] * 1e3 for k, v in res.items()},
+        "switch_ms": switch_ms,
         "dgx_spill_experts": spill,
         "dgx_nodes_for_850": footprint,
         "sn40l_max_experts": sn_max,
         "expert_bytes": nb,
     }
     notes = [
-        f"Switch per 13.48 GB expert: SN40L {details['switch_ms']['sn40l']:.1f} ms, A100 {details['switch_ms']['dgx_a100'] / 1e3:.3f} s, "
-        f"H100 {details['switch_ms']['dgx_h100'] / 1e3:.3f} s (FACTS.md: 13.5 ms / 0.42 s / 0.21 s).",
+        f"Switch per 13.48 GB expert: SN40L {switch_ms['sn40l']:.1f} ms, A100 {switch_ms['dgx_a100'] / 1e3:.3f} s, "
+        f"H100 {switch_ms['dgx_h100'] / 1e3:.3f} s (FACTS.md: 13.5 ms / 0.42 s / 0.21 s).",
         f"Footprint: one SN40L node holds {sn_max} experts in DDR (paper: up to 850); 850 experts need "
         f"{footprint} DGX nodes in HBM (paper: 19x).",
         f"DGX spills out of HBM at {spill['dgx_a100']} experts (paper: latency spikes near 50; 640 GB / 13.5 GB ~ 47; "

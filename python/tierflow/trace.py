@@ -394,7 +394,7 @@ class Trace:
 
 
 def _names(experts: list[str] | int) -> list[str]:
-    if isinstance(experts, int) and not isinstance(experts, bool):
+    if isinstance(experts, int):
         return [f"expert{i}" for i in range(_count("experts", experts))]
     names = list(experts)
     if not names:

@@ -157,7 +157,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             progress=lambda: prog.advance(task),
         )
     console.print(res.table())
-    if res.best_policy:
+    if res.best_policy and res.best_capacity is not None and res.device_capacity is not None:
         console.print(
             f"recommended: policy [bold]{res.best_policy}[/] with {res.best_capacity / 1e9:.1f} GB of "
             f"{d.exec.name} for experts ({res.device_capacity / 1e9:.1f} GB with router and reserve)"

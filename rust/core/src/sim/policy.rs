@@ -134,12 +134,23 @@ impl Eviction {
         }
     }
 
-    /// Record that `e` became resident.
+    /// Record that `e` became resident. A load counts as a use for LRU (a prefetched expert is
+    /// not the next victim before anyone had a chance to use it) and starts FIFO's clock.
     #[inline]
     pub fn on_insert(&mut self, e: u32) {
-        if self.kind == EvictionKind::Fifo {
-            self.clock += 1;
-            self.stamp[e as usize] = self.clock;
+        self.clock += 1;
+        self.stamp[e as usize] = self.clock;
+    }
+
+    /// Grow to at least `n` experts (the store registers tensors as they arrive).
+    pub fn ensure_len(&mut self, n: usize) {
+        if n > self.stamp.len() {
+            self.stamp.resize(n, 0);
+            self.count.resize(n, 0);
+            if self.kind == EvictionKind::Belady {
+                self.future.resize(n, Vec::new());
+                self.cursor.resize(n, 0);
+            }
         }
     }
 

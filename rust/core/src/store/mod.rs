@@ -204,7 +204,7 @@ impl Store {
             tiers,
             tick: 0,
             generation,
-            future: policy::Future::default(),
+            eviction: policy::NamedEviction::new(cfg.policy),
             counters: Default::default(),
             closed: false,
             quarantined: HashMap::new(),
@@ -601,19 +601,25 @@ impl Store {
                 }
             };
             let mut demos = Vec::new();
-            if let Err(e) = st.make_room(tier, nbytes, name, self.inner.policy, &mut demos) {
-                self.finish_demotions(&mut st, demos)?;
+            let room = st.make_room(tier, nbytes, name, &mut demos);
+            let finished = self.finish_demotions(&mut st, demos);
+            if let Err(e) = room.and(finished) {
                 restore(&mut st, old);
                 return Err(e);
             }
-            self.finish_demotions(&mut st, demos)?;
             let mut resfile = None;
             if tier_is_file && Some(tier) != self.inner.home {
                 let dir = st.tiers[tier].dir.clone().expect("file tier");
                 st.generation += 1;
                 let p =
                     dir.join(format!("{}.{}.safetensors", names::file_stem(name), st.generation));
-                resfile = Some(fileio::write_tensor_file(&p, name, &dtype, shape, data)?);
+                match fileio::write_tensor_file(&p, name, &dtype, shape, data) {
+                    Ok(l) => resfile = Some(l),
+                    Err(e) => {
+                        restore(&mut st, old);
+                        return Err(e);
+                    }
+                }
             }
             st.tick += 1;
             let tick = st.tick;
@@ -637,6 +643,7 @@ impl Store {
                     prefetched: false,
                 },
             );
+            st.eviction.on_insert(name);
             if let Err(e) = self.save_manifest(&st) {
                 let new = st.entries.remove(name).expect("just inserted");
                 st.tiers[tier].used -= nbytes;
@@ -805,7 +812,7 @@ impl Store {
             }
         }
         let mut demos = Vec::new();
-        let room = st.make_room(dst, n, name, self.inner.policy, &mut demos);
+        let room = st.make_room(dst, n, name, &mut demos);
         self.finish_demotions(&mut st, demos)?;
         room?;
         let (src_name, dst_name) = (st.tiers[src].name.clone(), st.tiers[dst].name.clone());
@@ -825,6 +832,7 @@ impl Store {
             if dst < src {
                 e.last_access = tick; // brought up: recently used, not the next victim
             }
+            let up = dst < src;
             e.prefetched = reason == Reason::Prefetch && dst < src;
             let mut drop_file = None;
             if dst_file {
@@ -832,6 +840,9 @@ impl Store {
                 drop_file = e.resfile.take();
             }
             let mem = e.mem.clone();
+            if up {
+                st.eviction.on_insert(name);
+            }
             st.counters.link(&src_name, &dst_name, n, 0.0);
             drop(st);
             if let Some(l) = drop_file {
@@ -913,6 +924,7 @@ impl Store {
                 e.entered = tick;
                 if dst < src {
                     e.last_access = tick;
+                    st.eviction.on_insert(name);
                 }
                 st.tiers[src].used -= n;
                 st.counters.link(&src_name, &dst_name, n, secs);
@@ -1017,7 +1029,7 @@ impl Store {
 
     /// The future access sequence the `planned` policy evicts by (Belady).
     pub fn set_future(&self, seq: Vec<String>) {
-        self.lock().future = policy::Future::new(seq);
+        self.lock().eviction.set_future(&seq);
     }
 
     /// Statistics as JSON: tiers, traffic, hits, misses, prefetch hits, stalls.

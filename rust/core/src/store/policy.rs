@@ -1,10 +1,13 @@
-//! Eviction policies: which resident tensor leaves a full tier.
+//! The store's eviction policy: a thin adapter from tensor names to the one policy
+//! implementation shared with the simulator and the host runtime ([`crate::sim::policy::Eviction`]).
 //!
-//! - `lru`: least recently used; `lfu`: least frequently used (ties: least recent);
-//! - `fifo`: first to have entered the tier;
+//! - `lru`: least recently used (a load into a tier counts as a use);
+//! - `lfu`: least frequently used (ties: least recent);
+//! - `fifo`: first put or brought up;
 //! - `planned`: Belady's MIN: given the future access sequence (`set_future`), evict the tensor
 //!   whose next use is furthest away (never used again first). Optimal in misses for a known future.
 
+use crate::sim::policy::{Eviction, EvictionKind};
 use crate::{CoreError, Result};
 use std::collections::HashMap;
 
@@ -36,98 +39,83 @@ impl Policy {
             Policy::Planned => "planned",
         }
     }
-}
-
-/// What a policy knows of a candidate.
-#[derive(Clone, Copy, Debug)]
-pub struct Usage {
-    pub last_access: u64,
-    pub count: u64,
-    pub entered: u64,
-}
-
-/// The known future for `planned`: the access sequence and the position reached.
-#[derive(Clone, Debug, Default)]
-pub struct Future {
-    seq: Vec<String>,
-    pos: usize,
-    at: HashMap<String, Vec<usize>>,
-}
-
-impl Future {
-    pub fn new(seq: Vec<String>) -> Future {
-        let mut at: HashMap<String, Vec<usize>> = HashMap::new();
-        for (i, n) in seq.iter().enumerate() {
-            at.entry(n.clone()).or_default().push(i);
+    fn kind(self) -> EvictionKind {
+        match self {
+            Policy::Lru => EvictionKind::Lru,
+            Policy::Lfu => EvictionKind::Lfu,
+            Policy::Fifo => EvictionKind::Fifo,
+            Policy::Planned => EvictionKind::Belady,
         }
-        Future { seq, pos: 0, at }
     }
-    /// Record an access: advance past it when it is the next expected one (a miss-predicted
-    /// access leaves the position where it is).
+}
+
+/// Policy state over the store's tensor names.
+#[derive(Clone, Debug)]
+pub struct NamedEviction {
+    ev: Eviction,
+    ids: HashMap<String, u32>,
+}
+
+impl NamedEviction {
+    pub fn new(policy: Policy) -> Self {
+        NamedEviction { ev: Eviction::new(policy.kind(), 0), ids: HashMap::new() }
+    }
+
+    fn id(&mut self, name: &str) -> u32 {
+        if let Some(&i) = self.ids.get(name) {
+            return i;
+        }
+        let i = self.ids.len() as u32;
+        self.ids.insert(name.to_owned(), i);
+        self.ev.ensure_len(i as usize + 1);
+        i
+    }
+
+    /// A use of `name` (get, put).
     pub fn on_access(&mut self, name: &str) {
-        if let Some(i) = self.at.get(name).and_then(|v| v.iter().find(|&&i| i >= self.pos)) {
-            // Accept accesses slightly ahead of the expected position (prefetch order may differ).
-            if *i < self.pos + 64 {
-                self.pos = i + 1;
-            }
-        }
+        let i = self.id(name);
+        self.ev.on_access(i);
     }
-    /// Index of the next use of `name` at or after the current position (`usize::MAX`: never).
-    pub fn next_use(&self, name: &str) -> usize {
-        self.at
-            .get(name)
-            .and_then(|v| {
-                let k = v.partition_point(|&i| i < self.pos);
-                v.get(k).copied()
-            })
-            .unwrap_or(usize::MAX)
-    }
-    pub fn position(&self) -> usize {
-        self.pos
-    }
-    pub fn len(&self) -> usize {
-        self.seq.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.seq.is_empty()
-    }
-}
 
-/// Pick the victim among `cands` (name, usage); `None` if there is none.
-pub fn choose<'a>(
-    policy: Policy,
-    future: &Future,
-    cands: impl Iterator<Item = (&'a str, Usage)>,
-) -> Option<&'a str> {
-    match policy {
-        Policy::Lru => cands.min_by_key(|(_, u)| u.last_access).map(|c| c.0),
-        Policy::Lfu => cands.min_by_key(|(_, u)| (u.count, u.last_access)).map(|c| c.0),
-        Policy::Fifo => cands.min_by_key(|(_, u)| u.entered).map(|c| c.0),
-        Policy::Planned => cands
-            .max_by_key(|(n, u)| (future.next_use(n), std::cmp::Reverse(u.last_access)))
-            .map(|c| c.0),
+    /// `name` was put or brought up into a tier.
+    pub fn on_insert(&mut self, name: &str) {
+        let i = self.id(name);
+        self.ev.on_insert(i);
+    }
+
+    /// The known future access sequence (`planned`).
+    pub fn set_future(&mut self, seq: &[String]) {
+        let ids: Vec<u32> = seq.iter().map(|n| self.id(n)).collect();
+        // ids are all registered, so this cannot fail
+        let _ = self.ev.set_future(&ids);
+    }
+
+    /// The victim among `cands`.
+    pub fn victim<'a>(&mut self, cands: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+        let named: Vec<(&'a str, u32)> = cands.map(|n| (n, self.id(n))).collect();
+        let v = self.ev.victim(named.iter().map(|c| c.1))?;
+        named.iter().find(|c| c.1 == v).map(|c| c.0)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    fn u(l: u64, c: u64, e: u64) -> Usage {
-        Usage { last_access: l, count: c, entered: e }
-    }
     #[test]
     fn victims() {
-        let f = Future::new(["a", "b", "c", "a"].iter().map(|s| s.to_string()).collect());
-        let c = || vec![("a", u(5, 1, 1)), ("b", u(3, 9, 2)), ("c", u(4, 2, 0))].into_iter();
-        assert_eq!(choose(Policy::Lru, &f, c()), Some("b"));
-        assert_eq!(choose(Policy::Lfu, &f, c()), Some("a"));
-        assert_eq!(choose(Policy::Fifo, &f, c()), Some("c"));
-        assert_eq!(choose(Policy::Planned, &f, c()), Some("c"));
-        let mut f2 = f.clone();
-        f2.on_access("a");
-        f2.on_access("b");
-        assert_eq!(f2.next_use("a"), 3);
-        assert_eq!(f2.next_use("b"), usize::MAX);
+        let mut lru = NamedEviction::new(Policy::Lru);
+        for n in ["a", "b", "c", "a"] {
+            lru.on_access(n);
+        }
+        assert_eq!(lru.victim(["a", "b", "c"].into_iter()), Some("b"));
+        lru.on_insert("b"); // brought up: recent
+        assert_eq!(lru.victim(["a", "b", "c"].into_iter()), Some("c"));
+        let mut planned = NamedEviction::new(Policy::Planned);
+        planned.set_future(&["a", "b", "c", "a"].map(String::from));
+        planned.on_access("a");
+        planned.on_access("b");
+        // next uses: a at 3, b never, c at 2 -> b goes first
+        assert_eq!(planned.victim(["a", "b", "c"].into_iter()), Some("b"));
         assert!(Policy::parse("nope").is_err());
     }
 }

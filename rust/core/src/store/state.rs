@@ -3,7 +3,7 @@
 use super::buf::AlignedBuf;
 use super::dtype::DType;
 use super::fileio::FileLoc;
-use super::policy::{self, Future, Policy, Usage};
+use super::policy::NamedEviction;
 use super::stats::Counters;
 use crate::{CoreError, Result};
 use std::collections::HashMap;
@@ -35,12 +35,6 @@ pub struct Entry {
     pub prefetched: bool,
 }
 
-impl Entry {
-    pub fn usage(&self) -> Usage {
-        Usage { last_access: self.last_access, count: self.count, entered: self.entered }
-    }
-}
-
 pub struct TierState {
     pub name: String,
     pub capacity: Option<u64>,
@@ -64,7 +58,8 @@ pub struct State {
     pub tiers: Vec<TierState>,
     pub tick: u64,
     pub generation: u64,
-    pub future: Future,
+    /// The eviction policy's state (one implementation, shared with the simulator).
+    pub eviction: NamedEviction,
     pub counters: Counters,
     pub closed: bool,
     /// Tensors whose files failed verification when the store was opened leniently.
@@ -88,7 +83,7 @@ impl State {
             e.last_access = t;
             e.count += 1;
         }
-        self.future.on_access(name);
+        self.eviction.on_access(name);
     }
 
     /// Clear a `busy` mark left by a process that no longer runs the move (a fork child sees
@@ -120,7 +115,6 @@ impl State {
         tier: usize,
         need: u64,
         exclude: &str,
-        policy: Policy,
         out: &mut Vec<Demotion>,
     ) -> Result<()> {
         loop {
@@ -139,9 +133,7 @@ impl State {
             let cands = self.entries.iter().filter(|(n, e)| {
                 e.tier == tier && !e.pinned && e.busy.is_none() && n.as_str() != exclude
             });
-            let victim =
-                policy::choose(policy, &self.future, cands.map(|(n, e)| (n.as_str(), e.usage())))
-                    .map(str::to_owned);
+            let victim = self.eviction.victim(cands.map(|(n, _)| n.as_str())).map(str::to_owned);
             let Some(victim) = victim else {
                 let t = &self.tiers[tier];
                 let pinned: u64 = self
@@ -166,7 +158,7 @@ impl State {
                 )));
             }
             let vbytes = self.entries[&victim].nbytes;
-            self.make_room(below, vbytes, exclude, policy, out)?;
+            self.make_room(below, vbytes, exclude, out)?;
             self.tick += 1;
             let tick = self.tick;
             let e = self.entries.get_mut(&victim).expect("victim exists");

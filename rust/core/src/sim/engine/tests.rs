@@ -93,3 +93,40 @@ fn bad_traces_name_the_field() {
     let e = simulate(&d, &m, &work(&[5], 1.0), &cfg(EvictionKind::Lru)).unwrap_err();
     assert!(e.to_string().contains("expert[0]"));
 }
+
+#[test]
+fn prefetch_overlaps_the_next_copy_in_a_batch() {
+    // 4 experts of 1 MB, copies 1 ms each; a batch of 4 closed-loop users, each pass ~1 ms+
+    let d = test_device(10_000_000, 100_000_000);
+    let m = model(4, 1_000_000);
+    let mut w = work(&[0, 1, 2, 3], 0.0);
+    w.prompt = vec![2_000_000; 4]; // compute-bound prefill: 2e6 tokens * 2e6 flop / 1e15 = 4 ms
+    w.user = Some(vec![0, 1, 2, 3]);
+    let mut c = cfg(EvictionKind::Lru);
+    c.batching = Batching::Paper { size: 4 };
+    let base = simulate(&d, &m, &w, &c).unwrap();
+    c.prefetch = true;
+    let pre = simulate(&d, &m, &w, &c).unwrap();
+    // without prefetch every copy stalls (4 ms); with it only the first does (1 ms)
+    assert!((base.instances[0].stall - 4e-3).abs() < 1e-9, "{}", base.instances[0].stall);
+    assert!((pre.instances[0].stall - 1e-3).abs() < 1e-9, "{}", pre.instances[0].stall);
+    assert!((base.makespan - pre.makespan - 3e-3).abs() < 1e-9);
+    assert_eq!(pre.instances[0].switches, 4);
+    assert_eq!(pre.instances[0].prefetches, 3);
+}
+
+#[test]
+fn affinity_groups_queued_requests_of_a_resident_expert() {
+    let d = test_device(1_000_000, 100_000_000);
+    let m = model(2, 1_000_000);
+    // all arrive at once: 0 1 0 1 0 1; affinity serves the three 0s then the three 1s
+    let w = work(&[0, 1, 0, 1, 0, 1], 0.0);
+    let mut c = cfg(EvictionKind::Lru);
+    c.batching = Batching::Affinity { size: 8, max_wait: 10.0 };
+    let r = simulate(&d, &m, &w, &c).unwrap();
+    assert_eq!(r.instances[0].switches, 2);
+    assert_eq!(r.batches, 2);
+    c.batching = Batching::Paper { size: 1 };
+    let f = simulate(&d, &m, &w, &c).unwrap();
+    assert_eq!(f.instances[0].switches, 6);
+}
