@@ -18,7 +18,7 @@ erf = np.vectorize(math.erf)
 
 def ref_attention(q, k, v, causal=False, scale=None, mask=None):
     q, k, v = (a.astype(np.float64) for a in (q, k, v))
-    b, h, sq, d = q.shape
+    _, h, sq, d = q.shape
     hkv, skv = k.shape[1], k.shape[2]
     k = np.repeat(k, h // hkv, axis=1)
     v = np.repeat(v, h // hkv, axis=1)
@@ -200,3 +200,32 @@ def test_mlp_swiglu_and_gelu_any_format(fmt):
     assert np.allclose(tierflow.mlp(x, g, dn, activation="gelu"), want2, rtol=1e-4, atol=1e-4)
     with pytest.raises(tierflow.ShapeError):
         tierflow.mlp(x, g, u, conv(rng.standard_normal((64, 64)).astype(np.float32)))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_paged_kv_cache_decode_matches_contiguous(isa):
+    """Pages taken in scrambled order, appended in uneven steps, equal the contiguous reference."""
+    rng = np.random.default_rng(11)
+    b, hkv, h, d, page = 2, 2, 6, 24, 16
+    cache = tierflow.PagedKVCache(
+        num_pages=40, page_size=page, num_kv_heads=hkv, head_dim=d, batch=b
+    )
+    rng.shuffle(cache._free)
+    ks, vs = [], []
+    for t in (5, 16, 1, 70):
+        k = rng.standard_normal((b, hkv, t, d)).astype(np.float32)
+        v = rng.standard_normal((b, hkv, t, d)).astype(np.float32)
+        cache.append(k, v)
+        ks.append(k)
+        vs.append(v)
+    k_all, v_all = np.concatenate(ks, 2), np.concatenate(vs, 2)
+    q = rng.standard_normal((b, h, 1, d)).astype(np.float32)
+    got = cache.attention(q, _isa=isa)
+    assert np.allclose(got, ref_attention(q, k_all, v_all), atol=2e-5)
+    assert cache.lengths == [92, 92] and cache.pages_in_use == 2 * 6
+    cache.free(0)
+    assert np.isnan(cache.attention(q, _isa=isa)[0]).all()
+    with pytest.raises(tierflow.CapacityError):
+        cache.append(*(np.ones((b, hkv, 16 * 40, d), np.float32),) * 2)
+    with pytest.raises(tierflow.ShapeError):
+        cache.attention(np.ones((b, 5, 1, d), np.float32))

@@ -60,6 +60,7 @@ from .kernels import (
     silu,
     softmax,
 )
+from .kvcache import PagedKVCache
 
 # --- composition of experts ----------------------------------------------------------------
 # isort: split
@@ -111,6 +112,7 @@ __all__ = [
     "register_block_format",
     # --- kernels ---
     "FORMATS",
+    "PagedKVCache",
     "QuantizedTensor",
     "attention",
     "bench",

@@ -102,6 +102,29 @@ def _matmul_blocks(
     bias: Any = None,
     isa: str | None = None,
 ) -> None: ...
+def _matmul_streamed(
+    x: Any,
+    store: Any,
+    name: str,
+    fmt: str,
+    k: int,
+    n: int,
+    out: Any,
+    bias: Any = None,
+    panel_bytes: int = ...,
+    isa: str | None = None,
+) -> None: ...
+def _paged_decode(
+    q: Any,
+    kpool: Any,
+    vpool: Any,
+    sizes: tuple[int, int, int, int, int, int, int],
+    table: Any,
+    lens: list[int],
+    scale: float,
+    out: Any,
+    isa: str | None = None,
+) -> None: ...
 def _quantize(w: Any, fmt: str) -> Any: ...
 def _check_blocks(fmt: str, k: int, n: int, data: Any) -> None: ...
 def _format_nbytes(fmt: str, k: int, n: int) -> int: ...
@@ -116,7 +139,7 @@ def _attention(
     scale: float,
     out: Any,
     mask: Any = None,
-    mask_bh: tuple[int, int] = (1, 1),
+    mask_bh: tuple[int, int] = ...,
     isa: str | None = None,
 ) -> None: ...
 def _rowwise(

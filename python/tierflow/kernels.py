@@ -27,7 +27,7 @@ import numpy as np
 
 from . import _tierflow
 from .errors import DTypeError, InvalidArgumentError, ShapeError
-from .store import BlockTensor, register_block_format
+from .store import BlockTensor, TensorRef, register_block_format
 
 __all__ = [
     "FORMATS",
@@ -98,7 +98,8 @@ class QuantizedTensor(BlockTensor):
     Attributes:
         format: one of :data:`FORMATS`.
         shape: ``(K, N)``.
-        data: the block bytes, a 1-D uint8 array.
+        data: the block bytes, a read-only 1-D uint8 array (checked once, at construction:
+            length and finite scales; ``CorruptFileError`` otherwise).
     """
 
     def __init__(self, format: str, shape: tuple[int, int], data: np.ndarray) -> None:
@@ -113,6 +114,9 @@ class QuantizedTensor(BlockTensor):
         if arr.dtype != np.uint8:
             raise DTypeError(f"block data must be uint8, got {arr.dtype}")
         _tierflow._check_blocks(fmt, k, n, arr)  # CorruptFileError on wrong length / bad scales
+        # Checked once here (matmul does not re-read every scale): a read-only view guards it.
+        arr = arr.view()
+        arr.flags.writeable = False
         self.format = fmt
         self.shape = (k, n)
         self.data = arr
@@ -202,8 +206,11 @@ def _prep_out(out: Any, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _weight_shape(w: Any) -> tuple[int, int]:
-    if isinstance(w, QuantizedTensor):
-        return w.shape
+    if isinstance(w, (QuantizedTensor, TensorRef)):
+        shape = tuple(w.shape)
+        if len(shape) != 2:
+            raise ShapeError(f"matmul weight must be 2-D (K, N), got shape {shape}")
+        return int(shape[0]), int(shape[1])
     shape = tuple(np.shape(w))
     if len(shape) != 2:
         raise ShapeError(f"matmul weight must be 2-D (K, N), got shape {shape}")
@@ -211,15 +218,28 @@ def _weight_shape(w: Any) -> tuple[int, int]:
 
 
 def matmul(
-    x: Any, w: Any, out: np.ndarray | None = None, bias: Any = None, *, _isa: str | None = None
+    x: Any,
+    w: Any,
+    out: np.ndarray | None = None,
+    bias: Any = None,
+    *,
+    panel_bytes: int = 8 << 20,
+    _isa: str | None = None,
 ) -> np.ndarray:
     """``x @ w (+ bias)`` in float32.
 
     Args:
         x: ``(..., K)`` float32, float16 or bfloat16, any strides.
-        w: ``(K, N)`` float32 / float16 / bfloat16 array, or a :class:`QuantizedTensor`.
+        w: ``(K, N)`` float32 / float16 / bfloat16 array, a :class:`QuantizedTensor`, or a
+            store's ``TensorRef`` (``store["layer0.w"]``). A stored ``QuantizedTensor`` (any
+            format, including the packed ``f32`` of :func:`pack`) is streamed: it stays in its
+            tier and is pulled in panels of about ``panel_bytes`` through a double buffer (the
+            next panel is read while the current one is multiplied), bit-identical to the
+            in-memory result; the store's statistics count the bytes. A stored plain array is
+            loaded whole instead (store it packed or quantised to stream it).
         out: optional float32 C-contiguous writable ``(..., N)`` array to write into.
         bias: optional ``(N,)`` added to every row.
+        panel_bytes: the streaming panel size (two such buffers are the whole fast-memory use).
 
     Returns:
         float32 ``(..., N)`` (``out`` when given). Rounding: a sum of K float32 products, so
@@ -248,6 +268,18 @@ def matmul(
             raise ShapeError(f"bias has shape {b.shape}, expected {(n,)} for w {(k, n)}")
     x2 = xa.reshape(m, k)
     r2 = res.reshape(m, n)
+    if isinstance(w, TensorRef):
+        dt = w.dtype
+        if isinstance(dt, str) and dt.startswith("block:"):
+            fmt = dt[len("block:") :]
+            if fmt not in FORMATS:
+                raise DTypeError(f"stored tensor {w.name!r} has block format {fmt!r}, not a weight")
+            if panel_bytes < 1:
+                raise InvalidArgumentError(f"panel_bytes must be positive, got {panel_bytes}")
+            native = w.store._s
+            _tierflow._matmul_streamed(x2, native, w.name, fmt, k, n, r2, b, int(panel_bytes), _isa)
+            return res
+        w = w.numpy()
     if isinstance(w, QuantizedTensor):
         _tierflow._matmul_blocks(x2, w.format, k, n, w.data, r2, b, _isa)
         return res
@@ -303,7 +335,7 @@ def attention(
         )
     b, h, sq, d = qa.shape
     bk, hkv, skv, dk = ka.shape
-    if ka.shape != va.shape or bk != b or dk != d or hkv == 0 and h > 0 or (hkv and h % hkv):
+    if ka.shape != va.shape or bk != b or dk != d or (hkv == 0 and h > 0) or (hkv and h % hkv):
         raise ShapeError(
             f"attention shapes do not match: q {qa.shape}, k {ka.shape}, v {va.shape} "
             "(need the same B and D, k and v alike, and H a multiple of Hkv)"

@@ -96,8 +96,10 @@ fn _matmul_blocks(
     let ldc = out.shape()[1];
     let cs =
         out.as_slice_mut().map_err(|_| err("InvalidArgumentError", "out must be C-contiguous"))?;
+    // The scales were checked when the QuantizedTensor was built (`_check_blocks`); a second
+    // pass here would read the whole weight twice.
     run(py, || {
-        let q = QWeight::new(fmt, k, n, ds)?;
+        let q = QWeight::with_len_check(fmt, k, n, ds)?;
         matmul(isa, xs, m, Weight::Rows(q), b, cs, ldc)
     })
 }
@@ -293,7 +295,83 @@ fn _rope(
     })
 }
 
+/// `out = x @ W (+ bias)` with `W` the block-format tensor `name` of a store, streamed from its
+/// tier in panels of about `panel_bytes` through a double buffer.
+#[pyfunction]
+#[pyo3(signature = (x, store, name, fmt, k, n, out, bias=None, panel_bytes=8 << 20, isa=None))]
+fn _matmul_streamed(
+    py: Python<'_>,
+    x: PyReadonlyArray2<'_, f32>,
+    store: PyRef<'_, crate::store::PyStore>,
+    name: &str,
+    fmt: &str,
+    k: usize,
+    n: usize,
+    mut out: PyReadwriteArray2<'_, f32>,
+    bias: Option<PyReadonlyArray1<'_, f32>>,
+    panel_bytes: usize,
+    isa: Option<&str>,
+) -> PyResult<()> {
+    let isa = pick_isa(isa)?;
+    let fmt = Format::parse(fmt).map_err(crate::errors::to_pyerr)?;
+    let m = x.shape()[0];
+    let xs = slice2(&x, "x")?;
+    let b = match &bias {
+        Some(b) => Some(slice(b, "bias")?),
+        None => None,
+    };
+    let ldc = out.shape()[1];
+    let cs =
+        out.as_slice_mut().map_err(|_| err("InvalidArgumentError", "out must be C-contiguous"))?;
+    let st = store.inner.clone();
+    let name = name.to_owned();
+    run(py, move || {
+        let read = |off: u64, buf: &mut [u8]| st.read_into(&name, off, buf);
+        tierflow_core::kernels::stream::matmul_streamed(
+            isa,
+            xs,
+            m,
+            fmt,
+            k,
+            n,
+            &read,
+            b,
+            cs,
+            ldc,
+            panel_bytes,
+        )
+    })
+}
+
+/// Decode attention against a paged KV cache (see `tierflow_core::kernels::paged`).
+#[pyfunction]
+#[pyo3(signature = (q, kpool, vpool, sizes, table, lens, scale, out, isa=None))]
+fn _paged_decode(
+    py: Python<'_>,
+    q: PyReadonlyArray1<'_, f32>,
+    kpool: PyReadonlyArray1<'_, f32>,
+    vpool: PyReadonlyArray1<'_, f32>,
+    sizes: (usize, usize, usize, usize, usize, usize, usize),
+    table: PyReadonlyArray1<'_, i64>,
+    lens: Vec<usize>,
+    scale: f32,
+    mut out: PyReadwriteArray1<'_, f32>,
+    isa: Option<&str>,
+) -> PyResult<()> {
+    use tierflow_core::kernels::paged::{paged_decode, Paged};
+    let isa = pick_isa(isa)?;
+    let (b, h, hkv, d, nb, page, max_blocks) = sizes;
+    let (qs, ks, vs) = (slice(&q, "q")?, slice(&kpool, "k pool")?, slice(&vpool, "v pool")?);
+    let ts = slice(&table, "block table")?;
+    let os =
+        out.as_slice_mut().map_err(|_| err("InvalidArgumentError", "out must be C-contiguous"))?;
+    let p = Paged { b, h, hkv, d, nb, page, max_blocks };
+    run(py, || paged_decode(isa, qs, ks, vs, p, ts, &lens, scale, os))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(_paged_decode, m)?)?;
+    m.add_function(wrap_pyfunction!(_matmul_streamed, m)?)?;
     m.add_function(wrap_pyfunction!(_attention, m)?)?;
     m.add_function(wrap_pyfunction!(_rowwise, m)?)?;
     m.add_function(wrap_pyfunction!(_rope, m)?)?;

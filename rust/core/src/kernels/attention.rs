@@ -18,15 +18,16 @@
 //! One generic body compiled twice (see `vmath.rs`): the scalar reference and the AVX2+FMA path.
 
 use super::dot::SendPtr;
+use super::rows::{lanes_max, lanes_sum};
 use super::vmath::{exp, fma};
 use crate::cpu::Isa;
 use crate::{CoreError, Result};
 use rayon::prelude::*;
 
 /// Query rows per task.
-pub const BR: usize = 32;
+pub const BR: usize = 64;
 /// Keys per block.
-pub const BC: usize = 64;
+pub const BC: usize = 32;
 
 /// Sizes of an attention call.
 #[derive(Clone, Copy, Debug)]
@@ -68,8 +69,8 @@ pub fn attention(
             "{hkv} key/value heads do not divide {h} query heads"
         )));
     }
-    if nq.is_none_or(|n| q.len() != n || out.len() != n)
-        || nkv.is_none_or(|n| k.len() != n || v.len() != n)
+    if nq.map_or(true, |n| q.len() != n || out.len() != n)
+        || nkv.map_or(true, |n| k.len() != n || v.len() != n)
     {
         return Err(CoreError::Shape(format!("attention buffers do not match {dims:?}")));
     }
@@ -94,15 +95,14 @@ pub fn attention(
             |bufs, t| {
                 let (bh, qb) = (t / nqb, t % nqb);
                 let (bi, hi) = (bh / h, bh % h);
-                let op = op;
                 let task = Task { q, k, v, dims, causal, scale, mask, bi, hi, r0: qb * BR };
                 // SAFETY: the task writes only rows r0..r0+BR of head (bi, hi) of `out`.
                 unsafe {
                     #[cfg(target_arch = "x86_64")]
                     if isa >= Isa::Avx2 {
-                        return avx2(&task, bufs, op.0);
+                        return avx2(&task, bufs, op.get());
                     }
-                    run::<false>(&task, bufs, op.0);
+                    run::<false>(&task, bufs, op.get());
                 }
             },
         );
@@ -185,12 +185,15 @@ unsafe fn run<const F: bool>(t: &Task<'_>, b: &mut Bufs, out: *mut f32) {
         // Transposed key block (Dp x BC) and value block (BC x Dp), zero-padded.
         b.kt.fill(0.0);
         b.vb.fill(0.0);
-        for j in 0..bc {
-            let kr = &t.k[kvbase + (j0 + j) * d..kvbase + (j0 + j + 1) * d];
-            let vr = &t.v[kvbase + (j0 + j) * d..kvbase + (j0 + j + 1) * d];
-            for c in 0..d {
-                b.kt[c * BC + j] = kr[c];
+        let kblk = &t.k[kvbase + j0 * d..kvbase + (j0 + bc) * d];
+        for c in 0..d {
+            let row = &mut b.kt[c * BC..c * BC + bc];
+            for (j, o) in row.iter_mut().enumerate() {
+                *o = kblk[j * d + c];
             }
+        }
+        for j in 0..bc {
+            let vr = &t.v[kvbase + (j0 + j) * d..kvbase + (j0 + j + 1) * d];
             b.vb[j * dp..j * dp + d].copy_from_slice(vr);
         }
         // S = Qb Kt, register tile 4 rows x 16 keys.
@@ -198,10 +201,12 @@ unsafe fn run<const F: bool>(t: &Task<'_>, b: &mut Bufs, out: *mut f32) {
         for c0 in (0..bc16).step_by(16) {
             for r0 in (0..rows4).step_by(4) {
                 let mut acc = [[0f32; 16]; 4];
-                for c in 0..d {
-                    let kt = &b.kt[c * BC + c0..c * BC + c0 + 16];
+                let qrows: [&[f32]; 4] =
+                    std::array::from_fn(|r| &b.qb[(r0 + r) * dp..(r0 + r) * dp + d]);
+                for (c, kt) in b.kt.chunks_exact(BC).take(d).enumerate() {
+                    let kt: &[f32; 16] = kt[c0..c0 + 16].try_into().expect("16");
                     for r in 0..4 {
-                        let qv = b.qb[(r0 + r) * dp + c];
+                        let qv = qrows[r][c];
                         for jj in 0..16 {
                             acc[r][jj] = fma::<F>(qv, kt[jj], acc[r][jj]);
                         }
@@ -232,17 +237,18 @@ unsafe fn run<const F: bool>(t: &Task<'_>, b: &mut Bufs, out: *mut f32) {
             for s in srow[lim..].iter_mut() {
                 *s = f32::NEG_INFINITY;
             }
-            let mx = srow.iter().fold(b.m[r], |a, &s| a.max(s));
+            // Running maximum (a NaN score makes it NaN, and the row's output NaN).
+            let bm = lanes_max(&srow[..bc]);
+            let mx = if bm > b.m[r] || bm.is_nan() { bm } else { b.m[r] };
             if mx == f32::NEG_INFINITY {
                 srow.fill(0.0);
                 continue;
             }
             let alpha = exp::<F>(b.m[r] - mx);
-            let mut sum = 0f32;
             for s in srow.iter_mut() {
                 *s = exp::<F>(*s - mx);
-                sum += *s;
             }
+            let sum = lanes_sum(&srow[..bc], |p| p);
             b.l[r] = fma::<F>(b.l[r], alpha, sum);
             b.m[r] = mx;
             for o in b.o[r * dp..r * dp + dp].iter_mut() {
@@ -259,10 +265,12 @@ unsafe fn run<const F: bool>(t: &Task<'_>, b: &mut Bufs, out: *mut f32) {
                 for r in 0..4 {
                     acc[r].copy_from_slice(&b.o[(r0 + r) * dp + d0..(r0 + r) * dp + d0 + 16]);
                 }
-                for j in 0..bc {
-                    let vr = &b.vb[j * dp + d0..j * dp + d0 + 16];
+                let prows: [&[f32]; 4] =
+                    std::array::from_fn(|r| &b.s[(r0 + r) * BC..(r0 + r) * BC + bc]);
+                for (j, vr) in b.vb.chunks_exact(dp).take(bc).enumerate() {
+                    let vr: &[f32; 16] = vr[d0..d0 + 16].try_into().expect("16");
                     for r in 0..4 {
-                        let p = b.s[(r0 + r) * BC + j];
+                        let p = prows[r][j];
                         for jj in 0..16 {
                             acc[r][jj] = fma::<F>(p, vr[jj], acc[r][jj]);
                         }
@@ -330,7 +338,7 @@ mod tests {
         let dm = Dims { b: 2, h: 4, hkv: 2, sq: 37, skv: 70, d: 19 };
         let gen = |n: usize, s: u32| {
             (0..n)
-                .map(|i| (((i as u32 * 2654435761 ^ s) % 1000) as f32 / 500.0) - 1.0)
+                .map(|i| ((((i as u32).wrapping_mul(2654435761) ^ s) % 1000) as f32 / 500.0) - 1.0)
                 .collect::<Vec<_>>()
         };
         let q = gen(2 * 4 * 37 * 19, 1);

@@ -72,9 +72,8 @@ pub fn matmul_cols(
         (0..n.div_ceil(per)).into_par_iter().for_each(|t| {
             let n0 = t * per;
             let n1 = (n0 + per).min(n);
-            let cp = cp;
             // SAFETY: task t writes only columns n0..n1 of C.
-            unsafe { task(isa, x, m, k, w, n, bias, cp.0, ldc, n0, n1) }
+            unsafe { task(isa, x, m, k, w, n, bias, cp.get(), ldc, n0, n1) }
         });
     });
 }

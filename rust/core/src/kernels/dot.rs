@@ -21,6 +21,14 @@ pub(crate) struct SendPtr<T>(pub *mut T);
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 
+impl<T> SendPtr<T> {
+    /// The pointer (a method, so closures capture the whole `SendPtr`, not its raw field).
+    #[inline(always)]
+    pub fn get(self) -> *mut T {
+        self.0
+    }
+}
+
 /// Rows of weight per task: enough tasks for load balance, each a few pages of weight.
 fn rows_per_task(n: usize, row_bytes: usize) -> usize {
     let threads = crate::runtime::num_threads().max(1);
@@ -50,9 +58,8 @@ pub fn matmul_rows(
         (0..n.div_ceil(per)).into_par_iter().for_each(|t| {
             let n0 = t * per;
             let n1 = (n0 + per).min(n);
-            let cp = cp;
             // SAFETY: task t writes only columns n0..n1 of C, disjoint from every other task.
-            unsafe { rows_task(isa, x, m, w, bias, cp.0, ldc, n0, n1) }
+            unsafe { rows_task(isa, x, m, w, bias, cp.get(), ldc, n0, n1) }
         });
     });
 }

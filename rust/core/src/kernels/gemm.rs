@@ -61,7 +61,7 @@ pub fn matmul(
     let need_x = m.checked_mul(k);
     let need_c =
         if m == 0 { Some(0) } else { (m - 1).checked_mul(ldc).and_then(|v| v.checked_add(n)) };
-    if need_x.is_none_or(|v| x.len() < v) || need_c.is_none_or(|v| c.len() < v) || ldc < n {
+    if need_x.map_or(true, |v| x.len() < v) || need_c.map_or(true, |v| c.len() < v) || ldc < n {
         return Err(CoreError::Shape(format!(
             "matmul buffers too small for ({m}, {k}) x ({k}, {n}) with row stride {ldc}"
         )));
@@ -181,7 +181,6 @@ fn gemm_rows(
                 for r in 0..nb {
                     dequantize_row(q.fmt, q.row(j0 + r), &mut buf[r * k..(r + 1) * k]);
                 }
-                let cp = cp;
                 // SAFETY: panel p writes only columns j0..j0+nb of C. The panel buffer holds
                 // W[:, j0..j0+nb] column-major: element (kk, r) at r * k + kk.
                 unsafe {
@@ -189,7 +188,7 @@ fn gemm_rows(
                         m,
                         nb,
                         k,
-                        cp.0.add(j0),
+                        cp.get().add(j0),
                         1,
                         ldc as isize,
                         true,

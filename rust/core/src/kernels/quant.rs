@@ -212,7 +212,27 @@ pub struct QWeight<'a> {
 impl<'a> QWeight<'a> {
     /// Wrap `data`, checking its length and (for block formats) that every scale is finite:
     /// a wrong length or a NaN/Inf scale is a `Corrupt` error (data cannot be trusted).
+    /// The scale check reads every block, so it costs a pass over the data: callers that hold
+    /// already-checked data (a built `QuantizedTensor`) use [`QWeight::with_len_check`].
     pub fn new(fmt: Format, k: usize, n: usize, data: &'a [u8]) -> Result<Self> {
+        let w = Self::with_len_check(fmt, k, n, data)?;
+        if matches!(fmt, Format::Q8_0 | Format::Q4_0) {
+            let bb = fmt.block_bytes();
+            // An f16 is NaN or infinite exactly when its five exponent bits are all ones.
+            let bad = |b: &[u8]| (u16::from_le_bytes([b[0], b[1]]) & 0x7c00) == 0x7c00;
+            if let Some(i) = data.chunks_exact(bb).position(bad) {
+                return Err(CoreError::corrupt(
+                    "<memory>",
+                    None,
+                    format!("{} block {i} has a non-finite scale (corrupt block data)", fmt.name()),
+                ));
+            }
+        }
+        Ok(w)
+    }
+
+    /// Wrap `data`, checking only its length (a wrong length is a `Corrupt` error).
+    pub fn with_len_check(fmt: Format, k: usize, n: usize, data: &'a [u8]) -> Result<Self> {
         let want = fmt.total_bytes(k, n)?;
         if data.len() != want {
             return Err(CoreError::corrupt(
@@ -224,16 +244,6 @@ impl<'a> QWeight<'a> {
                     data.len()
                 ),
             ));
-        }
-        if matches!(fmt, Format::Q8_0 | Format::Q4_0) {
-            let bb = fmt.block_bytes();
-            if let Some(i) = data.chunks_exact(bb).position(|b| !block_scale(b).is_finite()) {
-                return Err(CoreError::corrupt(
-                    "<memory>",
-                    None,
-                    format!("{} block {i} has a non-finite scale (corrupt block data)", fmt.name()),
-                ));
-            }
         }
         Ok(QWeight { fmt, k, n, data })
     }
@@ -254,7 +264,7 @@ impl<'a> QWeight<'a> {
 pub fn quantize(fmt: Format, w: &[f32], k: usize, n: usize) -> Result<Vec<u8>> {
     use rayon::prelude::*;
     let total = fmt.total_bytes(k, n)?;
-    if w.len() != k.checked_mul(n).unwrap_or(usize::MAX) {
+    if w.len() != k.saturating_mul(n) {
         return Err(CoreError::Shape(format!(
             "weight buffer of {} elements is not ({k}, {n})",
             w.len()
