@@ -148,7 +148,8 @@ def gpt2_forward(weights: dict[str, np.ndarray], cfg: dict[str, Any], ids) -> np
         m = gelu_tanh(conv1d(ln(x, p + "ln_2"), p + "mlp.c_fc"))
         x = x + conv1d(m, p + "mlp.c_proj")
     x = ln(x, pre + "ln_f")
-    return x @ _w(weights, pre + "wte.weight").T
+    head = "lm_head.weight" if "lm_head.weight" in weights else pre + "wte.weight"  # tied
+    return x @ _w(weights, head).T
 
 
 def bert_forward(weights: dict[str, np.ndarray], cfg: dict[str, Any], ids, mask) -> np.ndarray:
@@ -168,7 +169,7 @@ def bert_forward(weights: dict[str, np.ndarray], cfg: dict[str, Any], ids, mask)
         return t @ _w(weights, name + ".weight").T + _w(weights, name + ".bias")
 
     x = (
-        _w(weights, "embeddings.word_embeddings.weight")[ids]
+        np.asarray(weights["embeddings.word_embeddings.weight"])[ids].astype(F)
         + _w(weights, "embeddings.position_embeddings.weight")[np.arange(s)]
         + _w(weights, "embeddings.token_type_embeddings.weight")[0]
     )

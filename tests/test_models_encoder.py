@@ -71,6 +71,8 @@ def test_encoder_edge_cases(encoder):
     assert encoder.encode([]).shape == (0, 384)
     with pytest.raises(tierflow.InvalidArgumentError):
         encoder.encode("one string, not a list")
+    with pytest.raises(tierflow.InvalidArgumentError, match="item 1 is a int"):
+        encoder.encode(["fine", 3])
     long = encoder.encode(["word " * 1000])  # truncated to max_seq_length (256)
     assert long.shape == (1, 384) and np.isfinite(long).all()
     raw = encoder.encode(["The cat sat."], normalize=False)
@@ -94,3 +96,24 @@ def test_tiny_bert_against_reference(tmp_path):
     )
     with pytest.raises(tierflow.InvalidArgumentError, match="not an encoder"):
         tm.SentenceEncoder.load(DATA / "tiny-llama")
+
+
+@needs_minilm
+@pytest.mark.parametrize(("fmt", "bound"), [("bf16", 0.999), ("q8_0", 0.999), ("q4_0", 0.88)])
+def test_converted_encoder(reference, fmt, bound):
+    """Converted MiniLM: exactly the dequantized model (float64 reference), and its error.
+    Measured minimum cosines: bf16 0.99999, q8_0 0.9996, q4_0 0.91 (4-bit hurts this small
+    encoder; the stated bound leaves a margin)."""
+    enc = tm.SentenceEncoder.load(dtype=fmt)
+    w = load_file(str(tm.minilm_path() / "model.safetensors"))
+    cfg = json.loads((tm.minilm_path() / "config.json").read_text())
+    for n in enc.model.weights.layouts:
+        w[n] = enc.model.weights.fetch(n).dequantize().T
+    ids, mask = reference["input_ids"][1], reference["attention_mask"][1]
+    n_tok = int(mask.sum())
+    expect = ref.bert_forward(w, cfg, ids[:n_tok], mask[:n_tok])
+    np.testing.assert_allclose(enc.model(ids[:n_tok]), expect, atol=2e-4, rtol=0)
+    e = enc.encode(reference["sentences"])
+    cos = (e * reference["embeddings"]).sum(1) / np.linalg.norm(reference["embeddings"], axis=1)
+    print(f"MiniLM {fmt}: min cosine {cos.min():.6f}")
+    assert cos.min() > bound

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.numpy import load_file, save_file
 
 import tierflow
@@ -194,3 +197,48 @@ def test_bad_id_types_and_shapes(llama):
 def test_bad_sampling_arguments(llama, kw):
     with pytest.raises(tierflow.InvalidArgumentError):
         llama.generate([1, 2], **kw)
+
+
+def test_sliding_window_caps_positions(tmp_path):
+    d = tm.write_tiny_checkpoint(tmp_path / "m", "MistralForCausalLM")
+    cfg = json.loads((d_path := Path(d)).joinpath("config.json").read_text())
+    cfg["sliding_window"] = 32
+    (d_path / "config.json").write_text(json.dumps(cfg))
+    m = tm.load(d)
+    assert m.config.max_positions == 32
+    with pytest.raises(tierflow.InvalidArgumentError, match="32 positions"):
+        m.generate(list(range(30)), 5)
+    cfg.update(architectures=["Qwen2ForCausalLM"], model_type="qwen2", use_sliding_window=False)
+    (d_path / "config.json").write_text(json.dumps(cfg))
+    assert tm.read_config(d).max_positions == 256
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_fuzzed_headers_give_typed_errors(tmp_path, data):
+    """Random edits of a safetensors header: the loader either works or raises a tierflow error
+    (never KeyError/TypeError/... from inside)."""
+    raw = (DATA / "tiny-llama" / "model.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    hdr = bytearray(raw[8 : 8 + n])
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(hdr) - 1))
+        hdr[i] = data.draw(st.sampled_from(list(b'0123456789[]{}",:-e .abcFIU')))
+    d = Path(tempfile.mkdtemp(dir=tmp_path))
+    (d / "config.json").write_bytes((DATA / "tiny-llama" / "config.json").read_bytes())
+    (d / "model.safetensors").write_bytes(raw[:8] + bytes(hdr) + raw[8 + n :])
+    try:
+        tm.load(d)([1, 2, 3])
+    except tierflow.TierflowError:
+        pass
+
+
+def test_failed_load_leaves_the_store_as_it_was(tmp_path):
+    d = tm.write_tiny_checkpoint(tmp_path / "m", hidden=40, heads=4, kv_heads=2, intermediate=64)
+    with tierflow.TieredStore(tmp_path / "s") as store:
+        with pytest.raises(tierflow.ShapeError):
+            tm.load(d, store=store, dtype="q4_0")  # K = 40 is no multiple of 32
+        assert len(store) == 0
+        assert tm.load(d, store=store)([1]).shape == (1, 256)

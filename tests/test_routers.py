@@ -133,6 +133,13 @@ def test_bad_encoder_output():
     with pytest.raises(tierflow.ShapeError):
         EmbeddingRouter(Bad(), EXAMPLES)
 
+    class NaNs:
+        def encode(self, texts, normalize=True):
+            return np.full((len(texts), 4), np.nan)
+
+    with pytest.raises(tierflow.InvalidArgumentError, match="NaN"):
+        EmbeddingRouter(NaNs(), EXAMPLES)
+
 
 def test_route_batch_rejects_a_bare_string(router):
     with pytest.raises(tierflow.InvalidArgumentError):
@@ -213,3 +220,15 @@ def test_demo_coe_with_general_fallback(minilm, tmp_path):
     assert r.expert == "general" and r.route.fell_back and len(r.new_ids) == 5
     assert coe.run("How do I caramelize onions?", 3).expert == "cooking"
     assert sorted(coe.loaded) == ["cooking", "general"]
+    batch = [
+        "Sort an array of integers in Java",
+        "How do I caramelize onions?",
+        "Why is the sky blue?",
+    ]
+    res = coe.run_batch(batch, max_new_tokens=2)
+    assert [r.expert for r in res] == ["code", "cooking", "general"]
+    for text, r in zip(batch, res, strict=True):
+        assert r.prompt_ids.tolist() == list(text.encode())
+        one = coe.run(text, max_new_tokens=2)
+        assert one.new_ids.tolist() == r.new_ids.tolist()
+    assert coe.run_batch([]) == []

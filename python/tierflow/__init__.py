@@ -79,6 +79,7 @@ from .routers import EmbeddingRouter
 from . import runtime
 from .runtime import Plan, schedule
 
+
 __all__ = [
     "AccessDeniedError",
     "CapacityError",

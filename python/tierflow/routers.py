@@ -107,6 +107,8 @@ class EmbeddingRouter:
         e = np.asarray(self.encoder.encode(list(texts)), np.float64)
         if e.ndim != 2 or e.shape[0] != len(texts):
             raise ShapeError(f"encoder returned shape {e.shape} for {len(texts)} texts")
+        if not np.isfinite(e).all():
+            raise InvalidArgumentError("encoder returned NaN or infinite embeddings")
         n = np.linalg.norm(e, axis=1, keepdims=True)
         return e / np.maximum(n, 1e-12)
 

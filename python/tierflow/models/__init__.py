@@ -1,11 +1,18 @@
 """Real models on tierflow: Llama / Mistral / Qwen2 / GPT-2 decoders and BERT sentence encoders.
 
 ``load(path)`` reads a Hugging Face checkpoint folder (config.json + safetensors, single or
-sharded), checks every tensor against the config, and returns the model::
+sharded), checks every tensor against the config, registers the weights in a TieredStore in place
+and returns the model, which computes on tierflow's kernels.
 
-    model = tierflow.models.load("tiny-llama")
-    logits = model([1, 2, 3])                       # (3, vocab) float32
-    out = model.generate([1, 2, 3], max_new_tokens=8)
+Example:
+    >>> import tempfile, tierflow.models as tm
+    >>> folder = tm.write_tiny_checkpoint(tempfile.mkdtemp(), "Qwen2ForCausalLM", vocab=256)
+    >>> model = tm.load(folder, dtype="q8_0")
+    >>> model([1, 2, 3]).shape
+    (3, 256)
+    >>> out = model.generate([1, 2, 3], max_new_tokens=5)
+    >>> len(out), out[:3].tolist()
+    (8, [1, 2, 3])
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ from .bert import BertModel
 from .coe import DEMO_EXAMPLES, CoEResult, ExpertCoE, byte_tokenize, write_demo_experts
 from .config import SUPPORTED_ARCHITECTURES, ModelConfig, read_config
 from .encoder import SentenceEncoder, minilm_path
-from .generate import KVCache, sample_next
+from .generate import sample_next
 from .gpt2 import GPT2LMHeadModel
+from .kvcache import KVCache, PagedKVCache
 from .llama import LlamaForCausalLM, Qwen2ForCausalLM
 
 __all__ = [
@@ -36,6 +44,7 @@ __all__ = [
     "KVCache",
     "LlamaForCausalLM",
     "ModelConfig",
+    "PagedKVCache",
     "Qwen2ForCausalLM",
     "SentenceEncoder",
     "byte_tokenize",
@@ -61,6 +70,7 @@ def load(
     tier: str | None = None,
     dtype: str | None = None,
     prefix: str | None = None,
+    mmap_files: bool = True,
 ) -> Any:
     """Load a checkpoint folder into the right model class.
 
@@ -73,6 +83,10 @@ def load(
         dtype: convert weights on load: None (as stored), "f32", "bf16", "q8_0" or "q4_0".
         prefix: the store names of the weights are ``prefix + tensor name`` (default: the
             folder's name and a counter, e.g. ``"tiny-llama#1/"``), so many models share a store.
+        mmap_files: matmul weights that sit in a file tier are read in place (memory-mapped:
+            one pass over the bytes, through the OS page cache) rather than copied into a memory
+            tier by the store first; False routes every read through the store (its tiers,
+            eviction policy, prefetch and traffic statistics).
     Raises:
         InvalidArgumentError: an unsupported architecture (lists the supported ones) or option.
         TensorNotFoundError / ShapeError: a tensor missing or disagreeing with config.json.
@@ -84,6 +98,8 @@ def load(
 
         raise MissingFileError(f"no checkpoint folder at {folder}")
     cfg = read_config(folder)
-    weights = Weights.open(folder, cfg, store=store, tier=tier, dtype=dtype, prefix=prefix)
+    weights = Weights.open(
+        folder, cfg, store=store, tier=tier, dtype=dtype, prefix=prefix, mmap_files=mmap_files
+    )
     store = weights.store
     return _CLASSES[cfg.family](cfg, weights, store)

@@ -10,7 +10,8 @@ import numpy as np
 from ..errors import DTypeError, InvalidArgumentError, ShapeError
 from ._weights import Weights
 from .config import ModelConfig
-from .generate import KVCache, generate
+from .generate import generate
+from .kvcache import KVCache
 
 __all__ = ["CausalLM", "check_token_ids"]
 
@@ -86,6 +87,20 @@ class CausalLM:
         top_p: float | None = None,
         seed: int | None = None,
         stop: int | Iterable[int] | None = None,
+        *,
+        kv_block: int | None = None,
+        kv_tier: str | None = None,
     ) -> Any:
         """Decode with a KV cache; see :func:`tierflow.models.generate.generate`."""
-        return generate(self, ids, max_new_tokens, temperature, top_k, top_p, seed, stop)
+        return generate(
+            self,
+            ids,
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            stop,
+            kv_block=kv_block,
+            kv_tier=kv_tier,
+        )

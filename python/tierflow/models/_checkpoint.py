@@ -10,6 +10,7 @@ Sharded checkpoints are listed by ``model.safetensors.index.json`` (``weight_map
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from collections.abc import Callable, Mapping
@@ -22,7 +23,7 @@ from ..errors import CorruptFileError, DTypeError, MissingFileError, ShapeError
 
 __all__ = ["TensorInfo", "checkpoint_files", "mmap_tensors", "read_header"]
 
-_DTYPES = {
+_DTYPES: dict[str, np.dtype[Any]] = {
     "F64": np.dtype("<f8"),
     "F32": np.dtype("<f4"),
     "F16": np.dtype("<f2"),
@@ -95,16 +96,17 @@ def read_header(path: str) -> dict[str, TensorInfo]:
         raise _corrupt(path, "header is not a JSON object")
     base = 8 + n
     out: dict[str, TensorInfo] = {}
-    for name, e in hdr.items():
+    for name, entry in hdr.items():
         if name == "__metadata__":
             continue
         try:
-            dt, shape, (b, end) = e["dtype"], tuple(int(s) for s in e["shape"]), e["data_offsets"]
+            dt, shape = entry["dtype"], tuple(int(s) for s in entry["shape"])
+            b, end = (int(o) for o in entry["data_offsets"])
         except (KeyError, TypeError, ValueError):
             raise _corrupt(path, f"bad header entry for {name!r}", name) from None
         if dt not in _DTYPES:
             raise DTypeError(f"{path}: tensor {name!r} has unsupported dtype {dt}")
-        nbytes = int(np.prod(shape, dtype=np.int64)) * _DTYPES[dt].itemsize
+        nbytes = math.prod(shape) * _DTYPES[dt].itemsize  # Python ints: no overflow
         if any(s < 0 for s in shape) or not (0 <= b <= end) or end - b != nbytes:
             raise _corrupt(
                 path, f"tensor {name!r}: offsets {b}..{end} disagree with {dt}{list(shape)}", name
@@ -185,4 +187,4 @@ def write_safetensors(
                     raise ShapeError(
                         f"lazy tensor {name!r}: made {a.shape}, declared {tuple(shape)}"
                     )
-            f.write(memoryview(a.astype(a.dtype.newbyteorder("<"), copy=False)).cast("B"))
+            f.write(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes())

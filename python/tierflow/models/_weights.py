@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import shutil
 import tempfile
 import weakref
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DTypeError, InvalidArgumentError, ShapeError, TensorNotFoundError
+from ..kernels import QuantizedTensor, quantize
 from ..store import TieredStore
 from . import _checkpoint as ck
 from .config import ModelConfig, matmul_layouts
@@ -34,6 +36,7 @@ __all__ = ["WEIGHT_FORMATS", "Weights"]
 WEIGHT_FORMATS = (None, "f32", "bf16", "q8_0", "q4_0")
 _FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
 _counter = itertools.count(1)
+_ROW_FORMATS = {"F32": "f32", "F16": "f16", "BF16": "bf16"}
 
 
 def _missing(name: str, folder: str) -> TensorNotFoundError:
@@ -87,6 +90,12 @@ class Weights:
         self.format = fmt
         self._emb = embedding_maps
         self.layouts: dict[str, str] = {}
+        self.groups: list[list[str]] = _groups(list(infos))
+        self.prefetch_ahead = True
+        #: read matmul weights that sit in a file tier in place (mmap) instead of via the store
+        self.mmap_files = True
+        self._direct: dict[str, tuple[str, Any]] = {}
+        self._file_tiers = {t.name for t in store.tiers if t.file_backed}
 
     @classmethod
     def open(
@@ -98,38 +107,47 @@ class Weights:
         tier: str | None = None,
         dtype: str | None = None,
         prefix: str | None = None,
+        mmap_files: bool = True,
     ) -> Weights:
         if dtype not in WEIGHT_FORMATS:
             raise InvalidArgumentError(
                 f"unknown weight format {dtype!r}; supported: {', '.join(map(str, WEIGHT_FORMATS))}"
             )
         infos = validate(folder, config)
-        if dtype not in (None, "f32"):
-            raise InvalidArgumentError(
-                f"weight format {dtype!r} needs tierflow.quantize (not built yet)"
-            )
         private = None
         if store is None:
             private = tempfile.mkdtemp(prefix="tierflow-model-")
             store = TieredStore(private)
-        if tier is not None and tier not in store.tier_names:
-            raise InvalidArgumentError(f"no tier named {tier!r}; tiers: {store.tier_names}")
-        if prefix is None:
-            prefix = f"{os.path.basename(os.path.abspath(folder))}#{next(_counter)}/"
-        file_tier = tier if tier is not None and _is_file_tier(store, tier) else None
-        files = sorted({t.path for t in infos.values()})
         adopted: list[str] = []
-        for f in files:
-            adopted += store.load_safetensors(f, tier=file_tier, prefix=prefix)
-        extra = set(adopted) - {prefix + n for n in infos}
-        for n in extra:  # tensors the forward pass never reads (e.g. BERT's position_ids)
-            store.delete(n)
-        if tier is not None and file_tier is None:
-            for n in infos:
-                store.move(prefix + n, tier)
-        emb = {n: a for n, a in ck.mmap_tensors(_embedding_infos(infos, config)).items()}
-        w = cls(store, prefix, infos, dtype, emb)
-        w.layouts = matmul_layouts(config, list(infos))
+        try:
+            if tier is not None and tier not in store.tier_names:
+                raise InvalidArgumentError(f"no tier named {tier!r}; tiers: {store.tier_names}")
+            if prefix is None:
+                prefix = f"{os.path.basename(os.path.abspath(folder))}#{next(_counter)}/"
+            file_tier = tier if tier is not None and _is_file_tier(store, tier) else None
+            files = sorted({t.path for t in infos.values()})
+            for f in files:
+                adopted += store.load_safetensors(f, tier=file_tier, prefix=prefix)
+            extra = set(adopted) - {prefix + n for n in infos}
+            for n in extra:  # tensors the forward pass never reads (e.g. BERT's position_ids)
+                store.delete(n)
+            if tier is not None and file_tier is None:
+                for n in infos:
+                    store.move(prefix + n, tier)
+            emb = {n: a for n, a in ck.mmap_tensors(_embedding_infos(infos, config)).items()}
+            w = cls(store, prefix, infos, dtype, emb)
+            w.layouts = matmul_layouts(config, list(infos))
+            w.mmap_files = bool(mmap_files)
+            if dtype is not None and dtype != "f32":
+                w._convert(dtype, tier)
+        except BaseException:
+            if private is not None:
+                _close_private_store(store, private)
+            else:  # leave the caller's store as it was
+                for n in adopted:
+                    if n in store:
+                        store.delete(n)
+            raise
         if private is not None:
             weakref.finalize(w, _close_private_store, store, private)
         return w
@@ -137,12 +155,91 @@ class Weights:
     def __getitem__(self, name: str) -> np.ndarray:
         """The tensor as a float32 NumPy array (from the store; read-only)."""
         a = self.store.get(self.prefix + name)
-        return a if a.dtype == np.float32 else np.asarray(a, np.float32)
+        if isinstance(a, QuantizedTensor):
+            return a.dequantize().T if self.layouts.get(name) == "out_in" else a.dequantize()
+        if a.dtype == np.float32:
+            return a
+        if self.infos[name].dtype == "BF16":
+            return ck.as_float32(a.view(np.uint16), "BF16")
+        return a.astype(np.float32)
 
     def mat(self, name: str) -> Any:
-        """The weight as a matmul operand ``W`` of logical shape ``(K, N)`` (``y = x W``)."""
-        a = self[name]
-        return a.T if self.layouts[name] == "out_in" else a
+        """The weight as a :func:`tierflow.matmul` operand ``W`` of logical shape ``(K, N)``
+        (``y = x W``), zero copy: a converted weight is the stored QuantizedTensor; a float
+        ``(out, in)`` weight is exactly the kernels' row-stored layout (N rows of K), so its
+        bytes are wrapped as a QuantizedTensor of format f32 / f16 / bf16; an ``(in, out)`` one
+        is passed as the (K, N) array it is."""
+        if self.mmap_files:
+            op = self._direct_operand(name)
+            if op is not None:
+                return op
+        a = self.store.get(self.prefix + name)
+        if isinstance(a, QuantizedTensor):
+            return a
+        if self.layouts[name] == "in_out":
+            return a
+        n, k = a.shape
+        fmt = _ROW_FORMATS[self.infos[name].dtype]
+        return QuantizedTensor(fmt, (k, n), np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+
+    def _direct_operand(self, name: str) -> Any:
+        """The operand read in place from the file backing the tensor, when it sits in a file
+        tier: the kernel then reads the bytes once, through the OS page cache, instead of the
+        store copying them into a memory tier first and the kernel reading that copy. The file is
+        the adopted checkpoint, or the store's own file for a converted weight (found from
+        ``store.info``, its safetensors header parsed here); the wrapped operand is cached per
+        file, so block data are validated once, not at every step. None: use the store."""
+        info = self.store.info(self.prefix + name)
+        if info["tier"] not in self._file_tiers or not info.get("file"):
+            return None
+        cached = self._direct.get(name)
+        if cached is not None and cached[0] == info["file"]:
+            return cached[1]
+        hdr = ck.read_header(info["file"])
+        t = hdr.get(name) if info.get("adopted") else next(iter(hdr.values()), None)
+        if t is None:
+            return None
+        raw = ck.mmap_tensors({name: t})[name]
+        dt = str(info["dtype"])
+        op: Any = None
+        if dt.startswith("block:"):
+            k, n = (int(v) for v in info["shape"])
+            op = QuantizedTensor(dt[len("block:") :], (k, n), raw.reshape(-1).view(np.uint8))
+        elif self.layouts[name] == "out_in" and t.dtype in _ROW_FORMATS:
+            n, k = t.shape
+            op = QuantizedTensor(_ROW_FORMATS[t.dtype], (k, n), raw.reshape(-1).view(np.uint8))
+        elif t.dtype in ("F32", "F16"):
+            op = raw
+        if op is not None:
+            self._direct[name] = (info["file"], op)
+        return op
+
+    def _convert(self, fmt: str, tier: str | None) -> None:
+        """Replace every matmul weight by its ``fmt`` form (``tierflow.quantize`` of the
+        ``(K, N)`` operand: GGUF row blocks along K), stored in ``tier`` (default: the home
+        file tier, where the checkpoint was adopted)."""
+        home = (
+            tier if tier is not None else self.store.tier_of(self.prefix + next(iter(self.layouts)))
+        )
+        for name, layout in self.layouts.items():
+            full = self.prefix + name
+            a = self.store.get(full, promote=False)
+            kn = a.T if layout == "out_in" else a
+            try:
+                q = quantize(kn, fmt)
+            except ShapeError as e:
+                raise ShapeError(f"cannot convert {name!r} to {fmt}: {e}") from None
+            self.store.put(full, q, tier=home, overwrite=True)
+
+    def enter(self, group: int) -> None:
+        """The forward pass starts weight group ``group`` (a layer; the last group is what follows
+        the layers). When weights are read through the store (``mmap_files`` off): prefetch the
+        next group (wrapping to layer 0 for the next step) into the store's default tier on a
+        background thread, so reading the next layer from a slow tier overlaps this layer's
+        arithmetic. (Files read in place are paged in by the OS.)"""
+        if self.prefetch_ahead and not self.mmap_files and len(self.groups) > 1:
+            nxt = self.groups[(group + 1) % len(self.groups)]
+            self.store.prefetch([self.prefix + n for n in nxt])
 
     def fetch(self, name: str) -> Any:
         """The stored tensor as the store returns it (promoted into the store's default tier)."""
@@ -172,6 +269,25 @@ class Weights:
     def tiers(self) -> dict[str, str]:
         """Where each weight is now (tensor name -> tier name)."""
         return {n: self.store.tier_of(self.prefix + n) for n in self.infos}
+
+
+_LAYER = re.compile(r"(?:^|\.)(?:layers|h|layer)\.(\d+)\.")
+
+
+def _groups(names: list[str]) -> list[list[str]]:
+    """Weights in execution order: one group per layer, then one for the rest (final norm,
+    head); token / position embedding tables are gathered from the file and left out."""
+    layers: dict[int, list[str]] = {}
+    rest: list[str] = []
+    for n in names:
+        m = _LAYER.search(n)
+        if m:
+            layers.setdefault(int(m.group(1)), []).append(n)
+        elif "embed" not in n and not n.endswith(("wte.weight", "wpe.weight")):
+            rest.append(n)
+        elif n.endswith(("embed_tokens.weight", "wte.weight")) and "lm_head.weight" not in names:
+            rest.append(n)  # tied: the table is also the head
+    return [layers[i] for i in sorted(layers)] + ([rest] if rest else [])
 
 
 def _is_file_tier(store: TieredStore, tier: str) -> bool:

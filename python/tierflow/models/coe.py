@@ -70,11 +70,29 @@ class ExpertCoE:
         return list(self._loaded)
 
     def run(self, text: str, max_new_tokens: int = 16, **generate_kwargs: Any) -> CoEResult:
-        route = self.router.route(text)
-        model = self.expert(route.expert)
-        ids = self.tokenize(text)
-        out = model.generate(ids, max_new_tokens, **generate_kwargs)
-        return CoEResult(route.expert, route, ids, out[ids.size :])
+        """Route ``text``, load the chosen expert if needed, decode ``max_new_tokens``."""
+        return self.run_batch([text], max_new_tokens, **generate_kwargs)[0]
+
+    def run_batch(
+        self, texts: list[str], max_new_tokens: int = 16, **generate_kwargs: Any
+    ) -> list[CoEResult]:
+        """Route the whole batch at once (one encoder call), then run the prompts expert by
+        expert (each expert is loaded once and serves all its prompts back to back, as a CoE
+        does to amortise switching). Results come back in the order of ``texts``."""
+        if isinstance(texts, str):
+            raise InvalidArgumentError("run_batch expects a list of prompts, not one string")
+        routes = self.router.route_batch(list(texts))
+        order: dict[str, list[int]] = {}
+        for i, r in enumerate(routes):
+            order.setdefault(r.expert, []).append(i)
+        results: list[CoEResult | None] = [None] * len(texts)
+        for expert, idx in order.items():
+            model = self.expert(expert)
+            for i in idx:
+                ids = self.tokenize(texts[i])
+                out = model.generate(ids, max_new_tokens, **generate_kwargs)
+                results[i] = CoEResult(expert, routes[i], ids, out[ids.size :])
+        return [r for r in results if r is not None]
 
 
 #: example prompts per expert for the demo CoE (an EmbeddingRouter votes among their embeddings)

@@ -123,7 +123,7 @@ class ModelConfig:
             num_kv_heads=kv,
             head_dim=head_dim,
             intermediate_size=int(d["intermediate_size"]),
-            max_positions=int(d.get("max_position_embeddings", 2048)),
+            max_positions=_llama_positions(family, d),
             norm_eps=float(d.get("rms_norm_eps", 1e-6)),
             rope_theta=float(rope.get("rope_theta", d.get("rope_theta", 10000.0))),
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
@@ -278,6 +278,18 @@ def matmul_layouts(config: ModelConfig, names: list[str]) -> dict[str, str]:
         elif n == "lm_head.weight" or "embed_tokens" not in n or "lm_head.weight" not in names:
             out[n] = "out_in"
     return out
+
+
+def _llama_positions(family: str, d: dict[str, Any]) -> int:
+    """max_position_embeddings, capped by a sliding attention window when one applies (Mistral's
+    ``sliding_window``; Qwen2's only with ``use_sliding_window``): tierflow attends to the whole
+    cache, which equals windowed attention exactly while the sequence fits in the window."""
+    n = int(d.get("max_position_embeddings", 2048))
+    window = d.get("sliding_window")
+    applies = d.get("use_sliding_window", False) if family == "qwen2" else True
+    if window and applies:
+        n = min(n, int(window))
+    return n
 
 
 def _ids(v: Any) -> tuple[int, ...]:

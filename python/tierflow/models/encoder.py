@@ -88,6 +88,11 @@ class SentenceEncoder:
         """Token ids of each text (with [CLS]/[SEP], truncated to ``max_length``)."""
         if isinstance(texts, str):
             raise InvalidArgumentError("encode expects a list of strings, not one string")
+        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+        if bad:
+            raise InvalidArgumentError(
+                f"texts must be strings; item {bad[0]} is a {type(texts[bad[0]]).__name__}"
+            )
         return [list(e.ids) for e in self.tokenizer.encode_batch(list(texts))]
 
     def encode(self, texts: Sequence[str], normalize: bool = True) -> np.ndarray:

@@ -15,40 +15,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InvalidArgumentError
+from .kvcache import KVCache, PagedKVCache
 
 if TYPE_CHECKING:
     from ._base import CausalLM
 
-__all__ = ["KVCache", "generate", "sample_next"]
-
-
-class KVCache:
-    """Keys and values of every layer for one sequence: ``(1, H_kv, capacity, D)`` float32 each.
-
-    ``update(layer, k, v)`` appends ``(1, H_kv, S_new, D)`` and returns views of all cached
-    positions. The length advances once per step with ``advance(S_new)``.
-    """
-
-    def __init__(self, layers: int, kv_heads: int, head_dim: int, capacity: int):
-        self.capacity = capacity
-        self.length = 0
-        self.k = [np.zeros((1, kv_heads, capacity, head_dim), np.float32) for _ in range(layers)]
-        self.v = [np.zeros((1, kv_heads, capacity, head_dim), np.float32) for _ in range(layers)]
-
-    def update(self, layer: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        s0, s1 = self.length, self.length + k.shape[2]
-        if s1 > self.capacity:
-            raise InvalidArgumentError(f"KV cache full: {s1} positions > capacity {self.capacity}")
-        self.k[layer][:, :, s0:s1] = k
-        self.v[layer][:, :, s0:s1] = v
-        return self.k[layer][:, :, :s1], self.v[layer][:, :, :s1]
-
-    def advance(self, n: int) -> None:
-        self.length += n
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.k) + sum(a.nbytes for a in self.v)
+__all__ = ["generate", "sample_next"]
 
 
 def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
@@ -102,44 +74,59 @@ def generate(
     top_p: float | None = None,
     seed: int | None = None,
     stop: int | Iterable[int] | None = None,
+    *,
+    kv_block: int | None = None,
+    kv_tier: str | None = None,
 ) -> Any:
     """Decode from one prompt (1-D ids -> 1-D int64 array, prompt + new tokens) or a list of
     prompts (-> list of arrays; an empty list gives ``[]``). Stops after ``max_new_tokens`` or
-    right after emitting a token in ``stop``."""
+    right after emitting a token in ``stop``. ``kv_block`` pages the KV cache into the model's
+    store in blocks of that many positions (in ``kv_tier``; see :class:`PagedKVCache`)."""
     if int(max_new_tokens) != max_new_tokens or max_new_tokens < 0:
         raise InvalidArgumentError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens}")
     _check_sampling(temperature, top_k, top_p)
     stops = _stop_set(stop)
     rng = np.random.default_rng(seed)
+    if kv_block is not None and (int(kv_block) != kv_block or kv_block < 1):
+        raise InvalidArgumentError(f"kv_block must be a positive integer, got {kv_block}")
+    kv = (kv_block, kv_tier)
     if isinstance(ids, np.ndarray) and ids.ndim == 2:
         return [
-            _one(model, r, int(max_new_tokens), temperature, top_k, top_p, rng, stops) for r in ids
+            _one(model, r, int(max_new_tokens), temperature, top_k, top_p, rng, stops, kv)
+            for r in ids
         ]
     if isinstance(ids, Sequence) and not isinstance(ids, (str, bytes)):
         if len(ids) == 0:
             return []
         if not isinstance(ids[0], (int, np.integer)):
             return [
-                _one(model, r, int(max_new_tokens), temperature, top_k, top_p, rng, stops)
+                _one(model, r, int(max_new_tokens), temperature, top_k, top_p, rng, stops, kv)
                 for r in ids
             ]
-    return _one(model, ids, int(max_new_tokens), temperature, top_k, top_p, rng, stops)
+    return _one(model, ids, int(max_new_tokens), temperature, top_k, top_p, rng, stops, kv)
 
 
-def _one(model, prompt, n_new, temperature, top_k, top_p, rng, stops) -> np.ndarray:
+def _one(model, prompt, n_new, temperature, top_k, top_p, rng, stops, kv) -> np.ndarray:
     ids = model.check_ids(prompt, extra=n_new)
     if ids.size == 0:
         raise InvalidArgumentError("cannot generate from an empty prompt (no tokens)")
     cfg = model.config
-    cache = KVCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, ids.size + n_new)
     out = list(ids.tolist())
     if n_new == 0:
         return np.asarray(out, np.int64)
-    logits = model.forward(ids, cache, last_only=True)
-    for step in range(n_new):
-        tok = sample_next(logits[-1], temperature, top_k, top_p, rng)
-        out.append(tok)
-        if tok in stops or step == n_new - 1:
-            break
-        logits = model.forward(np.asarray([tok], np.int64), cache, last_only=True)
+    shape = (cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, ids.size + n_new)
+    block, tier = kv
+    cache: Any = (
+        KVCache(*shape) if block is None else PagedKVCache(*shape, model.store, block, tier)
+    )
+    try:
+        logits = model.forward(ids, cache, last_only=True)
+        for step in range(n_new):
+            tok = sample_next(logits[-1], temperature, top_k, top_p, rng)
+            out.append(tok)
+            if tok in stops or step == n_new - 1:
+                break
+            logits = model.forward(np.asarray([tok], np.int64), cache, last_only=True)
+    finally:
+        cache.close()
     return np.asarray(out, np.int64)

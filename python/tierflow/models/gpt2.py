@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _ops as ops
 from ._base import CausalLM
-from .generate import KVCache
+from .kvcache import KVCache
 
 __all__ = ["GPT2LMHeadModel"]
 
@@ -43,6 +43,7 @@ class GPT2LMHeadModel(CausalLM):
             return t.reshape(s, nh, d).transpose(1, 0, 2)[None]
 
         for i in range(cfg.num_layers):
+            w.enter(i)
             p = f"{pre}h.{i}."
             qkv = conv(ln(x, p + "ln_1"), p + "attn.c_attn")
             q, k, v = (heads(qkv[:, j * e : (j + 1) * e]) for j in range(3))
@@ -51,6 +52,7 @@ class GPT2LMHeadModel(CausalLM):
             x = x + conv(a[0].transpose(1, 0, 2).reshape(s, e), p + "attn.c_proj")
             m = ops.gelu_tanh(conv(ln(x, p + "ln_2"), p + "mlp.c_fc"))
             x = x + conv(m, p + "mlp.c_proj")
+        w.enter(cfg.num_layers)
         cache.advance(s)
         if last_only:
             x = x[-1:]

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _ops as ops
 from ._base import CausalLM
-from .generate import KVCache
+from .kvcache import KVCache
 
 __all__ = ["LlamaForCausalLM", "Qwen2ForCausalLM"]
 
@@ -30,6 +30,7 @@ class LlamaForCausalLM(CausalLM):
         nh, nkv, d, eps = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.norm_eps
         x = w.rows("model.embed_tokens.weight", ids)
         for i in range(cfg.num_layers):
+            w.enter(i)
             p = f"model.layers.{i}."
 
             def proj(t, n, heads, p=p):
@@ -53,6 +54,7 @@ class LlamaForCausalLM(CausalLM):
                 w.mat(p + "mlp.up_proj.weight"),
                 w.mat(p + "mlp.down_proj.weight"),
             )
+        w.enter(cfg.num_layers)
         cache.advance(s)
         if last_only:
             x = x[-1:]
