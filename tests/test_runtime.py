@@ -169,10 +169,19 @@ def test_corrupt_expert_fails_by_name_and_others_keep_serving(tmp_path: Path) ->
     raw = bytearray(f.read_bytes())
     raw[-64:] = bytes(64)
     f.write_bytes(bytes(raw))
+    # a second expert truncated: caught when the store is opened (quarantined), named
+    other = next(e for e in good.routed if e != victim)
+    f2 = sorted((tmp_path / "store" / "disk").glob(f"{other}%2Fweights.*.safetensors"))[0]
+    with open(f2, "r+b") as fh:
+        fh.truncate(100)
     with tf.schedule(g, store=tmp_path / "store", ram_budget=_budget(g)) as plan:
+        assert list(plan.broken) == [other]
         bad = plan.run(t)
     for i, e in enumerate(bad.routed):
-        if e == victim:
+        if e == other:
+            assert bad.outputs[i] is None
+            assert f"expert {other!r} is unavailable" in bad.errors[i] and "bytes" in bad.errors[i]
+        elif e == victim:
             assert bad.outputs[i] is None
             assert f"expert {victim!r}" in bad.errors[i]
             assert "corrupt" in bad.errors[i].lower() or "crc" in bad.errors[i].lower()

@@ -117,6 +117,8 @@ class Plan:
 
     def check_expert(self, e: str) -> None:
         """Raise :class:`ExpertError` with the reason a request for ``e`` cannot be served."""
+        if e in self.broken:
+            raise ExpertError(self.broken[e])
         if e not in self.experts:
             known = sorted(self.experts)
             raise ExpertError(
