@@ -116,7 +116,14 @@ def test_parallel_prefetching_run_equals_serial_run(demo: tuple[Path, tf.CoE]) -
         b.store_stats["counters"]["links"]["disk->ram"]["bytes"] for _ in [0]
     )
     assert b.switches == b.loads >= len(set(b.routed))
+    assert int(b.node_loads.sum()) == b.loads
     assert 0 <= s["hit_rate"] <= 1
+    assert np.all(b.ttft <= b.latency) and np.all(b.ttft > 0)
+    many = np.asarray(t.output_tokens) > 1
+    assert np.all(b.ttft[many] < b.latency[many])
+    # the RAM tier never held more than the budget (plus the one double-buffered expert)
+    peak = max(bytes_ for _, bytes_ in par.residency().c.occupancy)
+    assert peak <= par.ram_budget
 
 
 def test_planned_policy_meets_belady_and_beats_lru(demo: tuple[Path, tf.CoE]) -> None:

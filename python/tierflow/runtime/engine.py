@@ -78,6 +78,7 @@ class Counters:
     load_bytes: int = 0
     stall: float = 0.0
     occupancy: list[tuple[float, int]] = field(default_factory=list)
+    per_expert: dict[str, int] = field(default_factory=dict)  # loads per expert
 
 
 class Residency:
@@ -183,6 +184,7 @@ class Residency:
         slot.future = self.store.prefetch(self.tensors[e], self.ram)
         self.slots[e] = slot
         self.c.loads += 1
+        self.c.per_expert[e] = self.c.per_expert.get(e, 0) + 1
         self.c.load_bytes += self.nbytes[e]
         self._note()
         return slot

@@ -21,7 +21,7 @@ expert (a nearest-prototype classifier, as a kNN router over example embeddings)
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -184,9 +184,14 @@ class TransformerExpert:
         return x + kernels.mlp(n2, w[p + "w1"], w[p + "w3"], w[p + "w2"])
 
     def forward(
-        self, x: np.ndarray, weights: Mapping[str, Any], output_tokens: int = 1
+        self,
+        x: np.ndarray,
+        weights: Mapping[str, Any],
+        output_tokens: int = 1,
+        on_first: Callable[[], None] | None = None,
     ) -> np.ndarray:
-        """Prefill over ``x`` (P, hidden), then ``output_tokens - 1`` decode passes."""
+        """Prefill over ``x`` (P, hidden), then ``output_tokens - 1`` decode passes;
+        ``on_first()`` is called when the first output exists (time to first token)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.hidden or x.shape[0] < 1:
             raise ShapeError(f"expert input must be (tokens >= 1, {self.hidden}), got {x.shape}")
@@ -197,6 +202,8 @@ class TransformerExpert:
                 x = self._block(x, weights, i, cache)
             last = x[-1:]
             outs.append(last[0])
+            if step == 0 and on_first is not None:
+                on_first()
             if step + 1 < output_tokens:
                 x = kernels.rms_norm(last)
         return np.stack(outs).astype(np.float32)

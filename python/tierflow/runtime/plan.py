@@ -104,9 +104,15 @@ class Plan:
             return dict(m.weights(get))
         return {t: get(t) for t in m.tensors}
 
-    def compute(self, e: str, x: Any, output_tokens: int = 1) -> np.ndarray:
-        """Run expert ``e`` on ``x`` (its weights must be resident; see :meth:`infer`)."""
-        return np.asarray(self.experts[e].forward(x, self._weights(e), output_tokens))
+    def compute(
+        self, e: str, x: Any, output_tokens: int = 1, on_first: Callable[[], None] | None = None
+    ) -> np.ndarray:
+        """Run expert ``e`` on ``x`` (its weights must be resident; see :meth:`infer`).
+        ``on_first`` is passed to experts that report their first output (TTFT)."""
+        m = self.experts[e]
+        if on_first is not None and isinstance(m, TransformerExpert):
+            return np.asarray(m.forward(x, self._weights(e), output_tokens, on_first))
+        return np.asarray(m.forward(x, self._weights(e), output_tokens))
 
     def route(self, x: np.ndarray) -> tuple[str, np.ndarray]:
         """The router's choice for ``x`` and its probabilities (needs a router)."""
@@ -246,8 +252,13 @@ class Plan:
         outs_tok = [int(v) for v in trace.output_tokens]
         reqs = [(i, e, (xs[i], outs_tok[i])) for i, e in enumerate(routed)]
 
+        first: dict[int, float] = {}
+
         def compute(e: str, payload: Any, idx: int) -> np.ndarray:
-            return self.compute(e, payload[0], payload[1])
+            def mark() -> None:
+                first[idx] = time.perf_counter()
+
+            return self.compute(e, payload[0], payload[1], mark)
 
         t0 = time.perf_counter()
         res.t0 = t0
@@ -262,7 +273,7 @@ class Plan:
             progress=progress,
         )
         t_end = time.perf_counter()
-        return self._report(trace, outcomes, routed, router_s, res, t0, t_end)
+        return self._report(trace, outcomes, routed, router_s, res, t0, t_end, first)
 
     def _report(
         self,
@@ -273,13 +284,18 @@ class Plan:
         res: Residency,
         t0: float,
         t_end: float,
+        first: dict[int, float] | None = None,
     ) -> RunReport:
+        """The simulator's Report fields, measured: latency = router + stall + compute of each
+        request; ttft up to the first output (latency when the expert does not report it)."""
         n = len(outs)
+        first = first or {}
         arrival = np.array([o.start - t0 for o in outs])
         latency = np.array([router_s[o.index] + (o.end - o.start) for o in outs])
+        ttft = np.array([router_s[o.index] + (first.get(o.index, o.end) - o.start) for o in outs])
         queue = np.zeros(n)
         names = self.coe.experts
-        loads = np.zeros(len(names))
+        loads = np.array([float(res.c.per_expert.get(e, 0)) for e in names])
         st = self.store.stats()
         link = st["counters"]["links"].get("disk->ram", {"bytes": 0, "seconds": 0.0})
         occ = res.c.occupancy or [(0.0, 0)]
@@ -287,7 +303,7 @@ class Plan:
         busy = float(sum(o.end - o.ready for o in outs if o.kind != "failed"))
         raw = {
             "arrival": arrival,
-            "ttft": latency.copy(),
+            "ttft": ttft,
             "latency": latency,
             "queue": queue,
             "instance": np.zeros(n, dtype=np.uint32),
