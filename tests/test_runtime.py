@@ -3,6 +3,7 @@ reliability (corrupt expert, unknown expert, SIGKILL during the demo), concurren
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -314,3 +315,21 @@ def test_cli_run_serves_a_graph_from_json(demo: tuple[Path, tf.CoE], tmp_path: P
 
     d = json.loads((tmp_path / "r.json").read_text())
     assert d["summary"]["requests"] == 10 and not d["errors"]
+
+
+def test_tune_keeps_the_fastest_measured_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tierflow.runtime.tune import apply_tuning, load_tuning, tune
+
+    monkeypatch.setenv("TIERFLOW_CACHE_DIR", str(tmp_path))
+    before = tf.get_num_threads()
+    try:
+        r = tune(hidden=64, intermediate=128, tokens=(1,), reps=1)
+        totals = r["total_seconds"]
+        assert f"{r['threads']}x{r['isa']}" == min(totals, key=totals.__getitem__)
+        assert r["panel_bytes"] == int(min(r["panel_seconds"], key=r["panel_seconds"].__getitem__))
+        assert load_tuning() == json.loads((tmp_path / "tune.json").read_text())
+        assert apply_tuning() == r["threads"] == tf.get_num_threads()
+    finally:
+        tf.set_num_threads(before)

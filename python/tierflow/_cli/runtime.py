@@ -82,5 +82,14 @@ def run_tune(args: argparse.Namespace) -> int:
     for k, v in sorted(r["total_seconds"].items(), key=lambda kv: kv[1]):
         t.add_row(k, f"{v * 1e3:.2f} ms")
     con.print(t)
-    con.print(f"best: {r['threads']} threads, {r['isa']}; saved to {tune_path()}")
+    pt = Table(title="streamed matmul from the file tier, per panel size")
+    pt.add_column("panel")
+    pt.add_column("seconds", justify="right")
+    for k, v in r["panel_seconds"].items():
+        pt.add_row(f"{int(k) >> 20} MiB", f"{v * 1e3:.2f} ms")
+    con.print(pt)
+    con.print(
+        f"best: {r['threads']} threads, {r['isa']}, panel {r['panel_bytes'] >> 20} MiB; "
+        f"saved to {tune_path()}"
+    )
     return 0

@@ -2,10 +2,11 @@
 the fastest settings in ``<cache>/tune.json`` (read back by :func:`load_tuning` and applied by
 :func:`apply_tuning`, which the demo and ``tierflow run`` call).
 
-What is searched: the thread count (1 .. CPUs) for each kernel shape, and the kernel's
-instruction-set path (each available one; the default is the fastest detected, this checks it).
-The kernels branch exposes no block-size knobs at run time (its tile constants are compile-time
-constants), so there is nothing else to search without a rebuild.
+What is searched: the thread count (1 .. CPUs) for each kernel shape, the kernel's
+instruction-set path (each available one; the default is the fastest detected, this checks it),
+and the panel size (block of weight bytes) of the streaming matmul that pulls a stored weight
+from the file tier through a double buffer (``matmul(x, store[name], panel_bytes=...)``). The
+kernels' register tiles are compile-time constants and are not searched.
 """
 
 from __future__ import annotations
@@ -80,11 +81,14 @@ def tune(
     finally:
         set_num_threads(before)
     (best_th, best_isa) = min(totals, key=lambda k: totals[k])
+    panels = _tune_panels(hidden * 4, intermediate * 4, reps)
     out = {
         "threads": best_th,
         "isa": best_isa,
         "shapes": {"hidden": hidden, "intermediate": intermediate, "tokens": list(tokens)},
         "total_seconds": {f"{t}x{i}": v for (t, i), v in totals.items()},
+        "panel_bytes": min(panels, key=lambda k: panels[k]),
+        "panel_seconds": {str(k): v for k, v in panels.items()},
         "results": results,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -94,6 +98,26 @@ def tune(
         tmp = p.with_suffix(".tmp")
         tmp.write_text(json.dumps(out, indent=2))
         os.replace(tmp, p)
+    return out
+
+
+def _tune_panels(k: int, n: int, reps: int) -> dict[int, float]:
+    """Seconds of a streamed (file tier -> double buffer) ``(4, k) @ (k, n)`` matmul of a packed
+    float32 weight per panel size."""
+    import tempfile
+
+    from ..store import Tier, TieredStore
+
+    rng = np.random.default_rng(1)
+    w = kernels.pack(rng.standard_normal((k, n), dtype=np.float32))
+    x = rng.standard_normal((4, k), dtype=np.float32)
+    out: dict[int, float] = {}
+    with tempfile.TemporaryDirectory(prefix="tierflow-tune-") as d:
+        with TieredStore(d, [Tier("ram", None), Tier("disk", None, path="disk")]) as s:
+            s.put("w", w, tier="disk")
+            ref = s["w"]
+            for p in (1 << 20, 2 << 20, 4 << 20, 8 << 20, 16 << 20):
+                out[p] = _time(lambda p=p: kernels.matmul(x, ref, panel_bytes=p), reps)
     return out
 
 
