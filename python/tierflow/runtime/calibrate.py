@@ -59,12 +59,15 @@ def host_device(ram_budget: int, calib: dict[str, Any] | None = None) -> Device:
     )
 
 
-def calibrate(plan: Plan, prompt_tokens: int, requests: int = 40, save: bool = True) -> Device:
+def calibrate(
+    plan: Plan, prompt_tokens: int, requests: int = 48, warmup: int = 8, save: bool = True
+) -> Device:
     """Serve a short probe trace (its own seed, LRU, no prefetch) on ``plan``'s experts and fit
     the host model to it; returns the calibrated host device (also written to
     ``<cache>/host-calibrated.json``).
 
-    Fitted: the compute rate from the mean expert pass (``peak = 2 * params * P / t_pass``,
+    The first ``warmup`` requests are served but not fitted. Fitted: the compute rate from the
+    mean expert pass (``peak = 2 * params * P / t_pass``,
     no fixed term), and the file -> RAM bandwidth a request sees, from the mean stall of a
     demand load (``bytes / stall``), which includes the store's per-load overheads.
     """
@@ -87,8 +90,9 @@ def calibrate(plan: Plan, prompt_tokens: int, requests: int = 40, save: bool = T
     comp = np.asarray(rep.compute_s)  # type: ignore[attr-defined]
     stall = np.asarray(rep.stall_s)  # type: ignore[attr-defined]
     ok = kinds != "failed"
+    ok[: min(warmup, len(ok) - 1)] = False  # first requests: cold code paths and thread pools
     t_pass = float(np.mean(comp[ok]))  # the mean: latency means are what is predicted
-    miss = kinds == "miss"
+    miss = (kinds == "miss") & ok
     sizes = np.array([plan.nbytes.get(e, 0) for e in rep.routed])
     if miss.any():
         bw = float(sizes[miss].sum() / max(stall[miss].sum(), 1e-9))

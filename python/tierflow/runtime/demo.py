@@ -124,10 +124,11 @@ def run_demo(
     # 1. the CoE, generated once
     if demo_ready(root, cfg):
         con.print(f"[green]reusing[/] the demo CoE in {root}")
-    with bar() as pb:
-        task = pb.add_task("generating expert weights", total=cfg["experts"])
-        g = write_demo_coe(root, **cfg, progress=lambda k, n: pb.update(task, completed=k))
-        pb.update(task, completed=cfg["experts"])
+        g = write_demo_coe(root, **cfg)
+    else:
+        with bar() as pb:
+            task = pb.add_task(f"generating expert weights in {root}", total=cfg["experts"])
+            g = write_demo_coe(root, **cfg, progress=lambda k, n: pb.update(task, completed=k))
     sizes = {e: g.nbytes(e) for e in g.experts}
     total = sum(sizes.values())
     budget = int(ram_budget) if ram_budget else int(max(sizes.values()) * 4.5)
@@ -167,7 +168,7 @@ def run_demo(
             "peak_GFLOPs": dev.flops("float32") / 1e9,
         }
         con.print(
-            "calibrated host model (40-request probe): expert switch file->RAM {load_GBps:.2f} GB/s, "
+            "calibrated host model (48-request probe): expert switch file->RAM {load_GBps:.2f} GB/s, "
             "expert compute {peak_GFLOPs:.1f} GFLOP/s".format(**cal)
         )
         result["calibration"] = cal | {"device": dev.to_dict()}
