@@ -333,3 +333,12 @@ def test_tune_keeps_the_fastest_measured_setting(
         assert apply_tuning() == r["threads"] == tf.get_num_threads()
     finally:
         tf.set_num_threads(before)
+
+
+def test_doctests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import doctest
+
+    import tierflow.runtime.plan
+
+    monkeypatch.setenv("TIERFLOW_CACHE_DIR", str(tmp_path))
+    assert doctest.testmod(tierflow.runtime.plan).failed == 0

@@ -303,15 +303,15 @@ def _summary_plot(reports: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     pols = list(reports)
-    meas = [reports[p][0].summary()["latency_p50_s"] * 1e3 for p in pols]
-    pred = [reports[p][1].summary()["latency_p50_s"] * 1e3 for p in pols]
+    meas = [reports[p][0].summary()["latency_mean_s"] * 1e3 for p in pols]
+    pred = [reports[p][1].summary()["latency_mean_s"] * 1e3 for p in pols]
     stall = [reports[p][0].summary()["stall_s"] for p in pols]
     x = np.arange(len(pols))
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     a1.bar(x - 0.2, meas, 0.4, label="measured")
     a1.bar(x + 0.2, pred, 0.4, label="simulated (calibrated)")
     a1.set_xticks(x, pols, rotation=20)
-    a1.set_ylabel("p50 latency (ms)")
+    a1.set_ylabel("mean latency (ms)")
     a1.legend()
     a2.bar(x, stall, color="tab:red")
     a2.set_xticks(x, pols, rotation=20)
