@@ -248,21 +248,24 @@ def test_sharded_checkpoint(tmp_path):
     )
 
 
-def test_float16_and_bfloat16_checkpoints(tmp_path):
-    """Checkpoints stored in f16/bf16 load and are widened exactly (compared to a float64 forward
-    over the same rounded weights)."""
+@pytest.mark.parametrize("name", sorted(CHECKPOINTS))
+def test_float16_and_bfloat16_checkpoints(tmp_path, name):
+    """Checkpoints stored in f16/bf16 load and are computed exactly (against a float64 forward
+    over the same rounded weights), read in place or through the store."""
     import ml_dtypes
 
-    w, cfg = _weights_cfg(DATA / "tiny-llama")
-    ids = _ref_data("tiny-llama")["input_ids_2"]
+    w, cfg = _weights_cfg(DATA / name)
+    ids = _ref_data(name)["input_ids_2"]
     for dt in (np.float16, ml_dtypes.bfloat16):
         d = tmp_path / np.dtype(dt).name
         os.makedirs(d)
         wr = {k: v.astype(dt) for k, v in w.items()}
         save_file(wr, str(d / "model.safetensors"))
         (d / "config.json").write_text(json.dumps(cfg))
-        expect = ref.llama_forward({k: v.astype(np.float64) for k, v in wr.items()}, cfg, ids)
-        np.testing.assert_allclose(tm.load(d)(ids), expect, atol=1e-4, rtol=0)
+        expect = CHECKPOINTS[name]({k: v.astype(np.float64) for k, v in wr.items()}, cfg, ids)
+        for mmap_files in (True, False):
+            got = tm.load(d, mmap_files=mmap_files)(ids)
+            np.testing.assert_allclose(got, expect, atol=1e-4, rtol=0)
 
 
 def test_weights_are_adopted_in_place():

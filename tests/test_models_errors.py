@@ -242,3 +242,14 @@ def test_failed_load_leaves_the_store_as_it_was(tmp_path):
             tm.load(d, store=store, dtype="q4_0")  # K = 40 is no multiple of 32
         assert len(store) == 0
         assert tm.load(d, store=store)([1]).shape == (1, 256)
+
+
+def test_nan_weights_propagate_and_generation_refuses(tmp_path):
+    d = _copy(tmp_path)
+    w = load_file(str(d / "model.safetensors"))
+    w["model.layers.0.mlp.up_proj.weight"][3, 5] = np.nan
+    save_file(w, str(d / "model.safetensors"))
+    m = tm.load(d)
+    assert np.isnan(m([1, 2, 3])).all()
+    with pytest.raises(tierflow.InvalidArgumentError, match="NaN"):
+        m.generate([1, 2, 3], 2)

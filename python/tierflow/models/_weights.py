@@ -4,9 +4,15 @@
 tensor the config implies is present with that shape (TensorNotFoundError / ShapeError naming the
 tensor otherwise), then adopts the files into the store in place (``load_safetensors``: no copy,
 only headers are read) under a per-model prefix, and moves them into ``tier`` when that is a
-memory tier. The forward pass then asks the store for each weight when it needs it, so a store
-whose fast tiers are smaller than the model streams the weights layer by layer from the file
-tier (the store's eviction policy decides what stays).
+memory tier; ``dtype`` converts the matmul weights (``tierflow.quantize``) and stores the result
+in the same tier. The forward pass asks for each weight when it needs it (``Weights.mat``):
+
+- a weight in a memory tier comes from ``store.get`` (zero copy);
+- a weight in a file tier is, by default (``mmap_files``), read in place: its file (the adopted
+  checkpoint, or the store's own file for a converted weight) is memory-mapped and handed to the
+  kernel, so the bytes are read once, through the OS page cache;
+- with ``mmap_files=False`` it comes from ``store.get`` (copied file tier -> memory tier, the
+  store's policy evicting), and the next layer is prefetched while this one computes.
 
 Token-embedding rows are gathered from a read-only map of the checkpoint file (only the rows of
 the tokens in play are touched), not by loading the whole table from the store each step.

@@ -42,6 +42,10 @@ def sample_next(
     """Pick the next token id from one row of logits (see the module docstring)."""
     _check_sampling(temperature, top_k, top_p)
     z = np.asarray(logits, np.float64)
+    if np.isnan(z).any():
+        raise InvalidArgumentError(
+            "logits contain NaN (NaN or Inf in the weights or activations): no token to pick"
+        )
     if temperature == 0.0:
         return int(np.argmax(z))
     z = z / temperature
