@@ -71,10 +71,14 @@ from .policies import EvictionPolicy, Policy
 from .report import Report
 from .sim import simulate
 from .trace import Trace
-
 # --- models and routers (issue: real experts; import tierflow.models for the models) -------
-# isort: split
 from .routers import EmbeddingRouter
+
+# --- host runtime (issue: runtime) ---------------------------------------------------------
+# isort: split
+from . import runtime
+from .runtime import Plan, schedule
+
 
 __all__ = [
     "AccessDeniedError",
@@ -137,4 +141,8 @@ __all__ = [
     "simulate",
     # --- models and routers ---
     "EmbeddingRouter",
+    # --- host runtime ---
+    "Plan",
+    "runtime",
+    "schedule",
 ]

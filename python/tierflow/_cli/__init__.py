@@ -20,4 +20,8 @@ def register_all(sub: argparse._SubParsersAction[Any]) -> None:
     from . import models
 
     models.register(sub)
+    # --- host runtime ---
+    from . import runtime
+
+    runtime.register(sub)
     # other domains register here
