@@ -3,7 +3,7 @@
 //! evicted or deleted (zero copy, no dangling pointer).
 
 use crate::{CoreError, Result};
-use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::alloc::{alloc, dealloc, Layout};
 use std::ptr::NonNull;
 
 pub const ALIGN: usize = 64;
@@ -14,17 +14,21 @@ pub struct AlignedBuf {
     mapped: bool,
 }
 
-/// Buffers at least this large come straight from `mmap`: the kernel hands out zero pages
-/// lazily (no memset pass before a read overwrites them) and may back them with huge pages.
-const MMAP_MIN: usize = 1 << 20;
+/// Buffers at least this large come straight from `mmap` (lazily faulted pages, huge pages where
+/// available). Smaller ones come from the allocator, which reuses freed memory (no page faults and
+/// no zeroing by the kernel when an expert of the same size was freed before: the steady state of
+/// a cache that swaps tensors in and out).
+const MMAP_MIN: usize = 64 << 20;
 
 // SAFETY: the buffer owns its allocation; shared access is read-only (mutation needs &mut).
 unsafe impl Send for AlignedBuf {}
 unsafe impl Sync for AlignedBuf {}
 
 impl AlignedBuf {
-    /// A zeroed buffer of `len` bytes (an allocation failure is an error, not an abort).
-    pub fn zeroed(len: usize) -> Result<AlignedBuf> {
+    /// A buffer of `len` bytes for the caller to overwrite whole (its initial contents are
+    /// unspecified: no pass is spent zeroing memory that a read or copy fills right after).
+    /// An allocation failure is an error, not an abort.
+    pub fn for_overwrite(len: usize) -> Result<AlignedBuf> {
         if len == 0 {
             return Ok(AlignedBuf {
                 ptr: NonNull::<u64>::dangling().cast(),
@@ -56,7 +60,7 @@ impl AlignedBuf {
         let layout = Layout::from_size_align(len, ALIGN)
             .map_err(|_| CoreError::Capacity(format!("cannot allocate {len} bytes")))?;
         // SAFETY: layout has non-zero size.
-        let p = unsafe { alloc_zeroed(layout) };
+        let p = unsafe { alloc(layout) };
         let ptr = NonNull::new(p)
             .ok_or_else(|| CoreError::Capacity(format!("out of memory allocating {len} bytes")))?;
         Ok(AlignedBuf { ptr, len, mapped: false })
@@ -64,7 +68,7 @@ impl AlignedBuf {
 
     /// A copy of `data`.
     pub fn from_slice(data: &[u8]) -> Result<AlignedBuf> {
-        let mut b = AlignedBuf::zeroed(data.len())?;
+        let mut b = AlignedBuf::for_overwrite(data.len())?;
         b.as_mut_slice().copy_from_slice(data);
         Ok(b)
     }
@@ -91,10 +95,10 @@ impl AlignedBuf {
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
         if self.mapped {
-            // SAFETY: mapped in `zeroed` with this length.
+            // SAFETY: mapped in `for_overwrite` with this length.
             unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
         } else if self.len > 0 {
-            // SAFETY: allocated in `zeroed` with this layout.
+            // SAFETY: allocated in `for_overwrite` with this layout.
             unsafe {
                 dealloc(self.ptr.as_ptr(), Layout::from_size_align_unchecked(self.len, ALIGN))
             }

@@ -285,7 +285,7 @@ impl Store {
                         ));
                     }
                     if verify == Verify::Full && loc.crc32.is_some() {
-                        let mut b = AlignedBuf::zeroed(me.nbytes as usize)?;
+                        let mut b = AlignedBuf::for_overwrite(me.nbytes as usize)?;
                         fileio::read_into(&loc, name, 0, b.as_mut_slice(), true)?;
                     }
                     Ok(Entry {
@@ -737,7 +737,7 @@ impl Store {
                 .ok_or_else(|| CoreError::Internal(format!("{name:?} has no bytes")))?;
             (self.meta_of(&st, name), loc)
         };
-        let mut buf = AlignedBuf::zeroed(meta.nbytes as usize)?;
+        let mut buf = AlignedBuf::for_overwrite(meta.nbytes as usize)?;
         let t0 = Instant::now();
         fileio::read_into(&loc, name, 0, buf.as_mut_slice(), self.inner.verify_reads)?;
         let mut st = self.lock();
@@ -868,7 +868,7 @@ impl Store {
                 let loc = loc
                     .as_ref()
                     .ok_or_else(|| CoreError::Internal(format!("{name:?} has no file")))?;
-                let mut buf = AlignedBuf::zeroed(n as usize)?;
+                let mut buf = AlignedBuf::for_overwrite(n as usize)?;
                 fileio::read_into(loc, name, 0, buf.as_mut_slice(), self.inner.verify_reads)?;
                 Ok((Some(Arc::new(buf)), None))
             } else {
