@@ -92,16 +92,19 @@ pub fn attention(
     let nqb = sq.div_ceil(BR);
     let op = SendPtr(out.as_mut_ptr());
     let dp = d.div_ceil(16) * 16;
-    // K transposed once per kv head: (B, Hkv, D, ldk), rows zero-padded so a 16-wide load at the
-    // last block stays inside; the same size as K (the O(S * D) extra memory).
-    let ldk = skv.div_ceil(16) * 16 + 16;
+    // K transposed once, block by block: (B, Hkv, nkb, D, BC), so the score tile of key block
+    // `kb` reads one contiguous D x BC panel; zero-padded past Skv. The size of K: the O(S * D)
+    // extra memory.
+    let nkb = skv.div_ceil(BC);
+    let ldk = nkb;
     crate::runtime::install(|| {
-        let mut kt = vec![0f32; b * hkv * d * ldk];
-        kt.par_chunks_mut(d * ldk).enumerate().for_each(|(bh, dst)| {
+        let mut kt = vec![0f32; b * hkv * nkb * d * BC];
+        kt.par_chunks_mut((nkb * d * BC).max(1)).enumerate().for_each(|(bh, dst)| {
             let src = &k[bh * skv * d..(bh + 1) * skv * d];
-            for (j, kr) in src.chunks_exact(d).enumerate() {
+            for (j, kr) in src.chunks_exact(d.max(1)).enumerate() {
+                let (blk, jj) = (j / BC, j % BC);
                 for (c, &val) in kr.iter().enumerate() {
-                    dst[c * ldk + j] = val;
+                    dst[(blk * d + c) * BC + jj] = val;
                 }
             }
         });
@@ -128,8 +131,9 @@ pub fn attention(
 
 struct Task<'a> {
     q: &'a [f32],
-    /// K transposed: (B, Hkv, D, ldk).
+    /// K transposed by blocks: (B, Hkv, nkb, D, BC).
     kt: &'a [f32],
+    /// Key blocks per head (`nkb`).
     ldk: usize,
     v: &'a [f32],
     dims: Dims,
@@ -209,7 +213,7 @@ unsafe fn run<const F: bool>(t: &Task<'_>, b: &mut Bufs, out: *mut f32) {
             }
             (&b.vb[..bc * dp], dp)
         };
-        let ktbase = (t.bi * hkv + g) * d * t.ldk + j0;
+        let ktbase = ((t.bi * hkv + g) * t.ldk + j0 / BC) * d * BC;
         // S = Qb Kt, register tile RT rows x 16 keys.
         let bc16 = bc.div_ceil(16) * 16;
         for c0 in (0..bc16).step_by(16) {
@@ -218,7 +222,7 @@ unsafe fn run<const F: bool>(t: &Task<'_>, b: &mut Bufs, out: *mut f32) {
                 let qrows: [&[f32]; RT] =
                     std::array::from_fn(|r| &b.qb[(r0 + r) * dp..(r0 + r) * dp + dp]);
                 for c in 0..d {
-                    let at = ktbase + c * t.ldk + c0;
+                    let at = ktbase + c * BC + c0;
                     let kt: &[f32; 16] = t.kt[at..at + 16].try_into().expect("16");
                     let qv: [f32; RT] = std::array::from_fn(|r| qrows[r][c]);
                     for r in 0..RT {
