@@ -52,6 +52,7 @@ def test_demo_small(tmp_path):
             "-m",
             "tierflow",
             "demo",
+            "--store",
             "--size",
             "24MiB",
             "--ram",

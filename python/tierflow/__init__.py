@@ -71,6 +71,14 @@ from .policies import EvictionPolicy, Policy
 from .report import Report
 from .sim import simulate
 from .trace import Trace
+# --- models and routers (issue: real experts; import tierflow.models for the models) -------
+from .routers import EmbeddingRouter
+
+# --- host runtime (issue: runtime) ---------------------------------------------------------
+# isort: split
+from . import runtime
+from .runtime import Plan, schedule
+
 
 __all__ = [
     "AccessDeniedError",
@@ -131,4 +139,10 @@ __all__ = [
     "devices",
     "policies",
     "simulate",
+    # --- models and routers ---
+    "EmbeddingRouter",
+    # --- host runtime ---
+    "Plan",
+    "runtime",
+    "schedule",
 ]

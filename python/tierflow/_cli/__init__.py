@@ -16,4 +16,12 @@ def register_all(sub: argparse._SubParsersAction[Any]) -> None:
     from . import sim
 
     sim.register(sub)
+    # --- models and routers ---
+    from . import models
+
+    models.register(sub)
+    # --- host runtime ---
+    from . import runtime
+
+    runtime.register(sub)
     # other domains register here

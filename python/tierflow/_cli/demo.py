@@ -1,4 +1,5 @@
-"""``tierflow demo``: the README's main job."""
+"""``tierflow demo``: the README's main job (a CoE served on this host; see
+:mod:`tierflow.runtime.demo`). ``tierflow demo --store`` runs the earlier store-streaming demo."""
 
 from __future__ import annotations
 
@@ -9,16 +10,23 @@ from typing import Any
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser(
         "demo",
-        help="the main job: stream weights larger than the RAM tier, with prefetch, and report",
+        help="the main job: serve a CoE larger than the RAM tier on this host, measured and simulated",
     )
-    p.add_argument("--size", default="384MiB", help="total bytes of weights (default 384MiB)")
     p.add_argument(
-        "--ram", default="128MiB", help="RAM-tier budget, smaller than --size (default 128MiB)"
+        "--requests", type=int, default=150, help="requests in the Zipf trace (default 150)"
     )
-    p.add_argument("--tensors", type=int, default=24, help="number of weight tensors (default 24)")
+    p.add_argument("--ram", default=None, help="RAM-tier budget for experts (default 4.5 experts)")
     p.add_argument(
-        "--dir", default=None, help="keep the store in this folder (default: a temporary folder)"
+        "--dir", default=None, help="the cached CoE folder (default ~/.cache/tierflow/demo)"
     )
+    p.add_argument("--out", default=None, help="report folder (default <dir>/report)")
+    p.add_argument("--workers", type=int, default=1, help="worker threads serving requests")
+    p.add_argument("--small", action="store_true", help="tiny experts (for tests)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    g = p.add_argument_group("store demo (the earlier demo: a store streaming weights)")
+    g.add_argument("--store", action="store_true", help="run the store-streaming demo instead")
+    g.add_argument("--size", default="384MiB", help="--store: total bytes of weights")
+    g.add_argument("--tensors", type=int, default=24, help="--store: number of weight tensors")
     p.set_defaults(func=run)
 
 
@@ -27,14 +35,34 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import InvalidArgumentError
     from ..store import parse_size
-    from .store import store_demo
 
-    size, ram = parse_size(args.size), parse_size(args.ram)
-    if not size or not ram or args.tensors < 1:
-        raise InvalidArgumentError(
-            "--size and --ram must be positive sizes and --tensors at least 1"
+    console = Console(width=max(Console().width, 132))
+    if args.store:
+        from .store import store_demo
+
+        size, ram = parse_size(args.size), parse_size(args.ram or "128MiB")
+        if not size or not ram or args.tensors < 1:
+            raise InvalidArgumentError(
+                "--size and --ram must be positive sizes and --tensors at least 1"
+            )
+        console.rule(
+            "tierflow demo --store: a tiered store streaming weights larger than its RAM tier"
         )
-    console = Console()
-    console.rule("tierflow demo: a tiered store streaming weights larger than its RAM tier")
-    store_demo(size, ram, args.tensors, args.dir, console)
+        store_demo(size, ram, args.tensors, args.dir, console)
+        return 0
+    from ..runtime.demo import SMALL_CONFIG, run_demo
+
+    if args.requests < 1 or args.workers < 1:
+        raise InvalidArgumentError("--requests and --workers must be at least 1")
+    console.rule("tierflow demo: a Composition of Experts larger than RAM, served on this host")
+    run_demo(
+        args.dir,
+        args.out,
+        requests=args.requests,
+        ram_budget=parse_size(args.ram) if args.ram else None,
+        config=SMALL_CONFIG if args.small else None,
+        workers=args.workers,
+        console=console,
+        plots=not args.no_plots,
+    )
     return 0

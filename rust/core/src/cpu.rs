@@ -50,9 +50,12 @@ impl Isa {
         }
     }
 
-    /// Every path this CPU can run, fastest last.
+    /// Every kernel path this CPU can run, fastest last. AVX-512 is detected (see [`features`])
+    /// but not yet a kernel path of its own: no machine tierflow is tested on has it, and a path
+    /// is only offered once it is tested against the scalar reference. On AVX-512 CPUs the AVX2
+    /// kernels run (and the `gemm` crate picks AVX-512 itself for large products).
     pub fn available() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Avx2, Isa::Avx512].into_iter().filter(|i| i.supported()).collect()
+        [Isa::Scalar, Isa::Avx2].into_iter().filter(|i| i.supported()).collect()
     }
 
     /// The best supported path, or the one `TIERFLOW_ISA` forces (falling back to the best one
@@ -60,7 +63,7 @@ impl Isa {
     pub fn detect() -> Isa {
         let best = *Isa::available().last().unwrap_or(&Isa::Scalar);
         match std::env::var("TIERFLOW_ISA").ok().and_then(|s| Isa::parse(&s)) {
-            Some(forced) if forced.supported() => forced,
+            Some(forced) if Isa::available().contains(&forced) => forced,
             _ => best,
         }
     }

@@ -1,0 +1,309 @@
+"""A checkpoint's weights, checked against its config, registered in a TieredStore.
+
+``Weights.open(folder, config, store, tier)`` reads every safetensors header, checks that each
+tensor the config implies is present with that shape (TensorNotFoundError / ShapeError naming the
+tensor otherwise), then adopts the files into the store in place (``load_safetensors``: no copy,
+only headers are read) under a per-model prefix, and moves them into ``tier`` when that is a
+memory tier; ``dtype`` converts the matmul weights (``tierflow.quantize``) and stores the result
+in the same tier. The forward pass asks for each weight when it needs it (``Weights.mat``):
+
+- a weight in a memory tier comes from ``store.get`` (zero copy);
+- a weight in a file tier is, by default (``mmap_files``), read in place: its file (the adopted
+  checkpoint, or the store's own file for a converted weight) is memory-mapped and handed to the
+  kernel, so the bytes are read once, through the OS page cache;
+- with ``mmap_files=False`` it comes from ``store.get`` (copied file tier -> memory tier, the
+  store's policy evicting), and the next layer is prefetched while this one computes.
+
+Token-embedding rows are gathered from a read-only map of the checkpoint file (only the rows of
+the tokens in play are touched), not by loading the whole table from the store each step.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import shutil
+import tempfile
+import weakref
+from typing import Any
+
+import numpy as np
+
+from ..errors import DTypeError, InvalidArgumentError, ShapeError, TensorNotFoundError
+from ..kernels import QuantizedTensor, quantize
+from ..store import TieredStore
+from . import _checkpoint as ck
+from .config import ModelConfig, matmul_layouts
+
+__all__ = ["WEIGHT_FORMATS", "Weights"]
+
+#: formats a checkpoint may be converted to on load (None keeps the stored dtype)
+WEIGHT_FORMATS = (None, "f32", "bf16", "q8_0", "q4_0")
+_FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
+_counter = itertools.count(1)
+_ROW_FORMATS = {"F32": "f32", "F16": "f16", "BF16": "bf16"}
+
+
+def _missing(name: str, folder: str) -> TensorNotFoundError:
+    e = TensorNotFoundError(
+        f"checkpoint {folder} lacks the tensor {name!r} that config.json implies"
+    )
+    e.name = name
+    return e
+
+
+def _close_private_store(store: TieredStore, folder: str) -> None:
+    try:
+        store.close()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def validate(folder: str, config: ModelConfig) -> dict[str, ck.TensorInfo]:
+    """Headers of the tensors the config implies; typed errors naming any bad tensor."""
+    infos: dict[str, ck.TensorInfo] = {}
+    for path in ck.checkpoint_files(folder):
+        infos.update(ck.read_header(path))
+    expected = config.expected_tensors(set(infos))
+    for name, shape in expected.items():
+        t = infos.get(name)
+        if t is None:
+            raise _missing(name, folder)
+        if t.shape != shape:
+            raise ShapeError(
+                f"tensor {name!r} has shape {list(t.shape)} but config.json implies {list(shape)}"
+            )
+        if t.dtype not in _FLOAT_DTYPES:
+            raise DTypeError(f"tensor {name!r} has dtype {t.dtype}; expected a float type")
+    return {n: infos[n] for n in expected}
+
+
+class Weights:
+    """Named tensors of one checkpoint, living in a :class:`~tierflow.TieredStore`."""
+
+    def __init__(
+        self,
+        store: TieredStore,
+        prefix: str,
+        infos: dict[str, ck.TensorInfo],
+        fmt: str | None,
+        embedding_maps: dict[str, np.ndarray],
+    ):
+        self.store = store
+        self.prefix = prefix
+        self.infos = infos
+        self.format = fmt
+        self._emb = embedding_maps
+        self.layouts: dict[str, str] = {}
+        self.groups: list[list[str]] = _groups(list(infos))
+        self.prefetch_ahead = True
+        #: read matmul weights that sit in a file tier in place (mmap) instead of via the store
+        self.mmap_files = True
+        self._direct: dict[str, tuple[str, Any]] = {}
+        self._file_tiers = {t.name for t in store.tiers if t.file_backed}
+
+    @classmethod
+    def open(
+        cls,
+        folder: str,
+        config: ModelConfig,
+        *,
+        store: TieredStore | None = None,
+        tier: str | None = None,
+        dtype: str | None = None,
+        prefix: str | None = None,
+        mmap_files: bool = True,
+    ) -> Weights:
+        if dtype not in WEIGHT_FORMATS:
+            raise InvalidArgumentError(
+                f"unknown weight format {dtype!r}; supported: {', '.join(map(str, WEIGHT_FORMATS))}"
+            )
+        infos = validate(folder, config)
+        private = None
+        if store is None:
+            private = tempfile.mkdtemp(prefix="tierflow-model-")
+            store = TieredStore(private)
+        adopted: list[str] = []
+        try:
+            if tier is not None and tier not in store.tier_names:
+                raise InvalidArgumentError(f"no tier named {tier!r}; tiers: {store.tier_names}")
+            if prefix is None:
+                prefix = f"{os.path.basename(os.path.abspath(folder))}#{next(_counter)}/"
+            file_tier = tier if tier is not None and _is_file_tier(store, tier) else None
+            files = sorted({t.path for t in infos.values()})
+            for f in files:
+                adopted += store.load_safetensors(f, tier=file_tier, prefix=prefix)
+            extra = set(adopted) - {prefix + n for n in infos}
+            for n in extra:  # tensors the forward pass never reads (e.g. BERT's position_ids)
+                store.delete(n)
+            if tier is not None and file_tier is None:
+                for n in infos:
+                    store.move(prefix + n, tier)
+            emb = {n: a for n, a in ck.mmap_tensors(_embedding_infos(infos, config)).items()}
+            w = cls(store, prefix, infos, dtype, emb)
+            w.layouts = matmul_layouts(config, list(infos))
+            w.mmap_files = bool(mmap_files)
+            if dtype is not None and dtype != "f32":
+                w._convert(dtype, tier)
+        except BaseException:
+            if private is not None:
+                _close_private_store(store, private)
+            else:  # leave the caller's store as it was
+                for n in adopted:
+                    if n in store:
+                        store.delete(n)
+            raise
+        if private is not None:
+            weakref.finalize(w, _close_private_store, store, private)
+        return w
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        """The tensor as a float32 NumPy array (from the store; read-only)."""
+        a = self.store.get(self.prefix + name)
+        if isinstance(a, QuantizedTensor):
+            return a.dequantize().T if self.layouts.get(name) == "out_in" else a.dequantize()
+        if a.dtype == np.float32:
+            return a
+        if self.infos[name].dtype == "BF16":
+            return ck.as_float32(a.view(np.uint16), "BF16")
+        return a.astype(np.float32)
+
+    def mat(self, name: str) -> Any:
+        """The weight as a :func:`tierflow.matmul` operand ``W`` of logical shape ``(K, N)``
+        (``y = x W``), zero copy: a converted weight is the stored QuantizedTensor; a float
+        ``(out, in)`` weight is exactly the kernels' row-stored layout (N rows of K), so its
+        bytes are wrapped as a QuantizedTensor of format f32 / f16 / bf16; an ``(in, out)`` one
+        is passed as the (K, N) array it is."""
+        if self.mmap_files:
+            op = self._direct_operand(name)
+            if op is not None:
+                return op
+        a = self.store.get(self.prefix + name)
+        if isinstance(a, QuantizedTensor):
+            return a
+        if self.layouts[name] == "in_out":
+            return a
+        n, k = a.shape
+        fmt = _ROW_FORMATS[self.infos[name].dtype]
+        return QuantizedTensor(fmt, (k, n), np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+
+    def _direct_operand(self, name: str) -> Any:
+        """The operand read in place from the file backing the tensor, when it sits in a file
+        tier: the kernel then reads the bytes once, through the OS page cache, instead of the
+        store copying them into a memory tier first and the kernel reading that copy. The file is
+        the adopted checkpoint, or the store's own file for a converted weight (found from
+        ``store.info``, its safetensors header parsed here); the wrapped operand is cached per
+        file, so block data are validated once, not at every step. None: use the store."""
+        info = self.store.info(self.prefix + name)
+        if info["tier"] not in self._file_tiers or not info.get("file"):
+            return None
+        cached = self._direct.get(name)
+        if cached is not None and cached[0] == info["file"]:
+            return cached[1]
+        hdr = ck.read_header(info["file"])
+        t = hdr.get(name) if info.get("adopted") else next(iter(hdr.values()), None)
+        if t is None:
+            return None
+        raw = ck.mmap_tensors({name: t})[name]
+        dt = str(info["dtype"])
+        op: Any = None
+        if dt.startswith("block:"):
+            k, n = (int(v) for v in info["shape"])
+            op = QuantizedTensor(dt[len("block:") :], (k, n), raw.reshape(-1).view(np.uint8))
+        elif self.layouts[name] == "out_in" and t.dtype in _ROW_FORMATS:
+            n, k = t.shape
+            op = QuantizedTensor(_ROW_FORMATS[t.dtype], (k, n), raw.reshape(-1).view(np.uint8))
+        elif t.dtype in ("F32", "F16"):
+            op = raw
+        if op is not None:
+            self._direct[name] = (info["file"], op)
+        return op
+
+    def _convert(self, fmt: str, tier: str | None) -> None:
+        """Replace every matmul weight by its ``fmt`` form (``tierflow.quantize`` of the
+        ``(K, N)`` operand: GGUF row blocks along K), stored in ``tier`` (default: the home
+        file tier, where the checkpoint was adopted)."""
+        home = (
+            tier if tier is not None else self.store.tier_of(self.prefix + next(iter(self.layouts)))
+        )
+        for name, layout in self.layouts.items():
+            full = self.prefix + name
+            a = self.store.get(full, promote=False)
+            kn = a.T if layout == "out_in" else a
+            try:
+                q = quantize(kn, fmt)
+            except ShapeError as e:
+                raise ShapeError(f"cannot convert {name!r} to {fmt}: {e}") from None
+            self.store.put(full, q, tier=home, overwrite=True)
+
+    def enter(self, group: int) -> None:
+        """The forward pass starts weight group ``group`` (a layer; the last group is what follows
+        the layers). When weights are read through the store (``mmap_files`` off): prefetch the
+        next group (wrapping to layer 0 for the next step) into the store's default tier on a
+        background thread, so reading the next layer from a slow tier overlaps this layer's
+        arithmetic. (Files read in place are paged in by the OS.)"""
+        if self.prefetch_ahead and not self.mmap_files and len(self.groups) > 1:
+            nxt = self.groups[(group + 1) % len(self.groups)]
+            self.store.prefetch([self.prefix + n for n in nxt])
+
+    def fetch(self, name: str) -> Any:
+        """The stored tensor as the store returns it (promoted into the store's default tier)."""
+        return self.store.get(self.prefix + name)
+
+    def nbytes(self, name: str) -> int:
+        """Bytes of the tensor as stored (after any conversion on load)."""
+        return int(self.store.info(self.prefix + name)["nbytes"])
+
+    def ref(self, name: str) -> Any:
+        """The store's handle on the tensor (kernels stream it from its tier)."""
+        return self.store[self.prefix + name]
+
+    def rows(self, name: str, idx: np.ndarray) -> np.ndarray:
+        """Rows ``idx`` of a token / position embedding table, float32."""
+        t = self._emb.get(name)
+        if t is None:
+            return self[name][idx]
+        return ck.as_float32(np.asarray(t[idx]), self.infos[name].dtype)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.infos
+
+    def names(self) -> list[str]:
+        return list(self.infos)
+
+    def tiers(self) -> dict[str, str]:
+        """Where each weight is now (tensor name -> tier name)."""
+        return {n: self.store.tier_of(self.prefix + n) for n in self.infos}
+
+
+_LAYER = re.compile(r"(?:^|\.)(?:layers|h|layer)\.(\d+)\.")
+
+
+def _groups(names: list[str]) -> list[list[str]]:
+    """Weights in execution order: one group per layer, then one for the rest (final norm,
+    head); token / position embedding tables are gathered from the file and left out."""
+    layers: dict[int, list[str]] = {}
+    rest: list[str] = []
+    for n in names:
+        m = _LAYER.search(n)
+        if m:
+            layers.setdefault(int(m.group(1)), []).append(n)
+        elif "embed" not in n and not n.endswith(("wte.weight", "wpe.weight")):
+            rest.append(n)
+        elif n.endswith(("embed_tokens.weight", "wte.weight")) and "lm_head.weight" not in names:
+            rest.append(n)  # tied: the table is also the head
+    return [layers[i] for i in sorted(layers)] + ([rest] if rest else [])
+
+
+def _is_file_tier(store: TieredStore, tier: str) -> bool:
+    return next(t for t in store.tiers if t.name == tier).file_backed
+
+
+def _embedding_infos(infos: dict[str, ck.TensorInfo], cfg: ModelConfig) -> dict[str, ck.TensorInfo]:
+    names = [
+        n
+        for n in infos
+        if n.endswith(("embed_tokens.weight", "wte.weight", "wpe.weight", "embeddings.weight"))
+    ]
+    return {n: infos[n] for n in names}

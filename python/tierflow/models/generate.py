@@ -1,0 +1,136 @@
+"""Autoregressive decoding: a key/value cache, token sampling and the generation loop.
+
+Decoding one prompt: a prefill pass over the prompt fills the cache and gives the logits of the
+last position; then each step feeds one token, appends its keys/values, and picks the next token:
+greedy (``temperature == 0``: argmax, ties to the lowest id) or sampled from
+``softmax(logits / temperature)`` restricted to the ``top_k`` largest logits and to the smallest
+set of tokens whose probability reaches ``top_p`` (the token crossing the threshold is kept).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import InvalidArgumentError
+from .kvcache import KVCache, PagedKVCache
+
+if TYPE_CHECKING:
+    from ._base import CausalLM
+
+__all__ = ["generate", "sample_next"]
+
+
+def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    if not (temperature >= 0.0) or not np.isfinite(temperature):
+        raise InvalidArgumentError(f"temperature must be a finite number >= 0, got {temperature}")
+    if top_k is not None and (int(top_k) != top_k or top_k < 1):
+        raise InvalidArgumentError(f"top_k must be a positive integer, got {top_k}")
+    if top_p is not None and not (0.0 < top_p <= 1.0):
+        raise InvalidArgumentError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def sample_next(
+    logits: np.ndarray,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    rng: np.random.Generator | None = None,
+) -> int:
+    """Pick the next token id from one row of logits (see the module docstring)."""
+    _check_sampling(temperature, top_k, top_p)
+    z = np.asarray(logits, np.float64)
+    if np.isnan(z).any():
+        raise InvalidArgumentError(
+            "logits contain NaN (NaN or Inf in the weights or activations): no token to pick"
+        )
+    if temperature == 0.0:
+        return int(np.argmax(z))
+    z = z / temperature
+    order = np.argsort(-z, kind="stable")
+    if top_k is not None:
+        order = order[: int(top_k)]
+    p = np.exp(z[order] - z[order[0]])
+    p /= p.sum()
+    if top_p is not None and top_p < 1.0:
+        keep = int(np.searchsorted(np.cumsum(p), top_p) + 1)
+        order, p = order[:keep], p[:keep] / p[:keep].sum()
+    rng = rng if rng is not None else np.random.default_rng()
+    return int(order[rng.choice(len(order), p=p)])
+
+
+def _stop_set(stop: int | Iterable[int] | None) -> frozenset[int]:
+    if stop is None:
+        return frozenset()
+    if isinstance(stop, (int, np.integer)):
+        return frozenset({int(stop)})
+    return frozenset(int(s) for s in stop)
+
+
+def generate(
+    model: CausalLM,
+    ids: Any,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    stop: int | Iterable[int] | None = None,
+    *,
+    kv_block: int | None = None,
+    kv_tier: str | None = None,
+) -> Any:
+    """Decode from one prompt (1-D ids -> 1-D int64 array, prompt + new tokens) or a list of
+    prompts (-> list of arrays; an empty list gives ``[]``). Stops after ``max_new_tokens`` or
+    right after emitting a token in ``stop``. ``kv_block`` pages the KV cache into the model's
+    store in blocks of that many positions (in ``kv_tier``; see :class:`PagedKVCache`)."""
+    if int(max_new_tokens) != max_new_tokens or max_new_tokens < 0:
+        raise InvalidArgumentError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens}")
+    _check_sampling(temperature, top_k, top_p)
+    stops = _stop_set(stop)
+    rng = np.random.default_rng(seed)
+    if kv_block is not None and (int(kv_block) != kv_block or kv_block < 1):
+        raise InvalidArgumentError(f"kv_block must be a positive integer, got {kv_block}")
+    kv = (kv_block, kv_tier)
+    if isinstance(ids, np.ndarray) and ids.ndim == 2:
+        return [
+            _one(model, r, int(max_new_tokens), temperature, top_k, top_p, rng, stops, kv)
+            for r in ids
+        ]
+    if isinstance(ids, Sequence) and not isinstance(ids, (str, bytes)):
+        if len(ids) == 0:
+            return []
+        if not isinstance(ids[0], (int, np.integer)):
+            return [
+                _one(model, r, int(max_new_tokens), temperature, top_k, top_p, rng, stops, kv)
+                for r in ids
+            ]
+    return _one(model, ids, int(max_new_tokens), temperature, top_k, top_p, rng, stops, kv)
+
+
+def _one(model, prompt, n_new, temperature, top_k, top_p, rng, stops, kv) -> np.ndarray:
+    ids = model.check_ids(prompt, extra=n_new)
+    if ids.size == 0:
+        raise InvalidArgumentError("cannot generate from an empty prompt (no tokens)")
+    cfg = model.config
+    out = list(ids.tolist())
+    if n_new == 0:
+        return np.asarray(out, np.int64)
+    shape = (cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, ids.size + n_new)
+    block, tier = kv
+    cache: Any = (
+        KVCache(*shape) if block is None else PagedKVCache(*shape, model.store, block, tier)
+    )
+    try:
+        logits = model.forward(ids, cache, last_only=True)
+        for step in range(n_new):
+            tok = sample_next(logits[-1], temperature, top_k, top_p, rng)
+            out.append(tok)
+            if tok in stops or step == n_new - 1:
+                break
+            logits = model.forward(np.asarray([tok], np.int64), cache, last_only=True)
+    finally:
+        cache.close()
+    return np.asarray(out, np.int64)
