@@ -8,12 +8,11 @@
 //! the bottom right, so one new query row against a KV cache sees the whole cache). A query row
 //! that sees no key gets NaN (0/0), as `softmax` of an all `-inf` row does.
 //!
-//! Blocking: a task owns `BR = 32` query rows of one head; it walks the key blocks of `BC = 64`
-//! keys, computing the `BR x BC` score tile `S = (Q * scale) K^T` from a transposed copy of the
-//! key block (register tile 4 rows x 16 keys), then per row `m' = max(m, max_j S)`,
-//! `P = exp(S - m')`, `l = l e^{m - m'} + sum_j P`, `O = O e^{m - m'} + P V` (register tile 4 rows x
-//! 16 dims). Extra memory per task: `(BR + 2 BC) * Dp + BR * BC` floats (`Dp` = D rounded up
-//! to 16): O(S * D) overall, never O(S^2).
+//! Blocking: a task owns `BR = 64` query rows of one head; it walks the key blocks of `BC = 32`
+//! keys, computing the `BR x BC` score tile `S = (Q * scale) K^T` from the transposed K (register tile 6 rows x 16 keys), then per row `m' = max(m, max_j S)`,
+//! `P = exp(S - m')`, `l = l e^{m - m'} + sum_j P`, `O = O e^{m - m'} + P V` (register tile 6 rows x
+//! 16 dims). Extra memory: K transposed once (the size of K) plus per task
+//! `(2 BR + BC) * Dp + BR * BC` floats (`Dp` = D rounded up to 16): O(S * D), never O(S^2).
 //!
 //! One generic body compiled twice (see `vmath.rs`): the scalar reference and the AVX2+FMA path.
 
@@ -28,6 +27,10 @@ use rayon::prelude::*;
 pub const BR: usize = 64;
 /// Keys per block.
 pub const BC: usize = 32;
+/// Query rows of a register tile (6 rows x 16 lanes = 12 accumulators).
+const RT: usize = 6;
+/// `BR` rounded up to a whole number of register tiles.
+const BRP: usize = BR.div_ceil(RT) * RT;
 
 /// Sizes of an attention call.
 #[derive(Clone, Copy, Debug)]
@@ -89,13 +92,29 @@ pub fn attention(
     let nqb = sq.div_ceil(BR);
     let op = SendPtr(out.as_mut_ptr());
     let dp = d.div_ceil(16) * 16;
+    // K transposed once, block by block: (B, Hkv, nkb, D, BC), so the score tile of key block
+    // `kb` reads one contiguous D x BC panel; zero-padded past Skv. The size of K: the O(S * D)
+    // extra memory.
+    let nkb = skv.div_ceil(BC);
+    let ldk = nkb;
     crate::runtime::install(|| {
+        let mut kt = vec![0f32; b * hkv * nkb * d * BC];
+        kt.par_chunks_mut((nkb * d * BC).max(1)).enumerate().for_each(|(bh, dst)| {
+            let src = &k[bh * skv * d..(bh + 1) * skv * d];
+            for (j, kr) in src.chunks_exact(d.max(1)).enumerate() {
+                let (blk, jj) = (j / BC, j % BC);
+                for (c, &val) in kr.iter().enumerate() {
+                    dst[(blk * d + c) * BC + jj] = val;
+                }
+            }
+        });
+        let kt = &kt;
         (0..b * h * nqb).into_par_iter().for_each_init(
             || Bufs::new(dp),
             |bufs, t| {
                 let (bh, qb) = (t / nqb, t % nqb);
                 let (bi, hi) = (bh / h, bh % h);
-                let task = Task { q, k, v, dims, causal, scale, mask, bi, hi, r0: qb * BR };
+                let task = Task { q, kt, ldk, v, dims, causal, scale, mask, bi, hi, r0: qb * BR };
                 // SAFETY: the task writes only rows r0..r0+BR of head (bi, hi) of `out`.
                 unsafe {
                     #[cfg(target_arch = "x86_64")]
@@ -112,7 +131,10 @@ pub fn attention(
 
 struct Task<'a> {
     q: &'a [f32],
-    k: &'a [f32],
+    /// K transposed by blocks: (B, Hkv, nkb, D, BC).
+    kt: &'a [f32],
+    /// Key blocks per head (`nkb`).
+    ldk: usize,
     v: &'a [f32],
     dims: Dims,
     causal: bool,
@@ -125,7 +147,6 @@ struct Task<'a> {
 
 struct Bufs {
     qb: Vec<f32>,
-    kt: Vec<f32>,
     vb: Vec<f32>,
     s: Vec<f32>,
     o: Vec<f32>,
@@ -136,11 +157,10 @@ struct Bufs {
 impl Bufs {
     fn new(dp: usize) -> Self {
         Bufs {
-            qb: vec![0.0; BR * dp],
-            kt: vec![0.0; dp * BC],
+            qb: vec![0.0; BRP * dp],
             vb: vec![0.0; BC * dp],
-            s: vec![0.0; BR * BC],
-            o: vec![0.0; BR * dp],
+            s: vec![0.0; BRP * BC],
+            o: vec![0.0; BRP * dp],
             m: [0.0; BR],
             l: [0.0; BR],
         }
@@ -178,41 +198,40 @@ unsafe fn run<const F: bool>(t: &Task<'_>, b: &mut Bufs, out: *mut f32) {
     } else {
         skv
     };
-    let rows4 = rows.div_ceil(4) * 4;
+    let rows4 = rows.div_ceil(RT) * RT;
     let mut j0 = 0;
     while j0 < kend {
         let bc = BC.min(kend - j0);
-        // Transposed key block (Dp x BC) and value block (BC x Dp), zero-padded.
-        b.kt.fill(0.0);
-        b.vb.fill(0.0);
-        let kblk = &t.k[kvbase + j0 * d..kvbase + (j0 + bc) * d];
-        for c in 0..d {
-            let row = &mut b.kt[c * BC..c * BC + bc];
-            for (j, o) in row.iter_mut().enumerate() {
-                *o = kblk[j * d + c];
+        // The value block (BC x Dp), zero-padded, unless V's rows are already 16-aligned.
+        let (vsrc, ldv) = if dp == d {
+            (&t.v[kvbase + j0 * d..kvbase + (j0 + bc) * d], d)
+        } else {
+            b.vb.fill(0.0);
+            for j in 0..bc {
+                let vr = &t.v[kvbase + (j0 + j) * d..kvbase + (j0 + j + 1) * d];
+                b.vb[j * dp..j * dp + d].copy_from_slice(vr);
             }
-        }
-        for j in 0..bc {
-            let vr = &t.v[kvbase + (j0 + j) * d..kvbase + (j0 + j + 1) * d];
-            b.vb[j * dp..j * dp + d].copy_from_slice(vr);
-        }
-        // S = Qb Kt, register tile 4 rows x 16 keys.
+            (&b.vb[..bc * dp], dp)
+        };
+        let ktbase = ((t.bi * hkv + g) * t.ldk + j0 / BC) * d * BC;
+        // S = Qb Kt, register tile RT rows x 16 keys.
         let bc16 = bc.div_ceil(16) * 16;
         for c0 in (0..bc16).step_by(16) {
-            for r0 in (0..rows4).step_by(4) {
-                let mut acc = [[0f32; 16]; 4];
-                let qrows: [&[f32]; 4] =
-                    std::array::from_fn(|r| &b.qb[(r0 + r) * dp..(r0 + r) * dp + d]);
-                for (c, kt) in b.kt.chunks_exact(BC).take(d).enumerate() {
-                    let kt: &[f32; 16] = kt[c0..c0 + 16].try_into().expect("16");
-                    for r in 0..4 {
-                        let qv = qrows[r][c];
+            for r0 in (0..rows4).step_by(RT) {
+                let mut acc = [[0f32; 16]; RT];
+                let qrows: [&[f32]; RT] =
+                    std::array::from_fn(|r| &b.qb[(r0 + r) * dp..(r0 + r) * dp + dp]);
+                for c in 0..d {
+                    let at = ktbase + c * BC + c0;
+                    let kt: &[f32; 16] = t.kt[at..at + 16].try_into().expect("16");
+                    let qv: [f32; RT] = std::array::from_fn(|r| qrows[r][c]);
+                    for r in 0..RT {
                         for jj in 0..16 {
-                            acc[r][jj] = fma::<F>(qv, kt[jj], acc[r][jj]);
+                            acc[r][jj] = fma::<F>(qv[r], kt[jj], acc[r][jj]);
                         }
                     }
                 }
-                for r in 0..4 {
+                for r in 0..RT {
                     b.s[(r0 + r) * BC + c0..(r0 + r) * BC + c0 + 16].copy_from_slice(&acc[r]);
                 }
             }
@@ -258,25 +277,25 @@ unsafe fn run<const F: bool>(t: &Task<'_>, b: &mut Bufs, out: *mut f32) {
         for r in rows..rows4 {
             b.s[r * BC..r * BC + BC].fill(0.0);
         }
-        // O += P Vb, register tile 4 rows x 16 dims.
+        // O += P Vb, register tile RT rows x 16 dims.
         for d0 in (0..dp).step_by(16) {
-            for r0 in (0..rows4).step_by(4) {
-                let mut acc = [[0f32; 16]; 4];
-                for r in 0..4 {
+            for r0 in (0..rows4).step_by(RT) {
+                let mut acc = [[0f32; 16]; RT];
+                for r in 0..RT {
                     acc[r].copy_from_slice(&b.o[(r0 + r) * dp + d0..(r0 + r) * dp + d0 + 16]);
                 }
-                let prows: [&[f32]; 4] =
-                    std::array::from_fn(|r| &b.s[(r0 + r) * BC..(r0 + r) * BC + bc]);
-                for (j, vr) in b.vb.chunks_exact(dp).take(bc).enumerate() {
+                let prows: [&[f32]; RT] =
+                    std::array::from_fn(|r| &b.s[(r0 + r) * BC..(r0 + r) * BC + BC]);
+                for (j, vr) in vsrc.chunks_exact(ldv).take(bc).enumerate() {
                     let vr: &[f32; 16] = vr[d0..d0 + 16].try_into().expect("16");
-                    for r in 0..4 {
-                        let p = prows[r][j];
+                    let pv: [f32; RT] = std::array::from_fn(|r| prows[r][j]);
+                    for r in 0..RT {
                         for jj in 0..16 {
-                            acc[r][jj] = fma::<F>(p, vr[jj], acc[r][jj]);
+                            acc[r][jj] = fma::<F>(pv[r], vr[jj], acc[r][jj]);
                         }
                     }
                 }
-                for r in 0..4 {
+                for r in 0..RT {
                     b.o[(r0 + r) * dp + d0..(r0 + r) * dp + d0 + 16].copy_from_slice(&acc[r]);
                 }
             }
