@@ -69,16 +69,16 @@ from .coe import CoE
 from .devices import Device
 from .policies import EvictionPolicy, Policy
 from .report import Report
-from .sim import simulate
-from .trace import Trace
+
 # --- models and routers (issue: real experts; import tierflow.models for the models) -------
 from .routers import EmbeddingRouter
+from .sim import simulate
+from .trace import Trace
 
 # --- host runtime (issue: runtime) ---------------------------------------------------------
 # isort: split
 from . import runtime
 from .runtime import Plan, schedule
-
 
 __all__ = [
     "AccessDeniedError",
