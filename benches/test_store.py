@@ -152,11 +152,11 @@ def test_prefetch_hides_load_time(benchmark, tmp_path, ratios, where):
         if prefetch:
             s.prefetch(names[:1])
         for i, nm in enumerate(names):
-            if prefetch and i + 1 < n:
-                s.prefetch(names[i + 1 : i + 2])
             t = time.perf_counter()
-            w = s.get(nm)
+            w = s.get(nm)  # waits (a stall) if its prefetch is still in flight
             waited += time.perf_counter() - t
+            if prefetch and i + 1 < n:
+                s.prefetch(names[i + 1 : i + 2])  # overlaps the compute on w below
             if i == 0:
                 first = waited
             compute(w, 1.2 * load)

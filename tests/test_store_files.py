@@ -264,3 +264,21 @@ def test_files_readable_by_safetensors(tmp_path):
     w = np.random.default_rng(1).standard_normal((3, 5)).astype(np.float32)
     s.put("layer.w", w)
     np.testing.assert_array_equal(load_file(s.info("layer.w")["file"])["layer.w"], w)
+
+
+def test_file_corrupted_in_place_while_open(tmp_path):
+    """A verified tensor is read again without its CRC only while its file is unchanged: a
+    same-size rewrite (new mtime) is checked again and caught."""
+    s = store(tmp_path / "s")
+    a = np.arange(4096, dtype=np.float32)
+    s.put("w", a, tier="disk")
+    np.testing.assert_array_equal(s.get("w", promote=False), a)  # verified once
+    np.testing.assert_array_equal(s.get("w", promote=False), a)  # unchanged: CRC skipped
+    path = s.info("w")["file"]
+    st = os.stat(path)
+    with open(path, "r+b") as fh:
+        fh.seek(-4, os.SEEK_END)
+        fh.write(b"\x00\x00\x80\x7f")  # the last float becomes +inf
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    with pytest.raises(tierflow.CorruptFileError, match="checksum"):
+        s.get("w", promote=False)

@@ -148,11 +148,11 @@ def store_demo(
                 if mode == "prefetch next":
                     store.prefetch(names[:1])
                 for i, nm in enumerate(names):
-                    if mode == "prefetch next" and i + 1 < tensors:
-                        store.prefetch(names[i + 1 : i + 2])  # overlaps the compute below
                     tw = time.perf_counter()
                     w = store.get(nm)  # waits (a stall) if its prefetch is still in flight
                     waited += time.perf_counter() - tw
+                    if mode == "prefetch next" and i + 1 < tensors:
+                        store.prefetch(names[i + 1 : i + 2])  # overlaps the compute below
                     for _ in range(4):  # the "compute" on this weight
                         y = x @ w
                     checksum += float(y[0, 0])

@@ -277,8 +277,27 @@ pub fn write_tensor_file(
     })
 }
 
+/// Tensors whose CRC-32 this process has checked, with the file's (mtime, length) at the time:
+/// a later whole-tensor read of the unchanged file skips the CRC (a writer changes the mtime,
+/// so a file modified since is checked again). Keyed by (file, offset).
+static VERIFIED: parking_lot::Mutex<Option<std::collections::HashMap<(PathBuf, u64), (i64, u64)>>> =
+    parking_lot::Mutex::new(None);
+
+fn verified(loc: &FileLoc, mtime: i64) -> bool {
+    VERIFIED.lock().as_ref().and_then(|m| m.get(&(loc.path.clone(), loc.offset)).copied())
+        == Some((mtime, loc.file_len))
+}
+
+fn mark_verified(loc: &FileLoc, mtime: i64) {
+    VERIFIED
+        .lock()
+        .get_or_insert_with(Default::default)
+        .insert((loc.path.clone(), loc.offset), (mtime, loc.file_len));
+}
+
 /// Check that the file at `loc` still looks as it did: size (and, for adopted files, mtime).
-fn check_unchanged(f: &File, loc: &FileLoc, tensor: &str) -> Result<()> {
+/// Returns its mtime.
+fn check_unchanged(f: &File, loc: &FileLoc, tensor: &str) -> Result<i64> {
     let m = f.metadata().map_err(io(&loc.path))?;
     if m.len() != loc.file_len {
         return Err(CoreError::corrupt(
@@ -300,7 +319,7 @@ fn check_unchanged(f: &File, loc: &FileLoc, tensor: &str) -> Result<()> {
             ));
         }
     }
-    Ok(())
+    Ok(mtime_ns(&m))
 }
 
 /// Read bytes `[start, start + out.len())` of the tensor at `loc` into `out` (parallel chunks).
@@ -313,7 +332,9 @@ pub fn read_into(
     verify: bool,
 ) -> Result<Option<u32>> {
     let f = File::open(&loc.path).map_err(io(&loc.path))?;
-    check_unchanged(&f, loc, tensor)?;
+    let mtime = check_unchanged(&f, loc, tensor)?;
+    let whole = start == 0 && loc.crc32.is_some();
+    let verify = verify && !(whole && verified(loc, mtime));
     let base = loc.offset + start;
     if base + out.len() as u64 > loc.file_len {
         return Err(CoreError::corrupt(&loc.path, Some(tensor), "read past the end of the file"));
@@ -361,11 +382,14 @@ pub fn read_into(
     let crc = acc.unwrap_or_default().finalize();
     // The file may have been truncated while we read (pread then returns short: caught above)
     // or rewritten in place: check the size once more.
-    check_unchanged(&f, loc, tensor)?;
+    let mtime_after = check_unchanged(&f, loc, tensor)?;
     if !verify {
         return Ok(None);
     }
     if let (Some(want), true) = (loc.crc32, start == 0) {
+        if want == crc && mtime_after == mtime {
+            mark_verified(loc, mtime);
+        }
         if want != crc {
             return Err(CoreError::corrupt(
                 &loc.path,
