@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import Any
 
@@ -41,7 +42,7 @@ def check_token_ids(ids: Any, vocab_size: int, max_positions: int, extra: int = 
     return a
 
 
-class CausalLM:
+class CausalLM(ABC):
     """A decoder-only language model: ``model(ids) -> logits``, ``model.generate(...)``."""
 
     def __init__(self, config: ModelConfig, weights: Weights, store: Any = None):
@@ -73,10 +74,11 @@ class CausalLM:
         cache = KVCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, a.size)
         return self.forward(a, cache)
 
+    @abstractmethod
     def forward(self, ids: np.ndarray, cache: KVCache, last_only: bool = False) -> np.ndarray:
         """Run ``ids`` (checked, 1-D) after the ``cache.length`` cached positions; appends their
-        keys/values to ``cache``. Returns logits ``(S, vocab)`` (``(1, vocab)`` if last_only)."""
-        raise NotImplementedError
+        keys/values to ``cache``. Returns logits ``(S, vocab)`` (``(1, vocab)`` if last_only).
+        Each architecture (Llama/Qwen2, GPT-2) implements it."""
 
     def generate(
         self,
