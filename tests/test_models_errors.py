@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 import tempfile
@@ -253,3 +254,17 @@ def test_nan_weights_propagate_and_generation_refuses(tmp_path):
     assert np.isnan(m([1, 2, 3])).all()
     with pytest.raises(tierflow.InvalidArgumentError, match="NaN"):
         m.generate([1, 2, 3], 2)
+
+
+def test_checkpoint_truncated_after_load_is_an_error_not_a_crash(tmp_path):
+    """Weights are read through the store (pread) by default: a checkpoint truncated while the
+    model is loaded gives CorruptFileError naming the file, never a SIGBUS."""
+    d = _copy(tmp_path)
+    m = tm.load(d)
+    ids = np.array([1, 2, 3])
+    before = m(ids)
+    p = d / "model.safetensors"
+    os.truncate(p, p.stat().st_size // 2)
+    with pytest.raises(tierflow.CorruptFileError, match=r"model\.safetensors"):
+        m(ids)
+    assert np.isfinite(before).all()

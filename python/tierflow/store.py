@@ -556,6 +556,16 @@ class TieredStore:
         """name, dtype, shape, nbytes, tier, pinned, file, adopted, accesses."""
         return dict(json.loads(self._s.meta_json(name)))
 
+    def read_into(self, name: str, offset: int, out: np.ndarray) -> None:
+        """Copy bytes ``[offset, offset + out.nbytes)`` of ``name`` into ``out`` (a writable,
+        contiguous uint8 array) from wherever it lives, without moving it (``pread`` from a file
+        tier; counted as streamed traffic). Kernels and embedding lookups read slices this way."""
+        if not (isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.ndim == 1):
+            raise DTypeError("out must be a 1-D uint8 array")
+        if offset < 0:
+            raise InvalidArgumentError(f"offset must not be negative, got {offset}")
+        self._s.read_into(name, int(offset), out)
+
     def tier_of(self, name: str) -> str:
         return str(self.info(name)["tier"])
 

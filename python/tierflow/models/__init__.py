@@ -70,7 +70,7 @@ def load(
     tier: str | None = None,
     dtype: str | None = None,
     prefix: str | None = None,
-    mmap_files: bool = True,
+    mmap_files: bool = False,
 ) -> Any:
     """Load a checkpoint folder into the right model class.
 
@@ -83,10 +83,11 @@ def load(
         dtype: convert weights on load: None (as stored), "f32", "bf16", "q8_0" or "q4_0".
         prefix: the store names of the weights are ``prefix + tensor name`` (default: the
             folder's name and a counter, e.g. ``"tiny-llama#1/"``), so many models share a store.
-        mmap_files: matmul weights that sit in a file tier are read in place (memory-mapped:
-            one pass over the bytes, through the OS page cache) rather than copied into a memory
-            tier by the store first; False routes every read through the store (its tiers,
-            eviction policy, prefetch and traffic statistics).
+        mmap_files: read matmul weights that sit in a file tier in place (memory-mapped: one
+            pass over the bytes, through the OS page cache) rather than through the store (its
+            tiers, eviction policy, prefetch, checksums and traffic statistics; the default).
+            Faster, but a file truncated while mapped kills the process with SIGBUS: use it only
+            for files nobody rewrites while the model runs.
     Raises:
         InvalidArgumentError: an unsupported architecture (lists the supported ones) or option.
         TensorNotFoundError / ShapeError: a tensor missing or disagreeing with config.json.

@@ -102,7 +102,7 @@ def read_header(path: str) -> dict[str, TensorInfo]:
         try:
             dt, shape = entry["dtype"], tuple(int(s) for s in entry["shape"])
             b, end = (int(o) for o in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):  # OverflowError: 1e400 -> inf
             raise _corrupt(path, f"bad header entry for {name!r}", name) from None
         if dt not in _DTYPES:
             raise DTypeError(f"{path}: tensor {name!r} has unsupported dtype {dt}")
@@ -129,6 +129,25 @@ def mmap_tensors(infos: dict[str, TensorInfo]) -> dict[str, np.ndarray]:
         buf = maps[t.path][t.begin : t.end]
         out[name] = buf.view(_DTYPES[t.dtype]).reshape(t.shape)
     return out
+
+
+def pread_rows(t: TensorInfo, rows: np.ndarray, out: np.ndarray) -> None:
+    """Read rows ``rows`` of tensor ``t`` (a 2-D table) from its file into ``out`` (uint8,
+    one row per line) with ``pread``: a file truncated meanwhile is a CorruptFileError."""
+    row_bytes = out.shape[1]
+    with open(t.path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < t.end:
+            raise _corrupt(
+                t.path,
+                f"file has {size} bytes, tensor {t.name!r} ends at {t.end} (truncated)",
+                t.name,
+            )
+        for j, r in enumerate(rows.tolist()):
+            b = os.pread(f.fileno(), row_bytes, t.begin + r * row_bytes)
+            if len(b) != row_bytes:
+                raise _corrupt(t.path, "short read (file truncated while reading)", t.name)
+            out[j] = np.frombuffer(b, np.uint8)
 
 
 def as_float32(a: np.ndarray, st_dtype: str) -> np.ndarray:

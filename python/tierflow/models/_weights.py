@@ -8,14 +8,16 @@ memory tier; ``dtype`` converts the matmul weights (``tierflow.quantize``) and s
 in the same tier. The forward pass asks for each weight when it needs it (``Weights.mat``):
 
 - a weight in a memory tier comes from ``store.get`` (zero copy);
-- a weight in a file tier is, by default (``mmap_files``), read in place: its file (the adopted
-  checkpoint, or the store's own file for a converted weight) is memory-mapped and handed to the
-  kernel, so the bytes are read once, through the OS page cache;
-- with ``mmap_files=False`` it comes from ``store.get`` (copied file tier -> memory tier, the
-  store's policy evicting), and the next layer is prefetched while this one computes.
+- a weight in a file tier comes from ``store.get`` (copied file tier -> memory tier, the store's
+  policy evicting; ``pread``, so a file changed on disk is an error, never a crash), and the next
+  layer is prefetched while this one computes;
+- with ``mmap_files=True`` it is read in place instead: its file (the adopted checkpoint, or the
+  store's own file for a converted weight) is memory-mapped and handed to the kernel, so the bytes
+  are read once, through the OS page cache (faster, but a file truncated while mapped kills the
+  process with SIGBUS: only for files nobody rewrites while the model runs).
 
-Token-embedding rows are gathered from a read-only map of the checkpoint file (only the rows of
-the tokens in play are touched), not by loading the whole table from the store each step.
+Token-embedding rows are read one row at a time from wherever the table lives (only the rows of
+the tokens in play), not by loading the whole table each step.
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ class Weights:
         self.groups: list[list[str]] = _groups(list(infos))
         self.prefetch_ahead = True
         #: read matmul weights that sit in a file tier in place (mmap) instead of via the store
-        self.mmap_files = True
+        self.mmap_files = False
         self._direct: dict[str, tuple[str, Any]] = {}
         self._file_tiers = {t.name for t in store.tiers if t.file_backed}
 
@@ -113,7 +115,7 @@ class Weights:
         tier: str | None = None,
         dtype: str | None = None,
         prefix: str | None = None,
-        mmap_files: bool = True,
+        mmap_files: bool = False,
     ) -> Weights:
         if dtype not in WEIGHT_FORMATS:
             raise InvalidArgumentError(
@@ -140,7 +142,7 @@ class Weights:
             if tier is not None and file_tier is None:
                 for n in infos:
                     store.move(prefix + n, tier)
-            emb = {n: a for n, a in ck.mmap_tensors(_embedding_infos(infos, config)).items()}
+            emb = dict(_embedding_infos(infos, config))
             w = cls(store, prefix, infos, dtype, emb)
             w.layouts = matmul_layouts(config, list(infos))
             w.mmap_files = bool(mmap_files)
@@ -260,11 +262,23 @@ class Weights:
         return self.store[self.prefix + name]
 
     def rows(self, name: str, idx: np.ndarray) -> np.ndarray:
-        """Rows ``idx`` of a token / position embedding table, float32."""
+        """Rows ``idx`` of a token / position embedding table, float32. Only those rows are
+        read, wherever the table lives (``pread`` from a file tier: a file truncated or rewritten
+        meanwhile is a CorruptFileError, never a SIGBUS)."""
         t = self._emb.get(name)
         if t is None:
             return self[name][idx]
-        return ck.as_float32(np.asarray(t[idx]), self.infos[name].dtype)
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        row_bytes = (t.end - t.begin) // max(t.shape[0], 1)
+        uniq, inv = np.unique(idx, return_inverse=True)
+        raw = np.empty((uniq.size, row_bytes), np.uint8)
+        if not str(self.store.info(self.prefix + name)["dtype"]).startswith("block:"):
+            for j, r in enumerate(uniq.tolist()):
+                self.store.read_into(self.prefix + name, r * row_bytes, raw[j])
+        else:  # tied with a head converted on load: the exact rows are in the checkpoint
+            ck.pread_rows(t, uniq, raw)
+        table = raw.view(ck._DTYPES[t.dtype]).reshape(uniq.size, *t.shape[1:])
+        return ck.as_float32(table, t.dtype)[inv]
 
     def __contains__(self, name: str) -> bool:
         return name in self.infos
