@@ -29,6 +29,13 @@ impl AlignedBuf {
     /// unspecified: no pass is spent zeroing memory that a read or copy fills right after).
     /// An allocation failure is an error, not an abort.
     pub fn for_overwrite(len: usize) -> Result<AlignedBuf> {
+        if let Some(b) = pool::take(len) {
+            return Ok(b);
+        }
+        AlignedBuf::allocate(len)
+    }
+
+    fn allocate(len: usize) -> Result<AlignedBuf> {
         if len == 0 {
             return Ok(AlignedBuf {
                 ptr: NonNull::<u64>::dangling().cast(),
@@ -92,16 +99,98 @@ impl AlignedBuf {
     }
 }
 
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
+impl AlignedBuf {
+    /// Give the memory back (to the OS or the allocator), bypassing the pool.
+    fn release(&mut self) {
         if self.mapped {
-            // SAFETY: mapped in `for_overwrite` with this length.
+            // SAFETY: mapped in `allocate` with this length.
             unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
         } else if self.len > 0 {
-            // SAFETY: allocated in `for_overwrite` with this layout.
+            // SAFETY: allocated in `allocate` with this layout.
             unsafe {
                 dealloc(self.ptr.as_ptr(), Layout::from_size_align_unchecked(self.len, ALIGN))
             }
         }
+        self.len = 0;
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        if self.len == 0 {
+            return;
+        }
+        let me = std::mem::replace(
+            self,
+            AlignedBuf { ptr: NonNull::<u64>::dangling().cast(), len: 0, mapped: false },
+        );
+        if let Err(mut b) = pool::give(me) {
+            b.release();
+            std::mem::forget(b);
+        }
+    }
+}
+
+/// Recycling of large buffers. A cache that swaps tensors in and out frees a buffer and soon
+/// needs one of the same size (the next layer or expert of the same shape); handing the freed
+/// one back avoids first-touch page faults and the kernel zeroing fresh pages, which otherwise
+/// cost more than the read itself. Only buffers of at least [`pool::MIN`] bytes are kept, at most
+/// [`pool::CAP`] bytes in all (memory held here is not counted by any tier), matched by exact size.
+mod pool {
+    use super::AlignedBuf;
+    use parking_lot::Mutex;
+
+    pub const MIN: usize = 1 << 20;
+    pub const CAP: usize = 512 << 20;
+
+    struct Pool {
+        bufs: Vec<AlignedBuf>,
+        bytes: usize,
+    }
+
+    static POOL: Mutex<Pool> = Mutex::new(Pool { bufs: Vec::new(), bytes: 0 });
+
+    pub fn take(len: usize) -> Option<AlignedBuf> {
+        if len < MIN {
+            return None;
+        }
+        let mut p = POOL.try_lock()?; // never wait (a lock orphaned by fork must not hang us)
+        let i = p.bufs.iter().rposition(|b| b.len == len)?;
+        p.bytes -= len;
+        Some(p.bufs.swap_remove(i))
+    }
+
+    /// Keep `b` for reuse, or hand it back to be released.
+    pub fn give(b: AlignedBuf) -> Result<(), AlignedBuf> {
+        if b.len < MIN || b.len > CAP {
+            return Err(b);
+        }
+        let Some(mut p) = POOL.try_lock() else { return Err(b) };
+        while p.bytes + b.len > CAP && !p.bufs.is_empty() {
+            let mut old = p.bufs.remove(0); // oldest first
+            p.bytes -= old.len;
+            old.release();
+            std::mem::forget(old);
+        }
+        p.bytes += b.len;
+        p.bufs.push(b);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn buffers_are_recycled_by_size() {
+        let mut a = AlignedBuf::for_overwrite(3 << 20).unwrap();
+        a.as_mut_slice()[0] = 7;
+        drop(a);
+        let b = AlignedBuf::for_overwrite(3 << 20).unwrap();
+        assert_eq!(b.len(), 3 << 20);
+        assert_eq!(b.as_ptr() as usize % ALIGN, 0);
+        let c = AlignedBuf::from_slice(&[1, 2, 3]).unwrap();
+        assert_eq!(c.as_slice(), &[1, 2, 3]);
+        assert_eq!(AlignedBuf::for_overwrite(0).unwrap().len(), 0);
     }
 }
