@@ -202,7 +202,6 @@ impl Store {
         let state = State {
             entries: HashMap::new(),
             tiers,
-            tick: 0,
             generation,
             eviction: policy::NamedEviction::new(cfg.policy),
             counters: Default::default(),
@@ -298,9 +297,7 @@ impl Store {
                         home_tier: Some(tier),
                         resfile: None,
                         pinned: false,
-                        last_access: 0,
                         count: 0,
-                        entered: 0,
                         busy: None,
                         prefetched: false,
                     })
@@ -621,8 +618,6 @@ impl Store {
                     }
                 }
             }
-            st.tick += 1;
-            let tick = st.tick;
             st.tiers[tier].used += nbytes;
             st.entries.insert(
                 name.to_owned(),
@@ -636,9 +631,7 @@ impl Store {
                     home_tier: self.inner.home.filter(|_| home_loc.is_some()),
                     resfile,
                     pinned: old.as_ref().is_some_and(|o| o.pinned),
-                    last_access: tick,
                     count: 1,
-                    entered: tick,
                     busy: None,
                     prefetched: false,
                 },
@@ -822,16 +815,10 @@ impl Store {
         let pid = std::process::id();
         // Cheap moves, under the lock: memory <-> memory, or down into the home copy.
         if (!src_file && !dst_file) || (dst_file && dst_home) {
-            st.tick += 1;
-            let tick = st.tick;
             st.tiers[src].used -= n;
             st.tiers[dst].used += n;
             let e = st.entries.get_mut(name).expect("exists");
             e.tier = dst;
-            e.entered = tick;
-            if dst < src {
-                e.last_access = tick; // brought up: recently used, not the next victim
-            }
             let up = dst < src;
             e.prefetched = reason == Reason::Prefetch && dst < src;
             let mut drop_file = None;
@@ -918,13 +905,8 @@ impl Store {
                 e.mem = buf.clone();
                 e.tier = dst;
                 e.prefetched = reason == Reason::Prefetch && dst < src;
-                st.tick += 1;
-                let tick = st.tick;
-                let e = st.entries.get_mut(name).expect("exists");
-                e.entered = tick;
                 if dst < src {
-                    e.last_access = tick;
-                    st.eviction.on_insert(name);
+                    st.eviction.on_insert(name); // brought up: recently used, not the next victim
                 }
                 st.tiers[src].used -= n;
                 st.counters.link(&src_name, &dst_name, n, secs);

@@ -177,8 +177,6 @@ impl Store {
         let mut replaced = Vec::new();
         let mut added = Vec::new();
         for (name, dtype, shape, loc, n) in found {
-            st.tick += 1;
-            let tick = st.tick;
             if let Some(old) = st.entries.remove(&name) {
                 st.tiers[old.tier].used -= old.nbytes;
                 replaced.push((name.clone(), old));
@@ -196,9 +194,7 @@ impl Store {
                     home_tier: Some(tier),
                     resfile: None,
                     pinned: false,
-                    last_access: tick,
                     count: 0,
-                    entered: tick,
                     busy: None,
                     prefetched: false,
                 },

@@ -26,9 +26,7 @@ pub struct Entry {
     /// A copy in another (non-home) file tier, when resident there.
     pub resfile: Option<FileLoc>,
     pub pinned: bool,
-    pub last_access: u64,
     pub count: u64,
-    pub entered: u64,
     /// The process (pid) moving this tensor right now, and the tier it reserved room in.
     pub busy: Option<(u32, usize)>,
     /// Brought up by a prefetch and not accessed since.
@@ -56,7 +54,6 @@ impl TierState {
 pub struct State {
     pub entries: HashMap<String, Entry>,
     pub tiers: Vec<TierState>,
-    pub tick: u64,
     pub generation: u64,
     /// The eviction policy's state (one implementation, shared with the simulator).
     pub eviction: NamedEviction,
@@ -77,10 +74,7 @@ pub struct Demotion {
 
 impl State {
     pub fn touch(&mut self, name: &str) {
-        self.tick += 1;
-        let t = self.tick;
         if let Some(e) = self.entries.get_mut(name) {
-            e.last_access = t;
             e.count += 1;
         }
         self.eviction.on_access(name);
@@ -159,13 +153,10 @@ impl State {
             }
             let vbytes = self.entries[&victim].nbytes;
             self.make_room(below, vbytes, exclude, out)?;
-            self.tick += 1;
-            let tick = self.tick;
             let e = self.entries.get_mut(&victim).expect("victim exists");
             self.tiers[tier].used -= vbytes;
             self.tiers[below].used += vbytes;
             e.tier = below;
-            e.entered = tick;
             e.prefetched = false;
             let below_is_file = self.tiers[below].is_file();
             if below_is_file {
