@@ -152,7 +152,22 @@ def gpt2_forward(weights: dict[str, np.ndarray], cfg: dict[str, Any], ids) -> np
     return x @ _w(weights, head).T
 
 
-def bert_forward(weights: dict[str, np.ndarray], cfg: dict[str, Any], ids, mask) -> np.ndarray:
+def round_acts_q8(x: np.ndarray) -> np.ndarray:
+    """Activations rounded to Q8 blocks of 32 along the last axis, as ``tierflow.matmul`` does
+    at decode shapes for q8_0 / q4_0 weights: ``dx = max|x| / 127`` (float32 division),
+    ``q = round(x / dx)`` in [-127, 127]; returns ``q * dx`` (float64)."""
+    *lead, k = x.shape
+    xb = x.reshape(*lead, k // 32, 32).astype(np.float64)
+    amax = np.abs(xb).max(axis=-1, keepdims=True)
+    dx = (amax.astype(np.float32) / np.float32(127)).astype(np.float64)
+    q = np.clip(np.round(xb * (127.0 / np.where(amax > 0, amax, 1.0))), -127, 127)
+    return (q * dx).reshape(x.shape)
+
+
+def bert_forward(
+    weights: dict[str, np.ndarray], cfg: dict[str, Any], ids, mask, act=None
+) -> np.ndarray:
+    """``act``: applied to the input of every linear layer (e.g. :func:`round_acts_q8`)."""
     """Last hidden states (S, hidden) in float64 for one padded sequence and its attention mask."""
     ids = np.asarray(ids, dtype=np.int64)
     mask = np.asarray(mask)
@@ -166,6 +181,7 @@ def bert_forward(weights: dict[str, np.ndarray], cfg: dict[str, Any], ids, mask)
         return layer_norm(t, _w(weights, name + ".weight"), _w(weights, name + ".bias"), eps)
 
     def lin(t: np.ndarray, name: str) -> np.ndarray:
+        t = t if act is None else act(t)
         return t @ _w(weights, name + ".weight").T + _w(weights, name + ".bias")
 
     x = (

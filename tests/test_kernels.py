@@ -97,7 +97,48 @@ def test_matmul_quantized_matches_dequantized(isa, m, kb, n, seed, fmt):
     assert dq.shape == (k, n) and dq.dtype == np.float32
     check_quant_error(w, dq, fmt)
     got = tierflow.matmul(x, q, _isa=isa)
-    assert np.all(np.abs(got - ref_matmul(x, dq)) <= bound(x, dq, k))
+    extra = act_rounding_bound(x, dq, fmt)
+    assert np.all(np.abs(got - ref_matmul(x, dq)) <= bound(x, dq, k) + extra)
+
+
+def act_rounding_bound(x: np.ndarray, w: np.ndarray, fmt: str) -> np.ndarray | float:
+    """What rounding the activations to Q8 blocks may add (q8_0 / q4_0 at decode shapes):
+    per block of 32 along K, ``|x - dx qx| <= dx / 2`` with ``dx = max|x| / 127`` (plus the
+    float32 rounding of ``dx``), so the product moves by at most ``sum_b dx_b/2 sum_b |w|``."""
+    m, k = x.shape
+    if fmt not in ("q8_0", "q4_0") or m > kernels.ROUNDED_ACTIVATIONS_MAX_M or k == 0:
+        return 0.0
+    dx = np.abs(x.astype(np.float64)).reshape(m, k // 32, 32).max(axis=2) / 127.0
+    per_elem = np.repeat(dx * (0.5 + 2.0**-20), 32, axis=1)  # (m, k)
+    return per_elem @ np.abs(w.astype(np.float64))
+
+
+def test_decode_quantized_rounds_activations_like_ggml():
+    """At decode shapes a q8_0 weight multiplies activations rounded to Q8 blocks: the result
+    equals the float64 product of the rounded operands (computed here by hand), not x @ dq."""
+    rng = np.random.default_rng(3)
+    k, n = 128, 40
+    x = rng.standard_normal((3, k)).astype(np.float32)
+    q = tierflow.quantize(rng.standard_normal((k, n)).astype(np.float32), "q8_0")
+    dq = q.dequantize().astype(np.float64)
+    xb = x.reshape(3, k // 32, 32).astype(np.float64)
+    dx = (np.abs(x).reshape(3, k // 32, 32).max(axis=2) / np.float32(127)).astype(np.float32)
+    qx = np.clip(np.round(xb * (127.0 / np.abs(xb).max(axis=2, keepdims=True))), -127, 127)
+    xr = (qx * dx[..., None].astype(np.float64)).reshape(3, k)
+    want = xr @ dq
+    for isa in ISAS:
+        got = tierflow.matmul(x, q, _isa=isa)
+        assert np.all(np.abs(got - want) <= bound(xr, dq, k))
+        # ... and differs from the unrounded product by no more than the stated bound.
+        assert np.all(
+            np.abs(got - x.astype(np.float64) @ dq)
+            <= bound(x, dq, k) + act_rounding_bound(x, dq, "q8_0")
+        )
+    # Inf in x: not rounded, propagates as IEEE 754 says.
+    x[1, 5] = np.inf
+    got = tierflow.matmul(x, q)
+    assert np.all(np.isfinite(got[0])) and np.all(np.isfinite(got[2]))
+    assert np.array_equal(np.isinf(got[1]), dq[5] != 0)
 
 
 def check_quant_error(w: np.ndarray, dq: np.ndarray, fmt: str) -> None:

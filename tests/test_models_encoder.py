@@ -99,11 +99,16 @@ def test_tiny_bert_against_reference(tmp_path):
 
 
 @needs_minilm
-@pytest.mark.parametrize(("fmt", "bound"), [("bf16", 0.999), ("q8_0", 0.999), ("q4_0", 0.88)])
-def test_converted_encoder(reference, fmt, bound):
+@pytest.mark.parametrize(("fmt", "bound"), [("bf16", 0.999), ("q8_0", 0.998), ("q4_0", 0.88)])
+def test_converted_encoder(reference, fmt, bound, monkeypatch):
     """Converted MiniLM: exactly the dequantized model (float64 reference), and its error.
-    Measured minimum cosines: bf16 0.99999, q8_0 0.9996, q4_0 0.91 (4-bit hurts this small
-    encoder; the stated bound leaves a margin)."""
+    Measured minimum cosines: bf16 0.99999, q8_0 0.9985, q4_0 0.91 (4-bit hurts this small
+    encoder; the stated bounds leave a margin).
+
+    q8_0 / q4_0 at decode shapes (<= 32 rows) multiply activations rounded to Q8 blocks, so a
+    float64 reference of the whole network can land on the other side of a rounding boundary
+    (one step of 0.2 at an FFN input moves the output by ~0.03): for them every matmul of the
+    forward pass is checked against float64 on its own input (rounded) instead."""
     enc = tm.SentenceEncoder.load(dtype=fmt)
     w = load_file(str(tm.minilm_path() / "model.safetensors"))
     cfg = json.loads((tm.minilm_path() / "config.json").read_text())
@@ -111,8 +116,29 @@ def test_converted_encoder(reference, fmt, bound):
         w[n] = enc.model.weights.fetch(n).dequantize().T
     ids, mask = reference["input_ids"][1], reference["attention_mask"][1]
     n_tok = int(mask.sum())
-    expect = ref.bert_forward(w, cfg, ids[:n_tok], mask[:n_tok])
-    np.testing.assert_allclose(enc.model(ids[:n_tok]), expect, atol=2e-4, rtol=0)
+    if fmt == "bf16":
+        expect = ref.bert_forward(w, cfg, ids[:n_tok], mask[:n_tok])
+        np.testing.assert_allclose(enc.model(ids[:n_tok]), expect, atol=2e-4, rtol=0)
+    else:
+        calls = []
+        real = tierflow.matmul
+
+        def spy(x, wt, bias=None, **kw):
+            y = real(x, wt, bias=bias, **kw)
+            calls.append((np.array(x), wt, bias, y.copy()))
+            return y
+
+        monkeypatch.setattr(tierflow.kernels, "matmul", spy)
+        enc.model(ids[:n_tok])
+        monkeypatch.undo()
+        assert len(calls) == 6 * cfg["num_hidden_layers"]  # q, k, v, o, up, down per layer
+        for x, wt, bias, y in calls:
+            assert wt.format == fmt
+            x2 = x.reshape(-1, x.shape[-1]).astype(np.float64)
+            want = ref.round_acts_q8(x2) @ wt.dequantize().astype(np.float64) + bias
+            mag = np.abs(ref.round_acts_q8(x2)) @ np.abs(wt.dequantize().astype(np.float64))
+            k = x2.shape[1]
+            assert np.all(np.abs(y.reshape(want.shape) - want) <= 2 * k * 2.0**-23 * mag + 1e-6)
     e = enc.encode(reference["sentences"])
     cos = (e * reference["embeddings"]).sum(1) / np.linalg.norm(reference["embeddings"], axis=1)
     print(f"MiniLM {fmt}: min cosine {cos.min():.6f}")

@@ -30,7 +30,7 @@ impl<T> SendPtr<T> {
 }
 
 /// Rows of weight per task: enough tasks for load balance, each a few pages of weight.
-fn rows_per_task(n: usize, row_bytes: usize) -> usize {
+pub(crate) fn rows_per_task(n: usize, row_bytes: usize) -> usize {
     let threads = crate::runtime::num_threads().max(1);
     let by_balance = n.div_ceil(threads * 8).max(1);
     let by_size = (64 * 1024 / row_bytes.max(1)).max(1);

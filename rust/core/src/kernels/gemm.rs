@@ -7,12 +7,16 @@
 //!   micro-kernels, threaded on the tierflow pool). A row-stored weight is dequantised in panels
 //!   of `NB` rows (`NB * K * 4` bytes, e.g. 1 MiB at K = 4096) that the gemm multiplies while
 //!   they are hot in cache.
+//! - Q8_0 / Q4_0 weights at decode shapes take `qdot.rs`: the activations are rounded to Q8
+//!   blocks and each block's dot product is an integer sum (as ggml does); at larger `M` the
+//!   weight is dequantised exactly and the activations are not rounded (as ggml with BLAS does).
 //! - `Isa::Scalar` always takes the scalar reference kernels, whatever the shape.
 //!
 //! Layouts: `X` row-major `(M, K)`, `C` row-major with row stride `ldc >= N`, no aliasing.
 
 use super::axpy::{matmul_cols, ColW};
 use super::dot::{matmul_rows, SendPtr};
+use super::qdot::{is_int_format, matmul_q, quantize_acts};
 use super::quant::{dequantize_row, QWeight};
 use crate::cpu::Isa;
 use crate::{CoreError, Result};
@@ -85,7 +89,15 @@ pub fn matmul(
     let small = m <= DECODE_MAX_M || isa == Isa::Scalar;
     match w {
         Weight::Plain { w, .. } if small => matmul_cols(isa, x, m, k, w, n, bias, c, ldc),
-        Weight::Rows(q) if small => matmul_rows(isa, x, m, &q, bias, c, ldc),
+        Weight::Rows(q) if small => {
+            // Q8_0 / Q4_0 at decode shapes: integer dot products on activations rounded to Q8
+            // blocks (ggml's route; see `qdot.rs`), unless X holds Inf/NaN.
+            let int = is_int_format(q.fmt) && m <= DECODE_MAX_M;
+            match if int { quantize_acts(x, m, k) } else { None } {
+                Some(a) => matmul_q(isa, &a, &q, bias, c, ldc),
+                None => matmul_rows(isa, x, m, &q, bias, c, ldc),
+            }
+        }
         Weight::Plain { w: ColW::F32(wf), .. } => gemm_f32(x, m, k, wf, n, bias, c, ldc),
         Weight::Plain { w, .. } => {
             let mut wf = vec![0f32; k * n];

@@ -15,6 +15,7 @@ pub mod dot;
 pub mod gemm;
 pub mod norm;
 pub mod paged;
+pub mod qdot;
 pub mod quant;
 pub mod rope;
 pub mod rows;

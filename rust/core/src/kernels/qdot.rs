@@ -1,0 +1,423 @@
+//! Decode-shape matmul for Q8_0 / Q4_0 weights with integer dot products (ggml's route).
+//!
+//! `C[m, n] = bias[n] + sum_b dw[n, b] * dx[m, b] * sum_{i < 32} qw[n, b, i] * qx[m, b, i]`
+//!
+//! The activations `X` are rounded once per call to Q8 blocks along `K` ([`QActs`]: per row `m`
+//! and block `b` of 32 values, `dx = max|x| / 127` (float32) and `qx = round(x / dx)` in
+//! `[-127, 127]`), the weight blocks are used as stored (`qw` the int8 values of Q8_0, or
+//! `nibble - 8` of Q4_0, with the block's f16 scale `dw`), and each block's dot product is an
+//! exact integer sum. Only the scale products and the sum over blocks are float arithmetic.
+//!
+//! Error against `X W~` with `W~` the dequantised weight: `|x - dx qx| <= dx / 2` per element
+//! (plus float32 rounding of the scale), so the rounding of the activations adds at most
+//! `sum_b dx[m, b] / 2 * sum_{k in b} |W~[k, n]|` to the usual float accumulation error.
+//! Activations with an Inf or NaN are not rounded: the caller runs the exact float kernel, so
+//! they propagate as IEEE 754 says.
+//!
+//! AVX2 (no VNNI needed): per 32 weights `vpmaddubsw(|w|, sign(qx, w))` sums pairs of
+//! products in int16 (`|w| <= 128`, `|qx| <= 127`: at most 32512, no saturation), `vpmaddwd`
+//! with ones widens to eight int32 lanes (Q4_0 multiplies its raw nibbles `0..=15` directly and
+//! subtracts `8 * sum(qx)` per lane, precomputed with the activations), which are converted and scaled by `dw * dx` with one
+//! FMA into a float accumulator. Register tile: `RN` weight rows x `MR` activation rows, with
+//! `|w|` and `dw` of a weight block computed once per tile and used `MR` times.
+
+use super::dot::{rows_per_task, SendPtr};
+use super::quant::{block_scale, Format, QWeight, QK};
+use crate::cpu::Isa;
+use rayon::prelude::*;
+
+/// Activations rounded to Q8 blocks along `K`: `q` `(m, k)` int8, `d` `(m, k / 32)` scales,
+/// and `s8` `(m, k / 32, 8)`: `8 * (q[4l] + q[4l+1] + q[4l+2] + q[4l+3])` for lane `l` of each
+/// block (the Q4_0 kernel's offset correction, see `avx2::Q4`).
+#[derive(Clone, Debug)]
+pub struct QActs {
+    pub q: Vec<i8>,
+    pub d: Vec<f32>,
+    pub s8: Vec<i32>,
+    pub m: usize,
+    pub k: usize,
+}
+
+/// Round `X` `(m, k)` (row-major, `k` a multiple of 32) to Q8 blocks, or `None` when `X` holds
+/// an Inf or NaN (the caller then runs the exact float kernel).
+pub fn quantize_acts(x: &[f32], m: usize, k: usize) -> Option<QActs> {
+    debug_assert!(k % QK == 0 && x.len() >= m * k);
+    let nb = k / QK;
+    let mut q = vec![0i8; m * k];
+    let mut d = vec![0f32; m * nb];
+    for ((xb, qb), db) in x[..m * k].chunks_exact(QK).zip(q.chunks_exact_mut(QK)).zip(&mut d) {
+        let mut amax = 0f32;
+        let mut finite = true;
+        for &v in xb {
+            amax = amax.max(v.abs());
+            finite &= v.is_finite();
+        }
+        if !finite {
+            return None;
+        }
+        *db = amax / 127.0;
+        if amax > 0.0 {
+            // In f64 so that a subnormal `amax` cannot overflow the reciprocal.
+            let id = 127.0 / amax as f64;
+            for (o, &v) in qb.iter_mut().zip(xb) {
+                *o = (v as f64 * id).round().clamp(-127.0, 127.0) as i8;
+            }
+        }
+    }
+    let s8 = q.chunks_exact(4).map(|l| 8 * l.iter().map(|&v| v as i32).sum::<i32>()).collect();
+    Some(QActs { q, d, s8, m, k })
+}
+
+/// Does this format take the integer path?
+pub fn is_int_format(fmt: Format) -> bool {
+    matches!(fmt, Format::Q8_0 | Format::Q4_0)
+}
+
+/// `C = X W (+ bias)` for `W` in Q8_0 or Q4_0 (`N` rows of `K`), `X` given as [`QActs`].
+pub fn matmul_q(
+    isa: Isa,
+    a: &QActs,
+    w: &QWeight<'_>,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    let (m, n) = (a.m, w.n);
+    assert!(is_int_format(w.fmt) && a.k == w.k, "matmul_q needs a Q8_0/Q4_0 weight of K = {}", a.k);
+    assert!(m == 0 || c.len() >= (m - 1) * ldc + n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let per = rows_per_task(n, w.row_bytes());
+    let cp = SendPtr(c.as_mut_ptr());
+    crate::runtime::install(|| {
+        (0..n.div_ceil(per)).into_par_iter().for_each(|t| {
+            let n0 = t * per;
+            let n1 = (n0 + per).min(n);
+            // SAFETY: task t writes only columns n0..n1 of C.
+            unsafe { task(isa, a, w, bias, cp.get(), ldc, n0, n1) }
+        });
+    });
+}
+
+unsafe fn task(
+    isa: Isa,
+    a: &QActs,
+    w: &QWeight<'_>,
+    bias: Option<&[f32]>,
+    c: *mut f32,
+    ldc: usize,
+    n0: usize,
+    n1: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 {
+        // AVX-512 machines run the AVX2 kernel (no AVX-512 machine to test one on).
+        unsafe {
+            match w.fmt {
+                Format::Q8_0 => avx2::task::<avx2::Q8>(a, w, bias, c, ldc, n0, n1),
+                _ => avx2::task::<avx2::Q4>(a, w, bias, c, ldc, n0, n1),
+            }
+        }
+        return;
+    }
+    let _ = isa;
+    unsafe { scalar_task(a, w, bias, c, ldc, n0, n1) }
+}
+
+/// Integer values of weight block `blk` (34 bytes of Q8_0 or 18 of Q4_0).
+#[inline(always)]
+fn weight_ints(fmt: Format, blk: &[u8], out: &mut [i32; QK]) {
+    if fmt == Format::Q8_0 {
+        for (o, &b) in out.iter_mut().zip(&blk[2..2 + QK]) {
+            *o = b as i8 as i32;
+        }
+    } else {
+        for j in 0..QK / 2 {
+            let b = blk[2 + j];
+            out[j] = (b & 0x0f) as i32 - 8;
+            out[j + QK / 2] = (b >> 4) as i32 - 8;
+        }
+    }
+}
+
+/// The scalar reference: exact integer block sums, then `s += (dw * dx) * isum` in block order.
+unsafe fn scalar_task(
+    a: &QActs,
+    w: &QWeight<'_>,
+    bias: Option<&[f32]>,
+    c: *mut f32,
+    ldc: usize,
+    n0: usize,
+    n1: usize,
+) {
+    let (k, nb) = (a.k, a.k / QK);
+    let bb = w.fmt.block_bytes();
+    let mut qw = [0i32; QK];
+    let mut sums = vec![0f32; a.m];
+    for j in n0..n1 {
+        let row = w.row(j);
+        sums.fill(0.0);
+        for b in 0..nb {
+            let blk = &row[b * bb..(b + 1) * bb];
+            let dw = block_scale(blk);
+            weight_ints(w.fmt, blk, &mut qw);
+            for (i, s) in sums.iter_mut().enumerate() {
+                let xq = &a.q[i * k + b * QK..i * k + (b + 1) * QK];
+                let isum: i32 = xq.iter().zip(&qw).map(|(&x, &v)| x as i32 * v).sum();
+                *s += (dw * a.d[i * nb + b]) * isum as f32;
+            }
+        }
+        for (i, s) in sums.iter().enumerate() {
+            unsafe { *c.add(i * ldc + j) = s + bias.map_or(0.0, |b| b[j]) };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// A block format: `BB` bytes per block; `ints` gives its 32 weights as int8 lanes, signed
+    /// (`SIGNED`, multiplied with the sign trick) or unsigned `0..=15` (Q4_0's raw nibbles,
+    /// multiplied directly; the offset `-8 * sum(qx)` is subtracted afterwards from `s8`).
+    pub trait QFmt {
+        const BB: usize;
+        const SIGNED: bool;
+        unsafe fn ints(p: *const u8) -> __m256i;
+    }
+    pub struct Q8;
+    pub struct Q4;
+    impl QFmt for Q8 {
+        const BB: usize = 34;
+        const SIGNED: bool = true;
+        #[inline(always)]
+        unsafe fn ints(p: *const u8) -> __m256i {
+            unsafe { _mm256_loadu_si256(p.add(2) as *const __m256i) }
+        }
+    }
+    impl QFmt for Q4 {
+        const BB: usize = 18;
+        const SIGNED: bool = false;
+        #[inline(always)]
+        unsafe fn ints(p: *const u8) -> __m256i {
+            unsafe {
+                // Bytes 0..16: low nibbles (elements 0..15); 16..32: high nibbles (16..31).
+                let raw = _mm_loadu_si128(p.add(2) as *const __m128i);
+                let both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
+                _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
+            }
+        }
+    }
+
+    /// Bytes ahead of the current block to prefetch in each weight row.
+    const PF: usize = 512;
+
+    #[inline(always)]
+    unsafe fn scale(p: *const u8) -> __m256 {
+        unsafe {
+            let bits = (p as *const u16).read_unaligned() as i32;
+            _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        unsafe {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+            _mm_cvtss_f32(s)
+        }
+    }
+
+    /// Rows `j..j+RN` of W against rows `i..i+MR` of the rounded activations.
+    #[inline(always)]
+    unsafe fn tile<F: QFmt, const RN: usize, const MR: usize>(
+        a: &QActs,
+        w: &QWeight<'_>,
+        bias: Option<&[f32]>,
+        c: *mut f32,
+        ldc: usize,
+        i: usize,
+        j: usize,
+    ) {
+        unsafe {
+            let (k, nb) = (a.k, a.k / QK);
+            let rb = w.row_bytes();
+            let base = w.data.as_ptr().add(j * rb);
+            let qx = a.q.as_ptr().add(i * k);
+            let dx = a.d.as_ptr().add(i * nb);
+            let s8 = a.s8.as_ptr().add(i * nb * 8);
+            let ones = _mm256_set1_epi16(1);
+            let mut acc = [[_mm256_setzero_ps(); MR]; RN];
+            for b in 0..nb {
+                let mut wv = [_mm256_setzero_si256(); RN];
+                let mut aw = [_mm256_setzero_si256(); RN];
+                let mut dw = [_mm256_setzero_ps(); RN];
+                for r in 0..RN {
+                    let p = base.add(r * rb + b * F::BB);
+                    if PF > 0 {
+                        _mm_prefetch::<_MM_HINT_T0>(p.add(PF) as *const i8);
+                    }
+                    wv[r] = F::ints(p);
+                    aw[r] = if F::SIGNED { _mm256_abs_epi8(wv[r]) } else { wv[r] };
+                    dw[r] = scale(p);
+                }
+                for t in 0..MR {
+                    let xq = _mm256_loadu_si256(qx.add(t * k + b * QK) as *const __m256i);
+                    let dxv = _mm256_broadcast_ss(&*dx.add(t * nb + b));
+                    let off = if F::SIGNED {
+                        _mm256_setzero_si256()
+                    } else {
+                        _mm256_loadu_si256(s8.add((t * nb + b) * 8) as *const __m256i)
+                    };
+                    for r in 0..RN {
+                        let sx = if F::SIGNED { _mm256_sign_epi8(xq, wv[r]) } else { xq };
+                        let mut p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(aw[r], sx), ones);
+                        if !F::SIGNED {
+                            p32 = _mm256_sub_epi32(p32, off);
+                        }
+                        let d = _mm256_mul_ps(dw[r], dxv);
+                        acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), d, acc[r][t]);
+                    }
+                }
+            }
+            for r in 0..RN {
+                let bv = bias.map_or(0.0, |b| b[j + r]);
+                for t in 0..MR {
+                    *c.add((i + t) * ldc + j + r) = hsum(acc[r][t]) + bv;
+                }
+            }
+        }
+    }
+
+    /// Rows `j..j+RN` of W against all `m` activation rows, in groups of 4, 2, 1.
+    #[inline(always)]
+    unsafe fn rows<F: QFmt, const RN: usize>(
+        a: &QActs,
+        w: &QWeight<'_>,
+        bias: Option<&[f32]>,
+        c: *mut f32,
+        ldc: usize,
+        j: usize,
+    ) {
+        let mut i = 0;
+        unsafe {
+            while i + 4 <= a.m {
+                tile::<F, RN, 4>(a, w, bias, c, ldc, i, j);
+                i += 4;
+            }
+            if i + 2 <= a.m {
+                tile::<F, RN, 2>(a, w, bias, c, ldc, i, j);
+                i += 2;
+            }
+            if i < a.m {
+                tile::<F, RN, 1>(a, w, bias, c, ldc, i, j);
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn task<F: QFmt>(
+        a: &QActs,
+        w: &QWeight<'_>,
+        bias: Option<&[f32]>,
+        c: *mut f32,
+        ldc: usize,
+        n0: usize,
+        n1: usize,
+    ) {
+        let mut j = n0;
+        unsafe {
+            if a.m == 1 {
+                while j + 4 <= n1 {
+                    tile::<F, 4, 1>(a, w, bias, c, ldc, 0, j);
+                    j += 4;
+                }
+            } else {
+                while j + 2 <= n1 {
+                    rows::<F, 2>(a, w, bias, c, ldc, j);
+                    j += 2;
+                }
+            }
+            while j < n1 {
+                rows::<F, 1>(a, w, bias, c, ldc, j);
+                j += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::quant::{dequantize, quantize};
+
+    fn lcg(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    #[test]
+    fn acts_round_within_half_a_step() {
+        let x = lcg(3 * 64, 7);
+        let a = quantize_acts(&x, 3, 64).unwrap();
+        for (i, (&v, &q)) in x.iter().zip(&a.q).enumerate() {
+            let d = a.d[i / 32];
+            assert!((v - d * q as f32).abs() <= d * 0.5001, "{v} {q} {d}");
+        }
+        let mut bad = x.clone();
+        bad[70] = f32::INFINITY;
+        assert!(quantize_acts(&bad, 3, 64).is_none());
+        bad[70] = f32::NAN;
+        assert!(quantize_acts(&bad, 3, 64).is_none());
+        let z = quantize_acts(&[0.0; 32], 1, 32).unwrap();
+        assert!(z.q.iter().all(|&q| q == 0) && z.d[0] == 0.0);
+    }
+
+    #[test]
+    fn every_path_matches_float64() {
+        for fmt in [Format::Q8_0, Format::Q4_0] {
+            for &(m, k, n) in &[(1, 64, 7), (3, 96, 9), (8, 128, 5), (13, 32, 3), (5, 256, 66)] {
+                let x = lcg(m * k, 1);
+                let wf = lcg(k * n, 2);
+                let data = quantize(fmt, &wf, k, n).unwrap();
+                let w = QWeight::new(fmt, k, n, &data).unwrap();
+                let wd = dequantize(&w); // (K, N) row-major
+                let bias = lcg(n, 3);
+                let a = quantize_acts(&x, m, k).unwrap();
+                for isa in Isa::available() {
+                    let mut got = vec![0f32; m * n];
+                    matmul_q(isa, &a, &w, Some(&bias), &mut got, n);
+                    for i in 0..m {
+                        for j in 0..n {
+                            // Exact product of the rounded operands in f64, and the bound of
+                            // the activations' rounding against the float product.
+                            let (mut exact, mut want, mut round) = (0f64, 0f64, 0f64);
+                            for kk in 0..k {
+                                let wv = wd[kk * n + j] as f64;
+                                let d = a.d[i * (k / 32) + kk / 32] as f64;
+                                exact += d * a.q[i * k + kk] as f64 * wv;
+                                want += x[i * k + kk] as f64 * wv;
+                                round += d * 0.5001 * wv.abs();
+                            }
+                            let g = (got[i * n + j] - bias[j]) as f64;
+                            assert!(
+                                (g - exact).abs() <= 1e-5 * (1.0 + k as f64),
+                                "{fmt:?} {isa:?}"
+                            );
+                            assert!((g - want).abs() <= round + 1e-5 * (1.0 + k as f64));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
