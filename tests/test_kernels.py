@@ -348,13 +348,43 @@ def test_streamed_matmul_is_bit_identical_from_every_tier(tmp_path, fmt, m):
             assert streamed() - before == q.nbytes  # the store counted the traffic
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("m", [1, 7, 32, 33])
+def test_streamed_plain_matmul_is_bit_identical_from_every_tier(tmp_path, dtype, m):
+    """A plain (K, N) float weight in the store streams in panels of whole rows of K at decode
+    shapes (m <= 32), bit-identical to memory; with more rows it is loaded whole (same result)."""
+    rng = np.random.default_rng(11)
+    k, n = 67, 500
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    if dtype == "bfloat16":
+        w = w.astype(pytest.importorskip("ml_dtypes").bfloat16)
+    else:
+        w = w.astype(dtype)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    for isa in ISAS:
+        want = tierflow.matmul(x, w, bias=bias, _isa=isa)
+        with tierflow.TieredStore(tmp_path / f"s{isa}") as s:
+            s.put("w", w)
+            for tier in [t.name for t in s.tiers]:
+                s.move("w", tier)
+                before = dict(s.stats())["counters"]["streamed"].get(tier, {}).get("bytes", 0)
+                got = tierflow.matmul(x, s["w"], bias=bias, panel_bytes=3 * n * 4 + 5, _isa=isa)
+                assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), (tier, isa)
+                if m <= 32:
+                    assert s.tier_of("w") == tier  # streaming leaves the weight where it is
+                after = dict(s.stats())["counters"]["streamed"].get(tier, {}).get("bytes", 0)
+                assert after - before == (w.nbytes if m <= 32 else 0)
+
+
 def test_streamed_matmul_errors(tmp_path):
     with tierflow.TieredStore(tmp_path / "s") as s:
         s.put("plain", np.ones((8, 3), np.float32))
-        # a stored plain array is loaded whole, same result
         assert np.array_equal(
             tierflow.matmul(np.ones((2, 8), np.float32), s["plain"]), np.full((2, 3), 8, np.float32)
         )
+        with pytest.raises(tierflow.InvalidArgumentError):
+            tierflow.matmul(np.ones((2, 8), np.float32), s["plain"], panel_bytes=0)
         s.put("q", tierflow.quantize(np.ones((32, 3), np.float32), "q8_0"))
         with pytest.raises(tierflow.ShapeError):
             tierflow.matmul(np.ones((2, 8), np.float32), s["q"])

@@ -114,6 +114,18 @@ def _matmul_streamed(
     panel_bytes: int = ...,
     isa: str | None = None,
 ) -> None: ...
+def _matmul_streamed_plain(
+    x: Any,
+    store: Any,
+    name: str,
+    kind: str,
+    k: int,
+    n: int,
+    out: Any,
+    bias: Any = None,
+    panel_bytes: int = ...,
+    isa: str | None = None,
+) -> None: ...
 def _paged_decode(
     q: Any,
     kpool: Any,

@@ -50,9 +50,11 @@ __all__ = [
 #: Weight formats of :func:`quantize` (GGUF block layouts, see :class:`QuantizedTensor`).
 FORMATS = ("f32", "f16", "bf16", "q8_0", "q4_0")
 
-#: Up to this many rows of ``x``, :func:`matmul` with a ``q8_0`` / ``q4_0`` weight rounds the
-#: activations to Q8 blocks and uses integer dot products (see :func:`matmul`).
+#: Up to this many rows of ``x`` (decode shapes), :func:`matmul` takes the weight-streaming
+#: kernels: a ``q8_0`` / ``q4_0`` weight multiplies activations rounded to Q8 blocks with integer
+#: dot products, and a plain float weight in a store is streamed (see :func:`matmul`).
 ROUNDED_ACTIVATIONS_MAX_M = 32
+_DECODE_MAX_M = ROUNDED_ACTIVATIONS_MAX_M
 
 _MAX_BYTES = sys.maxsize
 
@@ -240,8 +242,11 @@ def matmul(
             format, including the packed ``f32`` of :func:`pack`) is streamed: it stays in its
             tier and is pulled in panels of about ``panel_bytes`` through a double buffer (the
             next panel is read while the current one is multiplied), bit-identical to the
-            in-memory result; the store's statistics count the bytes. A stored plain array is
-            loaded whole instead (store it packed or quantised to stream it).
+            in-memory result; the store's statistics count the bytes. A stored plain float32 /
+            float16 / bfloat16 ``(K, N)`` array streams the same way (panels of whole rows of
+            K) when ``x`` has at most :data:`ROUNDED_ACTIVATIONS_MAX_M` rows (decode shapes); with
+            more rows it is loaded whole (store it packed with :func:`pack` to stream it at any
+            size: the large-``x`` kernel works on panels of the packed form).
         out: optional float32 C-contiguous writable ``(..., N)`` array to write into.
         bias: optional ``(N,)`` added to every row.
         panel_bytes: the streaming panel size (two such buffers are the whole fast-memory use).
@@ -289,6 +294,15 @@ def matmul(
                 raise InvalidArgumentError(f"panel_bytes must be positive, got {panel_bytes}")
             native = w.store._s
             _tierflow._matmul_streamed(x2, native, w.name, fmt, k, n, r2, b, int(panel_bytes), _isa)
+            return res
+        kind = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}.get(str(dt))
+        if kind is not None and m <= _DECODE_MAX_M:
+            if panel_bytes < 1:
+                raise InvalidArgumentError(f"panel_bytes must be positive, got {panel_bytes}")
+            native = w.store._s
+            _tierflow._matmul_streamed_plain(
+                x2, native, w.name, kind, k, n, r2, b, int(panel_bytes), _isa
+            )
             return res
         w = w.numpy()
     if isinstance(w, QuantizedTensor):

@@ -343,6 +343,48 @@ fn _matmul_streamed(
     })
 }
 
+/// `out = x @ W (+ bias)` with `W` the plain `(K, N)` tensor `name` of a store (`kind` f32, f16
+/// or bf16), streamed from its tier in panels of whole rows of `K` (decode shapes only).
+#[pyfunction]
+#[pyo3(signature = (x, store, name, kind, k, n, out, bias=None, panel_bytes=8 << 20, isa=None))]
+fn _matmul_streamed_plain(
+    py: Python<'_>,
+    x: PyReadonlyArray2<'_, f32>,
+    store: PyRef<'_, crate::store::PyStore>,
+    name: &str,
+    kind: &str,
+    k: usize,
+    n: usize,
+    mut out: PyReadwriteArray2<'_, f32>,
+    bias: Option<PyReadonlyArray1<'_, f32>>,
+    panel_bytes: usize,
+    isa: Option<&str>,
+) -> PyResult<()> {
+    use tierflow_core::kernels::stream::{matmul_streamed_plain, PlainKind};
+    let isa = pick_isa(isa)?;
+    let kind = match kind {
+        "f32" => PlainKind::F32,
+        "f16" => PlainKind::F16,
+        "bf16" => PlainKind::Bf16,
+        _ => return Err(err("DTypeError", format!("cannot stream a plain {kind} weight"))),
+    };
+    let m = x.shape()[0];
+    let xs = slice2(&x, "x")?;
+    let b = match &bias {
+        Some(b) => Some(slice(b, "bias")?),
+        None => None,
+    };
+    let ldc = out.shape()[1];
+    let cs =
+        out.as_slice_mut().map_err(|_| err("InvalidArgumentError", "out must be C-contiguous"))?;
+    let st = store.inner.clone();
+    let name = name.to_owned();
+    run(py, move || {
+        let read = |off: u64, buf: &mut [u8]| st.read_into(&name, off, buf);
+        matmul_streamed_plain(isa, xs, m, kind, k, n, &read, b, cs, ldc, panel_bytes)
+    })
+}
+
 /// Decode attention against a paged KV cache (see `tierflow_core::kernels::paged`).
 #[pyfunction]
 #[pyo3(signature = (q, kpool, vpool, sizes, table, lens, scale, out, isa=None))]
@@ -372,6 +414,7 @@ fn _paged_decode(
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_paged_decode, m)?)?;
     m.add_function(wrap_pyfunction!(_matmul_streamed, m)?)?;
+    m.add_function(wrap_pyfunction!(_matmul_streamed_plain, m)?)?;
     m.add_function(wrap_pyfunction!(_attention, m)?)?;
     m.add_function(wrap_pyfunction!(_rowwise, m)?)?;
     m.add_function(wrap_pyfunction!(_rope, m)?)?;

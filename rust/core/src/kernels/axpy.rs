@@ -36,7 +36,8 @@ impl ColW<'_> {
             ColW::Bf16(w) => f32::from_bits((w[i] as u32) << 16),
         }
     }
-    fn elem_bytes(&self) -> usize {
+    /// Bytes per element.
+    pub fn elem_bytes(&self) -> usize {
         match self {
             ColW::F32(_) => 4,
             _ => 2,
@@ -62,62 +63,141 @@ pub fn matmul_cols(
     if m == 0 || n == 0 {
         return;
     }
-    let threads = crate::runtime::num_threads().max(1);
-    // Columns per task: one run per thread (long contiguous row segments), capped so that the
-    // task's accumulator (m x columns floats) stays within 256 KiB of L2.
-    let cap = (65536 / m.max(1)).max(64);
-    let per = n.div_ceil(threads).min(cap).max(64).div_ceil(16) * 16;
-    let cp = SendPtr(c.as_mut_ptr());
-    crate::runtime::install(|| {
-        (0..n.div_ceil(per)).into_par_iter().for_each(|t| {
-            let n0 = t * per;
-            let n1 = (n0 + per).min(n);
-            // SAFETY: task t writes only columns n0..n1 of C.
-            unsafe { task(isa, x, m, k, w, n, bias, cp.get(), ldc, n0, n1) }
-        });
-    });
+    let mut acc = ColsAcc::begin(isa, m, n, bias, c, ldc);
+    acc.feed(x, k, 0, w, c);
+    acc.finish(c);
 }
 
-unsafe fn task(
+/// A product `C = X W (+ bias)` fed with `W` a few rows of `K` at a time (a streamed weight's
+/// panels), giving bit for bit the result of [`matmul_cols`] on the whole weight: every
+/// output element is the same chain of operations in the same `k` order (a private float
+/// accumulator per column task under AVX2, added to `bias` at the end; `C` itself under the
+/// scalar reference and for the columns after the last whole 16), whatever the panel sizes.
+pub struct ColsAcc {
+    isa: Isa,
+    m: usize,
+    n: usize,
+    ldc: usize,
+    /// Columns per task.
+    per: usize,
+    /// Per task: its padded `m x (width + 16)` accumulator (AVX2 columns only).
+    bufs: Vec<Vec<f32>>,
+}
+
+impl ColsAcc {
+    /// Start: `C[:m, :n] = bias` (or 0).
+    pub fn begin(
+        isa: Isa,
+        m: usize,
+        n: usize,
+        bias: Option<&[f32]>,
+        c: &mut [f32],
+        ldc: usize,
+    ) -> ColsAcc {
+        let threads = crate::runtime::num_threads().max(1);
+        // Columns per task: one run per thread (long contiguous row segments), capped so that
+        // the task's accumulator (m x columns floats) stays within 256 KiB of L2.
+        let cap = (65536 / m.max(1)).max(64);
+        let per = n.div_ceil(threads).min(cap).max(64).div_ceil(16) * 16;
+        for i in 0..m {
+            let row = &mut c[i * ldc..i * ldc + n];
+            match bias {
+                Some(b) => row.copy_from_slice(&b[..n]),
+                None => row.fill(0.0),
+            }
+        }
+        let simd = cfg!(target_arch = "x86_64") && isa >= Isa::Avx2;
+        let bufs = (0..n.div_ceil(per.max(1)))
+            .map(|t| {
+                let width = if simd { (per.min(n - t * per)) / 16 * 16 } else { 0 };
+                if width == 0 {
+                    Vec::new()
+                } else {
+                    vec![0f32; m * (width + 16)]
+                }
+            })
+            .collect();
+        ColsAcc { isa, m, n, ldc, per, bufs }
+    }
+
+    /// Add `X[:, k0..k0+kb] W[k0..k0+kb, :]`, `w` holding those `kb` rows (row stride `n`),
+    /// `x` the whole `(m, k)` activations.
+    pub fn feed(&mut self, x: &[f32], k: usize, k0: usize, w: ColW<'_>, c: &mut [f32]) {
+        let (m, n, ldc, per, isa) = (self.m, self.n, self.ldc, self.per, self.isa);
+        let kb = match w {
+            ColW::F32(p) => p.len(),
+            ColW::F16(p) | ColW::Bf16(p) => p.len(),
+        } / n.max(1);
+        if m == 0 || n == 0 || kb == 0 {
+            return;
+        }
+        let cp = SendPtr(c.as_mut_ptr());
+        crate::runtime::install(|| {
+            self.bufs.par_iter_mut().enumerate().for_each(|(t, buf)| {
+                let n0 = t * per;
+                let n1 = (n0 + per).min(n);
+                // SAFETY: task t writes only columns n0..n1 of C (and its own buffer).
+                unsafe { feed_task(isa, x, m, k, k0, kb, w, n, buf, cp.get(), ldc, n0, n1) }
+            });
+        });
+    }
+
+    /// Finish: add each task's accumulator to `C`.
+    pub fn finish(self, c: &mut [f32]) {
+        let (m, ldc, per) = (self.m, self.ldc, self.per);
+        for (t, buf) in self.bufs.iter().enumerate() {
+            if buf.is_empty() {
+                continue;
+            }
+            let lda = buf.len() / m;
+            let n0 = t * per;
+            for i in 0..m {
+                for j in 0..lda - 16 {
+                    c[i * ldc + n0 + j] += buf[i * lda + j];
+                }
+            }
+        }
+    }
+}
+
+/// One column task over the rows `k0..k0+kb` of `W` (`w` holds exactly those rows).
+unsafe fn feed_task(
     isa: Isa,
     x: &[f32],
     m: usize,
     k: usize,
+    k0: usize,
+    kb: usize,
     w: ColW<'_>,
     n: usize,
-    bias: Option<&[f32]>,
+    buf: &mut [f32],
     c: *mut f32,
     ldc: usize,
     n0: usize,
     n1: usize,
 ) {
-    for i in 0..m {
-        for j in n0..n1 {
-            unsafe { *c.add(i * ldc + j) = bias.map_or(0.0, |b| b[j]) };
-        }
-    }
+    let full = if buf.is_empty() { n0 } else { n0 + (n1 - n0) / 16 * 16 };
     #[cfg(target_arch = "x86_64")]
-    if isa >= Isa::Avx2 {
+    if full > n0 {
         // AVX-512 machines run the AVX2 kernel (no AVX-512 machine to test one on).
-        let full = n0 + (n1 - n0) / 16 * 16;
+        let lda = buf.len() / m;
+        let a = buf.as_mut_ptr();
         unsafe {
             match w {
                 ColW::F32(p) => {
-                    avx2::task::<avx2::F32>(x, m, k, p.as_ptr() as _, n, c, ldc, n0, full)
+                    avx2::task::<avx2::F32>(x, m, k, k0, kb, p.as_ptr() as _, n, a, lda, n0, full)
                 }
                 ColW::F16(p) => {
-                    avx2::task::<avx2::F16>(x, m, k, p.as_ptr() as _, n, c, ldc, n0, full)
+                    avx2::task::<avx2::F16>(x, m, k, k0, kb, p.as_ptr() as _, n, a, lda, n0, full)
                 }
                 ColW::Bf16(p) => {
-                    avx2::task::<avx2::Bf16>(x, m, k, p.as_ptr() as _, n, c, ldc, n0, full)
+                    avx2::task::<avx2::Bf16>(x, m, k, k0, kb, p.as_ptr() as _, n, a, lda, n0, full)
                 }
             }
-            scalar_task(x, m, k, w, n, c, ldc, full, n1);
         }
-        return;
     }
-    let _ = (isa, w.elem_bytes());
-    unsafe { scalar_task(x, m, k, w, n, c, ldc, n0, n1) }
+    let _ = isa;
+    unsafe { scalar_task(x, m, k, k0, kb, w, n, c, ldc, full, n1) }
 }
 
 /// The scalar reference: `C[i, j] += X[i, kk] * W[kk, j]` in `kk` order.
@@ -125,6 +205,8 @@ unsafe fn scalar_task(
     x: &[f32],
     m: usize,
     k: usize,
+    k0: usize,
+    kb: usize,
     w: ColW<'_>,
     n: usize,
     c: *mut f32,
@@ -132,9 +214,9 @@ unsafe fn scalar_task(
     n0: usize,
     n1: usize,
 ) {
-    for kk in 0..k {
+    for kk in 0..kb {
         for i in 0..m {
-            let a = x[i * k + kk];
+            let a = x[i * k + k0 + kk];
             for j in n0..n1 {
                 unsafe { *c.add(i * ldc + j) += a * w.get(kk * n + j) };
             }
@@ -218,7 +300,9 @@ mod avx2 {
         }
     }
 
-    /// Full 16-column groups of `n0..n1` (`n1 - n0` a multiple of 16), added into `C`.
+    /// Full 16-column groups of `n0..n1` (`n1 - n0` a multiple of 16): the task's accumulator
+    /// `acc` (row stride `lda = n1 - n0 + 16`) gets `X[:, k0..k0+kb] W[k0..k0+kb, n0..n1]`,
+    /// `w` pointing at row `k0` of `W`.
     ///
     /// The accumulator is private, with a row stride padded by 16 floats, and the block of `X`
     /// is transposed into a small buffer: with `C`, `X` and `W` rows all a multiple of 4 KiB
@@ -229,10 +313,12 @@ mod avx2 {
         x: &[f32],
         m: usize,
         k: usize,
+        k0: usize,
+        kb_total: usize,
         w: *const u8,
         n: usize,
-        c: *mut f32,
-        ldc: usize,
+        ap: *mut f32,
+        lda: usize,
         n0: usize,
         n1: usize,
     ) {
@@ -240,16 +326,13 @@ mod avx2 {
         if width == 0 {
             return;
         }
-        let lda = width + 16;
-        let mut acc = vec![0f32; m * lda];
         let mut xk = vec![0f32; super::KB * m];
-        let ap = acc.as_mut_ptr();
-        let mut k0 = 0;
-        while k0 < k {
-            let kb = super::KB.min(k - k0);
+        let mut r0 = 0;
+        while r0 < kb_total {
+            let kb = super::KB.min(kb_total - r0);
             for kk in 0..kb {
                 for i in 0..m {
-                    xk[kk * m + i] = x[i * k + k0 + kk];
+                    xk[kk * m + i] = x[i * k + k0 + r0 + kk];
                 }
             }
             let xp = xk.as_ptr();
@@ -258,25 +341,20 @@ mod avx2 {
                 let mut i = 0;
                 unsafe {
                     while i + 4 <= m {
-                        tile::<F, 4>(xp, m, kb, w, n, ap, lda, i, j, n0 + j, k0);
+                        tile::<F, 4>(xp, m, kb, w, n, ap, lda, i, j, n0 + j, r0);
                         i += 4;
                     }
                     if i + 2 <= m {
-                        tile::<F, 2>(xp, m, kb, w, n, ap, lda, i, j, n0 + j, k0);
+                        tile::<F, 2>(xp, m, kb, w, n, ap, lda, i, j, n0 + j, r0);
                         i += 2;
                     }
                     if i < m {
-                        tile::<F, 1>(xp, m, kb, w, n, ap, lda, i, j, n0 + j, k0);
+                        tile::<F, 1>(xp, m, kb, w, n, ap, lda, i, j, n0 + j, r0);
                     }
                 }
                 j += 16;
             }
-            k0 += kb;
-        }
-        for i in 0..m {
-            for j in 0..width {
-                unsafe { *c.add(i * ldc + n0 + j) += acc[i * lda + j] };
-            }
+            r0 += kb;
         }
         let _ = F::SIZE;
     }

@@ -8,7 +8,8 @@
 //! code on the same bytes as in memory, so the result is bit-identical to `gemm::matmul` on
 //! the whole weight.
 
-use super::gemm::{matmul, Weight};
+use super::axpy::{ColW, ColsAcc};
+use super::gemm::{matmul, Weight, DECODE_MAX_M};
 use super::quant::{Format, QWeight};
 use crate::cpu::Isa;
 use crate::{CoreError, Result};
@@ -19,6 +20,64 @@ pub fn panel_rows(row_bytes: usize, panel_bytes: usize) -> usize {
     ((panel_bytes / row_bytes.max(1)) / 64).max(1) * 64
 }
 
+/// A reader of a weight's bytes: `read(offset, buf)` fills `buf` from byte `offset`.
+pub type ReadFn<'a> = &'a (dyn Fn(u64, &mut [u8]) -> Result<()> + Sync);
+
+/// Read `units` units of `unit_bytes` bytes, `per` units per panel, through two buffers: a
+/// reader thread fills the next panel while `f(first_unit, count, bytes)` runs on the current
+/// one. The buffers are 8-byte aligned (a panel of float32 can be viewed in place).
+fn pipeline(
+    read: ReadFn<'_>,
+    unit_bytes: usize,
+    units: usize,
+    per: usize,
+    mut f: impl FnMut(usize, usize, &[u8]) -> Result<()>,
+) -> Result<()> {
+    let panels = units.div_ceil(per);
+    let words = (per * unit_bytes).div_ceil(8);
+    let (free_tx, free_rx) = sync_channel::<Vec<u64>>(2);
+    let (full_tx, full_rx) = sync_channel::<(usize, Vec<u64>, Result<()>)>(2);
+    for _ in 0..2.min(panels) {
+        free_tx.send(vec![0u64; words]).expect("channel");
+    }
+    let view = |buf: &mut Vec<u64>, len: usize| -> &mut [u8] {
+        // SAFETY: u64 storage viewed as bytes; len <= 8 * buf.len().
+        unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u8, len) }
+    };
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            for p in 0..panels {
+                let Ok(mut buf) = free_rx.recv() else { return };
+                let u0 = p * per;
+                let len = per.min(units - u0) * unit_bytes;
+                let r = read((u0 * unit_bytes) as u64, view(&mut buf, len));
+                let failed = r.is_err();
+                if full_tx.send((p, buf, r)).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let result = (|| -> Result<()> {
+            for p in 0..panels {
+                let (got, mut buf, r) = full_rx
+                    .recv()
+                    .map_err(|_| CoreError::Internal("panel reader stopped".into()))?;
+                r?;
+                debug_assert_eq!(got, p);
+                let u0 = p * per;
+                let cnt = per.min(units - u0);
+                f(u0, cnt, view(&mut buf, cnt * unit_bytes))?;
+                let _ = free_tx.send(buf);
+            }
+            Ok(())
+        })();
+        // Unblock the reader whether we finished or failed part-way.
+        drop(free_tx);
+        drop(full_rx);
+        result
+    })
+}
+
 /// `C[:m, :n] = X W + bias`, reading `W`'s bytes with `read(offset, buf)`.
 pub fn matmul_streamed(
     isa: Isa,
@@ -27,7 +86,7 @@ pub fn matmul_streamed(
     fmt: Format,
     k: usize,
     n: usize,
-    read: &(dyn Fn(u64, &mut [u8]) -> Result<()> + Sync),
+    read: ReadFn<'_>,
     bias: Option<&[f32]>,
     c: &mut [f32],
     ldc: usize,
@@ -45,54 +104,169 @@ pub fn matmul_streamed(
         return Err(CoreError::Shape("streamed matmul output too small".into()));
     }
     let rows = panel_rows(rb, panel_bytes).min(n);
-    let panels = n.div_ceil(rows);
-    let (free_tx, free_rx) = sync_channel::<Vec<u8>>(2);
-    let (full_tx, full_rx) = sync_channel::<(usize, Vec<u8>, Result<()>)>(2);
-    for _ in 0..2.min(panels) {
-        free_tx.send(vec![0u8; rows * rb]).expect("channel");
+    pipeline(read, rb, n, rows, |j0, nb, buf| {
+        let q = QWeight::new(fmt, k, nb, buf)?;
+        let b = bias.map(|b| &b[j0..j0 + nb]);
+        let clen = (m - 1) * ldc + nb;
+        matmul(isa, x, m, Weight::Rows(q), b, &mut c[j0..j0 + clen], ldc)
+    })
+}
+
+/// Element type of a plain row-major `(K, N)` weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlainKind {
+    F32,
+    F16,
+    Bf16,
+}
+
+/// `C[:m, :n] = X W + bias` for a plain row-major `(K, N)` weight (float32, float16 or
+/// bfloat16, as NumPy holds it) read with `read(offset, buf)` in panels of whole rows of `K`
+/// (contiguous bytes), for decode shapes (`m <= DECODE_MAX_M`). Bit-identical to
+/// [`matmul`] on the whole weight: the decode kernel continues the same accumulators from one
+/// panel to the next (see [`ColsAcc`]).
+pub fn matmul_streamed_plain(
+    isa: Isa,
+    x: &[f32],
+    m: usize,
+    kind: PlainKind,
+    k: usize,
+    n: usize,
+    read: ReadFn<'_>,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    ldc: usize,
+    panel_bytes: usize,
+) -> Result<()> {
+    if m > DECODE_MAX_M {
+        return Err(CoreError::Value(format!(
+            "a plain weight streams for at most {DECODE_MAX_M} rows of x, got {m}"
+        )));
     }
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            for p in 0..panels {
-                let Ok(mut buf) = free_rx.recv() else { return };
-                let j0 = p * rows;
-                let nb = rows.min(n - j0);
-                buf.resize(nb * rb, 0);
-                let r = read((j0 * rb) as u64, &mut buf);
-                let failed = r.is_err();
-                if full_tx.send((p, buf, r)).is_err() || failed {
-                    return;
+    let es = if kind == PlainKind::F32 { 4 } else { 2 };
+    let row =
+        n.checked_mul(es).filter(|r| r.checked_mul(k).is_some_and(|t| t <= isize::MAX as usize));
+    let rb = row.ok_or_else(|| CoreError::Shape(format!("a ({k}, {n}) weight overflows")))?;
+    if x.len() < m * k || (m > 0 && (c.len() < (m - 1) * ldc + n || ldc < n)) {
+        return Err(CoreError::Shape("streamed matmul buffers too small".into()));
+    }
+    if let Some(b) = bias {
+        if b.len() != n {
+            return Err(CoreError::Shape(format!("bias has {} elements, expected {n}", b.len())));
+        }
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        let w = match kind {
+            PlainKind::F32 => ColW::F32(&[]),
+            PlainKind::F16 => ColW::F16(&[]),
+            PlainKind::Bf16 => ColW::Bf16(&[]),
+        };
+        return matmul(isa, x, m, Weight::Plain { w, k, n }, bias, c, ldc);
+    }
+    let per = (panel_bytes / rb).max(1).min(k);
+    let mut acc = ColsAcc::begin(isa, m, n, bias, c, ldc);
+    pipeline(read, rb, k, per, |k0, kb, buf| {
+        let len = kb * n;
+        // SAFETY: the pipeline's buffers are 8-byte aligned and hold kb * n elements.
+        let w = unsafe {
+            match kind {
+                PlainKind::F32 => {
+                    ColW::F32(std::slice::from_raw_parts(buf.as_ptr() as *const f32, len))
+                }
+                PlainKind::F16 => {
+                    ColW::F16(std::slice::from_raw_parts(buf.as_ptr() as *const u16, len))
+                }
+                PlainKind::Bf16 => {
+                    ColW::Bf16(std::slice::from_raw_parts(buf.as_ptr() as *const u16, len))
                 }
             }
-        });
-        let result = (|| -> Result<()> {
-            for p in 0..panels {
-                let (got, buf, r) = full_rx
-                    .recv()
-                    .map_err(|_| CoreError::Internal("panel reader stopped".into()))?;
-                r?;
-                debug_assert_eq!(got, p);
-                let j0 = p * rows;
-                let nb = rows.min(n - j0);
-                let q = QWeight::new(fmt, k, nb, &buf)?;
-                let b = bias.map(|b| &b[j0..j0 + nb]);
-                let clen = (m - 1) * ldc + nb;
-                matmul(isa, x, m, Weight::Rows(q), b, &mut c[j0..j0 + clen], ldc)?;
-                let _ = free_tx.send(buf);
-            }
-            Ok(())
-        })();
-        // Unblock the reader whether we finished or failed part-way.
-        drop(free_tx);
-        drop(full_rx);
-        result
-    })
+        };
+        acc.feed(x, k, k0, w, c);
+        Ok(())
+    })?;
+    acc.finish(c);
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kernels::quant::quantize;
+
+    #[test]
+    fn streamed_plain_is_bit_identical() {
+        let (k, n) = (37, 300);
+        let w: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 997) as f32 / 500.0 - 1.0).collect();
+        let wb: Vec<u16> = w.iter().map(|v| half::bf16::from_f32(*v).to_bits()).collect();
+        let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
+        for m in [1, 5, 32] {
+            let x: Vec<f32> =
+                (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 700.0 - 0.6).collect();
+            for isa in Isa::available() {
+                for (kind, cw, bytes) in [
+                    (
+                        PlainKind::F32,
+                        ColW::F32(&w),
+                        w.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+                    ),
+                    (
+                        PlainKind::Bf16,
+                        ColW::Bf16(&wb),
+                        wb.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    ),
+                ] {
+                    let mut want = vec![0f32; m * n];
+                    matmul(isa, &x, m, Weight::Plain { w: cw, k, n }, Some(&bias), &mut want, n)
+                        .unwrap();
+                    let read = |off: u64, buf: &mut [u8]| {
+                        buf.copy_from_slice(&bytes[off as usize..off as usize + buf.len()]);
+                        Ok(())
+                    };
+                    for panel in [1, 3 * n * 4, 1 << 20] {
+                        let mut got = vec![0f32; m * n];
+                        matmul_streamed_plain(
+                            isa,
+                            &x,
+                            m,
+                            kind,
+                            k,
+                            n,
+                            &read,
+                            Some(&bias),
+                            &mut got,
+                            n,
+                            panel,
+                        )
+                        .unwrap();
+                        assert!(
+                            got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{kind:?} {isa:?} m={m} panel={panel}"
+                        );
+                    }
+                }
+            }
+        }
+        let x = vec![0f32; 33 * k];
+        let mut c = vec![0f32; 33 * n];
+        let read = |_: u64, _: &mut [u8]| Ok(());
+        let r = matmul_streamed_plain(
+            Isa::detect(),
+            &x,
+            33,
+            PlainKind::F32,
+            k,
+            n,
+            &read,
+            None,
+            &mut c,
+            n,
+            1024,
+        );
+        assert!(r.is_err());
+    }
 
     #[test]
     fn streamed_is_bit_identical() {
