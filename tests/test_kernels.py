@@ -377,6 +377,33 @@ def test_streamed_plain_matmul_is_bit_identical_from_every_tier(tmp_path, dtype,
                 assert after - before == (w.nbytes if m <= 32 else 0)
 
 
+@pytest.mark.parametrize("m", [1, 40])
+def test_streamed_transposed_ref(tmp_path, m):
+    """store["fc.weight"].T (a PyTorch Linear weight, (out, in) as stored) streams its rows at
+    any size, bit-identical to the in-memory product with the transposed array."""
+    rng = np.random.default_rng(12)
+    wt = rng.standard_normal((300, 64)).astype(np.float32)  # (out, in)
+    x = rng.standard_normal((m, 64)).astype(np.float32)
+    want = tierflow.matmul(x, tierflow.pack(wt.T))
+    np.testing.assert_allclose(want, x.astype(np.float64) @ wt.T, rtol=1e-4, atol=1e-4)
+    with tierflow.TieredStore(tmp_path / "s") as s:
+        s.put("fc.weight", wt)
+        ref = s["fc.weight"].T
+        assert ref.shape == (64, 300) and np.array_equal(ref.numpy(), wt.T)
+        s.move("fc.weight", "disk")
+        got = tierflow.matmul(x, ref, panel_bytes=64 * 4 * 64)
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+        assert s.tier_of("fc.weight") == "disk"
+        with pytest.raises(tierflow.ShapeError):
+            tierflow.matmul(x, s["fc.weight"])  # (300, 64): K differs
+        s.put("v", np.ones(3, np.float32))
+        with pytest.raises(tierflow.ShapeError):
+            _ = s["v"].T
+        s.put("q", tierflow.quantize(np.ones((32, 3), np.float32), "q8_0"))
+        with pytest.raises(tierflow.DTypeError):
+            _ = s["q"].T
+
+
 def test_streamed_matmul_errors(tmp_path):
     with tierflow.TieredStore(tmp_path / "s") as s:
         s.put("plain", np.ones((8, 3), np.float32))

@@ -263,8 +263,8 @@ def test_float16_and_bfloat16_checkpoints(tmp_path, name):
         save_file(wr, str(d / "model.safetensors"))
         (d / "config.json").write_text(json.dumps(cfg))
         expect = CHECKPOINTS[name]({k: v.astype(np.float64) for k, v in wr.items()}, cfg, ids)
-        for mmap_files in (True, False):
-            got = tm.load(d, mmap_files=mmap_files)(ids)
+        for read in ("mmap", "store", "stream"):
+            got = tm.load(d, read=read)(ids)
             np.testing.assert_allclose(got, expect, atol=1e-4, rtol=0)
 
 
@@ -285,17 +285,20 @@ def test_weights_served_from_each_tier(shared, tier):
     np.testing.assert_array_equal(logits, base(r["input_ids_2"]))
 
 
-@pytest.mark.parametrize("mmap_files", [False, True])
+@pytest.mark.parametrize("read", ["auto", "store", "stream", "mmap"])
 @pytest.mark.parametrize("fmt", [None, "q8_0"])
-def test_ram_budget_below_model_size(tmp_path, mmap_files, fmt):
+def test_ram_budget_below_model_size(tmp_path, read, fmt):
     """A RAM tier of half the model. Through the store: every step reads the weights
-    from the file tier again (counted), evicting. Read in place: the matmul weights never pass
-    through the store's RAM tier. The results are the same either way."""
+    from the file tier again (counted), evicting. Streamed (what "auto" picks here): the
+    kernels pull every weight from the file tier at every step (counted as streamed traffic),
+    none passes through the RAM tier. Read in place: none passes through the store at all.
+    The results are bit-identical every way."""
     r = _ref_data("tiny-llama")
     ram = (1 << 20) if fmt is None else (192 << 10)  # about half the weights
     tiers = [tierflow.Tier("ram", ram), tierflow.Tier("disk", None, path="disk")]
     with tierflow.TieredStore(tmp_path / "store", tiers=tiers) as store:
-        model = tm.load(DATA / "tiny-llama", store=store, dtype=fmt, mmap_files=mmap_files)
+        model = tm.load(DATA / "tiny-llama", store=store, dtype=fmt, read=read)
+        assert model.weights.read == ("stream" if read == "auto" else read)
         base = tm.load(DATA / "tiny-llama", dtype=fmt, tier="ram")
         store.reset_stats()
         ids = r["input_ids_1"]
@@ -304,12 +307,17 @@ def test_ram_budget_below_model_size(tmp_path, mmap_files, fmt):
             model.generate(r["gen_prompt"], 24), base.generate(r["gen_prompt"], 24)
         )
         moved = store.stats().link("disk", "ram").get("bytes", 0)
+        streamed = store.stats()["counters"]["streamed"].get("disk", {}).get("bytes", 0)
         per_step = sum(model.weights.nbytes(n) for n in model.weights.layouts)
-        if mmap_files:
-            assert moved < per_step  # only norms went through the store
-        else:
+        if read == "store":
             assert moved > 24 * per_step * 0.4
             assert store.stats()["counters"]["evictions"] > 0
+        else:
+            assert moved < per_step  # only norms went through the store
+        if read in ("auto", "stream"):
+            assert streamed >= 25 * per_step * 0.95  # prefill + 24 steps, every matmul weight
+    # A model that fits the memory tiers is cached there ("auto" -> "store").
+    assert tm.load(DATA / "tiny-llama").weights.read == "store"
 
 
 def test_two_models_share_one_store(tmp_path):

@@ -246,7 +246,9 @@ def matmul(
             float16 / bfloat16 ``(K, N)`` array streams the same way (panels of whole rows of
             K) when ``x`` has at most :data:`ROUNDED_ACTIVATIONS_MAX_M` rows (decode shapes); with
             more rows it is loaded whole (store it packed with :func:`pack` to stream it at any
-            size: the large-``x`` kernel works on panels of the packed form).
+            size: the large-``x`` kernel works on panels of the packed form). The transpose of a
+            stored ``(N, K)`` float tensor (``store["fc.weight"].T``, a PyTorch ``Linear``
+            weight) is that packed form already, and streams at any size.
         out: optional float32 C-contiguous writable ``(..., N)`` array to write into.
         bias: optional ``(N,)`` added to every row.
         panel_bytes: the streaming panel size (two such buffers are the whole fast-memory use).
@@ -286,6 +288,16 @@ def matmul(
     r2 = res.reshape(m, n)
     if isinstance(w, TensorRef):
         dt = w.dtype
+        kind = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}.get(str(dt))
+        if w._transposed and kind is not None:
+            # (N, K) rows of K as stored: exactly the row-stored layout of the kernels' formats.
+            if panel_bytes < 1:
+                raise InvalidArgumentError(f"panel_bytes must be positive, got {panel_bytes}")
+            native = w.store._s
+            _tierflow._matmul_streamed(
+                x2, native, w.name, kind, k, n, r2, b, int(panel_bytes), _isa
+            )
+            return res
         if isinstance(dt, str) and dt.startswith("block:"):
             fmt = dt[len("block:") :]
             if fmt not in FORMATS:
@@ -295,7 +307,6 @@ def matmul(
             native = w.store._s
             _tierflow._matmul_streamed(x2, native, w.name, fmt, k, n, r2, b, int(panel_bytes), _isa)
             return res
-        kind = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}.get(str(dt))
         if kind is not None and m <= _DECODE_MAX_M:
             if panel_bytes < 1:
                 raise InvalidArgumentError(f"panel_bytes must be positive, got {panel_bytes}")

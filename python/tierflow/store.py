@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from . import _tierflow
-from .errors import DTypeError, InvalidArgumentError
+from .errors import DTypeError, InvalidArgumentError, ShapeError
 
 __all__ = [
     "BlockTensor",
@@ -218,18 +218,36 @@ class Future:
 
 class TensorRef:
     """A lazy handle on a stored tensor: name, shape, dtype, nbytes and (live) tier. Kernels take
-    it to stream the tensor from its tier; :meth:`numpy` loads it."""
+    it to stream the tensor from its tier; :meth:`numpy` loads it.
 
-    __slots__ = ("_meta", "name", "store")
+    ``ref.T`` is the transpose of a 2-D float tensor, still lazy: a PyTorch ``Linear`` weight
+    ``(out, in)`` stored as it is serves as the ``(in, out)`` operand of
+    ``tierflow.matmul(x, store["fc.weight"].T)`` (``y = x W^T``), which streams its rows."""
 
-    def __init__(self, store: TieredStore, name: str, meta: dict[str, Any]) -> None:
+    __slots__ = ("_meta", "_transposed", "name", "store")
+
+    def __init__(
+        self, store: TieredStore, name: str, meta: dict[str, Any], transposed: bool = False
+    ) -> None:
         self.store = store
         self.name = name
         self._meta = meta
+        self._transposed = transposed
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self._meta["shape"])
+        s = tuple(self._meta["shape"])
+        return s[::-1] if self._transposed else s
+
+    @property
+    def T(self) -> TensorRef:
+        if len(self._meta["shape"]) != 2:
+            raise ShapeError(
+                f"only a 2-D tensor has a transpose, {self.name!r} has shape {self.shape}"
+            )
+        if str(self._meta["dtype"]).startswith("block:"):
+            raise DTypeError(f"{self.name!r} is a block tensor; it has no transposed view")
+        return TensorRef(self.store, self.name, self._meta, not self._transposed)
 
     @property
     def dtype(self) -> np.dtype[Any] | str:
@@ -251,16 +269,18 @@ class TensorRef:
         return self.store.tier_of(self.name)
 
     def numpy(self) -> Any:
-        return self.store.get(self.name)
+        a = self.store.get(self.name)
+        return a.T if self._transposed else a
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        a = np.asarray(self.store.get(self.name))
+        a = np.asarray(self.numpy())
         if dtype is not None:
             a = a.astype(dtype)
         return a
 
     def __repr__(self) -> str:
-        return f"TensorRef({self.name!r}, shape={self.shape}, dtype={self._meta['dtype']}, tier={self.tier!r})"
+        t = ".T" if self._transposed else ""
+        return f"TensorRef({self.name!r}, shape={self._meta['shape']}, dtype={self._meta['dtype']}, tier={self.tier!r}){t}"
 
 
 def _fmt_bytes(n: float | None) -> str:

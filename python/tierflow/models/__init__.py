@@ -71,6 +71,7 @@ def load(
     dtype: str | None = None,
     prefix: str | None = None,
     mmap_files: bool = False,
+    read: str = "auto",
 ) -> Any:
     """Load a checkpoint folder into the right model class.
 
@@ -83,11 +84,15 @@ def load(
         dtype: convert weights on load: None (as stored), "f32", "bf16", "q8_0" or "q4_0".
         prefix: the store names of the weights are ``prefix + tensor name`` (default: the
             folder's name and a counter, e.g. ``"tiny-llama#1/"``), so many models share a store.
-        mmap_files: read matmul weights that sit in a file tier in place (memory-mapped: one
-            pass over the bytes, through the OS page cache) rather than through the store (its
-            tiers, eviction policy, prefetch, checksums and traffic statistics; the default).
-            Faster, but a file truncated while mapped kills the process with SIGBUS: use it only
-            for files nobody rewrites while the model runs.
+        read: how matmul weights that sit in a file tier are read at each step: ``"stream"``
+            (the kernels stream them from the tier through a double buffer, overlapping reads
+            with arithmetic; they stay in the file tier), ``"store"`` (copied into the store's
+            memory tiers by its policy, the next layer prefetched), ``"mmap"`` (read in place,
+            memory-mapped: one pass through the OS page cache, but a file truncated while mapped
+            kills the process with SIGBUS: only for files nobody rewrites while the model runs),
+            or ``"auto"`` (the default): ``"stream"`` when the matmul weights are larger than the
+            store's memory tiers, else ``"store"``. The logits are bit-identical in every mode.
+        mmap_files: the same as ``read="mmap"`` (kept from earlier versions).
     Raises:
         InvalidArgumentError: an unsupported architecture (lists the supported ones) or option.
         TensorNotFoundError / ShapeError: a tensor missing or disagreeing with config.json.
@@ -100,7 +105,13 @@ def load(
         raise MissingFileError(f"no checkpoint folder at {folder}")
     cfg = read_config(folder)
     weights = Weights.open(
-        folder, cfg, store=store, tier=tier, dtype=dtype, prefix=prefix, mmap_files=mmap_files
+        folder,
+        cfg,
+        store=store,
+        tier=tier,
+        dtype=dtype,
+        prefix=prefix,
+        read="mmap" if mmap_files else read,
     )
     store = weights.store
     return _CLASSES[cfg.family](cfg, weights, store)

@@ -8,13 +8,23 @@ memory tier; ``dtype`` converts the matmul weights (``tierflow.quantize``) and s
 in the same tier. The forward pass asks for each weight when it needs it (``Weights.mat``):
 
 - a weight in a memory tier comes from ``store.get`` (zero copy);
-- a weight in a file tier comes from ``store.get`` (copied file tier -> memory tier, the store's
-  policy evicting; ``pread``, so a file changed on disk is an error, never a crash), and the next
-  layer is prefetched while this one computes;
-- with ``mmap_files=True`` it is read in place instead: its file (the adopted checkpoint, or the
-  store's own file for a converted weight) is memory-mapped and handed to the kernel, so the bytes
-  are read once, through the OS page cache (faster, but a file truncated while mapped kills the
-  process with SIGBUS: only for files nobody rewrites while the model runs).
+- a weight in a file tier is read in one of three ways (``read=``):
+
+  - ``"stream"``: the kernel streams it from its tier (``tierflow.matmul(x, store[name])``):
+    panels ``pread`` into a double buffer while the previous panel is multiplied, the weight
+    staying in the file tier; one copy, into a cache-sized buffer, overlapped with compute;
+  - ``"store"``: ``store.get`` copies it file tier -> memory tier (the store's policy evicting),
+    and the next layer is prefetched while this one computes; repeated steps then hit memory
+    when the memory tiers hold the model;
+  - ``"mmap"``: its file (the adopted checkpoint, or the store's own file for a converted
+    weight) is memory-mapped and handed to the kernel (one pass through the OS page cache; a
+    file truncated while mapped kills the process with SIGBUS: only for files nobody rewrites
+    while the model runs);
+  - ``"auto"`` (the default): ``"stream"`` when the matmul weights are larger than the store's
+    memory tiers (caching them there could only thrash), else ``"store"``.
+
+  ``stream`` and ``store`` read with ``pread``, so a file changed on disk is an error, never a
+  crash.
 
 Token-embedding rows are read one row at a time from wherever the table lives (only the rows of
 the tokens in play), not by loading the whole table each step.
@@ -38,8 +48,10 @@ from ..store import TieredStore
 from . import _checkpoint as ck
 from .config import ModelConfig, matmul_layouts
 
-__all__ = ["WEIGHT_FORMATS", "Weights"]
+__all__ = ["READ_MODES", "WEIGHT_FORMATS", "Weights"]
 
+#: how matmul weights in a file tier are read (see the module docs)
+READ_MODES = ("auto", "stream", "store", "mmap")
 #: formats a checkpoint may be converted to on load (None keeps the stored dtype)
 WEIGHT_FORMATS = (None, "f32", "bf16", "q8_0", "q4_0")
 _FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
@@ -100,8 +112,9 @@ class Weights:
         self.layouts: dict[str, str] = {}
         self.groups: list[list[str]] = _groups(list(infos))
         self.prefetch_ahead = True
-        #: read matmul weights that sit in a file tier in place (mmap) instead of via the store
-        self.mmap_files = False
+        #: how matmul weights in a file tier are read: "stream", "store" or "mmap"
+        self.read = "store"
+        self._refs: dict[str, Any] = {}
         self._direct: dict[str, tuple[str, Any]] = {}
         self._file_tiers = {t.name for t in store.tiers if t.file_backed}
 
@@ -115,8 +128,10 @@ class Weights:
         tier: str | None = None,
         dtype: str | None = None,
         prefix: str | None = None,
-        mmap_files: bool = False,
+        read: str = "auto",
     ) -> Weights:
+        if read not in READ_MODES:
+            raise InvalidArgumentError(f"read must be one of {READ_MODES}, got {read!r}")
         if dtype not in WEIGHT_FORMATS:
             raise InvalidArgumentError(
                 f"unknown weight format {dtype!r}; supported: {', '.join(map(str, WEIGHT_FORMATS))}"
@@ -145,9 +160,9 @@ class Weights:
             emb = dict(_embedding_infos(infos, config))
             w = cls(store, prefix, infos, dtype, emb)
             w.layouts = matmul_layouts(config, list(infos))
-            w.mmap_files = bool(mmap_files)
             if dtype is not None and dtype != "f32":
                 w._convert(dtype, tier)
+            w.read = w._auto_read() if read == "auto" else read
         except BaseException:
             if private is not None:
                 _close_private_store(store, private)
@@ -176,11 +191,16 @@ class Weights:
         (``y = x W``), zero copy: a converted weight is the stored QuantizedTensor; a float
         ``(out, in)`` weight is exactly the kernels' row-stored layout (N rows of K), so its
         bytes are wrapped as a QuantizedTensor of format f32 / f16 / bf16; an ``(in, out)`` one
-        is passed as the (K, N) array it is."""
-        if self.mmap_files:
+        is passed as the (K, N) array it is. In a file tier with ``read="stream"``: the store's
+        handle on it (its transpose for an ``(out, in)`` float weight), which the kernel streams."""
+        if self.read == "mmap":
             op = self._direct_operand(name)
             if op is not None:
                 return op
+        elif self.read == "stream":
+            ref = self._streamed_operand(name)
+            if ref is not None:
+                return ref
         a = self.store.get(self.prefix + name)
         if isinstance(a, QuantizedTensor):
             return a
@@ -189,6 +209,35 @@ class Weights:
         n, k = a.shape
         fmt = _ROW_FORMATS[self.infos[name].dtype]
         return QuantizedTensor(fmt, (k, n), np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+
+    @property
+    def mmap_files(self) -> bool:
+        """Matmul weights in a file tier are read in place (``read == "mmap"``)."""
+        return self.read == "mmap"
+
+    def _auto_read(self) -> str:
+        """``"stream"`` when the matmul weights exceed the memory tiers' capacity, else
+        ``"store"``."""
+        caps = [t.capacity for t in self.store.tiers if not t.file_backed]
+        if not caps or any(c is None for c in caps):
+            return "store"
+        total = sum(self.nbytes(n) for n in self.layouts)
+        return "stream" if total > sum(int(c) for c in caps) else "store"
+
+    def _streamed_operand(self, name: str) -> Any:
+        """The store's handle on a matmul weight in a file tier (None elsewhere)."""
+        full = self.prefix + name
+        if self.store.tier_of(full) not in self._file_tiers:
+            return None
+        ref = self._refs.get(name)
+        if ref is None:
+            ref = self.store[full]
+            if not isinstance(ref.dtype, str) and self.layouts[name] == "out_in":
+                if self.infos[name].dtype not in _ROW_FORMATS:
+                    return None  # e.g. float64: loaded (converted) through the store
+                ref = ref.T
+            self._refs[name] = ref
+        return ref
 
     def _direct_operand(self, name: str) -> Any:
         """The operand read in place from the file backing the tensor, when it sits in a file
@@ -244,8 +293,9 @@ class Weights:
         the layers). When weights are read through the store (``mmap_files`` off): prefetch the
         next group (wrapping to layer 0 for the next step) into the store's default tier on a
         background thread, so reading the next layer from a slow tier overlaps this layer's
-        arithmetic. (Files read in place are paged in by the OS.)"""
-        if self.prefetch_ahead and not self.mmap_files and len(self.groups) > 1:
+        arithmetic. (Streamed weights overlap their reads inside the kernel; files read in
+        place are paged in by the OS.)"""
+        if self.prefetch_ahead and self.read == "store" and len(self.groups) > 1:
             nxt = self.groups[(group + 1) % len(self.groups)]
             self.store.prefetch([self.prefix + n for n in nxt])
 

@@ -15,6 +15,13 @@ struct PoolSlot {
 }
 
 static POOL: Mutex<Option<PoolSlot>> = Mutex::new(None);
+/// The pool of [`with_threads`] (one at a time: rebuilt when its size or the process changes).
+static SIDE_POOL: Mutex<Option<PoolSlot>> = Mutex::new(None);
+
+thread_local! {
+    /// Set on the workers of a [`with_threads`] pool: the thread count seen inside it.
+    static OVERRIDE: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
 static REQUESTED: Mutex<Option<usize>> = Mutex::new(None);
 
 /// Threads used when nothing was set: `TIERFLOW_NUM_THREADS`, else the available parallelism.
@@ -28,9 +35,41 @@ pub fn default_num_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
-/// The number of worker threads kernels and copies use.
+/// The number of worker threads kernels and copies use (inside [`with_threads`], its count).
 pub fn num_threads() -> usize {
-    REQUESTED.lock().unwrap_or_else(default_num_threads)
+    OVERRIDE.get().unwrap_or_else(|| REQUESTED.lock().unwrap_or_else(default_num_threads))
+}
+
+/// Run `f` on a separate pool of `n` threads: kernels called inside see `n` threads and use
+/// that pool. The streaming matmul computes on `threads - 1` this way, leaving a core to its
+/// reader thread, instead of three threads time-slicing two cores.
+pub fn with_threads<R: Send>(n: usize, f: impl FnOnce() -> R + Send) -> R {
+    let n = n.max(1);
+    if OVERRIDE.get() == Some(n) {
+        return f();
+    }
+    let pid = std::process::id();
+    let pool = match SIDE_POOL.try_lock_for(std::time::Duration::from_millis(200)) {
+        Some(mut guard) => match guard.as_ref() {
+            Some(slot) if slot.pid == pid && slot.threads == n => slot.pool.clone(),
+            _ => {
+                let pool = Arc::new(build_side(n));
+                *guard = Some(PoolSlot { pid, threads: n, pool: pool.clone() });
+                pool
+            }
+        },
+        None => Arc::new(build_side(n)),
+    };
+    pool.install(f)
+}
+
+fn build_side(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("tierflow-side-{i}"))
+        .start_handler(move |_| OVERRIDE.set(Some(threads)))
+        .build()
+        .expect("building a thread pool")
 }
 
 /// Set the number of worker threads (`n >= 1`); `None` restores the default.
@@ -44,6 +83,14 @@ pub fn set_num_threads(n: Option<usize>) -> crate::Result<()> {
 
 /// The worker pool for this process, (re)built after a fork or a change of thread count.
 pub fn pool() -> Arc<rayon::ThreadPool> {
+    if OVERRIDE.get().is_some() {
+        // On a with_threads worker: stay on that pool (rayon runs a nested install inline).
+        if let Some(p) = rayon::current_thread_index().and(SIDE_POOL.try_lock()) {
+            if let Some(slot) = p.as_ref() {
+                return slot.pool.clone();
+            }
+        }
+    }
     let pid = std::process::id();
     let threads = num_threads();
     // After fork() in a child, the lock may be held by a thread that no longer exists: POOL is

@@ -209,9 +209,9 @@ mod avx2 {
         }
     }
 
-    /// Bytes ahead of the current block to prefetch in each weight row (the hardware
-    /// prefetcher alone left the kernel waiting on loads: measured 2x at M = 1 for Q8_0).
-    const PF: usize = 512;
+    /// Bytes ahead to prefetch in the tile's run of weight rows (the hardware prefetcher alone
+    /// left the kernel waiting on DRAM; see `qdot.rs`).
+    const PF: usize = 8192;
 
     #[inline(always)]
     unsafe fn hsum(v: __m256) -> f32 {
@@ -245,14 +245,16 @@ mod avx2 {
             let mut acc = [[_mm256_setzero_ps(); MR]; RN];
             let nb = k / (8 * F::BLK8);
             let mut wv = [_mm256_setzero_ps(); 4];
-            // Blocks per 64-byte line: prefetch each row PF bytes ahead once per line.
-            let per_line = (64 / F::BB).max(1);
+            // The tile's rows are one contiguous run of bytes, consumed RN * BB bytes per block:
+            // prefetch it sequentially PF bytes ahead, one line per 64 bytes consumed.
+            let run = base.add(j * rb);
+            let mut next_line = 0usize;
             for b in b0..b1 {
-                if b % per_line == 0 {
-                    for r in 0..RN {
-                        let p = base.add((j + r) * rb + b * F::BB + PF);
-                        _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
-                    }
+                let done = (b + 1 - b0) * RN * F::BB;
+                while next_line < done {
+                    let p = run.add(b0 * RN * F::BB + next_line + PF);
+                    _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
+                    next_line += 64;
                 }
                 for r in 0..RN {
                     F::block(base.add((j + r) * rb), b, &mut wv);

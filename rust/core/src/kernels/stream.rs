@@ -23,6 +23,17 @@ pub fn panel_rows(row_bytes: usize, panel_bytes: usize) -> usize {
 /// A reader of a weight's bytes: `read(offset, buf)` fills `buf` from byte `offset`.
 pub type ReadFn<'a> = &'a (dyn Fn(u64, &mut [u8]) -> Result<()> + Sync);
 
+/// Run the panel loop with the kernels on one thread fewer than the pool (at least one), so
+/// the reader thread has a core of its own. The result does not depend on the thread count.
+fn compute_beside_reader<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let threads = crate::runtime::num_threads();
+    if threads >= 2 {
+        crate::runtime::with_threads(threads - 1, f)
+    } else {
+        f()
+    }
+}
+
 /// Read `units` units of `unit_bytes` bytes, `per` units per panel, through two buffers: a
 /// reader thread fills the next panel while `f(first_unit, count, bytes)` runs on the current
 /// one. The buffers are 8-byte aligned (a panel of float32 can be viewed in place).
@@ -38,7 +49,7 @@ fn pipeline(
     let (free_tx, free_rx) = sync_channel::<Vec<u64>>(2);
     let (full_tx, full_rx) = sync_channel::<(usize, Vec<u64>, Result<()>)>(2);
     for _ in 0..2.min(panels) {
-        free_tx.send(vec![0u64; words]).expect("channel");
+        free_tx.send(take_buffer(words)).expect("channel");
     }
     let view = |buf: &mut Vec<u64>, len: usize| -> &mut [u8] {
         // SAFETY: u64 storage viewed as bytes; len <= 8 * buf.len().
@@ -67,15 +78,41 @@ fn pipeline(
                 let u0 = p * per;
                 let cnt = per.min(units - u0);
                 f(u0, cnt, view(&mut buf, cnt * unit_bytes))?;
-                let _ = free_tx.send(buf);
+                if p + 2 < panels {
+                    let _ = free_tx.send(buf); // the reader fills it with panel p + 2
+                } else {
+                    give_buffer(buf);
+                }
             }
             Ok(())
         })();
-        // Unblock the reader whether we finished or failed part-way.
+        // Unblock the reader whether we finished or failed part-way, and keep the buffers.
         drop(free_tx);
-        drop(full_rx);
+        while let Ok((_, buf, _)) = full_rx.recv() {
+            give_buffer(buf);
+        }
         result
     })
+}
+
+/// Panel buffers kept between calls (a model streams hundreds of weights per token: fresh
+/// buffers would cost page faults and the kernel's zeroing every time). At most four.
+static BUFFERS: parking_lot::Mutex<Vec<Vec<u64>>> = parking_lot::Mutex::new(Vec::new());
+
+fn take_buffer(words: usize) -> Vec<u64> {
+    let mut kept = BUFFERS.lock();
+    match kept.iter().position(|b| b.len() == words) {
+        Some(i) => kept.swap_remove(i),
+        None => vec![0u64; words],
+    }
+}
+
+fn give_buffer(buf: Vec<u64>) {
+    let mut kept = BUFFERS.lock();
+    if kept.len() >= 4 {
+        kept.remove(0);
+    }
+    kept.push(buf);
 }
 
 /// `C[:m, :n] = X W + bias`, reading `W`'s bytes with `read(offset, buf)`.
@@ -104,11 +141,13 @@ pub fn matmul_streamed(
         return Err(CoreError::Shape("streamed matmul output too small".into()));
     }
     let rows = panel_rows(rb, panel_bytes).min(n);
-    pipeline(read, rb, n, rows, |j0, nb, buf| {
-        let q = QWeight::new(fmt, k, nb, buf)?;
-        let b = bias.map(|b| &b[j0..j0 + nb]);
-        let clen = (m - 1) * ldc + nb;
-        matmul(isa, x, m, Weight::Rows(q), b, &mut c[j0..j0 + clen], ldc)
+    compute_beside_reader(|| {
+        pipeline(read, rb, n, rows, |j0, nb, buf| {
+            let q = QWeight::new(fmt, k, nb, buf)?;
+            let b = bias.map(|b| &b[j0..j0 + nb]);
+            let clen = (m - 1) * ldc + nb;
+            matmul(isa, x, m, Weight::Rows(q), b, &mut c[j0..j0 + clen], ldc)
+        })
     })
 }
 
@@ -167,6 +206,23 @@ pub fn matmul_streamed_plain(
         return matmul(isa, x, m, Weight::Plain { w, k, n }, bias, c, ldc);
     }
     let per = (panel_bytes / rb).max(1).min(k);
+    compute_beside_reader(|| plain_panels(isa, x, m, kind, k, n, read, bias, c, ldc, rb, per))
+}
+
+fn plain_panels(
+    isa: Isa,
+    x: &[f32],
+    m: usize,
+    kind: PlainKind,
+    k: usize,
+    n: usize,
+    read: ReadFn<'_>,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    ldc: usize,
+    rb: usize,
+    per: usize,
+) -> Result<()> {
     let mut acc = ColsAcc::begin(isa, m, n, bias, c, ldc);
     pipeline(read, rb, k, per, |k0, kb, buf| {
         let len = kb * n;
