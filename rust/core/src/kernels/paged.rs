@@ -1,19 +1,29 @@
 //! Decode attention against a paged KV cache: one new query row per sequence,
 //! `o = softmax(q K^T * scale) V` over the sequence's `len` cached keys, which live in
-//! fixed-size pages of a shared pool (as in vLLM's PagedAttention), found through a block table.
+//! fixed-size pages (as in vLLM's PagedAttention).
 //!
-//! Layout: `q`, `o` `(B, H, D)`; pools `(NB, Hkv, P, D)` (page `blk`, kv head `g`, slot `j`);
-//! `table` `(B, max_blocks)` page ids; `lens` `(B)`. Query head `h` reads kv head
-//! `h / (H / Hkv)`. Per (sequence, head) the pages are visited in order with an online softmax
-//! (`m`, `l`, `o` rescaled per page), so the extra memory is `P` scores and `D` accumulators.
-//! One generic body (see `vmath.rs`) for the scalar reference and the AVX2+FMA path.
+//! Two ways to find the pages, one kernel body:
+//! - [`paged_decode`]: pages of two shared pools `(NB, Hkv, P, D)` (page `blk`, kv head `g`,
+//!   slot `j`), found through a block table `(B, max_blocks)` of page ids;
+//! - [`paged_decode_pages`]: a list of separate pages, each `(2, Hkv, P, D)` (keys then values),
+//!   sequence `b` owning the next `counts[b]` entries; [`paged_decode_store`] fills that list
+//!   from a [`Store`] (each page a stored tensor, read once per call wherever it lives: a view of
+//!   a memory tier's buffer, or a read from a file tier that the store counts in its statistics).
+//!
+//! `q`, `o` are `(B, H, D)`; `lens` `(B)`. Query head `h` reads kv head `h / (H / Hkv)`. Per
+//! (sequence, head) the pages are visited in order with an online softmax (`m`, `l`, `o`
+//! rescaled per page), so the extra memory is `P` scores and `D` accumulators. A sequence of
+//! length 0 gives NaN (`0 / 0`, as softmax over no keys). One generic body (see `vmath.rs`) for
+//! the scalar reference and the AVX2+FMA path.
 
 use super::dot::SendPtr;
 use super::rows::{lanes_max, lanes_sum};
 use super::vmath::{exp, fma};
 use crate::cpu::Isa;
+use crate::store::{AlignedBuf, Store};
 use crate::{CoreError, Result};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// Sizes of a paged decode call.
 #[derive(Clone, Copy, Debug)]
@@ -27,6 +37,62 @@ pub struct Paged {
     /// Slots per page.
     pub page: usize,
     pub max_blocks: usize,
+}
+
+/// Sizes of a decode call over a list of pages (see [`paged_decode_pages`]).
+#[derive(Clone, Copy, Debug)]
+pub struct PageList {
+    pub b: usize,
+    pub h: usize,
+    pub hkv: usize,
+    pub d: usize,
+    /// Slots per page.
+    pub page: usize,
+}
+
+/// The keys and values of one page for one kv head: `P * D` floats each, slot-major.
+trait PageSource: Sync {
+    fn kv(&self, bi: usize, pg: usize, g: usize) -> (&[f32], &[f32]);
+}
+
+/// Pages of two pools through a block table.
+struct Pool<'a> {
+    k: &'a [f32],
+    v: &'a [f32],
+    table: &'a [i64],
+    p: Paged,
+}
+
+impl PageSource for Pool<'_> {
+    #[inline(always)]
+    fn kv(&self, bi: usize, pg: usize, g: usize) -> (&[f32], &[f32]) {
+        let Paged { hkv, d, page, max_blocks, .. } = self.p;
+        let blk = self.table[bi * max_blocks + pg] as usize;
+        let base = (blk * hkv + g) * page * d;
+        (&self.k[base..base + page * d], &self.v[base..base + page * d])
+    }
+}
+
+/// Separate `(2, Hkv, P, D)` pages; sequence `bi` owns `pages[starts[bi]..]`.
+struct List<'a> {
+    pages: &'a [&'a [f32]],
+    starts: Vec<usize>,
+    hkv: usize,
+    pd: usize,
+}
+
+impl PageSource for List<'_> {
+    #[inline(always)]
+    fn kv(&self, bi: usize, pg: usize, g: usize) -> (&[f32], &[f32]) {
+        let pd = self.pd;
+        let pgs = self.pages[self.starts[bi] + pg];
+        let (kb, vb) = (g * pd, (self.hkv + g) * pd);
+        (&pgs[kb..kb + pd], &pgs[vb..vb + pd])
+    }
+}
+
+fn bad_sizes(h: usize, hkv: usize, page: usize) -> bool {
+    hkv == 0 || h % hkv != 0 || page == 0
 }
 
 /// `out[b, h] = softmax(q[b, h] . K_b^T * scale) V_b` over the first `lens[b]` cached positions.
@@ -43,7 +109,7 @@ pub fn paged_decode(
 ) -> Result<()> {
     let Paged { b, h, hkv, d, nb, page, max_blocks } = p;
     let chk = |a: usize, c: &[usize]| c.iter().try_fold(a, |x, y| x.checked_mul(*y));
-    if hkv == 0 || h % hkv != 0 || page == 0 {
+    if bad_sizes(h, hkv, page) {
         return Err(CoreError::Shape(format!("bad paged attention sizes {p:?}")));
     }
     if chk(b, &[h, d]).map_or(true, |n| q.len() != n || out.len() != n)
@@ -69,32 +135,183 @@ pub fn paged_decode(
             )));
         }
     }
+    let src = Pool { k: kpool, v: vpool, table, p };
+    decode(isa, &src, q, (h, hkv, d, page), lens, scale, out);
+    Ok(())
+}
+
+/// Paged decode over separate pages: `pages` holds `counts[0]` pages of sequence 0, then
+/// `counts[1]` of sequence 1, ...; each page is `(2, Hkv, P, D)` float32 (keys `[0]`, values
+/// `[1]`), and sequence `b` needs at least `ceil(lens[b] / P)` of them (slots past `lens[b]` in
+/// its last page are ignored). Same result as [`paged_decode`] on the same data, bit for bit.
+pub fn paged_decode_pages(
+    isa: Isa,
+    q: &[f32],
+    pages: &[&[f32]],
+    counts: &[usize],
+    p: PageList,
+    lens: &[usize],
+    scale: f32,
+    out: &mut [f32],
+) -> Result<()> {
+    let PageList { b, h, hkv, d, page } = p;
+    if bad_sizes(h, hkv, page) {
+        return Err(CoreError::Shape(format!("bad paged attention sizes {p:?}")));
+    }
+    let pd = page
+        .checked_mul(d)
+        .ok_or_else(|| CoreError::Shape(format!("page size overflows: {p:?}")))?;
+    let want = pd.checked_mul(2 * hkv);
+    if b.checked_mul(h)
+        .and_then(|n| n.checked_mul(d))
+        .map_or(true, |n| q.len() != n || out.len() != n)
+        || lens.len() != b
+        || counts.len() != b
+    {
+        return Err(CoreError::Shape(format!(
+            "paged attention buffers do not match {p:?}: q {}, out {}, {} lengths, {} page counts",
+            q.len(),
+            out.len(),
+            lens.len(),
+            counts.len()
+        )));
+    }
+    let total = counts.iter().try_fold(0usize, |a, &c| a.checked_add(c));
+    if total != Some(pages.len()) {
+        return Err(CoreError::Shape(format!(
+            "the page counts add up to {total:?}, but {} pages were given",
+            pages.len()
+        )));
+    }
+    if let Some((i, pg)) = pages.iter().enumerate().find(|(_, pg)| Some(pg.len()) != want) {
+        return Err(CoreError::Shape(format!(
+            "page {i} has {} floats, a (2, {hkv}, {page}, {d}) page has {want:?}",
+            pg.len()
+        )));
+    }
+    let mut starts = Vec::with_capacity(b);
+    let mut at = 0;
+    for (bi, (&len, &c)) in lens.iter().zip(counts).enumerate() {
+        if len.div_ceil(page) > c {
+            return Err(CoreError::Shape(format!(
+                "sequence {bi} has {len} positions but only {c} pages of {page}"
+            )));
+        }
+        starts.push(at);
+        at += c;
+    }
+    let src = List { pages, starts, hkv, pd };
+    decode(isa, &src, q, (h, hkv, d, page), lens, scale, out);
+    Ok(())
+}
+
+/// One page for [`paged_decode_store`]: a slice the caller holds, or a tensor of the store.
+#[derive(Clone, Copy, Debug)]
+pub enum PageRef<'a> {
+    Slice(&'a [f32]),
+    Stored(&'a str),
+}
+
+/// [`paged_decode_pages`] with pages that may be tensors of `store` (each a float32
+/// `(2, Hkv, P, D)` tensor). Every stored page is fetched once, in parallel, with
+/// [`Store::get`]: from a memory tier a shared view (no copy); from a file tier a read (counted in
+/// the store's statistics) that, with `promote`, also moves the page up into the default tier.
+/// Read pages are held only for the call.
+///
+/// Errors: a missing page (`NotFound`), a page of another dtype (`DType`) or shape (`Shape`),
+/// stored pages without a store (`Value`), and whatever the store's read reports.
+pub fn paged_decode_store(
+    isa: Isa,
+    store: Option<&Store>,
+    q: &[f32],
+    pages: &[PageRef<'_>],
+    counts: &[usize],
+    p: PageList,
+    lens: &[usize],
+    scale: f32,
+    promote: bool,
+    out: &mut [f32],
+) -> Result<()> {
+    let shape = [2, p.hkv, p.page, p.d];
+    let fetch = |r: &PageRef<'_>| -> Result<Option<Arc<AlignedBuf>>> {
+        let PageRef::Stored(name) = *r else { return Ok(None) };
+        let st = store.ok_or_else(|| {
+            CoreError::Value(format!("page {name:?} is a store tensor, but no store was given"))
+        })?;
+        let (meta, buf) = st.get(name, promote)?;
+        if meta.dtype != "float32" {
+            return Err(CoreError::DType(format!(
+                "KV page {name:?} is {}, pages are float32",
+                meta.dtype
+            )));
+        }
+        if meta.shape != shape {
+            return Err(CoreError::Shape(format!(
+                "KV page {name:?} has shape {:?}, the cache's pages are {shape:?}",
+                meta.shape
+            )));
+        }
+        Ok(Some(buf))
+    };
+    let bufs: Vec<Option<Arc<AlignedBuf>>> =
+        crate::runtime::install(|| pages.par_iter().map(fetch).collect::<Result<_>>())?;
+    let slices: Vec<&[f32]> = pages
+        .iter()
+        .zip(&bufs)
+        .map(|(r, b)| match (r, b) {
+            (_, Some(buf)) => as_f32(buf.as_slice()),
+            (PageRef::Slice(s), None) => Ok(*s),
+            (PageRef::Stored(n), None) => Err(CoreError::Internal(format!("page {n:?} not read"))),
+        })
+        .collect::<Result<_>>()?;
+    paged_decode_pages(isa, q, &slices, counts, p, lens, scale, out)
+}
+
+/// The float32 values of a store buffer (64-byte aligned, so the cast never shifts).
+fn as_f32(bytes: &[u8]) -> Result<&[f32]> {
+    // SAFETY: every bit pattern is a valid f32; `align_to` returns only whole, aligned elements.
+    let (pre, mid, post) = unsafe { bytes.align_to::<f32>() };
+    if !pre.is_empty() || !post.is_empty() {
+        return Err(CoreError::Internal("a store buffer is not float32-aligned".into()));
+    }
+    Ok(mid)
+}
+
+/// Run every (sequence, head) task over `src` in parallel; `dims` = `(H, Hkv, D, P)`.
+fn decode<S: PageSource>(
+    isa: Isa,
+    src: &S,
+    q: &[f32],
+    dims: (usize, usize, usize, usize),
+    lens: &[usize],
+    scale: f32,
+    out: &mut [f32],
+) {
+    let (h, _, d, page) = dims;
     let op = SendPtr(out.as_mut_ptr());
     crate::runtime::install(|| {
-        (0..b * h).into_par_iter().for_each_init(
+        (0..lens.len() * h).into_par_iter().for_each_init(
             || (vec![0f32; page], vec![0f32; d]),
             |(s, o), t| {
                 // SAFETY: task t writes only out[t * d..(t + 1) * d].
                 let dst = unsafe { std::slice::from_raw_parts_mut(op.get().add(t * d), d) };
                 #[cfg(target_arch = "x86_64")]
                 if isa >= Isa::Avx2 {
-                    return unsafe { avx2(q, kpool, vpool, p, table, lens, scale, t, s, o, dst) };
+                    // SAFETY: the Avx2 path is chosen only on CPUs with AVX2 and FMA.
+                    return unsafe { avx2(src, q, dims, lens, scale, t, s, o, dst) };
                 }
-                one::<false>(q, kpool, vpool, p, table, lens, scale, t, s, o, dst)
+                one::<false, S>(src, q, dims, lens, scale, t, s, o, dst)
             },
         )
     });
-    Ok(())
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn avx2(
+fn avx2<S: PageSource>(
+    src: &S,
     q: &[f32],
-    kp: &[f32],
-    vp: &[f32],
-    p: Paged,
-    table: &[i64],
+    dims: (usize, usize, usize, usize),
     lens: &[usize],
     scale: f32,
     t: usize,
@@ -102,16 +319,15 @@ fn avx2(
     o: &mut [f32],
     dst: &mut [f32],
 ) {
-    one::<true>(q, kp, vp, p, table, lens, scale, t, s, o, dst)
+    one::<true, S>(src, q, dims, lens, scale, t, s, o, dst)
 }
 
+/// Task `t` = (sequence `t / H`, head `t % H`): the online softmax over its pages.
 #[inline(always)]
-fn one<const F: bool>(
+fn one<const F: bool, S: PageSource>(
+    src: &S,
     q: &[f32],
-    kp: &[f32],
-    vp: &[f32],
-    p: Paged,
-    table: &[i64],
+    (h, hkv, d, page): (usize, usize, usize, usize),
     lens: &[usize],
     scale: f32,
     t: usize,
@@ -119,7 +335,6 @@ fn one<const F: bool>(
     o: &mut [f32],
     dst: &mut [f32],
 ) {
-    let Paged { h, hkv, d, page, max_blocks, .. } = p;
     let (bi, hi) = (t / h, t % h);
     let g = hi / (h / hkv);
     let qr = &q[t * d..(t + 1) * d];
@@ -127,11 +342,10 @@ fn one<const F: bool>(
     o.fill(0.0);
     let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);
     for pg in 0..len.div_ceil(page) {
-        let blk = table[bi * max_blocks + pg] as usize;
+        let (kp, vp) = src.kv(bi, pg, g);
         let n = page.min(len - pg * page);
-        let base = (blk * hkv + g) * page * d;
         for j in 0..n {
-            let kr = &kp[base + j * d..base + (j + 1) * d];
+            let kr = &kp[j * d..(j + 1) * d];
             let mut acc = [0f32; 16];
             let mut c = 0;
             while c + 16 <= d {
@@ -158,7 +372,7 @@ fn one<const F: bool>(
             *x *= alpha;
         }
         for j in 0..n {
-            let vr = &vp[base + j * d..base + (j + 1) * d];
+            let vr = &vp[j * d..(j + 1) * d];
             let pj = s[j];
             for (x, &v) in o.iter_mut().zip(vr) {
                 *x = fma::<F>(pj, v, *x);
@@ -168,5 +382,298 @@ fn one<const F: bool>(
     let inv = 1.0 / l;
     for (y, &x) in dst.iter_mut().zip(o.iter()) {
         *y = x * inv;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{DType, Policy, StoreConfig, TierSpec};
+
+    /// A deterministic pseudo-random float in [-1, 1).
+    fn rnd(i: usize, seed: u64) -> f32 {
+        let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed;
+        x ^= x >> 31;
+        x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x ^= x >> 29;
+        ((x >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+    }
+
+    /// Contiguous keys/values of every sequence: `kv[b][0 or 1][g][pos][c]`, lengths `lens`.
+    fn data(lens: &[usize], hkv: usize, d: usize) -> Vec<[Vec<Vec<Vec<f32>>>; 2]> {
+        let mut i = 0;
+        let mut gen = |n: usize| {
+            (0..hkv)
+                .map(|_| {
+                    (0..n)
+                        .map(|_| {
+                            (0..d)
+                                .map(|_| {
+                                    i += 1;
+                                    rnd(i, 7)
+                                })
+                                .collect()
+                        })
+                        .collect()
+                })
+                .collect()
+        };
+        lens.iter().map(|&n| [gen(n), gen(n)]).collect()
+    }
+
+    /// The float64 reference: softmax(q . k * scale) v per (sequence, head).
+    fn reference(
+        q: &[f32],
+        kv: &[[Vec<Vec<Vec<f32>>>; 2]],
+        h: usize,
+        hkv: usize,
+        d: usize,
+    ) -> Vec<f64> {
+        let scale = 1.0 / (d as f64).sqrt();
+        let mut out = vec![0f64; kv.len() * h * d];
+        for (bi, [k, v]) in kv.iter().enumerate() {
+            for hi in 0..h {
+                let g = hi / (h / hkv);
+                let qr = &q[(bi * h + hi) * d..][..d];
+                let s: Vec<f64> = k[g]
+                    .iter()
+                    .map(|kr| {
+                        kr.iter().zip(qr).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * scale
+                    })
+                    .collect();
+                let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for c in 0..d {
+                    let o = e.iter().zip(&v[g]).map(|(p, vr)| p * vr[c] as f64).sum::<f64>();
+                    out[(bi * h + hi) * d + c] = o / z;
+                }
+            }
+        }
+        out
+    }
+
+    /// One `(2, Hkv, P, D)` page: positions `pg * P ..` of sequence `kv` (zeros past the end).
+    fn page_of(kv: &[Vec<Vec<Vec<f32>>>; 2], pg: usize, page: usize) -> Vec<f32> {
+        let (hkv, d) = (kv[0].len(), kv[0][0].first().map_or(0, |r| r.len()));
+        let mut p = vec![0f32; 2 * hkv * page * d];
+        for (w, t) in kv.iter().enumerate() {
+            for g in 0..hkv {
+                for j in 0..page {
+                    if let Some(r) = t[g].get(pg * page + j) {
+                        p[((w * hkv + g) * page + j) * d..][..d].copy_from_slice(r);
+                    }
+                }
+            }
+        }
+        p
+    }
+
+    const LENS: [usize; 4] = [37, 0, 16, 1];
+    const P: usize = 16;
+
+    fn setup(d: usize) -> (Vec<[Vec<Vec<Vec<f32>>>; 2]>, Vec<Vec<f32>>, Vec<usize>) {
+        let kv = data(&LENS, 2, d);
+        let mut pages = vec![];
+        let mut counts = vec![];
+        for s in &kv {
+            let n = s[0][0].len().div_ceil(P);
+            counts.push(n);
+            pages.extend((0..n).map(|pg| page_of(s, pg, P)));
+        }
+        (kv, pages, counts)
+    }
+
+    #[test]
+    fn pages_match_pool_and_reference_on_every_path() {
+        let (h, hkv, d) = (6, 2, 40);
+        let (kv, pages, counts) = setup(d);
+        let b = LENS.len();
+        let q: Vec<f32> = (0..b * h * d).map(|i| rnd(i, 3)).collect();
+        let want = reference(&q, &kv, h, hkv, d);
+        // The same pages scattered in reverse order through pools and a block table.
+        let nb = pages.len();
+        let (mut kp, mut vp) = (vec![0f32; nb * hkv * P * d], vec![0f32; nb * hkv * P * d]);
+        let half = hkv * P * d;
+        for (i, pg) in pages.iter().enumerate() {
+            let blk = nb - 1 - i;
+            kp[blk * half..][..half].copy_from_slice(&pg[..half]);
+            vp[blk * half..][..half].copy_from_slice(&pg[half..]);
+        }
+        let mb = *counts.iter().max().unwrap();
+        let mut table = vec![-1i64; b * mb];
+        let mut at = 0;
+        for (bi, &c) in counts.iter().enumerate() {
+            for j in 0..c {
+                table[bi * mb + j] = (nb - 1 - at) as i64;
+                at += 1;
+            }
+        }
+        let refs: Vec<&[f32]> = pages.iter().map(|p| p.as_slice()).collect();
+        for isa in Isa::available() {
+            let (mut o1, mut o2) = (vec![0f32; b * h * d], vec![0f32; b * h * d]);
+            let pp = Paged { b, h, hkv, d, nb, page: P, max_blocks: mb };
+            paged_decode(isa, &q, &kp, &vp, pp, &table, &LENS, 1.0 / (d as f32).sqrt(), &mut o1)
+                .unwrap();
+            let pl = PageList { b, h, hkv, d, page: P };
+            paged_decode_pages(
+                isa,
+                &q,
+                &refs,
+                &counts,
+                pl,
+                &LENS,
+                1.0 / (d as f32).sqrt(),
+                &mut o2,
+            )
+            .unwrap();
+            let bits = |o: &[f32]| o.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert!(bits(&o1) == bits(&o2), "{isa:?}: pages differ from the pool");
+            for (i, (&g, &w)) in o2.iter().zip(&want).enumerate() {
+                if LENS[i / (h * d)] == 0 {
+                    assert!(g.is_nan(), "an empty sequence gives NaN");
+                } else {
+                    assert!((g as f64 - w).abs() < 2e-5, "{isa:?} [{i}]: {g} vs {w}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn pages_from_a_store_in_every_tier() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, hkv, d) = (4, 2, 16);
+        let (kv, pages, counts) = setup(d);
+        let b = LENS.len();
+        let page_bytes = (2 * hkv * P * d * 4) as u64;
+        let s = Store::create(StoreConfig {
+            root: Some(dir.path().to_owned()),
+            tiers: vec![
+                TierSpec { name: "ram".into(), capacity: Some(2 * page_bytes), path: None },
+                TierSpec { name: "disk".into(), capacity: None, path: Some("disk".into()) },
+            ],
+            policy: Policy::Lru,
+            default_tier: None,
+            verify_reads: true,
+        })
+        .unwrap();
+        let names: Vec<String> = (0..pages.len()).map(|i| format!("kv/p{i}")).collect();
+        for (n, pg) in names.iter().zip(&pages) {
+            let bytes: Vec<u8> = pg.iter().flat_map(|x| x.to_le_bytes()).collect();
+            s.put(n, DType::F32, &[2, hkv, P, d], &bytes, None, false).unwrap();
+        }
+        // 5 pages, room for 2 in RAM: the first ones spilled to disk.
+        assert_eq!(s.meta("kv/p0").unwrap().tier, "disk");
+        let last = names.len() - 1;
+        assert_eq!(s.meta(&names[last]).unwrap().tier, "ram");
+        // The last page is passed as a slice (a page being filled, outside the store).
+        let mut refs: Vec<PageRef> = names.iter().map(|n| PageRef::Stored(n)).collect();
+        refs[last] = PageRef::Slice(&pages[last]);
+        let q: Vec<f32> = (0..b * h * d).map(|i| rnd(i, 5)).collect();
+        let scale = 1.0 / (d as f32).sqrt();
+        let pl = PageList { b, h, hkv, d, page: P };
+        let slices: Vec<&[f32]> = pages.iter().map(|p| p.as_slice()).collect();
+        let mut want = vec![0f32; b * h * d];
+        paged_decode_pages(Isa::Scalar, &q, &slices, &counts, pl, &LENS, scale, &mut want).unwrap();
+        s.reset_stats();
+        let mut got = vec![0f32; b * h * d];
+        paged_decode_store(
+            Isa::Scalar,
+            Some(&s),
+            &q,
+            &refs,
+            &counts,
+            pl,
+            &LENS,
+            scale,
+            false,
+            &mut got,
+        )
+        .unwrap();
+        assert_eq!(
+            got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        );
+        let st = s.stats();
+        let disk_pages = names.iter().filter(|n| s.meta(n).unwrap().tier == "disk").count() as u64;
+        assert!(disk_pages >= 2);
+        assert_eq!(st["counters"]["misses"], disk_pages);
+        assert_eq!(st["counters"]["bytes_read"], disk_pages * page_bytes);
+        assert_eq!(s.meta("kv/p0").unwrap().tier, "disk", "promote=false leaves pages in place");
+        let r = reference(&q, &kv, h, hkv, d);
+        assert!(got.iter().zip(&r).all(|(g, w)| g.is_nan() || (*g as f64 - w).abs() < 2e-5));
+        // Errors: a missing page, a wrong shape, stored pages without a store.
+        let gone = [PageRef::Stored("kv/nope")];
+        let pl1 = PageList { b: 1, h, hkv, d, page: P };
+        let mut o = vec![0f32; h * d];
+        let e = paged_decode_store(
+            Isa::Scalar,
+            Some(&s),
+            &q[..h * d],
+            &gone,
+            &[1],
+            pl1,
+            &[3],
+            1.0,
+            false,
+            &mut o,
+        );
+        assert!(matches!(e, Err(CoreError::NotFound(_))), "{e:?}");
+        s.put(
+            "kv/odd",
+            DType::F32,
+            &[2, hkv, P, d / 2],
+            &vec![0u8; 2 * hkv * P * d * 2],
+            None,
+            false,
+        )
+        .unwrap();
+        let odd = [PageRef::Stored("kv/odd")];
+        let e = paged_decode_store(
+            Isa::Scalar,
+            Some(&s),
+            &q[..h * d],
+            &odd,
+            &[1],
+            pl1,
+            &[3],
+            1.0,
+            false,
+            &mut o,
+        );
+        assert!(matches!(e, Err(CoreError::Shape(_))), "{e:?}");
+        let e = paged_decode_store(
+            Isa::Scalar,
+            None,
+            &q[..h * d],
+            &refs[..1],
+            &[1],
+            pl1,
+            &[3],
+            1.0,
+            false,
+            &mut o,
+        );
+        assert!(matches!(e, Err(CoreError::Value(_))), "{e:?}");
+    }
+
+    #[test]
+    fn bad_page_lists_are_errors() {
+        let (h, hkv, d) = (4, 2, 8);
+        let pg = vec![0f32; 2 * hkv * P * d];
+        let short = vec![0f32; 5];
+        let q = vec![0f32; h * d];
+        let mut o = vec![0f32; h * d];
+        let pl = PageList { b: 1, h, hkv, d, page: P };
+        let s = 1.0;
+        // too few pages for the length, counts not adding up, a short page, bad head counts
+        assert!(paged_decode_pages(Isa::Scalar, &q, &[&pg], &[1], pl, &[P + 1], s, &mut o).is_err());
+        assert!(paged_decode_pages(Isa::Scalar, &q, &[&pg], &[2], pl, &[1], s, &mut o).is_err());
+        assert!(paged_decode_pages(Isa::Scalar, &q, &[&short], &[1], pl, &[1], s, &mut o).is_err());
+        let bad = PageList { h: 3, ..pl };
+        assert!(paged_decode_pages(Isa::Scalar, &q, &[&pg], &[1], bad, &[1], s, &mut o).is_err());
+        let huge = PageList { page: usize::MAX, ..pl };
+        assert!(paged_decode_pages(Isa::Scalar, &q, &[&pg], &[1], huge, &[1], s, &mut o).is_err());
+        assert!(paged_decode_pages(Isa::Scalar, &q, &[&pg], &[1], pl, &[P], s, &mut o).is_ok());
     }
 }
