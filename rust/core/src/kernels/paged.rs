@@ -277,7 +277,21 @@ fn as_f32(bytes: &[u8]) -> Result<&[f32]> {
     Ok(mid)
 }
 
-/// Run every (sequence, head) task over `src` in parallel; `dims` = `(H, Hkv, D, P)`.
+/// Query heads per task: the whole GQA group (`H / Hkv` heads that read the same kv head), so
+/// each page is read once per (sequence, kv head) and every key/value row is reused by all the
+/// group's heads while it is in L1; halved while that leaves fewer tasks than threads. The
+/// arithmetic of each head is the same whatever the grouping (same order), so results are too.
+fn heads_per_task(b: usize, h: usize, hkv: usize) -> usize {
+    let threads = crate::runtime::num_threads().max(1);
+    let mut gsz = h / hkv;
+    while gsz % 2 == 0 && b * (h / gsz) < threads {
+        gsz /= 2;
+    }
+    gsz
+}
+
+/// Run every task (sequence, run of `gsz` query heads of one kv head) over `src` in parallel;
+/// `dims` = `(H, Hkv, D, P)`.
 fn decode<S: PageSource>(
     isa: Isa,
     src: &S,
@@ -287,23 +301,53 @@ fn decode<S: PageSource>(
     scale: f32,
     out: &mut [f32],
 ) {
+    let gsz = heads_per_task(lens.len(), dims.0, dims.1);
+    decode_grouped(isa, src, q, dims, gsz, lens, scale, out)
+}
+
+/// [`decode`] with `gsz` query heads per task (`gsz` divides `H / Hkv`).
+fn decode_grouped<S: PageSource>(
+    isa: Isa,
+    src: &S,
+    q: &[f32],
+    dims: (usize, usize, usize, usize),
+    gsz: usize,
+    lens: &[usize],
+    scale: f32,
+    out: &mut [f32],
+) {
     let (h, _, d, page) = dims;
     let op = SendPtr(out.as_mut_ptr());
     crate::runtime::install(|| {
-        (0..lens.len() * h).into_par_iter().for_each_init(
-            || (vec![0f32; page], vec![0f32; d]),
-            |(s, o), t| {
-                // SAFETY: task t writes only out[t * d..(t + 1) * d].
-                let dst = unsafe { std::slice::from_raw_parts_mut(op.get().add(t * d), d) };
+        (0..lens.len() * (h / gsz)).into_par_iter().for_each_init(
+            || Scratch {
+                s: vec![0f32; gsz * page],
+                o: vec![0f32; gsz * d],
+                m: vec![0f32; gsz],
+                l: vec![0f32; gsz],
+            },
+            |sc, t| {
+                // SAFETY: task t writes only out[t * gsz * d..(t + 1) * gsz * d] (its heads).
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(op.get().add(t * gsz * d), gsz * d) };
                 #[cfg(target_arch = "x86_64")]
                 if isa >= Isa::Avx2 {
                     // SAFETY: the Avx2 path is chosen only on CPUs with AVX2 and FMA.
-                    return unsafe { avx2(src, q, dims, lens, scale, t, s, o, dst) };
+                    return unsafe { avx2(src, q, dims, gsz, lens, scale, t, sc, dst) };
                 }
-                one::<false, S>(src, q, dims, lens, scale, t, s, o, dst)
+                one::<false, S>(src, q, dims, gsz, lens, scale, t, sc, dst)
             },
         )
     });
+}
+
+/// Per-thread buffers of a task: scores `(gsz, P)`, accumulators `(gsz, D)`, running max and
+/// sum per head.
+struct Scratch {
+    s: Vec<f32>,
+    o: Vec<f32>,
+    m: Vec<f32>,
+    l: Vec<f32>,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -312,76 +356,103 @@ fn avx2<S: PageSource>(
     src: &S,
     q: &[f32],
     dims: (usize, usize, usize, usize),
+    gsz: usize,
     lens: &[usize],
     scale: f32,
     t: usize,
-    s: &mut [f32],
-    o: &mut [f32],
+    sc: &mut Scratch,
     dst: &mut [f32],
 ) {
-    one::<true, S>(src, q, dims, lens, scale, t, s, o, dst)
+    one::<true, S>(src, q, dims, gsz, lens, scale, t, sc, dst)
 }
 
-/// Task `t` = (sequence `t / H`, head `t % H`): the online softmax over its pages.
+/// `sum(acc)` as a pairwise tree (`acc[i] + acc[i + 8]`, then 4, 2, 1): four vector adds of
+/// short latency instead of a chain of 15 dependent scalar adds per key row and head.
+#[inline(always)]
+fn tree_sum(mut acc: [f32; 16]) -> f32 {
+    let mut w = 8;
+    while w > 0 {
+        for i in 0..w {
+            acc[i] += acc[i + w];
+        }
+        w /= 2;
+    }
+    acc[0]
+}
+
+/// Task `t` = (sequence `t / (H / gsz)`, query heads `h0 .. h0 + gsz`): the online softmax of
+/// each head over the sequence's pages, which are read once for all `gsz` heads.
 #[inline(always)]
 fn one<const F: bool, S: PageSource>(
     src: &S,
     q: &[f32],
     (h, hkv, d, page): (usize, usize, usize, usize),
+    gsz: usize,
     lens: &[usize],
     scale: f32,
     t: usize,
-    s: &mut [f32],
-    o: &mut [f32],
+    sc: &mut Scratch,
     dst: &mut [f32],
 ) {
-    let (bi, hi) = (t / h, t % h);
-    let g = hi / (h / hkv);
-    let qr = &q[t * d..(t + 1) * d];
+    let per_seq = h / gsz;
+    let (bi, h0) = (t / per_seq, (t % per_seq) * gsz);
+    let g = h0 / (h / hkv);
+    let qs = &q[(bi * h + h0) * d..(bi * h + h0 + gsz) * d];
     let len = lens[bi];
+    let Scratch { s, o, m, l } = sc;
     o.fill(0.0);
-    let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);
+    m.fill(f32::NEG_INFINITY);
+    l.fill(0.0);
     for pg in 0..len.div_ceil(page) {
         let (kp, vp) = src.kv(bi, pg, g);
         let n = page.min(len - pg * page);
         for j in 0..n {
             let kr = &kp[j * d..(j + 1) * d];
-            let mut acc = [0f32; 16];
-            let mut c = 0;
-            while c + 16 <= d {
-                for i in 0..16 {
-                    acc[i] = fma::<F>(qr[c + i], kr[c + i], acc[i]);
+            for (hh, qr) in qs.chunks_exact(d).enumerate() {
+                let mut acc = [0f32; 16];
+                let mut c = 0;
+                while c + 16 <= d {
+                    for i in 0..16 {
+                        acc[i] = fma::<F>(qr[c + i], kr[c + i], acc[i]);
+                    }
+                    c += 16;
                 }
-                c += 16;
+                let mut dot = tree_sum(acc);
+                for i in c..d {
+                    dot = fma::<F>(qr[i], kr[i], dot);
+                }
+                s[hh * page + j] = dot * scale;
             }
-            let mut dot = acc.iter().sum::<f32>();
-            for i in c..d {
-                dot = fma::<F>(qr[i], kr[i], dot);
+        }
+        for hh in 0..gsz {
+            let sh = &mut s[hh * page..hh * page + n];
+            let bm = lanes_max(sh);
+            let mx = if bm > m[hh] || bm.is_nan() { bm } else { m[hh] };
+            let alpha = exp::<F>(m[hh] - mx);
+            for x in sh.iter_mut() {
+                *x = exp::<F>(*x - mx);
             }
-            s[j] = dot * scale;
-        }
-        let bm = lanes_max(&s[..n]);
-        let mx = if bm > m || bm.is_nan() { bm } else { m };
-        let alpha = exp::<F>(m - mx);
-        for x in s[..n].iter_mut() {
-            *x = exp::<F>(*x - mx);
-        }
-        l = fma::<F>(l, alpha, lanes_sum(&s[..n], |x| x));
-        m = mx;
-        for x in o.iter_mut() {
-            *x *= alpha;
+            l[hh] = fma::<F>(l[hh], alpha, lanes_sum(sh, |x| x));
+            m[hh] = mx;
+            for x in o[hh * d..(hh + 1) * d].iter_mut() {
+                *x *= alpha;
+            }
         }
         for j in 0..n {
             let vr = &vp[j * d..(j + 1) * d];
-            let pj = s[j];
-            for (x, &v) in o.iter_mut().zip(vr) {
-                *x = fma::<F>(pj, v, *x);
+            for (hh, oh) in o.chunks_exact_mut(d).enumerate() {
+                let pj = s[hh * page + j];
+                for (x, &v) in oh.iter_mut().zip(vr) {
+                    *x = fma::<F>(pj, v, *x);
+                }
             }
         }
     }
-    let inv = 1.0 / l;
-    for (y, &x) in dst.iter_mut().zip(o.iter()) {
-        *y = x * inv;
+    for hh in 0..gsz {
+        let inv = 1.0 / l[hh];
+        for (y, &x) in dst[hh * d..(hh + 1) * d].iter_mut().zip(&o[hh * d..(hh + 1) * d]) {
+            *y = x * inv;
+        }
     }
 }
 
@@ -655,6 +726,32 @@ mod tests {
             &mut o,
         );
         assert!(matches!(e, Err(CoreError::Value(_))), "{e:?}");
+    }
+
+    #[test]
+    fn any_grouping_of_query_heads_gives_the_same_bits() {
+        let (h, hkv, d) = (12, 2, 20);
+        let (_, pages, counts) = setup(d);
+        let b = LENS.len();
+        let q: Vec<f32> = (0..b * h * d).map(|i| rnd(i, 9)).collect();
+        let refs: Vec<&[f32]> = pages.iter().map(|p| p.as_slice()).collect();
+        let mut starts = vec![0];
+        for c in &counts[..b - 1] {
+            starts.push(starts.last().unwrap() + c);
+        }
+        let src = List { pages: &refs, starts, hkv, pd: P * d };
+        for isa in Isa::available() {
+            let mut first: Option<Vec<u32>> = None;
+            for gsz in [1, 2, 3, 6] {
+                let mut o = vec![0f32; b * h * d];
+                decode_grouped(isa, &src, &q, (h, hkv, d, P), gsz, &LENS, 0.3, &mut o);
+                let bits: Vec<u32> = o.iter().map(|x| x.to_bits()).collect();
+                match &first {
+                    None => first = Some(bits),
+                    Some(f) => assert!(*f == bits, "{isa:?}: gsz {gsz} differs from gsz 1"),
+                }
+            }
+        }
     }
 
     #[test]
