@@ -366,6 +366,27 @@ fn avx2<S: PageSource>(
     one::<true, S>(src, q, dims, gsz, lens, scale, t, sc, dst)
 }
 
+/// `q . k` over 16 lanes (fixed-size chunks, so no bounds checks stop the vectorizer), the lanes
+/// summed as a tree, then the tail of `D mod 16` elements in order.
+#[inline(always)]
+fn dot<const F: bool>(q: &[f32], k: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (qc, kc) = (q.chunks_exact(16), k.chunks_exact(16));
+    let (qt, kt) = (qc.remainder(), kc.remainder());
+    for (a, b) in qc.zip(kc) {
+        let a: &[f32; 16] = a.try_into().expect("16");
+        let b: &[f32; 16] = b.try_into().expect("16");
+        for i in 0..16 {
+            acc[i] = fma::<F>(a[i], b[i], acc[i]);
+        }
+    }
+    let mut s = tree_sum(acc);
+    for (a, b) in qt.iter().zip(kt) {
+        s = fma::<F>(*a, *b, s);
+    }
+    s
+}
+
 /// `sum(acc)` as a pairwise tree (`acc[i] + acc[i + 8]`, then 4, 2, 1): four vector adds of
 /// short latency instead of a chain of 15 dependent scalar adds per key row and head.
 #[inline(always)]
@@ -409,19 +430,7 @@ fn one<const F: bool, S: PageSource>(
         for j in 0..n {
             let kr = &kp[j * d..(j + 1) * d];
             for (hh, qr) in qs.chunks_exact(d).enumerate() {
-                let mut acc = [0f32; 16];
-                let mut c = 0;
-                while c + 16 <= d {
-                    for i in 0..16 {
-                        acc[i] = fma::<F>(qr[c + i], kr[c + i], acc[i]);
-                    }
-                    c += 16;
-                }
-                let mut dot = tree_sum(acc);
-                for i in c..d {
-                    dot = fma::<F>(qr[i], kr[i], dot);
-                }
-                s[hh * page + j] = dot * scale;
+                s[hh * page + j] = dot::<F>(qr, kr) * scale;
             }
         }
         for hh in 0..gsz {
