@@ -213,9 +213,9 @@ pub enum PageRef<'a> {
 }
 
 /// [`paged_decode_pages`] with pages that may be tensors of `store` (each a float32
-/// `(2, Hkv, P, D)` tensor). Every stored page is fetched once, in parallel, with
-/// [`Store::get`]: from a memory tier a shared view (no copy); from a file tier a read (counted in
-/// the store's statistics) that, with `promote`, also moves the page up into the default tier.
+/// `(2, Hkv, P, D)` tensor). Every stored page is fetched once with [`Store::get`]: from a memory
+/// tier a shared view (no copy); from a file tier a read (counted in the store's statistics;
+/// these run in parallel) that, with `promote`, also moves the page up into the default tier.
 /// Read pages are held only for the call.
 ///
 /// Errors: a missing page (`NotFound`), a page of another dtype (`DType`) or shape (`Shape`),
@@ -253,8 +253,30 @@ pub fn paged_decode_store(
         }
         Ok(Some(buf))
     };
-    let bufs: Vec<Option<Arc<AlignedBuf>>> =
-        crate::runtime::install(|| pages.par_iter().map(fetch).collect::<Result<_>>())?;
+    // Pages in a memory tier are shared views (a lookup each): fetched in turn. Pages in a file
+    // tier are reads: fetched in parallel.
+    let mut bufs: Vec<Option<Arc<AlignedBuf>>> = vec![None; pages.len()];
+    let mut slow = Vec::new();
+    if let Some(st) = store {
+        let file_tier: Vec<bool> = st.tiers().iter().map(|t| t.path.is_some()).collect();
+        for (i, r) in pages.iter().enumerate() {
+            if let PageRef::Stored(name) = r {
+                if file_tier.get(st.meta(name)?.tier_index).copied().unwrap_or(true) {
+                    slow.push(i);
+                } else {
+                    bufs[i] = fetch(r)?;
+                }
+            }
+        }
+    } else if let Some(r) = pages.iter().find(|r| matches!(r, PageRef::Stored(_))) {
+        fetch(r)?; // the error: a stored page without a store
+    }
+    let read: Vec<Option<Arc<AlignedBuf>>> = crate::runtime::install(|| {
+        slow.par_iter().map(|&i| fetch(&pages[i])).collect::<Result<_>>()
+    })?;
+    for (i, b) in slow.into_iter().zip(read) {
+        bufs[i] = b;
+    }
     let slices: Vec<&[f32]> = pages
         .iter()
         .zip(&bufs)
