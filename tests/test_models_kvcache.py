@@ -91,8 +91,9 @@ def test_paged_decode_steps_match_the_plain_cache(tmp_path):
 
 def test_paged_cache_bad_arguments():
     model = tm.load(DATA / "tiny-llama")
-    with pytest.raises(tierflow.InvalidArgumentError):
-        model.generate([1, 2], 3, kv_block=0)
+    for bad in (0, -4, 2.5, "16", True):
+        with pytest.raises(tierflow.InvalidArgumentError):
+            model.generate([1, 2], 3, kv_block=bad)
     with pytest.raises(tierflow.InvalidArgumentError, match="paged"):
         model.generate([1, 2], 3, kv_block=4, paged_kv=False)
     with pytest.raises(tierflow.InvalidArgumentError, match="no tier"):

@@ -105,7 +105,7 @@ def generate(
     stops = _stop_set(stop)
     rng = np.random.default_rng(seed)
     if kv_block is not None and (
-        isinstance(kv_block, bool) or int(kv_block) != kv_block or kv_block < 1
+        isinstance(kv_block, bool) or not isinstance(kv_block, (int, np.integer)) or kv_block < 1
     ):
         raise InvalidArgumentError(f"kv_block must be a positive integer, got {kv_block}")
     if paged_kv is None:
