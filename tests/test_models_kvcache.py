@@ -104,3 +104,19 @@ def test_paged_cache_bad_arguments():
     with pytest.raises(tierflow.InvalidArgumentError):
         tm.PagedKVCache(2, 2, 32, 3, None)
     cache.close()
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+def test_chunked_prefill_then_decode(name):
+    """Prefill in chunks of several rows (the gather path, across page boundaries), then
+    single-row steps (the paged decode kernel): the same logits as one full forward pass."""
+    model = tm.load(DATA / name)
+    cfg = model.config
+    ids = np.random.default_rng(2).integers(0, cfg.vocab_size, 30)
+    full = model(ids)
+    paged = tm.PagedKVCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 30, model.store, 8)
+    parts = [model.forward(ids[a:b], paged) for a, b in ((0, 5), (5, 19), (19, 20), (20, 23))]
+    parts += [model.forward(ids[t : t + 1], paged) for t in range(23, 30)]
+    np.testing.assert_allclose(np.concatenate(parts), full, rtol=1e-4, atol=1e-4)
+    assert len(paged.names()) == cfg.num_layers * 3
+    paged.close()
