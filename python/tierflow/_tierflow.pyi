@@ -176,6 +176,20 @@ def _rope(
     isa: str | None = None,
 ) -> None: ...
 
+# --- kvcache (paged decode over pages that live in a store) ---
+def _paged_decode_pages(
+    q: Any,
+    pages: list[Any],
+    counts: list[int],
+    sizes: tuple[int, int, int, int, int],
+    lens: list[int],
+    scale: float,
+    out: Any,
+    store: Store | None = None,
+    promote: bool = False,
+    isa: str | None = None,
+) -> None: ...
+
 # --- sim ---
 def simulate(
     device_spec: dict[str, Any],

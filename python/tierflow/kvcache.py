@@ -1,5 +1,20 @@
-"""A paged KV cache for decoding: keys and values of many sequences in fixed-size pages of one
-shared pool, found through per-sequence block tables (vLLM's PagedAttention layout).
+"""A paged KV cache for decoding: keys and values of many sequences in fixed-size pages, found
+through per-sequence block tables (vLLM's PagedAttention layout).
+
+The pages live in one of two places:
+
+- without a store, in two shared pool arrays ``(num_pages, Hkv, page_size, D)`` (``k_pool``,
+  ``v_pool``), pages handed out from a free list;
+- with ``store=`` a :class:`~tierflow.TieredStore`, each full page is a stored float32 tensor
+  ``(2, Hkv, page_size, D)`` (keys ``[0]``, values ``[1]``) named
+  ``<prefix>s<seq>/p<index>``. Stored pages are tensors like any other: the store's policy may
+  evict them to slower tiers, down to the file tier when the memory tiers fill. Only each
+  sequence's last, partly filled page stays in the cache's own buffer until it fills.
+
+:meth:`PagedKVCache.attention` runs the paged decode kernel on the pages where they are (no
+concatenation): a page in a memory tier is read in place (zero copy), a page in a file tier is
+read by the store once per call (counted in :meth:`TieredStore.stats` under ``counters``:
+``misses``, ``bytes_read``, ``streamed``) and, with ``promote=True``, moved up into the store's default tier.
 
 Example:
     >>> import numpy as np, tierflow
@@ -10,57 +25,167 @@ Example:
     ([6], 2)
     >>> cache.attention(np.ones((1, 4, 1, 8), np.float32)).shape
     (1, 4, 1, 8)
+    >>> store = tierflow.TieredStore(tiers=[tierflow.Tier("ram", "1MiB")])
+    >>> paged = tierflow.PagedKVCache(None, 4, 2, 8, store=store, prefix="kv/")
+    >>> paged.append(k, k)
+    >>> paged.page_names(0), store.info("kv/s0/p0")["shape"]
+    (['kv/s0/p0'], [2, 2, 4, 8])
+    >>> bool(np.allclose(paged.attention(np.ones((1, 4, 1, 8), np.float32)), 1.0))
+    True
+    >>> paged.close()
+    >>> len(store)
+    0
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
 
 from . import _tierflow
-from .errors import CapacityError, InvalidArgumentError, ShapeError
+from .errors import CapacityError, ClosedError, InvalidArgumentError, ShapeError
 from .kernels import _as_f32
 
 __all__ = ["PagedKVCache"]
+
+_ids = itertools.count(1)
+
+
+def _positive(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InvalidArgumentError(f"{what} must be an integer >= 1, got {value!r}")
+    return int(value)
 
 
 class PagedKVCache:
     """Keys and values of ``batch`` sequences in pages of ``page_size`` positions.
 
-    The pools are ``(num_pages, num_kv_heads, page_size, head_dim)`` float32 arrays (``k_pool``,
-    ``v_pool``); a sequence takes a page from the free list whenever its last page fills, so
-    memory grows with the tokens actually cached, in whole pages, never by copying. The pools are
-    ordinary arrays, so they can be put in a ``TieredStore``.
+    Args:
+        num_pages: the most pages the cache may use (all sequences together); ``None`` (only with
+            a store): no limit but the store's.
+        page_size, num_kv_heads, head_dim: the page shape.
+        batch: the number of sequences.
+        store: a :class:`~tierflow.TieredStore` to keep the pages in (see the module docstring);
+            None: two pool arrays.
+        tier: the tier new pages are put in (default: the store's default tier).
+        prefix: the store names' prefix (default ``"kvcache#<n>/"``, unique per cache).
+        promote: whether reading a page from a file tier moves it up into the store's default
+            tier (default False: a page that was evicted is read in place each step, so a cache
+            larger than the memory tiers does not churn them).
+
+    A sequence takes a page whenever its last page fills, so memory grows with the tokens
+    actually cached, in whole pages, never by copying the cache.
     """
 
     def __init__(
-        self, num_pages: int, page_size: int, num_kv_heads: int, head_dim: int, batch: int = 1
+        self,
+        num_pages: int | None,
+        page_size: int,
+        num_kv_heads: int,
+        head_dim: int,
+        batch: int = 1,
+        *,
+        store: Any = None,
+        tier: str | int | None = None,
+        prefix: str | None = None,
+        promote: bool = False,
     ) -> None:
-        if min(num_pages, page_size, num_kv_heads, head_dim, batch) < 1:
-            raise InvalidArgumentError("PagedKVCache sizes must all be at least 1")
-        shape = (num_pages, num_kv_heads, page_size, head_dim)
-        self.k_pool = np.zeros(shape, np.float32)
-        self.v_pool = np.zeros(shape, np.float32)
-        self.page_size = page_size
-        self.num_kv_heads = num_kv_heads
-        self.head_dim = head_dim
-        self.tables: list[list[int]] = [[] for _ in range(batch)]
+        self.page_size = _positive(page_size, "page_size")
+        self.num_kv_heads = _positive(num_kv_heads, "num_kv_heads")
+        self.head_dim = _positive(head_dim, "head_dim")
+        batch = _positive(batch, "batch")
+        if num_pages is None and store is None:
+            raise InvalidArgumentError("num_pages=None (no limit) needs a store")
+        self.num_pages = None if num_pages is None else _positive(num_pages, "num_pages")
         self.lengths: list[int] = [0] * batch
-        self._free = list(range(num_pages - 1, -1, -1))
+        self.tables: list[list[int]] = [[] for _ in range(batch)]
+        self.store = store
+        self.tier = tier
+        self.promote = bool(promote)
+        self._closed = False
+        page_shape = (2, self.num_kv_heads, self.page_size, self.head_dim)
+        if store is None:
+            if tier is not None or prefix is not None or promote:
+                raise InvalidArgumentError("tier, prefix and promote need a store")
+            assert self.num_pages is not None
+            shape = (self.num_pages, *page_shape[1:])
+            _check_bytes(2 * int(np.prod(shape, dtype=np.float64)) * 4)
+            self.k_pool: np.ndarray | None = np.zeros(shape, np.float32)
+            self.v_pool: np.ndarray | None = np.zeros(shape, np.float32)
+            self._free = list(range(self.num_pages - 1, -1, -1))
+            self.prefix = ""
+            self._pages: list[list[str]] = [[] for _ in range(batch)]
+            self._tail: list[np.ndarray] = []
+            return
+        if not hasattr(store, "_s") or not hasattr(store, "put"):
+            raise InvalidArgumentError(
+                f"store must be a tierflow.TieredStore, got {type(store).__name__}"
+            )
+        store._tier(tier)  # an unknown tier fails here, not at the first full page
+        self.prefix = f"kvcache#{next(_ids)}/" if prefix is None else str(prefix)
+        if any(n.startswith(self.prefix) for n in store.names()):
+            raise InvalidArgumentError(
+                f"the store already holds tensors named {self.prefix!r}...: pick another prefix"
+            )
+        _check_bytes(batch * int(np.prod(page_shape, dtype=np.float64)) * 4)
+        self.k_pool = self.v_pool = None
+        self._free = []
+        self._pages = [[] for _ in range(batch)]
+        self._tail = [np.zeros(page_shape, np.float32) for _ in range(batch)]
+
+    # -- description ---------------------------------------------------------------------------
+    @property
+    def batch(self) -> int:
+        return len(self.lengths)
 
     @property
     def pages_in_use(self) -> int:
-        return sum(len(t) for t in self.tables)
+        """Pages holding positions (for a store: the stored pages plus partly filled ones)."""
+        if self.store is None:
+            return sum(len(t) for t in self.tables)
+        return sum(len(p) for p in self._pages) + sum(1 for n in self.lengths if n % self.page_size)
 
-    def append(self, k: Any, v: Any) -> None:
-        """Append ``T`` positions to every sequence: ``k``, ``v`` ``(batch, Hkv, T, D)``.
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def page_names(self, seq: int) -> list[str]:
+        """Store names of sequence ``seq``'s full pages, in order (empty without a store)."""
+        return list(self._pages[self._seq(seq)])
+
+    def names(self) -> list[str]:
+        """Store names of every stored page, all sequences."""
+        return [n for p in self._pages for n in p]
+
+    def _seq(self, seq: int) -> int:
+        if isinstance(seq, bool) or not isinstance(seq, (int, np.integer)):
+            raise InvalidArgumentError(f"seq must be an integer, got {seq!r}")
+        if not 0 <= seq < self.batch:
+            raise InvalidArgumentError(f"seq {seq} is outside the batch of {self.batch}")
+        return int(seq)
+
+    def _open(self) -> None:
+        if self._closed:
+            raise ClosedError("this PagedKVCache is closed")
+
+    # -- writing ---------------------------------------------------------------------------------
+    def append(self, k: Any, v: Any, seq: int | None = None) -> None:
+        """Append ``T`` positions to every sequence: ``k``, ``v`` ``(batch, Hkv, T, D)``; or,
+        with ``seq``, to sequence ``seq`` only: ``k``, ``v`` ``(1, Hkv, T, D)``.
 
         Raises:
-            CapacityError: the pool has no free page left (nothing is appended then).
+            ShapeError: ``k`` and ``v`` of the wrong shapes.
+            CapacityError: more pages needed than ``num_pages`` allows (nothing is appended).
+            ClosedError: the cache is closed.
+        A store error while putting a full page (a full store, a closed store) is raised with
+        the positions before that page appended.
         """
+        self._open()
         ka, va = _as_f32(k, "k"), _as_f32(v, "v")
-        want = (len(self.tables), self.num_kv_heads)
+        rows = range(self.batch) if seq is None else [self._seq(seq)]
+        want = (len(rows), self.num_kv_heads)
         if (
             ka.shape != va.shape
             or ka.ndim != 4
@@ -70,50 +195,137 @@ class PagedKVCache:
             raise ShapeError(
                 f"k {ka.shape} and v {va.shape} must both be {(*want, 'T', self.head_dim)}"
             )
-        t = ka.shape[2]
-        need = sum(
-            -(-(n + t) // self.page_size) - len(tab)
-            for n, tab in zip(self.lengths, self.tables, strict=True)
-        )
-        if need > len(self._free):
-            raise CapacityError(f"the KV cache needs {need} more pages, {len(self._free)} are free")
-        for b, tab in enumerate(self.tables):
-            for i in range(t):
-                pos = self.lengths[b] + i
-                slot = pos % self.page_size
-                if slot == 0:
-                    tab.append(self._free.pop())
-                page = tab[pos // self.page_size]
-                self.k_pool[page, :, slot] = ka[b, :, i]
-                self.v_pool[page, :, slot] = va[b, :, i]
-            self.lengths[b] += t
+        t, p = ka.shape[2], self.page_size
+        if self.num_pages is not None:
+            need = sum(-(-(self.lengths[b] + t) // p) - -(-self.lengths[b] // p) for b in rows)
+            free = self.num_pages - self.pages_in_use
+            if need > free:
+                raise CapacityError(f"the KV cache needs {need} more pages, {free} are free")
+        for r, b in enumerate(rows):
+            pos, i = self.lengths[b], 0
+            while i < t:
+                off = pos % p
+                n = min(p - off, t - i)
+                if self.store is None:
+                    assert self.k_pool is not None and self.v_pool is not None
+                    if off == 0:
+                        self.tables[b].append(self._free.pop())
+                    page = self.tables[b][pos // p]
+                    self.k_pool[page, :, off : off + n] = ka[r, :, i : i + n]
+                    self.v_pool[page, :, off : off + n] = va[r, :, i : i + n]
+                else:
+                    tail = self._tail[b]
+                    tail[0, :, off : off + n] = ka[r, :, i : i + n]
+                    tail[1, :, off : off + n] = va[r, :, i : i + n]
+                    if off + n == p:  # the page is full: into the store
+                        name = f"{self.prefix}s{b}/p{(pos + n) // p - 1}"
+                        self.store.put(name, tail, tier=self.tier)
+                        self._pages[b].append(name)
+                i += n
+                pos += n
+                self.lengths[b] = pos
 
     def free(self, seq: int) -> None:
-        """Drop sequence ``seq``'s cache and return its pages to the pool."""
+        """Drop sequence ``seq``'s cache: its pages go back to the pool or leave the store."""
+        self._open()
+        seq = self._seq(seq)
         self._free.extend(reversed(self.tables[seq]))
         self.tables[seq] = []
+        for name in self._pages[seq]:
+            if name in self.store:
+                self.store.delete(name)
+        self._pages[seq] = []
         self.lengths[seq] = 0
+
+    def close(self) -> None:
+        """Free every sequence (stored pages are deleted) and release the pools. Idempotent;
+        later calls other than ``close`` raise :class:`~tierflow.ClosedError`."""
+        if self._closed:
+            return
+        if self.store is None or not self.store.closed:
+            for b in range(self.batch):
+                self.free(b)
+        self.k_pool = self.v_pool = None
+        self._tail = []
+        self._closed = True
+
+    def __enter__(self) -> PagedKVCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading ---------------------------------------------------------------------------------
+    def gather(self, seq: int) -> tuple[np.ndarray, np.ndarray]:
+        """Keys and values of sequence ``seq`` as two new contiguous ``(Hkv, len, D)`` arrays (a
+        copy: for prefill attention over all positions; decoding uses :meth:`attention`)."""
+        self._open()
+        seq = self._seq(seq)
+        n = self.lengths[seq]
+        if self.store is None:
+            assert self.k_pool is not None and self.v_pool is not None
+            tab = self.tables[seq]
+            ks = [self.k_pool[i] for i in tab]
+            vs = [self.v_pool[i] for i in tab]
+        else:
+            got = [self.store.get(name, promote=self.promote) for name in self._pages[seq]]
+            ks = [g[0] for g in got] + [self._tail[seq][0]]
+            vs = [g[1] for g in got] + [self._tail[seq][1]]
+        empty = np.zeros((self.num_kv_heads, 0, self.head_dim), np.float32)
+        k_all = np.concatenate([empty, *ks], axis=1)[:, :n]
+        v_all = np.concatenate([empty, *vs], axis=1)[:, :n]
+        return np.ascontiguousarray(k_all), np.ascontiguousarray(v_all)
 
     def attention(
         self, q: Any, scale: float | None = None, *, _isa: str | None = None
     ) -> np.ndarray:
         """Decode attention of one new query per sequence, ``q`` ``(batch, H, 1, D)``, against
-        every cached position (``H`` a multiple of ``Hkv``). A sequence with an empty cache gets
-        NaN."""
+        every cached position (``H`` a multiple of ``Hkv``): ``softmax(q K^T * scale) V`` with
+        ``scale`` default ``1 / sqrt(D)``. A sequence with an empty cache gets NaN.
+
+        Raises:
+            ShapeError: ``q`` of the wrong shape, or heads that ``Hkv`` does not divide.
+            TensorNotFoundError: a stored page was deleted from the store behind the cache.
+            ClosedError: the cache (or its store) is closed.
+        """
+        self._open()
         qa = _as_f32(q, "q")
-        b = len(self.tables)
+        b = self.batch
         if qa.ndim != 4 or qa.shape[0] != b or qa.shape[2] != 1 or qa.shape[3] != self.head_dim:
             raise ShapeError(f"q {qa.shape} must be {(b, 'H', 1, self.head_dim)}")
         h = qa.shape[1]
-        if h % self.num_kv_heads:
+        if h < 1 or h % self.num_kv_heads:
             raise ShapeError(f"{self.num_kv_heads} kv heads do not divide {h} query heads")
+        out = np.empty((b, h, 1, self.head_dim), np.float32)
+        if scale is None:
+            scale = 1.0 / float(np.sqrt(self.head_dim))
+        if self.store is not None:
+            pages: list[Any] = []
+            counts = []
+            for i in range(b):
+                pages.extend(self._pages[i])
+                partial = self.lengths[i] % self.page_size != 0
+                if partial:
+                    pages.append(self._tail[i].reshape(-1))
+                counts.append(len(self._pages[i]) + partial)
+            _tierflow._paged_decode_pages(
+                qa.reshape(-1),
+                pages,
+                counts,
+                (b, h, self.num_kv_heads, self.head_dim, self.page_size),
+                list(self.lengths),
+                float(scale),
+                out.reshape(-1),
+                self.store._s,
+                self.promote,
+                _isa,
+            )
+            return out
+        assert self.k_pool is not None and self.v_pool is not None
         width = max([len(t) for t in self.tables] + [1])
         table = np.full((b, width), -1, np.int64)
         for i, tab in enumerate(self.tables):
             table[i, : len(tab)] = tab
-        out = np.empty((b, h, 1, self.head_dim), np.float32)
-        if scale is None:
-            scale = 1.0 / float(np.sqrt(self.head_dim))
         sizes = (
             b,
             h,
@@ -135,3 +347,16 @@ class PagedKVCache:
             _isa,
         )
         return out
+
+    def __repr__(self) -> str:
+        where = "pools" if self.store is None else f"store {self.prefix!r}"
+        return (
+            f"PagedKVCache(batch={self.batch}, page_size={self.page_size}, "
+            f"kv_heads={self.num_kv_heads}, head_dim={self.head_dim}, lengths={self.lengths}, "
+            f"{where}{', closed' if self._closed else ''})"
+        )
+
+
+def _check_bytes(n: int) -> None:
+    if n > 1 << 46:
+        raise CapacityError(f"a KV cache of {n} bytes is too large to allocate")

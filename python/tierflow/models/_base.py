@@ -12,7 +12,7 @@ from ..errors import DTypeError, InvalidArgumentError, ShapeError
 from ._weights import Weights
 from .config import ModelConfig
 from .generate import generate
-from .kvcache import KVCache
+from .kvcache import KVCache, PagedKVCache
 
 __all__ = ["CausalLM", "check_token_ids"]
 
@@ -75,7 +75,9 @@ class CausalLM(ABC):
         return self.forward(a, cache)
 
     @abstractmethod
-    def forward(self, ids: np.ndarray, cache: KVCache, last_only: bool = False) -> np.ndarray:
+    def forward(
+        self, ids: np.ndarray, cache: KVCache | PagedKVCache, last_only: bool = False
+    ) -> np.ndarray:
         """Run ``ids`` (checked, 1-D) after the ``cache.length`` cached positions; appends their
         keys/values to ``cache``. Returns logits ``(S, vocab)`` (``(1, vocab)`` if last_only).
         Each architecture (Llama/Qwen2, GPT-2) implements it."""
@@ -92,6 +94,7 @@ class CausalLM(ABC):
         *,
         kv_block: int | None = None,
         kv_tier: str | None = None,
+        paged_kv: bool | None = None,
     ) -> Any:
         """Decode with a KV cache; see :func:`tierflow.models.generate.generate`."""
         return generate(
@@ -105,4 +108,5 @@ class CausalLM(ABC):
             stop,
             kv_block=kv_block,
             kv_tier=kv_tier,
+            paged_kv=paged_kv,
         )

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _ops as ops
 from ._base import CausalLM
-from .kvcache import KVCache
+from .kvcache import KVCache, PagedKVCache
 
 __all__ = ["GPT2LMHeadModel"]
 
@@ -27,7 +27,9 @@ class GPT2LMHeadModel(CausalLM):
     def _prefix(self) -> str:
         return "transformer." if "transformer.wte.weight" in self.weights else ""
 
-    def forward(self, ids: np.ndarray, cache: KVCache, last_only: bool = False) -> np.ndarray:
+    def forward(
+        self, ids: np.ndarray, cache: KVCache | PagedKVCache, last_only: bool = False
+    ) -> np.ndarray:
         cfg, w, pre = self.config, self.weights, self._prefix
         s, pos0 = ids.size, cache.length
         e, nh, d, eps = cfg.hidden_size, cfg.num_heads, cfg.head_dim, cfg.norm_eps
@@ -47,8 +49,7 @@ class GPT2LMHeadModel(CausalLM):
             p = f"{pre}h.{i}."
             qkv = conv(ln(x, p + "ln_1"), p + "attn.c_attn")
             q, k, v = (heads(qkv[:, j * e : (j + 1) * e]) for j in range(3))
-            k_all, v_all = cache.update(i, k, v)
-            a = ops.attention(q, k_all, v_all, causal=True)
+            a = cache.attend(i, q, k, v)
             x = x + conv(a[0].transpose(1, 0, 2).reshape(s, e), p + "attn.c_proj")
             m = ops.gelu_tanh(conv(ln(x, p + "ln_2"), p + "mlp.c_fc"))
             x = x + conv(m, p + "mlp.c_proj")

@@ -1,12 +1,15 @@
-"""Key/value caches for decoding.
+"""Key/value caches for decoding, one interface for the models' ``forward``.
 
 :class:`KVCache` keeps every layer's keys and values in preallocated NumPy arrays
-``(1, H_kv, capacity, D)``. :class:`PagedKVCache` pages them into a :class:`~tierflow.TieredStore`
-in fixed blocks of ``block`` positions (one stored tensor ``(2, H_kv, block, D)`` = keys and values
-per layer and block); only the block being filled stays outside the store, so full blocks can be
-evicted to slower tiers by the store's policy like any tensor, and are read back when attention
-needs them. Both expose ``update(layer, k, v) -> (K, V)`` over all cached positions, ``advance(n)``
-once per step, ``length`` and ``close()``.
+``(1, H_kv, capacity, D)``. :class:`PagedKVCache` keeps them in a :class:`~tierflow.TieredStore`:
+one :class:`tierflow.PagedKVCache` per layer, whose full pages (``(2, H_kv, block, D)`` float32,
+named ``kv#<n>/L<layer>/s0/p<page>``) are stored tensors that the store's policy may evict to
+slower tiers; a decode step (one query row) runs the paged decode kernel on the pages where they
+are, a prefill over several rows gathers the pages and runs the ordinary attention kernel.
+
+Both expose ``attend(layer, q, k, v)`` (append the new keys/values, return the causal attention of
+``q`` over every cached position), ``update(layer, k, v) -> (K, V)`` over all cached positions,
+``advance(n)`` once per step, ``length`` and ``close()``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidArgumentError
+from ..kvcache import PagedKVCache as _PagedKVCache
+from . import _ops as ops
 
 __all__ = ["KVCache", "PagedKVCache"]
 
@@ -44,6 +49,11 @@ class KVCache:
         self.v[layer][:, :, s0:s1] = v
         return self.k[layer][:, :, :s1], self.v[layer][:, :, :s1]
 
+    def attend(self, layer: int, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Append ``k``, ``v`` and return ``attention(q, K, V, causal=True)`` over the cache."""
+        k_all, v_all = self.update(layer, k, v)
+        return ops.attention(q, k_all, v_all, causal=True)
+
     def advance(self, n: int) -> None:
         self.length += n
 
@@ -56,13 +66,14 @@ class KVCache:
 
 
 class PagedKVCache:
-    """A KV cache whose full blocks live in a TieredStore (see the module docstring).
+    """A KV cache whose pages live in a TieredStore (see the module docstring).
 
     Args:
         layers, kv_heads, head_dim, capacity: as for :class:`KVCache`.
-        store: the store holding the blocks (named ``kv#<n>/L<layer>/B<block>``).
-        block: positions per block.
-        tier: the tier new blocks are put in (default: the store's default tier).
+        store: the store holding the pages.
+        block: positions per page.
+        tier: the tier new pages are put in (default: the store's default tier).
+        promote: move pages read from a file tier back up (see :class:`tierflow.PagedKVCache`).
     """
 
     def __init__(
@@ -74,58 +85,72 @@ class PagedKVCache:
         store: Any,
         block: int = 64,
         tier: str | None = None,
+        promote: bool = False,
     ):
-        if block < 1:
-            raise InvalidArgumentError(f"block must be >= 1, got {block}")
-        self.capacity = capacity
+        if isinstance(block, bool) or int(block) != block or block < 1:
+            raise InvalidArgumentError(f"block must be an integer >= 1, got {block}")
+        if store is None:
+            raise InvalidArgumentError("a PagedKVCache needs a store (use KVCache without one)")
+        self.capacity = int(capacity)
         self.length = 0
         self.block = int(block)
         self.store = store
         self.tier = tier
         self.prefix = f"kv#{next(_ids)}/"
-        self.blocks: list[list[str]] = [[] for _ in range(layers)]
-        shape = (kv_heads, self.block, head_dim)
-        self._k = [np.zeros(shape, np.float32) for _ in range(layers)]
-        self._v = [np.zeros(shape, np.float32) for _ in range(layers)]
+        pages = max(1, -(-self.capacity // self.block))
+        self.layers: list[_PagedKVCache] = []
+        try:
+            for i in range(layers):
+                self.layers.append(
+                    _PagedKVCache(
+                        pages,
+                        self.block,
+                        kv_heads,
+                        head_dim,
+                        1,
+                        store=store,
+                        tier=tier,
+                        prefix=f"{self.prefix}L{i}/",
+                        promote=promote,
+                    )
+                )
+        except BaseException:
+            self.close()
+            raise
 
-    def update(self, layer: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        s_new = k.shape[2]
-        end = self.length + s_new
+    def _room(self, n: int) -> None:
+        end = self.length + n
         if end > self.capacity:
             raise InvalidArgumentError(f"KV cache full: {end} positions > capacity {self.capacity}")
-        pk, pv, b = self._k[layer], self._v[layer], self.block
-        pos, i = self.length, 0
-        while i < s_new:
-            off = pos % b
-            n = min(b - off, s_new - i)
-            pk[:, off : off + n] = k[0, :, i : i + n]
-            pv[:, off : off + n] = v[0, :, i : i + n]
-            i += n
-            pos += n
-            if off + n == b:  # block full: into the store
-                name = f"{self.prefix}L{layer}/B{pos // b - 1}"
-                self.store.put(name, np.stack([pk, pv]), tier=self.tier)
-                self.blocks[layer].append(name)
-        ks, vs = [], []
-        for name in self.blocks[layer]:
-            kv = self.store.get(name)
-            ks.append(kv[0])
-            vs.append(kv[1])
-        rem = end % b
-        ks.append(pk[:, :rem])
-        vs.append(pv[:, :rem])
-        return np.concatenate(ks, axis=1)[None], np.concatenate(vs, axis=1)[None]
+
+    def update(self, layer: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Append ``k``, ``v`` ``(1, H_kv, S_new, D)``; return copies of all cached positions."""
+        self._room(k.shape[2])
+        c = self.layers[layer]
+        c.append(k, v)
+        k_all, v_all = c.gather(0)
+        return k_all[None], v_all[None]
+
+    def attend(self, layer: int, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Append ``k``, ``v`` and return the causal attention of ``q`` ``(1, H, S_new, D)``
+        over every cached position: one query row by the paged decode kernel on the pages in
+        the store, several rows by gathering the pages for the attention kernel."""
+        if q.shape[2] != 1:
+            k_all, v_all = self.update(layer, k, v)
+            return ops.attention(q, k_all, v_all, causal=True)
+        self._room(k.shape[2])
+        c = self.layers[layer]
+        c.append(k, v)
+        return c.attention(q)
 
     def advance(self, n: int) -> None:
         self.length += n
 
     def names(self) -> list[str]:
-        """Store names of the full blocks, all layers."""
-        return [n for layer in self.blocks for n in layer]
+        """Store names of the full pages, all layers."""
+        return [n for c in self.layers for n in c.names()]
 
     def close(self) -> None:
-        """Delete this cache's blocks from the store."""
-        for n in self.names():
-            if n in self.store:
-                self.store.delete(n)
-        self.blocks = [[] for _ in self.blocks]
+        """Delete this cache's pages from the store. Idempotent."""
+        for c in self.layers:
+            c.close()

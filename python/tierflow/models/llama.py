@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _ops as ops
 from ._base import CausalLM
-from .kvcache import KVCache
+from .kvcache import KVCache, PagedKVCache
 
 __all__ = ["LlamaForCausalLM", "Qwen2ForCausalLM"]
 
@@ -24,7 +24,9 @@ __all__ = ["LlamaForCausalLM", "Qwen2ForCausalLM"]
 class LlamaForCausalLM(CausalLM):
     """Llama 2/3 and Mistral (RMSNorm, RoPE, grouped-query attention, SwiGLU)."""
 
-    def forward(self, ids: np.ndarray, cache: KVCache, last_only: bool = False) -> np.ndarray:
+    def forward(
+        self, ids: np.ndarray, cache: KVCache | PagedKVCache, last_only: bool = False
+    ) -> np.ndarray:
         cfg, w = self.config, self.weights
         s, pos0 = ids.size, cache.length
         nh, nkv, d, eps = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.norm_eps
@@ -42,8 +44,7 @@ class LlamaForCausalLM(CausalLM):
             q = ops.rope(proj(h, "self_attn.q_proj", nh), pos0, cfg.rope_theta)
             k = ops.rope(proj(h, "self_attn.k_proj", nkv), pos0, cfg.rope_theta)
             v = proj(h, "self_attn.v_proj", nkv)
-            k_all, v_all = cache.update(i, k, v)
-            a = ops.attention(q, k_all, v_all, causal=True)
+            a = cache.attend(i, q, k, v)
             x = x + ops.matmul(
                 a[0].transpose(1, 0, 2).reshape(s, nh * d), w.mat(p + "self_attn.o_proj.weight")
             )

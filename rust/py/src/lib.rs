@@ -1,10 +1,11 @@
 //! `tierflow._tierflow`: the private native module behind the `tierflow` package.
-//! One file per domain, each mirroring a Python module: store, kernels, sim.
+//! One file per domain, each mirroring a Python module: store, kernels, kvcache, sim.
 
 use pyo3::prelude::*;
 
 mod errors;
 mod kernels;
+mod kvcache;
 mod sim;
 mod store;
 mod utils;
@@ -69,6 +70,7 @@ fn _tierflow(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_debug_panic, m)?)?;
     store::register(m)?;
     kernels::register(m)?;
+    kvcache::register(m)?;
     sim::register(m)?;
     Ok(())
 }

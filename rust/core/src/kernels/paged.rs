@@ -1,19 +1,29 @@
 //! Decode attention against a paged KV cache: one new query row per sequence,
 //! `o = softmax(q K^T * scale) V` over the sequence's `len` cached keys, which live in
-//! fixed-size pages of a shared pool (as in vLLM's PagedAttention), found through a block table.
+//! fixed-size pages (as in vLLM's PagedAttention).
 //!
-//! Layout: `q`, `o` `(B, H, D)`; pools `(NB, Hkv, P, D)` (page `blk`, kv head `g`, slot `j`);
-//! `table` `(B, max_blocks)` page ids; `lens` `(B)`. Query head `h` reads kv head
-//! `h / (H / Hkv)`. Per (sequence, head) the pages are visited in order with an online softmax
-//! (`m`, `l`, `o` rescaled per page), so the extra memory is `P` scores and `D` accumulators.
-//! One generic body (see `vmath.rs`) for the scalar reference and the AVX2+FMA path.
+//! Two ways to find the pages, one kernel body:
+//! - [`paged_decode`]: pages of two shared pools `(NB, Hkv, P, D)` (page `blk`, kv head `g`,
+//!   slot `j`), found through a block table `(B, max_blocks)` of page ids;
+//! - [`paged_decode_pages`]: a list of separate pages, each `(2, Hkv, P, D)` (keys then values),
+//!   sequence `b` owning the next `counts[b]` entries; [`paged_decode_store`] fills that list
+//!   from a [`Store`] (each page a stored tensor, read once per call wherever it lives: a view of
+//!   a memory tier's buffer, or a read from a file tier that the store counts in its statistics).
+//!
+//! `q`, `o` are `(B, H, D)`; `lens` `(B)`. Query head `h` reads kv head `h / (H / Hkv)`. Per
+//! (sequence, head) the pages are visited in order with an online softmax (`m`, `l`, `o`
+//! rescaled per page), so the extra memory is `P` scores and `D` accumulators. A sequence of
+//! length 0 gives NaN (`0 / 0`, as softmax over no keys). One generic body (see `vmath.rs`) for
+//! the scalar reference and the AVX2+FMA path.
 
 use super::dot::SendPtr;
 use super::rows::{lanes_max, lanes_sum};
 use super::vmath::{exp, fma};
 use crate::cpu::Isa;
+use crate::store::{AlignedBuf, Store};
 use crate::{CoreError, Result};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// Sizes of a paged decode call.
 #[derive(Clone, Copy, Debug)]
@@ -27,6 +37,62 @@ pub struct Paged {
     /// Slots per page.
     pub page: usize,
     pub max_blocks: usize,
+}
+
+/// Sizes of a decode call over a list of pages (see [`paged_decode_pages`]).
+#[derive(Clone, Copy, Debug)]
+pub struct PageList {
+    pub b: usize,
+    pub h: usize,
+    pub hkv: usize,
+    pub d: usize,
+    /// Slots per page.
+    pub page: usize,
+}
+
+/// The keys and values of one page for one kv head: `P * D` floats each, slot-major.
+trait PageSource: Sync {
+    fn kv(&self, bi: usize, pg: usize, g: usize) -> (&[f32], &[f32]);
+}
+
+/// Pages of two pools through a block table.
+struct Pool<'a> {
+    k: &'a [f32],
+    v: &'a [f32],
+    table: &'a [i64],
+    p: Paged,
+}
+
+impl PageSource for Pool<'_> {
+    #[inline(always)]
+    fn kv(&self, bi: usize, pg: usize, g: usize) -> (&[f32], &[f32]) {
+        let Paged { hkv, d, page, max_blocks, .. } = self.p;
+        let blk = self.table[bi * max_blocks + pg] as usize;
+        let base = (blk * hkv + g) * page * d;
+        (&self.k[base..base + page * d], &self.v[base..base + page * d])
+    }
+}
+
+/// Separate `(2, Hkv, P, D)` pages; sequence `bi` owns `pages[starts[bi]..]`.
+struct List<'a> {
+    pages: &'a [&'a [f32]],
+    starts: Vec<usize>,
+    hkv: usize,
+    pd: usize,
+}
+
+impl PageSource for List<'_> {
+    #[inline(always)]
+    fn kv(&self, bi: usize, pg: usize, g: usize) -> (&[f32], &[f32]) {
+        let pd = self.pd;
+        let pgs = self.pages[self.starts[bi] + pg];
+        let (kb, vb) = (g * pd, (self.hkv + g) * pd);
+        (&pgs[kb..kb + pd], &pgs[vb..vb + pd])
+    }
+}
+
+fn bad_sizes(h: usize, hkv: usize, page: usize) -> bool {
+    hkv == 0 || h % hkv != 0 || page == 0
 }
 
 /// `out[b, h] = softmax(q[b, h] . K_b^T * scale) V_b` over the first `lens[b]` cached positions.
@@ -43,7 +109,7 @@ pub fn paged_decode(
 ) -> Result<()> {
     let Paged { b, h, hkv, d, nb, page, max_blocks } = p;
     let chk = |a: usize, c: &[usize]| c.iter().try_fold(a, |x, y| x.checked_mul(*y));
-    if hkv == 0 || h % hkv != 0 || page == 0 {
+    if bad_sizes(h, hkv, page) {
         return Err(CoreError::Shape(format!("bad paged attention sizes {p:?}")));
     }
     if chk(b, &[h, d]).map_or(true, |n| q.len() != n || out.len() != n)
@@ -69,104 +135,358 @@ pub fn paged_decode(
             )));
         }
     }
+    let src = Pool { k: kpool, v: vpool, table, p };
+    decode(isa, &src, q, (h, hkv, d, page), lens, scale, out);
+    Ok(())
+}
+
+/// Paged decode over separate pages: `pages` holds `counts[0]` pages of sequence 0, then
+/// `counts[1]` of sequence 1, ...; each page is `(2, Hkv, P, D)` float32 (keys `[0]`, values
+/// `[1]`), and sequence `b` needs at least `ceil(lens[b] / P)` of them (slots past `lens[b]` in
+/// its last page are ignored). Same result as [`paged_decode`] on the same data, bit for bit.
+pub fn paged_decode_pages(
+    isa: Isa,
+    q: &[f32],
+    pages: &[&[f32]],
+    counts: &[usize],
+    p: PageList,
+    lens: &[usize],
+    scale: f32,
+    out: &mut [f32],
+) -> Result<()> {
+    let PageList { b, h, hkv, d, page } = p;
+    if bad_sizes(h, hkv, page) {
+        return Err(CoreError::Shape(format!("bad paged attention sizes {p:?}")));
+    }
+    let pd = page
+        .checked_mul(d)
+        .ok_or_else(|| CoreError::Shape(format!("page size overflows: {p:?}")))?;
+    let want = pd.checked_mul(2 * hkv);
+    if b.checked_mul(h)
+        .and_then(|n| n.checked_mul(d))
+        .map_or(true, |n| q.len() != n || out.len() != n)
+        || lens.len() != b
+        || counts.len() != b
+    {
+        return Err(CoreError::Shape(format!(
+            "paged attention buffers do not match {p:?}: q {}, out {}, {} lengths, {} page counts",
+            q.len(),
+            out.len(),
+            lens.len(),
+            counts.len()
+        )));
+    }
+    let total = counts.iter().try_fold(0usize, |a, &c| a.checked_add(c));
+    if total != Some(pages.len()) {
+        return Err(CoreError::Shape(format!(
+            "the page counts add up to {total:?}, but {} pages were given",
+            pages.len()
+        )));
+    }
+    if let Some((i, pg)) = pages.iter().enumerate().find(|(_, pg)| Some(pg.len()) != want) {
+        return Err(CoreError::Shape(format!(
+            "page {i} has {} floats, a (2, {hkv}, {page}, {d}) page has {want:?}",
+            pg.len()
+        )));
+    }
+    let mut starts = Vec::with_capacity(b);
+    let mut at = 0;
+    for (bi, (&len, &c)) in lens.iter().zip(counts).enumerate() {
+        if len.div_ceil(page) > c {
+            return Err(CoreError::Shape(format!(
+                "sequence {bi} has {len} positions but only {c} pages of {page}"
+            )));
+        }
+        starts.push(at);
+        at += c;
+    }
+    let src = List { pages, starts, hkv, pd };
+    decode(isa, &src, q, (h, hkv, d, page), lens, scale, out);
+    Ok(())
+}
+
+/// One page for [`paged_decode_store`]: a slice the caller holds, or a tensor of the store.
+#[derive(Clone, Copy, Debug)]
+pub enum PageRef<'a> {
+    Slice(&'a [f32]),
+    Stored(&'a str),
+}
+
+/// [`paged_decode_pages`] with pages that may be tensors of `store` (each a float32
+/// `(2, Hkv, P, D)` tensor). Every stored page is fetched once with [`Store::get`]: from a memory
+/// tier a shared view (no copy); from a file tier a read (counted in the store's statistics;
+/// these run in parallel) that, with `promote`, also moves the page up into the default tier.
+/// Read pages are held only for the call.
+///
+/// Errors: a missing page (`NotFound`), a page of another dtype (`DType`) or shape (`Shape`),
+/// stored pages without a store (`Value`), and whatever the store's read reports.
+pub fn paged_decode_store(
+    isa: Isa,
+    store: Option<&Store>,
+    q: &[f32],
+    pages: &[PageRef<'_>],
+    counts: &[usize],
+    p: PageList,
+    lens: &[usize],
+    scale: f32,
+    promote: bool,
+    out: &mut [f32],
+) -> Result<()> {
+    let shape = [2, p.hkv, p.page, p.d];
+    let fetch = |r: &PageRef<'_>| -> Result<Option<Arc<AlignedBuf>>> {
+        let PageRef::Stored(name) = *r else { return Ok(None) };
+        let st = store.ok_or_else(|| {
+            CoreError::Value(format!("page {name:?} is a store tensor, but no store was given"))
+        })?;
+        let (meta, buf) = st.get(name, promote)?;
+        if meta.dtype != "float32" {
+            return Err(CoreError::DType(format!(
+                "KV page {name:?} is {}, pages are float32",
+                meta.dtype
+            )));
+        }
+        if meta.shape != shape {
+            return Err(CoreError::Shape(format!(
+                "KV page {name:?} has shape {:?}, the cache's pages are {shape:?}",
+                meta.shape
+            )));
+        }
+        Ok(Some(buf))
+    };
+    // Pages in a memory tier are shared views (a lookup each): fetched in turn. Pages in a file
+    // tier are reads: fetched in parallel.
+    let mut bufs: Vec<Option<Arc<AlignedBuf>>> = vec![None; pages.len()];
+    let mut slow = Vec::new();
+    if let Some(st) = store {
+        let file_tier: Vec<bool> = st.tiers().iter().map(|t| t.path.is_some()).collect();
+        for (i, r) in pages.iter().enumerate() {
+            if let PageRef::Stored(name) = r {
+                if file_tier.get(st.meta(name)?.tier_index).copied().unwrap_or(true) {
+                    slow.push(i);
+                } else {
+                    bufs[i] = fetch(r)?;
+                }
+            }
+        }
+    } else if let Some(r) = pages.iter().find(|r| matches!(r, PageRef::Stored(_))) {
+        fetch(r)?; // the error: a stored page without a store
+    }
+    let read: Vec<Option<Arc<AlignedBuf>>> = crate::runtime::install(|| {
+        slow.par_iter().map(|&i| fetch(&pages[i])).collect::<Result<_>>()
+    })?;
+    for (i, b) in slow.into_iter().zip(read) {
+        bufs[i] = b;
+    }
+    let slices: Vec<&[f32]> = pages
+        .iter()
+        .zip(&bufs)
+        .map(|(r, b)| match (r, b) {
+            (_, Some(buf)) => as_f32(buf.as_slice()),
+            (PageRef::Slice(s), None) => Ok(*s),
+            (PageRef::Stored(n), None) => Err(CoreError::Internal(format!("page {n:?} not read"))),
+        })
+        .collect::<Result<_>>()?;
+    paged_decode_pages(isa, q, &slices, counts, p, lens, scale, out)
+}
+
+/// The float32 values of a store buffer (64-byte aligned, so the cast never shifts).
+fn as_f32(bytes: &[u8]) -> Result<&[f32]> {
+    // SAFETY: every bit pattern is a valid f32; `align_to` returns only whole, aligned elements.
+    let (pre, mid, post) = unsafe { bytes.align_to::<f32>() };
+    if !pre.is_empty() || !post.is_empty() {
+        return Err(CoreError::Internal("a store buffer is not float32-aligned".into()));
+    }
+    Ok(mid)
+}
+
+/// Query heads per task: the whole GQA group (`H / Hkv` heads that read the same kv head), so
+/// each page is read once per (sequence, kv head) and every key/value row is reused by all the
+/// group's heads while it is in L1; halved while that leaves fewer tasks than threads. The
+/// arithmetic of each head is the same whatever the grouping (same order), so results are too.
+fn heads_per_task(b: usize, h: usize, hkv: usize) -> usize {
+    let threads = crate::runtime::num_threads().max(1);
+    let mut gsz = h / hkv;
+    while gsz % 2 == 0 && b * (h / gsz) < threads {
+        gsz /= 2;
+    }
+    gsz
+}
+
+/// Run every task (sequence, run of `gsz` query heads of one kv head) over `src` in parallel;
+/// `dims` = `(H, Hkv, D, P)`.
+fn decode<S: PageSource>(
+    isa: Isa,
+    src: &S,
+    q: &[f32],
+    dims: (usize, usize, usize, usize),
+    lens: &[usize],
+    scale: f32,
+    out: &mut [f32],
+) {
+    let gsz = heads_per_task(lens.len(), dims.0, dims.1);
+    decode_grouped(isa, src, q, dims, gsz, lens, scale, out)
+}
+
+/// [`decode`] with `gsz` query heads per task (`gsz` divides `H / Hkv`).
+fn decode_grouped<S: PageSource>(
+    isa: Isa,
+    src: &S,
+    q: &[f32],
+    dims: (usize, usize, usize, usize),
+    gsz: usize,
+    lens: &[usize],
+    scale: f32,
+    out: &mut [f32],
+) {
+    let (h, _, d, page) = dims;
     let op = SendPtr(out.as_mut_ptr());
     crate::runtime::install(|| {
-        (0..b * h).into_par_iter().for_each_init(
-            || (vec![0f32; page], vec![0f32; d]),
-            |(s, o), t| {
-                // SAFETY: task t writes only out[t * d..(t + 1) * d].
-                let dst = unsafe { std::slice::from_raw_parts_mut(op.get().add(t * d), d) };
+        (0..lens.len() * (h / gsz)).into_par_iter().for_each_init(
+            || Scratch {
+                s: vec![0f32; gsz * page],
+                o: vec![0f32; gsz * d],
+                m: vec![0f32; gsz],
+                l: vec![0f32; gsz],
+            },
+            |sc, t| {
+                // SAFETY: task t writes only out[t * gsz * d..(t + 1) * gsz * d] (its heads).
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(op.get().add(t * gsz * d), gsz * d) };
                 #[cfg(target_arch = "x86_64")]
                 if isa >= Isa::Avx2 {
-                    return unsafe { avx2(q, kpool, vpool, p, table, lens, scale, t, s, o, dst) };
+                    // SAFETY: the Avx2 path is chosen only on CPUs with AVX2 and FMA.
+                    return unsafe { avx2(src, q, dims, gsz, lens, scale, t, sc, dst) };
                 }
-                one::<false>(q, kpool, vpool, p, table, lens, scale, t, s, o, dst)
+                one::<false, S>(src, q, dims, gsz, lens, scale, t, sc, dst)
             },
         )
     });
-    Ok(())
+}
+
+/// Per-thread buffers of a task: scores `(gsz, P)`, accumulators `(gsz, D)`, running max and
+/// sum per head.
+struct Scratch {
+    s: Vec<f32>,
+    o: Vec<f32>,
+    m: Vec<f32>,
+    l: Vec<f32>,
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn avx2(
+fn avx2<S: PageSource>(
+    src: &S,
     q: &[f32],
-    kp: &[f32],
-    vp: &[f32],
-    p: Paged,
-    table: &[i64],
+    dims: (usize, usize, usize, usize),
+    gsz: usize,
     lens: &[usize],
     scale: f32,
     t: usize,
-    s: &mut [f32],
-    o: &mut [f32],
+    sc: &mut Scratch,
     dst: &mut [f32],
 ) {
-    one::<true>(q, kp, vp, p, table, lens, scale, t, s, o, dst)
+    one::<true, S>(src, q, dims, gsz, lens, scale, t, sc, dst)
 }
 
+/// `q . k` over 16 lanes (fixed-size chunks, so no bounds checks stop the vectorizer), the lanes
+/// summed as a tree, then the tail of `D mod 16` elements in order.
 #[inline(always)]
-fn one<const F: bool>(
+fn dot<const F: bool>(q: &[f32], k: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (qc, kc) = (q.chunks_exact(16), k.chunks_exact(16));
+    let (qt, kt) = (qc.remainder(), kc.remainder());
+    for (a, b) in qc.zip(kc) {
+        let a: &[f32; 16] = a.try_into().expect("16");
+        let b: &[f32; 16] = b.try_into().expect("16");
+        for i in 0..16 {
+            acc[i] = fma::<F>(a[i], b[i], acc[i]);
+        }
+    }
+    let mut s = tree_sum(acc);
+    for (a, b) in qt.iter().zip(kt) {
+        s = fma::<F>(*a, *b, s);
+    }
+    s
+}
+
+/// `sum(acc)` as a pairwise tree (`acc[i] + acc[i + 8]`, then 4, 2, 1): four vector adds of
+/// short latency instead of a chain of 15 dependent scalar adds per key row and head.
+#[inline(always)]
+fn tree_sum(mut acc: [f32; 16]) -> f32 {
+    let mut w = 8;
+    while w > 0 {
+        for i in 0..w {
+            acc[i] += acc[i + w];
+        }
+        w /= 2;
+    }
+    acc[0]
+}
+
+/// Task `t` = (sequence `t / (H / gsz)`, query heads `h0 .. h0 + gsz`): the online softmax of
+/// each head over the sequence's pages, which are read once for all `gsz` heads.
+#[inline(always)]
+fn one<const F: bool, S: PageSource>(
+    src: &S,
     q: &[f32],
-    kp: &[f32],
-    vp: &[f32],
-    p: Paged,
-    table: &[i64],
+    (h, hkv, d, page): (usize, usize, usize, usize),
+    gsz: usize,
     lens: &[usize],
     scale: f32,
     t: usize,
-    s: &mut [f32],
-    o: &mut [f32],
+    sc: &mut Scratch,
     dst: &mut [f32],
 ) {
-    let Paged { h, hkv, d, page, max_blocks, .. } = p;
-    let (bi, hi) = (t / h, t % h);
-    let g = hi / (h / hkv);
-    let qr = &q[t * d..(t + 1) * d];
+    let per_seq = h / gsz;
+    let (bi, h0) = (t / per_seq, (t % per_seq) * gsz);
+    let g = h0 / (h / hkv);
+    let qs = &q[(bi * h + h0) * d..(bi * h + h0 + gsz) * d];
     let len = lens[bi];
+    let Scratch { s, o, m, l } = sc;
     o.fill(0.0);
-    let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);
+    m.fill(f32::NEG_INFINITY);
+    l.fill(0.0);
     for pg in 0..len.div_ceil(page) {
-        let blk = table[bi * max_blocks + pg] as usize;
+        let (kp, vp) = src.kv(bi, pg, g);
         let n = page.min(len - pg * page);
-        let base = (blk * hkv + g) * page * d;
         for j in 0..n {
-            let kr = &kp[base + j * d..base + (j + 1) * d];
-            let mut acc = [0f32; 16];
-            let mut c = 0;
-            while c + 16 <= d {
-                for i in 0..16 {
-                    acc[i] = fma::<F>(qr[c + i], kr[c + i], acc[i]);
+            let kr = &kp[j * d..(j + 1) * d];
+            for (hh, qr) in qs.chunks_exact(d).enumerate() {
+                s[hh * page + j] = dot::<F>(qr, kr) * scale;
+            }
+        }
+        for hh in 0..gsz {
+            let sh = &mut s[hh * page..hh * page + n];
+            let bm = lanes_max(sh);
+            let mx = if bm > m[hh] || bm.is_nan() { bm } else { m[hh] };
+            let alpha = exp::<F>(m[hh] - mx);
+            for x in sh.iter_mut() {
+                *x = exp::<F>(*x - mx);
+            }
+            l[hh] = fma::<F>(l[hh], alpha, lanes_sum(sh, |x| x));
+            m[hh] = mx;
+            for x in o[hh * d..(hh + 1) * d].iter_mut() {
+                *x *= alpha;
+            }
+        }
+        for j in 0..n {
+            let vr = &vp[j * d..(j + 1) * d];
+            for (hh, oh) in o.chunks_exact_mut(d).enumerate() {
+                let pj = s[hh * page + j];
+                for (x, &v) in oh.iter_mut().zip(vr) {
+                    *x = fma::<F>(pj, v, *x);
                 }
-                c += 16;
-            }
-            let mut dot = acc.iter().sum::<f32>();
-            for i in c..d {
-                dot = fma::<F>(qr[i], kr[i], dot);
-            }
-            s[j] = dot * scale;
-        }
-        let bm = lanes_max(&s[..n]);
-        let mx = if bm > m || bm.is_nan() { bm } else { m };
-        let alpha = exp::<F>(m - mx);
-        for x in s[..n].iter_mut() {
-            *x = exp::<F>(*x - mx);
-        }
-        l = fma::<F>(l, alpha, lanes_sum(&s[..n], |x| x));
-        m = mx;
-        for x in o.iter_mut() {
-            *x *= alpha;
-        }
-        for j in 0..n {
-            let vr = &vp[base + j * d..base + (j + 1) * d];
-            let pj = s[j];
-            for (x, &v) in o.iter_mut().zip(vr) {
-                *x = fma::<F>(pj, v, *x);
             }
         }
     }
-    let inv = 1.0 / l;
-    for (y, &x) in dst.iter_mut().zip(o.iter()) {
-        *y = x * inv;
+    for hh in 0..gsz {
+        let inv = 1.0 / l[hh];
+        for (y, &x) in dst[hh * d..(hh + 1) * d].iter_mut().zip(&o[hh * d..(hh + 1) * d]) {
+            *y = x * inv;
+        }
     }
 }
+
+#[cfg(test)]
+#[path = "paged_tests.rs"]
+mod tests;
