@@ -15,7 +15,8 @@ use crate::cpu::Isa;
 use crate::{CoreError, Result};
 use std::sync::mpsc::sync_channel;
 
-/// Rows per panel: a multiple of 64 near `panel_bytes`.
+/// Rows per (full-size) panel: a multiple of 64 near `panel_bytes`. Every panel is a multiple
+/// of 64 rows, the large-`M` path's dequantisation panel, so results do not depend on it.
 pub fn panel_rows(row_bytes: usize, panel_bytes: usize) -> usize {
     ((panel_bytes / row_bytes.max(1)) / 64).max(1) * 64
 }
@@ -42,9 +43,20 @@ fn pipeline(
     unit_bytes: usize,
     units: usize,
     per: usize,
+    grain: usize,
     mut f: impl FnMut(usize, usize, &[u8]) -> Result<()>,
 ) -> Result<()> {
-    let panels = units.div_ceil(per);
+    // Panel sizes ramp up: per/8, per/4, per/2, then per (multiples of `grain` units), so the
+    // first read, which nothing overlaps, is short.
+    let mut spans = Vec::new();
+    let (mut u0, mut size) = (0, (per / 8 / grain * grain).max(grain).min(per));
+    while u0 < units {
+        let cnt = size.min(units - u0);
+        spans.push((u0, cnt));
+        u0 += cnt;
+        size = (size * 2).min(per);
+    }
+    let panels = spans.len();
     let words = (per * unit_bytes).div_ceil(8);
     let (free_tx, free_rx) = sync_channel::<Vec<u64>>(2);
     let (full_tx, full_rx) = sync_channel::<(usize, Vec<u64>, Result<()>)>(2);
@@ -55,13 +67,12 @@ fn pipeline(
         // SAFETY: u64 storage viewed as bytes; len <= 8 * buf.len().
         unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u8, len) }
     };
+    let spans = &spans;
     std::thread::scope(|s| {
         s.spawn(move || {
-            for p in 0..panels {
+            for (p, &(u0, cnt)) in spans.iter().enumerate() {
                 let Ok(mut buf) = free_rx.recv() else { return };
-                let u0 = p * per;
-                let len = per.min(units - u0) * unit_bytes;
-                let r = read((u0 * unit_bytes) as u64, view(&mut buf, len));
+                let r = read((u0 * unit_bytes) as u64, view(&mut buf, cnt * unit_bytes));
                 let failed = r.is_err();
                 if full_tx.send((p, buf, r)).is_err() || failed {
                     return;
@@ -69,14 +80,12 @@ fn pipeline(
             }
         });
         let result = (|| -> Result<()> {
-            for p in 0..panels {
+            for (p, &(u0, cnt)) in spans.iter().enumerate() {
                 let (got, mut buf, r) = full_rx
                     .recv()
                     .map_err(|_| CoreError::Internal("panel reader stopped".into()))?;
                 r?;
                 debug_assert_eq!(got, p);
-                let u0 = p * per;
-                let cnt = per.min(units - u0);
                 f(u0, cnt, view(&mut buf, cnt * unit_bytes))?;
                 if p + 2 < panels {
                     let _ = free_tx.send(buf); // the reader fills it with panel p + 2
@@ -142,7 +151,7 @@ pub fn matmul_streamed(
     }
     let rows = panel_rows(rb, panel_bytes).min(n);
     compute_beside_reader(|| {
-        pipeline(read, rb, n, rows, |j0, nb, buf| {
+        pipeline(read, rb, n, rows, 64, |j0, nb, buf| {
             let q = QWeight::new(fmt, k, nb, buf)?;
             let b = bias.map(|b| &b[j0..j0 + nb]);
             let clen = (m - 1) * ldc + nb;
@@ -224,7 +233,7 @@ fn plain_panels(
     per: usize,
 ) -> Result<()> {
     let mut acc = ColsAcc::begin(isa, m, n, bias, c, ldc);
-    pipeline(read, rb, k, per, |k0, kb, buf| {
+    pipeline(read, rb, k, per, 1, |k0, kb, buf| {
         let len = kb * n;
         // SAFETY: the pipeline's buffers are 8-byte aligned and hold kb * n elements.
         let w = unsafe {
