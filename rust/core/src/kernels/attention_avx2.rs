@@ -1,0 +1,218 @@
+//! AVX2+FMA micro-kernels of flash attention (see `attention.rs` for the algorithm, the blocking
+//! and the buffer layouts); tested against [`super::attention::Scalar`].
+//!
+//! - scores: register tile `RT = 6` rows x 16 keys, 12 accumulators; per step of the `D` loop
+//!   two loads of the K^T panel and six broadcasts of packed Q (`[tile][c][RT]`, so the six
+//!   addresses are one pointer plus constants): 12 FMAs.
+//! - `P V`: register tile 6 rows x 16 dims; per key two loads of the packed V panel and six
+//!   broadcasts of P (rows `BC` floats apart: constants again): 12 FMAs.
+//! - softmax row: 8 vectors of 8 keys; `exp` as in `vmath::exp` (same reduction and degree-6
+//!   polynomial), eight lanes at a time.
+
+use super::attention::{run, Bufs, Micro, Task, BC, RT};
+use std::arch::x86_64::*;
+
+/// The AVX2+FMA micro-kernels.
+pub(crate) struct Avx2;
+
+/// The driver compiled with AVX2 and FMA enabled, so the micro-kernels inline into it.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; otherwise as [`run`].
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn run_avx2(t: &Task<'_>, b: &mut Bufs, out: *mut f32) {
+    unsafe { run::<Avx2>(t, b, out) }
+}
+
+/// `e^x` on 8 lanes: `vmath::exp`'s method. `exp(-inf) = 0`, `exp(+inf) = +inf`, NaN stays NaN
+/// (the clamp is written so that `max`/`min` return the NaN operand).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn exp8(x: __m256) -> __m256 {
+    let lo = _mm256_set1_ps(-87.0);
+    let hi = _mm256_set1_ps(88.0);
+    // max/min return their second operand when either is NaN.
+    let xc = _mm256_min_ps(hi, _mm256_max_ps(lo, x));
+    let magic = _mm256_set1_ps(12_582_912.0); // 1.5 * 2^23
+    let n =
+        _mm256_sub_ps(_mm256_fmadd_ps(xc, _mm256_set1_ps(std::f32::consts::LOG2_E), magic), magic);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), xc);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
+    let mut p = _mm256_set1_ps(1.0 / 720.0);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0 / 120.0));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0 / 24.0));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0 / 6.0));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
+    let e =
+        _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
+    let y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+    // Below the clamp: 0; above: +inf (comparisons with NaN are false, so NaN stays).
+    let y = _mm256_andnot_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(x, lo), y);
+    _mm256_blendv_ps(y, _mm256_set1_ps(f32::INFINITY), _mm256_cmp_ps::<_CMP_GT_OQ>(x, hi))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn hmax(v: __m256) -> f32 {
+    let s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// Score tile (see [`Micro::scores`]).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn scores(qp: &[f32], d: usize, kt: &[f32], nrt: usize, nc16: usize, s: &mut [f32]) {
+    assert!(qp.len() >= nrt * RT * d && kt.len() >= BC * d && nc16 * 16 <= BC);
+    assert!(s.len() >= nrt * RT * BC);
+    let (qp, kt, sp) = (qp.as_ptr(), kt.as_ptr(), s.as_mut_ptr());
+    for c0 in 0..nc16 {
+        for t in 0..nrt {
+            // SAFETY: in bounds by the asserts: q reads qp[t*d*RT .. (t+1)*d*RT], k reads
+            // kt[(c0*d + c)*16 .. +16] with c < d, the stores s[(t*RT+r)*BC + 16*c0 .. +16].
+            unsafe {
+                let q = qp.add(t * d * RT);
+                let k = kt.add(c0 * 16 * d);
+                let mut a = [[_mm256_setzero_ps(); 2]; RT];
+                for c in 0..d {
+                    let k0 = _mm256_loadu_ps(k.add(c * 16));
+                    let k1 = _mm256_loadu_ps(k.add(c * 16 + 8));
+                    let qc = q.add(c * RT);
+                    for r in 0..RT {
+                        let x = _mm256_broadcast_ss(&*qc.add(r));
+                        a[r][0] = _mm256_fmadd_ps(x, k0, a[r][0]);
+                        a[r][1] = _mm256_fmadd_ps(x, k1, a[r][1]);
+                    }
+                }
+                for r in 0..RT {
+                    let dst = sp.add((t * RT + r) * BC + c0 * 16);
+                    _mm256_storeu_ps(dst, a[r][0]);
+                    _mm256_storeu_ps(dst.add(8), a[r][1]);
+                }
+            }
+        }
+    }
+}
+
+/// One row's online-softmax update (see [`Micro::softmax_row`]).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn softmax_row(srow: &mut [f32], m: &mut f32, l: &mut f32, orow: &mut [f32]) {
+    let srow: &mut [f32; BC] = srow.try_into().expect("a score row is BC floats");
+    let mut x = [_mm256_setzero_ps(); BC / 8];
+    let mut vmax = _mm256_set1_ps(f32::NEG_INFINITY);
+    let mut vnan = _mm256_setzero_ps();
+    for (i, xi) in x.iter_mut().enumerate() {
+        // SAFETY: i * 8 + 8 <= BC.
+        *xi = unsafe { _mm256_loadu_ps(srow.as_ptr().add(i * 8)) };
+        vmax = _mm256_max_ps(vmax, *xi);
+        vnan = _mm256_or_ps(vnan, _mm256_cmp_ps::<_CMP_UNORD_Q>(*xi, *xi));
+    }
+    let bm = hmax(vmax);
+    let mx = if _mm256_movemask_ps(vnan) != 0 {
+        f32::NAN
+    } else if bm > *m {
+        bm
+    } else {
+        *m
+    };
+    if mx == f32::NEG_INFINITY {
+        srow.fill(0.0);
+        return;
+    }
+    let alpha = _mm_cvtss_f32(_mm256_castps256_ps128(exp8(_mm256_set1_ps(*m - mx))));
+    let vmx = _mm256_set1_ps(mx);
+    let mut sum = _mm256_setzero_ps();
+    for (i, xi) in x.iter().enumerate() {
+        let p = exp8(_mm256_sub_ps(*xi, vmx));
+        sum = _mm256_add_ps(sum, p);
+        // SAFETY: i * 8 + 8 <= BC.
+        unsafe { _mm256_storeu_ps(srow.as_mut_ptr().add(i * 8), p) };
+    }
+    *l = l.mul_add(alpha, hsum(sum));
+    *m = mx;
+    if alpha != 1.0 {
+        let va = _mm256_set1_ps(alpha);
+        let mut it = orow.chunks_exact_mut(8);
+        for c in &mut it {
+            // SAFETY: c holds 8 floats.
+            unsafe {
+                _mm256_storeu_ps(c.as_mut_ptr(), _mm256_mul_ps(va, _mm256_loadu_ps(c.as_ptr())))
+            };
+        }
+        for o in it.into_remainder() {
+            *o *= alpha;
+        }
+    }
+}
+
+/// `O += P V` (see [`Micro::pv`]).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pv(p: &[f32], v: &[f32], bc: usize, nrt: usize, dp: usize, o: &mut [f32]) {
+    assert!(dp % 16 == 0 && bc <= BC && v.len() >= BC * dp);
+    assert!(p.len() >= nrt * RT * BC && o.len() >= nrt * RT * dp);
+    let (pp, vp, op) = (p.as_ptr(), v.as_ptr(), o.as_mut_ptr());
+    for d0 in (0..dp).step_by(16) {
+        for t in 0..nrt {
+            // SAFETY: in bounds by the asserts: o rows t*RT+r, columns d0..d0+16 < dp;
+            // p[(t*RT+r)*BC + j] with j < bc <= BC; v[(d0*BC/16 + j)*16 .. +16], j < BC.
+            unsafe {
+                let mut a = [[_mm256_setzero_ps(); 2]; RT];
+                for r in 0..RT {
+                    let src = op.add((t * RT + r) * dp + d0);
+                    a[r][0] = _mm256_loadu_ps(src);
+                    a[r][1] = _mm256_loadu_ps(src.add(8));
+                }
+                let pt = pp.add(t * RT * BC);
+                let vc = vp.add(d0 * BC);
+                for j in 0..bc {
+                    let v0 = _mm256_loadu_ps(vc.add(j * 16));
+                    let v1 = _mm256_loadu_ps(vc.add(j * 16 + 8));
+                    for r in 0..RT {
+                        let x = _mm256_broadcast_ss(&*pt.add(r * BC + j));
+                        a[r][0] = _mm256_fmadd_ps(x, v0, a[r][0]);
+                        a[r][1] = _mm256_fmadd_ps(x, v1, a[r][1]);
+                    }
+                }
+                for r in 0..RT {
+                    let dst = op.add((t * RT + r) * dp + d0);
+                    _mm256_storeu_ps(dst, a[r][0]);
+                    _mm256_storeu_ps(dst.add(8), a[r][1]);
+                }
+            }
+        }
+    }
+}
+
+impl Micro for Avx2 {
+    #[inline(always)]
+    unsafe fn scores(qp: &[f32], d: usize, kt: &[f32], nrt: usize, nc16: usize, s: &mut [f32]) {
+        // SAFETY: the caller runs with AVX2 and FMA (see `Micro`).
+        unsafe { scores(qp, d, kt, nrt, nc16, s) }
+    }
+
+    #[inline(always)]
+    unsafe fn softmax_row(srow: &mut [f32], m: &mut f32, l: &mut f32, orow: &mut [f32]) {
+        // SAFETY: as above.
+        unsafe { softmax_row(srow, m, l, orow) }
+    }
+
+    #[inline(always)]
+    unsafe fn pv(p: &[f32], v: &[f32], bc: usize, nrt: usize, dp: usize, o: &mut [f32]) {
+        // SAFETY: as above.
+        unsafe { pv(p, v, bc, nrt, dp, o) }
+    }
+}
