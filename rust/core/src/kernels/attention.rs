@@ -122,15 +122,21 @@ pub fn attention(
             |(bh, (kd, vd))| {
                 let ks = &k[bh * skv * d..(bh + 1) * skv * d];
                 let vs = &v[bh * skv * d..(bh + 1) * skv * d];
-                let rows = ks.chunks_exact(d.max(1)).zip(vs.chunks_exact(d.max(1)));
-                for (j, (kr, vr)) in rows.enumerate() {
-                    let (blk, jj) = (j / BC, j % BC);
-                    let kb = (blk * (BC / 16) + jj / 16) * d * 16 + jj % 16;
-                    for (c, &x) in kr.iter().enumerate() {
-                        kd[kb + c * 16] = x;
+                // K: consecutive 16-key panels, each `d x 16`.
+                for (p, dst) in kd.chunks_exact_mut(16 * d).enumerate() {
+                    for (jj, kr) in ks.chunks_exact(d).skip(16 * p).take(16).enumerate() {
+                        for (c, &x) in kr.iter().enumerate() {
+                            dst[c * 16 + jj] = x;
+                        }
                     }
-                    for (c, &x) in vr.iter().enumerate() {
-                        vd[((blk * (dp / 16) + c / 16) * BC + jj) * 16 + c % 16] = x;
+                }
+                // V: key blocks, each `Dp/16` panels of `BC x 16`.
+                for (blk, dst) in vd.chunks_exact_mut(BC * dp).enumerate() {
+                    for (jj, vr) in vs.chunks_exact(d).skip(BC * blk).take(BC).enumerate() {
+                        for (cp, part) in vr.chunks(16).enumerate() {
+                            let at = (cp * BC + jj) * 16;
+                            dst[at..at + part.len()].copy_from_slice(part);
+                        }
                     }
                 }
             },

@@ -24,18 +24,20 @@ pub(crate) unsafe fn run_avx2(t: &Task<'_>, b: &mut Bufs, out: *mut f32) {
     unsafe { run::<Avx2>(t, b, out) }
 }
 
-/// `e^x` on 8 lanes: `vmath::exp`'s method. `exp(-inf) = 0`, `exp(+inf) = +inf`, NaN stays NaN
-/// (the clamp is written so that `max`/`min` return the NaN operand).
+/// `e^x` on 8 lanes for `x <= 0` or NaN (the softmax arguments `s - m'`): `vmath::exp`'s
+/// method and result (the same `n`, reduction and degree-6 polynomial). `exp(-inf) = 0`, NaN
+/// stays NaN (`max` returns its second operand when either is NaN).
+///
+/// `n = round(x log2 e)` is read from the low mantissa bits of `x log2 e + 1.5 * 2^23`, and
+/// shifted into the exponent field: `2^n`.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 fn exp8(x: __m256) -> __m256 {
     let lo = _mm256_set1_ps(-87.0);
-    let hi = _mm256_set1_ps(88.0);
-    // max/min return their second operand when either is NaN.
-    let xc = _mm256_min_ps(hi, _mm256_max_ps(lo, x));
+    let xc = _mm256_max_ps(lo, x);
     let magic = _mm256_set1_ps(12_582_912.0); // 1.5 * 2^23
-    let n =
-        _mm256_sub_ps(_mm256_fmadd_ps(xc, _mm256_set1_ps(std::f32::consts::LOG2_E), magic), magic);
+    let t = _mm256_fmadd_ps(xc, _mm256_set1_ps(std::f32::consts::LOG2_E), magic);
+    let n = _mm256_sub_ps(t, magic);
     let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), xc);
     let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
     let mut p = _mm256_set1_ps(1.0 / 720.0);
@@ -45,12 +47,14 @@ fn exp8(x: __m256) -> __m256 {
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
-    let e =
-        _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
+    // t's bits are 0x4B40_0000 + n; shifted by 23 the constant part leaves the word.
+    let e = _mm256_add_epi32(
+        _mm256_slli_epi32::<23>(_mm256_castps_si256(t)),
+        _mm256_set1_epi32(127 << 23),
+    );
     let y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-    // Below the clamp: 0; above: +inf (comparisons with NaN are false, so NaN stays).
-    let y = _mm256_andnot_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(x, lo), y);
-    _mm256_blendv_ps(y, _mm256_set1_ps(f32::INFINITY), _mm256_cmp_ps::<_CMP_GT_OQ>(x, hi))
+    // Below the clamp: 0 (false for NaN, so NaN stays).
+    _mm256_andnot_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(x, lo), y)
 }
 
 #[inline]
@@ -214,5 +218,40 @@ impl Micro for Avx2 {
     unsafe fn pv(p: &[f32], v: &[f32], bc: usize, nrt: usize, dp: usize, o: &mut [f32]) {
         // SAFETY: as above.
         unsafe { pv(p, v, bc, nrt, dp, o) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::Isa;
+
+    /// `exp8` against the scalar `vmath::exp` it mirrors (same `n`, so within FMA rounding), and
+    /// its special values.
+    #[test]
+    fn exp8_matches_scalar_exp() {
+        if !Isa::Avx2.supported() {
+            return;
+        }
+        #[target_feature(enable = "avx2,fma")]
+        fn at(x: f32) -> f32 {
+            _mm_cvtss_f32(_mm256_castps256_ps128(exp8(_mm256_set1_ps(x))))
+        }
+        let mut x = -100.0f32;
+        while x <= 0.0 {
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            let got = unsafe { at(x) };
+            let want = super::super::vmath::exp::<false>(x);
+            let tol = 4.0 * f32::EPSILON * want;
+            assert!((got - want).abs() <= tol, "exp8({x}) = {got}, scalar {want}");
+            x += 0.00731;
+        }
+        // SAFETY: as above.
+        unsafe {
+            assert_eq!(at(f32::NEG_INFINITY), 0.0);
+            assert_eq!(at(-88.0), 0.0);
+            assert_eq!(at(0.0), 1.0);
+            assert!(at(f32::NAN).is_nan());
+        }
     }
 }
