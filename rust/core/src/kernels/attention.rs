@@ -108,39 +108,10 @@ pub fn attention(
     }
     let nqb = sq.div_ceil(BR);
     let op = SendPtr(out.as_mut_ptr());
-    // K and V packed once per key/value head (see `Task::kt` and `Task::vp`), zero-padded past
-    // Skv (and V past D), so every register tile sweeps one contiguous panel: no cache-set
-    // conflicts from a power-of-two row stride. About the size of K and V: the O(S * D) extra
-    // memory.
+    // K and V packed once per key/value head (see [`pack_kv`]).
     let nkb = skv.div_ceil(BC);
-    let dp = d.div_ceil(16) * 16;
     crate::runtime::install(|| {
-        let mut kt = vec![0f32; b * hkv * nkb * BC * d];
-        let mut vp = vec![0f32; b * hkv * nkb * BC * dp];
-        let (kper, vper) = ((nkb * BC * d).max(1), (nkb * BC * dp).max(1));
-        kt.par_chunks_mut(kper).zip(vp.par_chunks_mut(vper)).enumerate().for_each(
-            |(bh, (kd, vd))| {
-                let ks = &k[bh * skv * d..(bh + 1) * skv * d];
-                let vs = &v[bh * skv * d..(bh + 1) * skv * d];
-                // K: consecutive 16-key panels, each `d x 16`.
-                for (p, dst) in kd.chunks_exact_mut(16 * d).enumerate() {
-                    for (jj, kr) in ks.chunks_exact(d).skip(16 * p).take(16).enumerate() {
-                        for (c, &x) in kr.iter().enumerate() {
-                            dst[c * 16 + jj] = x;
-                        }
-                    }
-                }
-                // V: key blocks, each `Dp/16` panels of `BC x 16`.
-                for (blk, dst) in vd.chunks_exact_mut(BC * dp).enumerate() {
-                    for (jj, vr) in vs.chunks_exact(d).skip(BC * blk).take(BC).enumerate() {
-                        for (cp, part) in vr.chunks(16).enumerate() {
-                            let at = (cp * BC + jj) * 16;
-                            dst[at..at + part.len()].copy_from_slice(part);
-                        }
-                    }
-                }
-            },
-        );
+        let (kt, vp) = pack_kv(k, v, b * hkv, skv, d);
         let (kt, vp) = (&kt, &vp);
         (0..b * h * nqb).into_par_iter().for_each_init(
             || Bufs::new(d),
@@ -163,6 +134,58 @@ pub fn attention(
         );
     });
     Ok(())
+}
+
+/// K and V packed for the micro-kernels (see `Task::kt` and `Task::vp`), zero-padded past Skv
+/// (and V past D), so every register tile sweeps one contiguous panel: no cache-set conflicts
+/// from a power-of-two row stride. About the size of K and V: the O(S * D) extra memory. Every
+/// element is written once (padding included), so the buffers need no zeroing pass.
+fn pack_kv(k: &[f32], v: &[f32], nbh: usize, skv: usize, d: usize) -> (Vec<f32>, Vec<f32>) {
+    let nkb = skv.div_ceil(BC);
+    let dp = d.div_ceil(16) * 16;
+    let (kper, vper) = (nkb * BC * d, nkb * BC * dp);
+    let mut kt: Vec<f32> = Vec::with_capacity(nbh * kper);
+    let mut vp: Vec<f32> = Vec::with_capacity(nbh * vper);
+    if kper > 0 {
+        let ku = &mut kt.spare_capacity_mut()[..nbh * kper];
+        let vu = &mut vp.spare_capacity_mut()[..nbh * vper];
+        ku.par_chunks_mut(kper).zip(vu.par_chunks_mut(vper)).enumerate().for_each(
+            |(bh, (kd, vd))| {
+                let ks = &k[bh * skv * d..(bh + 1) * skv * d];
+                let vs = &v[bh * skv * d..(bh + 1) * skv * d];
+                // K: consecutive 16-key panels, each `d x 16`.
+                for (p, dst) in kd.chunks_exact_mut(16 * d).enumerate() {
+                    for jj in 0..16 {
+                        let j = 16 * p + jj;
+                        let row = ks.get(j * d..(j + 1) * d);
+                        for c in 0..d {
+                            dst[c * 16 + jj].write(row.map_or(0.0, |r| r[c]));
+                        }
+                    }
+                }
+                // V: key blocks, each `Dp/16` panels of `BC x 16`.
+                for (blk, dst) in vd.chunks_exact_mut(BC * dp).enumerate() {
+                    for jj in 0..BC {
+                        let j = blk * BC + jj;
+                        let row = vs.get(j * d..(j + 1) * d).unwrap_or(&[]);
+                        for cp in 0..dp / 16 {
+                            let out = &mut dst[(cp * BC + jj) * 16..(cp * BC + jj + 1) * 16];
+                            let part = row.get(cp * 16..d.min(cp * 16 + 16)).unwrap_or(&[]);
+                            for (c, o) in out.iter_mut().enumerate() {
+                                o.write(part.get(c).copied().unwrap_or(0.0));
+                            }
+                        }
+                    }
+                }
+            },
+        );
+    }
+    // SAFETY: every element of both buffers' first `nbh * kper` / `nbh * vper` was written.
+    unsafe {
+        kt.set_len(nbh * kper);
+        vp.set_len(nbh * vper);
+    }
+    (kt, vp)
 }
 
 /// One task: query rows `r0..r0+BR` of head `(bi, hi)`.
