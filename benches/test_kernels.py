@@ -130,10 +130,27 @@ def test_attention_causal(benchmark, ratios, s, d):
     r = 2 if s >= 2048 else 3
     t_np = best_of(lambda: numpy_attention_causal(q, k, v, tril), r)
     benchmark.pedantic(
-        tierflow.attention, args=(q, k, v), kwargs={"causal": True}, rounds=r, iterations=1
+        tierflow.attention,
+        args=(q, k, v),
+        kwargs={"causal": True},
+        rounds=r,
+        iterations=1,
+        warmup_rounds=1,
     )
+    t_tf = benchmark.stats.stats.min
+    gflops = 2 * 2 * 8 * s * s * d / 2 / t_tf / 1e9  # the causal half of Q K^T and P V
     name = f"attention causal B=1 H=8 S={s} D={d} x NumPy softmax(QK^T)V"
-    record(benchmark, ratios, name, t_np / benchmark.stats.stats.min, 10.0)
+    record(benchmark, ratios, name, t_np / t_tf, 10.0, gflops=round(gflops, 1))
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(THREADS)
+    tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    t_torch = best_of(lambda: sdpa(tq, tk, tv, is_causal=True), r)
+    name = f"attention causal B=1 H=8 S={s} D={d} x torch scaled_dot_product_attention"
+    record(benchmark, ratios, name, t_torch / t_tf, 1.0)
 
 
 def test_mlp_swiglu_decode(benchmark, ratios):
