@@ -23,9 +23,10 @@
 //! read in place, a power-of-two row stride (`D = 128`: 512 bytes) mapped a panel onto 8 of the
 //! 64 L1 sets and ran the `P V` product at half speed.
 //!
-//! At the end `O / l`. Buffer sizes: `Qp` `BR x D`, `S` `BR x BC` (12 KiB), `O` `BR x Dp`
+//! At the end `O / l`. Buffer sizes: `Qp` `BR x D`, `S` `BR x BC` (24 KiB), `O` `BR x Dp`
 //! (`Dp` = D rounded up to 16), so for `D = 128` the Q and O blocks are 24 KiB each and the K and
-//! V blocks 32 KiB each: all in L2, the 16-column panel a register tile sweeps in L1. Extra
+//! V blocks 64 KiB each: all in L2 (512 KiB a core here), the panel a register tile sweeps
+//! (`16 x D` of K: 8 KiB; `BC x 16` of V: 8 KiB) in L1. Extra
 //! memory: `Kt` and `Vp` (the size of K and V, V padded to `Dp`) plus those per-thread buffers:
 //! O(S * D), never O(S^2).
 //!
@@ -43,8 +44,9 @@ use rayon::prelude::*;
 
 /// Query rows per task (8 register tiles of `RT`).
 pub const BR: usize = 48;
-/// Keys per block: one row of the score tile is 64 floats (8 AVX2 vectors).
-pub const BC: usize = 64;
+/// Keys per block: one row of the score tile is 128 floats (16 AVX2 vectors); against 64, it
+/// halves the per-row cost of the online softmax (max, rescale of O) per key.
+pub const BC: usize = 128;
 /// Query rows of a register tile (6 rows x 16 lanes = 12 AVX2 accumulators).
 pub const RT: usize = 6;
 const _: () = assert!(BR % RT == 0 && BC % 16 == 0);
@@ -157,9 +159,14 @@ fn pack_kv(k: &[f32], v: &[f32], nbh: usize, skv: usize, d: usize) -> (Vec<f32>,
                 for (p, dst) in kd.chunks_exact_mut(16 * d).enumerate() {
                     for jj in 0..16 {
                         let j = 16 * p + jj;
-                        let row = ks.get(j * d..(j + 1) * d);
-                        for c in 0..d {
-                            dst[c * 16 + jj].write(row.map_or(0.0, |r| r[c]));
+                        if j < skv {
+                            for (c, &x) in ks[j * d..(j + 1) * d].iter().enumerate() {
+                                dst[c * 16 + jj].write(x);
+                            }
+                        } else {
+                            for c in 0..d {
+                                dst[c * 16 + jj].write(0.0);
+                            }
                         }
                     }
                 }
@@ -167,12 +174,15 @@ fn pack_kv(k: &[f32], v: &[f32], nbh: usize, skv: usize, d: usize) -> (Vec<f32>,
                 for (blk, dst) in vd.chunks_exact_mut(BC * dp).enumerate() {
                     for jj in 0..BC {
                         let j = blk * BC + jj;
-                        let row = vs.get(j * d..(j + 1) * d).unwrap_or(&[]);
+                        let row = if j < skv { &vs[j * d..(j + 1) * d] } else { &[] };
                         for cp in 0..dp / 16 {
                             let out = &mut dst[(cp * BC + jj) * 16..(cp * BC + jj + 1) * 16];
                             let part = row.get(cp * 16..d.min(cp * 16 + 16)).unwrap_or(&[]);
-                            for (c, o) in out.iter_mut().enumerate() {
-                                o.write(part.get(c).copied().unwrap_or(0.0));
+                            for (o, &x) in out.iter_mut().zip(part) {
+                                o.write(x);
+                            }
+                            for o in out[part.len()..].iter_mut() {
+                                o.write(0.0);
                             }
                         }
                     }

@@ -6,8 +6,8 @@
 //!   addresses are one pointer plus constants): 12 FMAs.
 //! - `P V`: register tile 6 rows x 16 dims; per key two loads of the packed V panel and six
 //!   broadcasts of P (rows `BC` floats apart: constants again): 12 FMAs.
-//! - softmax row: 8 vectors of 8 keys; `exp` as in `vmath::exp` (same reduction and degree-6
-//!   polynomial), eight lanes at a time.
+//! - softmax row: `BC / 8` vectors of 8 keys, two passes (max, then `exp` and sum, two
+//!   accumulators each); `exp` as in `vmath::exp` (same reduction and degree-6 polynomial).
 
 use super::attention::{run, Bufs, Micro, Task, BC, RT};
 use std::arch::x86_64::*;
@@ -115,15 +115,17 @@ unsafe fn scores(qp: &[f32], d: usize, kt: &[f32], nrt: usize, nc16: usize, s: &
 #[target_feature(enable = "avx2,fma")]
 fn softmax_row(srow: &mut [f32], m: &mut f32, l: &mut f32, orow: &mut [f32]) {
     let srow: &mut [f32; BC] = srow.try_into().expect("a score row is BC floats");
-    let mut x = [_mm256_setzero_ps(); BC / 8];
-    let mut vmax = _mm256_set1_ps(f32::NEG_INFINITY);
+    let sp = srow.as_mut_ptr();
+    // Two accumulators each, so the max and sum chains overlap.
+    let mut vmax = [_mm256_set1_ps(f32::NEG_INFINITY); 2];
     let mut vnan = _mm256_setzero_ps();
-    for (i, xi) in x.iter_mut().enumerate() {
+    for i in 0..BC / 8 {
         // SAFETY: i * 8 + 8 <= BC.
-        *xi = unsafe { _mm256_loadu_ps(srow.as_ptr().add(i * 8)) };
-        vmax = _mm256_max_ps(vmax, *xi);
-        vnan = _mm256_or_ps(vnan, _mm256_cmp_ps::<_CMP_UNORD_Q>(*xi, *xi));
+        let x = unsafe { _mm256_loadu_ps(sp.add(i * 8)) };
+        vmax[i % 2] = _mm256_max_ps(vmax[i % 2], x);
+        vnan = _mm256_or_ps(vnan, _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x));
     }
+    let vmax = _mm256_max_ps(vmax[0], vmax[1]);
     let bm = hmax(vmax);
     let mx = if _mm256_movemask_ps(vnan) != 0 {
         f32::NAN
@@ -138,14 +140,16 @@ fn softmax_row(srow: &mut [f32], m: &mut f32, l: &mut f32, orow: &mut [f32]) {
     }
     let alpha = _mm_cvtss_f32(_mm256_castps256_ps128(exp8(_mm256_set1_ps(*m - mx))));
     let vmx = _mm256_set1_ps(mx);
-    let mut sum = _mm256_setzero_ps();
-    for (i, xi) in x.iter().enumerate() {
-        let p = exp8(_mm256_sub_ps(*xi, vmx));
-        sum = _mm256_add_ps(sum, p);
+    let mut sum = [_mm256_setzero_ps(); 2];
+    for i in 0..BC / 8 {
         // SAFETY: i * 8 + 8 <= BC.
-        unsafe { _mm256_storeu_ps(srow.as_mut_ptr().add(i * 8), p) };
+        unsafe {
+            let p = exp8(_mm256_sub_ps(_mm256_loadu_ps(sp.add(i * 8)), vmx));
+            sum[i % 2] = _mm256_add_ps(sum[i % 2], p);
+            _mm256_storeu_ps(sp.add(i * 8), p);
+        }
     }
-    *l = l.mul_add(alpha, hsum(sum));
+    *l = l.mul_add(alpha, hsum(_mm256_add_ps(sum[0], sum[1])));
     *m = mx;
     if alpha != 1.0 {
         let va = _mm256_set1_ps(alpha);
