@@ -116,7 +116,7 @@ pub fn attention(
     // K and V packed once per key/value head (see [`pack_kv`]).
     let nkb = skv.div_ceil(BC);
     crate::runtime::install(|| {
-        let (kt, vp) = pack_kv(k, v, b * hkv, skv, d);
+        let (kt, vp) = pack_kv(k, v, b * hkv, skv, d)?;
         let (kt, vp) = (&kt, &vp);
         (0..b * h * nqb).into_par_iter().for_each_init(
             || Bufs::new(d),
@@ -137,20 +137,30 @@ pub fn attention(
                 }
             },
         );
-    });
-    Ok(())
+        Ok(())
+    })
 }
 
 /// K and V packed for the micro-kernels (see `Task::kt` and `Task::vp`), zero-padded past Skv
 /// (and V past D), so every register tile sweeps one contiguous panel: no cache-set conflicts
 /// from a power-of-two row stride. About the size of K and V: the O(S * D) extra memory. Every
-/// element is written once (padding included), so the buffers need no zeroing pass.
-fn pack_kv(k: &[f32], v: &[f32], nbh: usize, skv: usize, d: usize) -> (Vec<f32>, Vec<f32>) {
+/// element is written once (padding included), so the buffers need no zeroing pass. Padding can
+/// make them much larger than K and V when `Skv` and `D` are tiny (`Skv = D = 1`: 128 x 16 the
+/// size of V), so their allocation is checked: a `Capacity` error, not an abort.
+fn pack_kv(k: &[f32], v: &[f32], nbh: usize, skv: usize, d: usize) -> Result<(Vec<f32>, Vec<f32>)> {
     let nkb = skv.div_ceil(BC);
     let dp = d.div_ceil(16) * 16;
     let (kper, vper) = (nkb * BC * d, nkb * BC * dp);
-    let mut kt: Vec<f32> = Vec::with_capacity(nbh * kper);
-    let mut vp: Vec<f32> = Vec::with_capacity(nbh * vper);
+    let alloc = |per: usize| -> Result<Vec<f32>> {
+        let mut buf = Vec::new();
+        per.checked_mul(nbh).and_then(|n| buf.try_reserve_exact(n).ok()).ok_or_else(|| {
+            CoreError::Capacity(format!(
+                "attention could not allocate {nbh} x {per} floats for packed K/V"
+            ))
+        })?;
+        Ok(buf)
+    };
+    let (mut kt, mut vp) = (alloc(kper)?, alloc(vper)?);
     if kper > 0 {
         let ku = &mut kt.spare_capacity_mut()[..nbh * kper];
         let vu = &mut vp.spare_capacity_mut()[..nbh * vper];
@@ -198,7 +208,7 @@ fn pack_kv(k: &[f32], v: &[f32], nbh: usize, skv: usize, d: usize) -> (Vec<f32>,
         kt.set_len(nbh * kper);
         vp.set_len(nbh * vper);
     }
-    (kt, vp)
+    Ok((kt, vp))
 }
 
 /// One task: query rows `r0..r0+BR` of head `(bi, hi)`.
