@@ -85,6 +85,32 @@ def test_attention_masks_scale_and_long_s(isa):
     assert np.allclose(got, ref_attention(q1, k1, v1, causal=True), atol=3e-5)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("d", [1, 3, 64, 80, 128, 256])
+def test_attention_tile_edges(isa, d):
+    """Shapes at the kernel's tile edges (48 query rows x 128 keys, register tiles of 6 rows x 16
+    lanes): S not a multiple of any of them, D not a multiple of 8 or 16, GQA, causal with more
+    queries than keys (the first rows see nothing: NaN), and an additive mask."""
+    rng = np.random.default_rng(d)
+    for b, h, hkv, sq, skv in [
+        (1, 2, 1, 49, 49),
+        (2, 3, 3, 97, 131),
+        (1, 2, 2, 100, 65),
+        (1, 1, 1, 7, 300),
+    ]:
+        q = rng.standard_normal((b, h, sq, d)).astype(np.float32)
+        k = rng.standard_normal((b, hkv, skv, d)).astype(np.float32)
+        v = rng.standard_normal((b, hkv, skv, d)).astype(np.float32)
+        fmask = rng.standard_normal((1, h, sq, skv)).astype(np.float32)
+        for causal in (False, True):
+            for mask in (None, fmask):
+                got = tierflow.attention(q, k, v, causal=causal, mask=mask, _isa=isa)
+                want = ref_attention(q, k, v, causal=causal, mask=mask)
+                assert np.array_equal(np.isnan(got), np.isnan(want))
+                ok = ~np.isnan(want)
+                assert np.allclose(got[ok], want[ok], atol=2e-5 * math.sqrt(d) + 1e-6, rtol=1e-4)
+
+
 def test_attention_bad_input_and_ieee():
     q = np.ones((1, 4, 3, 8), np.float32)
     k = np.ones((1, 3, 5, 8), np.float32)
@@ -103,6 +129,16 @@ def test_attention_bad_input_and_ieee():
     qn[0, 1, 2, 3] = np.nan
     out = tierflow.attention(qn, q, q)
     assert np.isnan(out[0, 1, 2]).all() and not np.isnan(out[0, 0]).any()
+    # +inf in a query row: inf - inf in the softmax, that row NaN only (as NumPy); a NaN key
+    # reaches exactly the causal rows that see it.
+    for isa in ISAS:
+        rng = np.random.default_rng(8)
+        q2, k2, v2 = (rng.standard_normal((1, 1, 130, 16)).astype(np.float32) for _ in range(3))
+        q2[0, 0, 7] = np.inf
+        k2[0, 0, 100, 5] = np.nan
+        out = tierflow.attention(q2, k2, v2, causal=True, _isa=isa)
+        rows = np.isnan(out[0, 0]).any(-1)
+        assert rows[7] and rows[100:].all() and rows.sum() == 31
 
 
 def test_rms_layer_norm(tmp_path):

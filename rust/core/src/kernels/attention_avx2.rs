@@ -1,0 +1,261 @@
+//! AVX2+FMA micro-kernels of flash attention (see `attention.rs` for the algorithm, the blocking
+//! and the buffer layouts); tested against [`super::attention::Scalar`].
+//!
+//! - scores: register tile `RT = 6` rows x 16 keys, 12 accumulators; per step of the `D` loop
+//!   two loads of the K^T panel and six broadcasts of packed Q (`[tile][c][RT]`, so the six
+//!   addresses are one pointer plus constants): 12 FMAs.
+//! - `P V`: register tile 6 rows x 16 dims; per key two loads of the packed V panel and six
+//!   broadcasts of P (rows `BC` floats apart: constants again): 12 FMAs.
+//! - softmax row: `BC / 8` vectors of 8 keys, two passes (max, then `exp` and sum, two
+//!   accumulators each); `exp` as in `vmath::exp` (same reduction and degree-6 polynomial).
+
+use super::attention::{run, Bufs, Micro, Task, BC, RT};
+use std::arch::x86_64::*;
+
+/// The AVX2+FMA micro-kernels.
+pub(crate) struct Avx2;
+
+/// The driver compiled with AVX2 and FMA enabled, so the micro-kernels inline into it.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; otherwise as [`run`].
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn run_avx2(t: &Task<'_>, b: &mut Bufs, out: *mut f32) {
+    unsafe { run::<Avx2>(t, b, out) }
+}
+
+/// `e^x` on 8 lanes for `x <= 0` or NaN (the softmax arguments `s - m'`): `vmath::exp`'s
+/// method and result (the same `n`, reduction and degree-6 polynomial). `exp(-inf) = 0`, NaN
+/// stays NaN (`max` returns its second operand when either is NaN).
+///
+/// `n = round(x log2 e)` is read from the low mantissa bits of `x log2 e + 1.5 * 2^23`, and
+/// shifted into the exponent field: `2^n`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn exp8(x: __m256) -> __m256 {
+    let lo = _mm256_set1_ps(-87.0);
+    let xc = _mm256_max_ps(lo, x);
+    let magic = _mm256_set1_ps(12_582_912.0); // 1.5 * 2^23
+    let t = _mm256_fmadd_ps(xc, _mm256_set1_ps(std::f32::consts::LOG2_E), magic);
+    let n = _mm256_sub_ps(t, magic);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), xc);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
+    let mut p = _mm256_set1_ps(1.0 / 720.0);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0 / 120.0));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0 / 24.0));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0 / 6.0));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
+    // t's bits are 0x4B40_0000 + n; shifted by 23 the constant part leaves the word.
+    let e = _mm256_add_epi32(
+        _mm256_slli_epi32::<23>(_mm256_castps_si256(t)),
+        _mm256_set1_epi32(127 << 23),
+    );
+    let y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+    // Below the clamp: 0 (false for NaN, so NaN stays).
+    _mm256_andnot_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(x, lo), y)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn hmax(v: __m256) -> f32 {
+    let s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// Score tile (see [`Micro::scores`]).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn scores(qp: &[f32], d: usize, kt: &[f32], nrt: usize, nc16: usize, s: &mut [f32]) {
+    assert!(qp.len() >= nrt * RT * d && kt.len() >= BC * d && nc16 * 16 <= BC);
+    assert!(s.len() >= nrt * RT * BC);
+    let (qp, kt, sp) = (qp.as_ptr(), kt.as_ptr(), s.as_mut_ptr());
+    for c0 in 0..nc16 {
+        for t in 0..nrt {
+            // SAFETY: in bounds by the asserts: q reads qp[t*d*RT .. (t+1)*d*RT], k reads
+            // kt[(c0*d + c)*16 .. +16] with c < d, the stores s[(t*RT+r)*BC + 16*c0 .. +16].
+            unsafe {
+                let q = qp.add(t * d * RT);
+                let k = kt.add(c0 * 16 * d);
+                let mut a = [[_mm256_setzero_ps(); 2]; RT];
+                for c in 0..d {
+                    let k0 = _mm256_loadu_ps(k.add(c * 16));
+                    let k1 = _mm256_loadu_ps(k.add(c * 16 + 8));
+                    let qc = q.add(c * RT);
+                    for r in 0..RT {
+                        let x = _mm256_broadcast_ss(&*qc.add(r));
+                        a[r][0] = _mm256_fmadd_ps(x, k0, a[r][0]);
+                        a[r][1] = _mm256_fmadd_ps(x, k1, a[r][1]);
+                    }
+                }
+                for r in 0..RT {
+                    let dst = sp.add((t * RT + r) * BC + c0 * 16);
+                    _mm256_storeu_ps(dst, a[r][0]);
+                    _mm256_storeu_ps(dst.add(8), a[r][1]);
+                }
+            }
+        }
+    }
+}
+
+/// One row's online-softmax update (see [`Micro::softmax_row`]).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn softmax_row(srow: &mut [f32], m: &mut f32, l: &mut f32, orow: &mut [f32]) {
+    let srow: &mut [f32; BC] = srow.try_into().expect("a score row is BC floats");
+    let sp = srow.as_mut_ptr();
+    // Two accumulators each, so the max and sum chains overlap.
+    let mut vmax = [_mm256_set1_ps(f32::NEG_INFINITY); 2];
+    let mut vnan = _mm256_setzero_ps();
+    for i in 0..BC / 8 {
+        // SAFETY: i * 8 + 8 <= BC.
+        let x = unsafe { _mm256_loadu_ps(sp.add(i * 8)) };
+        vmax[i % 2] = _mm256_max_ps(vmax[i % 2], x);
+        vnan = _mm256_or_ps(vnan, _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x));
+    }
+    let vmax = _mm256_max_ps(vmax[0], vmax[1]);
+    let bm = hmax(vmax);
+    let mx = if _mm256_movemask_ps(vnan) != 0 {
+        f32::NAN
+    } else if bm > *m {
+        bm
+    } else {
+        *m
+    };
+    if mx == f32::NEG_INFINITY {
+        srow.fill(0.0);
+        return;
+    }
+    let alpha = _mm_cvtss_f32(_mm256_castps256_ps128(exp8(_mm256_set1_ps(*m - mx))));
+    let vmx = _mm256_set1_ps(mx);
+    let mut sum = [_mm256_setzero_ps(); 2];
+    for i in 0..BC / 8 {
+        // SAFETY: i * 8 + 8 <= BC.
+        unsafe {
+            let p = exp8(_mm256_sub_ps(_mm256_loadu_ps(sp.add(i * 8)), vmx));
+            sum[i % 2] = _mm256_add_ps(sum[i % 2], p);
+            _mm256_storeu_ps(sp.add(i * 8), p);
+        }
+    }
+    *l = l.mul_add(alpha, hsum(_mm256_add_ps(sum[0], sum[1])));
+    *m = mx;
+    if alpha != 1.0 {
+        let va = _mm256_set1_ps(alpha);
+        let mut it = orow.chunks_exact_mut(8);
+        for c in &mut it {
+            // SAFETY: c holds 8 floats.
+            unsafe {
+                _mm256_storeu_ps(c.as_mut_ptr(), _mm256_mul_ps(va, _mm256_loadu_ps(c.as_ptr())))
+            };
+        }
+        for o in it.into_remainder() {
+            *o *= alpha;
+        }
+    }
+}
+
+/// `O += P V` (see [`Micro::pv`]).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pv(p: &[f32], v: &[f32], bc: usize, nrt: usize, dp: usize, o: &mut [f32]) {
+    assert!(dp % 16 == 0 && bc <= BC && v.len() >= BC * dp);
+    assert!(p.len() >= nrt * RT * BC && o.len() >= nrt * RT * dp);
+    let (pp, vp, op) = (p.as_ptr(), v.as_ptr(), o.as_mut_ptr());
+    for d0 in (0..dp).step_by(16) {
+        for t in 0..nrt {
+            // SAFETY: in bounds by the asserts: o rows t*RT+r, columns d0..d0+16 < dp;
+            // p[(t*RT+r)*BC + j] with j < bc <= BC; v[(d0*BC/16 + j)*16 .. +16], j < BC.
+            unsafe {
+                let mut a = [[_mm256_setzero_ps(); 2]; RT];
+                for r in 0..RT {
+                    let src = op.add((t * RT + r) * dp + d0);
+                    a[r][0] = _mm256_loadu_ps(src);
+                    a[r][1] = _mm256_loadu_ps(src.add(8));
+                }
+                let pt = pp.add(t * RT * BC);
+                let vc = vp.add(d0 * BC);
+                for j in 0..bc {
+                    let v0 = _mm256_loadu_ps(vc.add(j * 16));
+                    let v1 = _mm256_loadu_ps(vc.add(j * 16 + 8));
+                    for r in 0..RT {
+                        let x = _mm256_broadcast_ss(&*pt.add(r * BC + j));
+                        a[r][0] = _mm256_fmadd_ps(x, v0, a[r][0]);
+                        a[r][1] = _mm256_fmadd_ps(x, v1, a[r][1]);
+                    }
+                }
+                for r in 0..RT {
+                    let dst = op.add((t * RT + r) * dp + d0);
+                    _mm256_storeu_ps(dst, a[r][0]);
+                    _mm256_storeu_ps(dst.add(8), a[r][1]);
+                }
+            }
+        }
+    }
+}
+
+impl Micro for Avx2 {
+    #[inline(always)]
+    unsafe fn scores(qp: &[f32], d: usize, kt: &[f32], nrt: usize, nc16: usize, s: &mut [f32]) {
+        // SAFETY: the caller runs with AVX2 and FMA (see `Micro`).
+        unsafe { scores(qp, d, kt, nrt, nc16, s) }
+    }
+
+    #[inline(always)]
+    unsafe fn softmax_row(srow: &mut [f32], m: &mut f32, l: &mut f32, orow: &mut [f32]) {
+        // SAFETY: as above.
+        unsafe { softmax_row(srow, m, l, orow) }
+    }
+
+    #[inline(always)]
+    unsafe fn pv(p: &[f32], v: &[f32], bc: usize, nrt: usize, dp: usize, o: &mut [f32]) {
+        // SAFETY: as above.
+        unsafe { pv(p, v, bc, nrt, dp, o) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::Isa;
+
+    /// `exp8` against the scalar `vmath::exp` it mirrors (same `n`, so within FMA rounding), and
+    /// its special values.
+    #[test]
+    fn exp8_matches_scalar_exp() {
+        if !Isa::Avx2.supported() {
+            return;
+        }
+        #[target_feature(enable = "avx2,fma")]
+        fn at(x: f32) -> f32 {
+            _mm_cvtss_f32(_mm256_castps256_ps128(exp8(_mm256_set1_ps(x))))
+        }
+        let mut x = -100.0f32;
+        while x <= 0.0 {
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            let got = unsafe { at(x) };
+            let want = super::super::vmath::exp::<false>(x);
+            let tol = 4.0 * f32::EPSILON * want;
+            assert!((got - want).abs() <= tol, "exp8({x}) = {got}, scalar {want}");
+            x += 0.00731;
+        }
+        // SAFETY: as above.
+        unsafe {
+            assert_eq!(at(f32::NEG_INFINITY), 0.0);
+            assert_eq!(at(-88.0), 0.0);
+            assert_eq!(at(0.0), 1.0);
+            assert!(at(f32::NAN).is_nan());
+        }
+    }
+}
