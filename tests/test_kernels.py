@@ -194,6 +194,17 @@ def test_from_blocks_round_trip_and_corruption():
     bad[0:2] = np.frombuffer(np.float16(np.inf).tobytes(), np.uint8)
     with pytest.raises(tierflow.CorruptFileError):
         tierflow.QuantizedTensor("q4_0", (64, 5), bad)
+    # Read back from a store: the length is checked at once, the scales at the first result
+    # that is not finite (a non-finite scale always makes one), never a silent NaN.
+    with pytest.raises(tierflow.CorruptFileError):
+        tierflow.QuantizedTensor._from_blocks("q4_0", (64, 5), q.data[:-1])
+    lazy = tierflow.QuantizedTensor._from_blocks("q4_0", (64, 5), bad)
+    with pytest.raises(tierflow.CorruptFileError, match="non-finite scale"):
+        tierflow.matmul(np.ones((3, 64), np.float32), lazy)
+    with pytest.raises(tierflow.CorruptFileError, match="non-finite scale"):
+        tierflow.QuantizedTensor._from_blocks("q4_0", (64, 5), bad).dequantize()
+    x_nan = np.full((2, 64), np.nan, np.float32)  # NaN from x: the scales check out, NaN returned
+    assert np.isnan(tierflow.matmul(x_nan, q2)).all()
     with pytest.raises(tierflow.ShapeError):
         tierflow.quantize(np.ones((33, 2), np.float32), "q8_0")
     with pytest.raises(tierflow.DTypeError):
@@ -402,6 +413,28 @@ def test_streamed_transposed_ref(tmp_path, m):
         s.put("q", tierflow.quantize(np.ones((32, 3), np.float32), "q8_0"))
         with pytest.raises(tierflow.DTypeError):
             _ = s["q"].T
+
+
+def test_streamed_corrupt_scale_is_an_error(tmp_path):
+    """A non-finite block scale in a streamed panel (bytes changed on disk behind the store,
+    size and mtime kept so the store cannot tell) is a CorruptFileError, not NaN output."""
+    rng = np.random.default_rng(13)
+    q = tierflow.quantize(rng.standard_normal((64, 300)).astype(np.float32), "q8_0")
+    x = rng.standard_normal((1, 64)).astype(np.float32)
+    with tierflow.TieredStore(tmp_path / "s") as s:
+        s.put("q", q)
+        s.move("q", "disk")
+        info = s.info("q")
+        with open(info["file"], "rb") as f:
+            raw = f.read()
+        at = raw.index(q.data[250 * 68 : 250 * 68 + 68].tobytes())  # row 250: 2 blocks of 34
+        st = os.stat(info["file"])
+        with open(info["file"], "r+b") as f:
+            f.seek(at)
+            f.write(b"\x00\x7c")  # f16 +inf as the scale of row 250's first block
+        os.utime(info["file"], ns=(st.st_atime_ns, st.st_mtime_ns))
+        with pytest.raises(tierflow.CorruptFileError, match="non-finite scale"):
+            tierflow.matmul(x, s["q"], panel_bytes=64 * 68)
 
 
 def test_streamed_matmul_errors(tmp_path):

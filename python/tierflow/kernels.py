@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import _tierflow
-from .errors import DTypeError, InvalidArgumentError, ShapeError
+from .errors import CorruptFileError, DTypeError, InvalidArgumentError, ShapeError
 from .store import BlockTensor, TensorRef, register_block_format
 
 __all__ = [
@@ -105,11 +105,15 @@ class QuantizedTensor(BlockTensor):
     Attributes:
         format: one of :data:`FORMATS`.
         shape: ``(K, N)``.
-        data: the block bytes, a read-only 1-D uint8 array (checked once, at construction:
-            length and finite scales; ``CorruptFileError`` otherwise).
+        data: the block bytes, a read-only 1-D uint8 array (checked at construction: length
+            and finite scales, ``CorruptFileError`` otherwise; a tensor read back from a store
+            has its scales checked the first time a result computed from it is not finite, so
+            that every ``store.get`` is not a pass over the whole weight).
     """
 
-    def __init__(self, format: str, shape: tuple[int, int], data: np.ndarray) -> None:
+    def __init__(
+        self, format: str, shape: tuple[int, int], data: np.ndarray, *, _checked: bool = True
+    ) -> None:
         fmt = str(format).lower()
         if fmt not in FORMATS:
             raise DTypeError(f"unknown weight format {format!r} (expected one of {FORMATS})")
@@ -120,18 +124,37 @@ class QuantizedTensor(BlockTensor):
         arr = np.ascontiguousarray(np.asarray(data)).reshape(-1)
         if arr.dtype != np.uint8:
             raise DTypeError(f"block data must be uint8, got {arr.dtype}")
-        _tierflow._check_blocks(fmt, k, n, arr)  # CorruptFileError on wrong length / bad scales
-        # Checked once here (matmul does not re-read every scale): a read-only view guards it.
+        if _checked:
+            _tierflow._check_blocks(fmt, k, n, arr)  # CorruptFileError: wrong length / bad scales
+        elif arr.size != _tierflow._format_nbytes(fmt, k, n):
+            raise CorruptFileError(f"{fmt} block data of {arr.size} bytes for {(k, n)}")
+        # Checked once (matmul does not re-read every scale): a read-only view guards it.
         arr = arr.view()
         arr.flags.writeable = False
         self.format = fmt
         self.shape = (k, n)
         self.data = arr
+        self._scales_checked = _checked
+
+    def _check_scales(self) -> None:
+        """Check every block scale (once): CorruptFileError names the first non-finite one."""
+        if not self._scales_checked:
+            _tierflow._check_blocks(self.format, self.shape[0], self.shape[1], self.data)
+            self._scales_checked = True
+
+    def _after(self, result: np.ndarray) -> np.ndarray:
+        """A tensor from the store has its scales checked lazily: a non-finite scale always
+        makes results non-finite, so they are checked the first time a result is not finite
+        (rather than at every ``store.get``, a full pass over the weight)."""
+        if not self._scales_checked and not np.isfinite(result).all():
+            self._check_scales()
+        return result
 
     @classmethod
     def _from_blocks(cls, format: str, shape: tuple[int, ...], data: np.ndarray) -> QuantizedTensor:
-        """Rebuild from stored block data (the store's opaque typed byte blocks)."""
-        return cls(format, (int(shape[0]), int(shape[1])), data)
+        """Rebuild from stored block data (the store's opaque typed byte blocks); the length is
+        checked now, the scales lazily (see :meth:`_after`)."""
+        return cls(format, (int(shape[0]), int(shape[1])), data, _checked=False)
 
     @property
     def nbytes(self) -> int:
@@ -145,7 +168,7 @@ class QuantizedTensor(BlockTensor):
     def dequantize(self) -> np.ndarray:
         """The float32 ``(K, N)`` array the blocks encode."""
         k, n = self.shape
-        return _tierflow._dequantize(self.format, k, n, self.data)
+        return self._after(_tierflow._dequantize(self.format, k, n, self.data))
 
     def __repr__(self) -> str:
         return f"QuantizedTensor(format={self.format!r}, shape={self.shape}, nbytes={self.nbytes})"
@@ -318,6 +341,7 @@ def matmul(
         w = w.numpy()
     if isinstance(w, QuantizedTensor):
         _tierflow._matmul_blocks(x2, w.format, k, n, w.data, r2, b, _isa)
+        w._after(r2)
         return res
     wa = w if isinstance(w, np.ndarray) else np.asarray(w)
     if wa.dtype == np.float32:
