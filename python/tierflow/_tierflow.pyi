@@ -113,18 +113,7 @@ def _matmul_streamed(
     bias: Any = None,
     panel_bytes: int = ...,
     isa: str | None = None,
-) -> None: ...
-def _matmul_streamed_plain(
-    x: Any,
-    store: Any,
-    name: str,
-    kind: str,
-    k: int,
-    n: int,
-    out: Any,
-    bias: Any = None,
-    panel_bytes: int = ...,
-    isa: str | None = None,
+    plain: bool = False,
 ) -> None: ...
 def _paged_decode(
     q: Any,

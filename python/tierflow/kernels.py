@@ -334,8 +334,8 @@ def matmul(
             if panel_bytes < 1:
                 raise InvalidArgumentError(f"panel_bytes must be positive, got {panel_bytes}")
             native = w.store._s
-            _tierflow._matmul_streamed_plain(
-                x2, native, w.name, kind, k, n, r2, b, int(panel_bytes), _isa
+            _tierflow._matmul_streamed(
+                x2, native, w.name, kind, k, n, r2, b, int(panel_bytes), _isa, plain=True
             )
             return res
         w = w.numpy()

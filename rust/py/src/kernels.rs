@@ -295,10 +295,11 @@ fn _rope(
     })
 }
 
-/// `out = x @ W (+ bias)` with `W` the block-format tensor `name` of a store, streamed from its
-/// tier in panels of about `panel_bytes` through a double buffer.
+/// `out = x @ W (+ bias)` with `W` the tensor `name` of a store, streamed from its tier in panels
+/// of about `panel_bytes` through a double buffer: `N` rows of `K` in the block format `fmt`, or
+/// with `plain` a row-major `(K, N)` float array (`fmt` f32, f16 or bf16; decode shapes only).
 #[pyfunction]
-#[pyo3(signature = (x, store, name, fmt, k, n, out, bias=None, panel_bytes=8 << 20, isa=None))]
+#[pyo3(signature = (x, store, name, fmt, k, n, out, bias=None, panel_bytes=8 << 20, isa=None, plain=false))]
 fn _matmul_streamed(
     py: Python<'_>,
     x: PyReadonlyArray2<'_, f32>,
@@ -311,63 +312,20 @@ fn _matmul_streamed(
     bias: Option<PyReadonlyArray1<'_, f32>>,
     panel_bytes: usize,
     isa: Option<&str>,
-) -> PyResult<()> {
-    let isa = pick_isa(isa)?;
-    let fmt = Format::parse(fmt).map_err(crate::errors::to_pyerr)?;
-    let m = x.shape()[0];
-    let xs = slice2(&x, "x")?;
-    let b = match &bias {
-        Some(b) => Some(slice(b, "bias")?),
-        None => None,
-    };
-    let ldc = out.shape()[1];
-    let cs =
-        out.as_slice_mut().map_err(|_| err("InvalidArgumentError", "out must be C-contiguous"))?;
-    let st = store.inner.clone();
-    let name = name.to_owned();
-    run(py, move || {
-        let read = |off: u64, buf: &mut [u8]| st.read_into(&name, off, buf);
-        tierflow_core::kernels::stream::matmul_streamed(
-            isa,
-            xs,
-            m,
-            fmt,
-            k,
-            n,
-            &read,
-            b,
-            cs,
-            ldc,
-            panel_bytes,
-        )
-    })
-}
-
-/// `out = x @ W (+ bias)` with `W` the plain `(K, N)` tensor `name` of a store (`kind` f32, f16
-/// or bf16), streamed from its tier in panels of whole rows of `K` (decode shapes only).
-#[pyfunction]
-#[pyo3(signature = (x, store, name, kind, k, n, out, bias=None, panel_bytes=8 << 20, isa=None))]
-fn _matmul_streamed_plain(
-    py: Python<'_>,
-    x: PyReadonlyArray2<'_, f32>,
-    store: PyRef<'_, crate::store::PyStore>,
-    name: &str,
-    kind: &str,
-    k: usize,
-    n: usize,
-    mut out: PyReadwriteArray2<'_, f32>,
-    bias: Option<PyReadonlyArray1<'_, f32>>,
-    panel_bytes: usize,
-    isa: Option<&str>,
+    plain: bool,
 ) -> PyResult<()> {
     use tierflow_core::kernels::stream::{matmul_streamed_plain, PlainKind};
     let isa = pick_isa(isa)?;
-    let kind = match kind {
-        "f32" => PlainKind::F32,
-        "f16" => PlainKind::F16,
-        "bf16" => PlainKind::Bf16,
-        _ => return Err(err("DTypeError", format!("cannot stream a plain {kind} weight"))),
+    let fmt = Format::parse(fmt).map_err(crate::errors::to_pyerr)?;
+    let kind = match fmt {
+        Format::F32 => Some(PlainKind::F32),
+        Format::F16 => Some(PlainKind::F16),
+        Format::Bf16 => Some(PlainKind::Bf16),
+        _ => None,
     };
+    if plain && kind.is_none() {
+        return Err(err("DTypeError", format!("cannot stream a plain {} weight", fmt.name())));
+    }
     let m = x.shape()[0];
     let xs = slice2(&x, "x")?;
     let b = match &bias {
@@ -381,7 +339,24 @@ fn _matmul_streamed_plain(
     let name = name.to_owned();
     run(py, move || {
         let read = |off: u64, buf: &mut [u8]| st.read_into(&name, off, buf);
-        matmul_streamed_plain(isa, xs, m, kind, k, n, &read, b, cs, ldc, panel_bytes)
+        match kind {
+            Some(kind) if plain => {
+                matmul_streamed_plain(isa, xs, m, kind, k, n, &read, b, cs, ldc, panel_bytes)
+            }
+            _ => tierflow_core::kernels::stream::matmul_streamed(
+                isa,
+                xs,
+                m,
+                fmt,
+                k,
+                n,
+                &read,
+                b,
+                cs,
+                ldc,
+                panel_bytes,
+            ),
+        }
     })
 }
 
@@ -414,7 +389,6 @@ fn _paged_decode(
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_paged_decode, m)?)?;
     m.add_function(wrap_pyfunction!(_matmul_streamed, m)?)?;
-    m.add_function(wrap_pyfunction!(_matmul_streamed_plain, m)?)?;
     m.add_function(wrap_pyfunction!(_attention, m)?)?;
     m.add_function(wrap_pyfunction!(_rowwise, m)?)?;
     m.add_function(wrap_pyfunction!(_rope, m)?)?;

@@ -400,16 +400,7 @@ mod avx2 {
 mod tests {
     use super::*;
     use crate::kernels::quant::quantize;
-
-    fn lcg(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-            })
-            .collect()
-    }
+    use crate::kernels::test_util::lcg;
 
     #[test]
     fn every_path_matches_scalar() {

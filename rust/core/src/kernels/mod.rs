@@ -23,3 +23,18 @@ pub mod rope;
 pub mod rows;
 pub mod stream;
 pub mod vmath;
+
+/// Helpers shared by the kernels' unit tests.
+#[cfg(test)]
+pub(crate) mod test_util {
+    /// `n` pseudo-random floats in [-0.5, 0.5) (a 64-bit LCG: reproducible, no dependency).
+    pub fn lcg(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+            })
+            .collect()
+    }
+}
