@@ -268,3 +268,8 @@ def test_checkpoint_truncated_after_load_is_an_error_not_a_crash(tmp_path):
     with pytest.raises(tierflow.CorruptFileError, match=r"model\.safetensors"):
         m(ids)
     assert np.isfinite(before).all()
+
+
+def test_unknown_read_mode_is_an_error():
+    with pytest.raises(tierflow.InvalidArgumentError, match="read must be one of"):
+        tm.load(DATA / "tiny-llama", read="prefetch")

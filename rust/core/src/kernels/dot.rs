@@ -123,6 +123,7 @@ unsafe fn scalar_task(
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::*;
+    use crate::kernels::x86::{f16_scale, hsum};
     use std::arch::x86_64::*;
 
     /// A row format: `BLK8` chunks of 8 elements per block, `BB` bytes per block.
@@ -165,14 +166,6 @@ mod avx2 {
             }
         }
     }
-    #[inline(always)]
-    unsafe fn scale(p: *const u8) -> __m256 {
-        unsafe {
-            let bits = (p as *const u16).read_unaligned() as i32;
-            let d = _mm_cvtph_ps(_mm_cvtsi32_si128(bits));
-            _mm256_broadcastss_ps(d)
-        }
-    }
     impl Fmt for Q8 {
         const BLK8: usize = 4;
         const BB: usize = 34;
@@ -180,7 +173,7 @@ mod avx2 {
         unsafe fn block(p: *const u8, b: usize, out: &mut [__m256; 4]) {
             unsafe {
                 let p = p.add(b * 34);
-                let d = scale(p);
+                let d = f16_scale(p);
                 for s in 0..4 {
                     let q = _mm_loadl_epi64(p.add(2 + 8 * s) as *const __m128i);
                     out[s] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)));
@@ -195,7 +188,7 @@ mod avx2 {
         unsafe fn block(p: *const u8, b: usize, out: &mut [__m256; 4]) {
             unsafe {
                 let p = p.add(b * 18);
-                let d = scale(p);
+                let d = f16_scale(p);
                 let raw = _mm_loadu_si128(p.add(2) as *const __m128i);
                 let m4 = _mm_set1_epi8(0x0f);
                 let eight = _mm_set1_epi8(8);
@@ -212,16 +205,6 @@ mod avx2 {
     /// Bytes ahead to prefetch in the tile's run of weight rows (the hardware prefetcher alone
     /// left the kernel waiting on DRAM; see `qdot.rs`).
     const PF: usize = 8192;
-
-    #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        unsafe {
-            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-            let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-            _mm_cvtss_f32(s)
-        }
-    }
 
     /// One `RN x MR` tile: rows `j..j+RN` of W against rows `i..i+MR` of X, over the blocks
     /// `b0..b1` of `K`. The first K chunk (`b0 == 0`) writes `sum + bias` to C, later chunks

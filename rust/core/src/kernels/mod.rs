@@ -23,6 +23,8 @@ pub mod rope;
 pub mod rows;
 pub mod stream;
 pub mod vmath;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86;
 
 /// Helpers shared by the kernels' unit tests.
 #[cfg(test)]

@@ -177,6 +177,7 @@ unsafe fn scalar_task(
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::*;
+    use crate::kernels::x86::{f16_scale, hsum};
     use std::arch::x86_64::*;
 
     /// A block format: `BB` bytes per block; `ints` gives its 32 weights as int8 lanes, signed
@@ -216,24 +217,6 @@ mod avx2 {
     /// with 8 KiB ahead; 0.5-2 KiB ahead did little), measured on a 2048 x 32000 weight.
     const PF: usize = 8192;
 
-    #[inline(always)]
-    unsafe fn scale(p: *const u8) -> __m256 {
-        unsafe {
-            let bits = (p as *const u16).read_unaligned() as i32;
-            _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)))
-        }
-    }
-
-    #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        unsafe {
-            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-            let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-            _mm_cvtss_f32(s)
-        }
-    }
-
     /// Rows `j..j+RN` of W against rows `i..i+MR` of the rounded activations.
     #[inline(always)]
     unsafe fn tile<F: QFmt, const RN: usize, const MR: usize>(
@@ -268,7 +251,7 @@ mod avx2 {
                     let p = base.add(r * rb + b * F::BB);
                     wv[r] = F::ints(p);
                     aw[r] = if F::SIGNED { _mm256_abs_epi8(wv[r]) } else { wv[r] };
-                    dw[r] = scale(p);
+                    dw[r] = f16_scale(p);
                 }
                 for t in 0..MR {
                     let xq = _mm256_loadu_si256(qx.add(t * k + b * QK) as *const __m256i);

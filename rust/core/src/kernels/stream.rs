@@ -236,45 +236,25 @@ pub fn matmul_streamed_plain(
         return matmul(isa, x, m, Weight::Plain { w, k, n }, bias, c, ldc);
     }
     let per = (panel_bytes / rb).max(1).min(k);
-    compute_beside_reader(|| plain_panels(isa, x, m, kind, k, n, read, bias, c, ldc, rb, per))
-}
-
-fn plain_panels(
-    isa: Isa,
-    x: &[f32],
-    m: usize,
-    kind: PlainKind,
-    k: usize,
-    n: usize,
-    read: ReadFn<'_>,
-    bias: Option<&[f32]>,
-    c: &mut [f32],
-    ldc: usize,
-    rb: usize,
-    per: usize,
-) -> Result<()> {
-    let mut acc = ColsAcc::begin(isa, m, n, bias, c, ldc);
-    pipeline(read, rb, k, per, 1, |k0, kb, buf| {
-        let len = kb * n;
-        // SAFETY: the pipeline's buffers are 8-byte aligned and hold kb * n elements.
-        let w = unsafe {
-            match kind {
-                PlainKind::F32 => {
-                    ColW::F32(std::slice::from_raw_parts(buf.as_ptr() as *const f32, len))
+    compute_beside_reader(|| {
+        let mut acc = ColsAcc::begin(isa, m, n, bias, c, ldc);
+        pipeline(read, rb, k, per, 1, |k0, kb, buf| {
+            let len = kb * n;
+            // SAFETY: the pipeline's buffers are 8-byte aligned and hold kb * n elements.
+            let w = unsafe {
+                let (p16, p32) = (buf.as_ptr() as *const u16, buf.as_ptr() as *const f32);
+                match kind {
+                    PlainKind::F32 => ColW::F32(std::slice::from_raw_parts(p32, len)),
+                    PlainKind::F16 => ColW::F16(std::slice::from_raw_parts(p16, len)),
+                    PlainKind::Bf16 => ColW::Bf16(std::slice::from_raw_parts(p16, len)),
                 }
-                PlainKind::F16 => {
-                    ColW::F16(std::slice::from_raw_parts(buf.as_ptr() as *const u16, len))
-                }
-                PlainKind::Bf16 => {
-                    ColW::Bf16(std::slice::from_raw_parts(buf.as_ptr() as *const u16, len))
-                }
-            }
-        };
-        acc.feed(x, k, k0, w, c);
+            };
+            acc.feed(x, k, k0, w, c);
+            Ok(())
+        })?;
+        acc.finish(c);
         Ok(())
-    })?;
-    acc.finish(c);
-    Ok(())
+    })
 }
 
 #[cfg(test)]
