@@ -154,13 +154,18 @@ def gpt2_forward(weights: dict[str, np.ndarray], cfg: dict[str, Any], ids) -> np
 
 def round_acts_q8(x: np.ndarray) -> np.ndarray:
     """Activations rounded to Q8 blocks of 32 along the last axis, as ``tierflow.matmul`` does
-    at decode shapes for q8_0 / q4_0 weights: ``dx = max|x| / 127`` (float32 division),
-    ``q = round(x / dx)`` in [-127, 127]; returns ``q * dx`` (float64)."""
+    at decode shapes for q8_0 / q4_0 weights (and ggml's ``quantize_row_q8_0``): ``dx = max|x| /
+    127`` and ``q = round_half_even(x * (127 / max|x|))`` in float32 (in float64 for a block with
+    ``max|x| < 1e-30``), clipped to [-127, 127]; returns ``q * dx`` (float64)."""
     *lead, k = x.shape
-    xb = x.reshape(*lead, k // 32, 32).astype(np.float64)
+    xb = x.reshape(*lead, k // 32, 32).astype(np.float32)
     amax = np.abs(xb).max(axis=-1, keepdims=True)
-    dx = (amax.astype(np.float32) / np.float32(127)).astype(np.float64)
-    q = np.clip(np.round(xb * (127.0 / np.where(amax > 0, amax, 1.0))), -127, 127)
+    dx = (amax / np.float32(127)).astype(np.float64)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        id32 = np.float32(127) / np.where(amax > 0, amax, np.float32(1))
+        q32 = np.round(xb * id32)
+        q64 = np.round(xb.astype(np.float64) * (127.0 / np.where(amax > 0, amax, 1.0)))
+    q = np.clip(np.where(amax >= np.float32(1e-30), q32, q64), -127, 127)
     return (q * dx).reshape(x.shape)
 
 

@@ -281,8 +281,8 @@ def matmul(
         ``|err| <= ~K * eps32 * sum|x||w|``; a quantised weight adds its quantisation error.
         With a ``q8_0`` / ``q4_0`` weight and at most :data:`ROUNDED_ACTIVATIONS_MAX_M` rows of
         ``x`` (decode shapes), ``x`` is rounded to Q8 blocks of 32 along K (``dx = max|x| / 127``,
-        ``qx = round(x / dx)``) and each block's dot product is an exact integer sum, as ggml
-        does; that adds at most ``sum_blocks dx / 2 * sum_block |w|`` (about 0.4% of
+        ``qx = round_half_even(x * (127 / max|x|))`` in float32) and each block's dot product is
+        an exact integer sum, as ggml does; that adds at most ``sum_blocks dx / 2 * sum_block |w|`` (about 0.4% of
         ``sum|x||w|``). An ``x`` holding an Inf or NaN is not rounded (IEEE 754 propagation), and
         more rows than that take the exact dequantised path (as ggml does with BLAS).
 

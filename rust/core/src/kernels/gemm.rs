@@ -93,7 +93,7 @@ pub fn matmul(
             // Q8_0 / Q4_0 at decode shapes: integer dot products on activations rounded to Q8
             // blocks (ggml's route; see `qdot.rs`), unless X holds Inf/NaN.
             let int = is_int_format(q.fmt) && m <= DECODE_MAX_M;
-            match if int { quantize_acts(x, m, k) } else { None } {
+            match if int { quantize_acts(isa, x, m, k) } else { None } {
                 Some(a) => matmul_q(isa, &a, &q, bias, c, ldc),
                 None => matmul_rows(isa, x, m, &q, bias, c, ldc),
             }
