@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
@@ -300,7 +301,7 @@ def matmul(
     lead = xshape[:-1]
     _check_size((*lead, n), 4, "the result")
     xa = _as_f32(x, "x")
-    m = int(np.prod(lead, dtype=np.int64)) if lead else 1
+    m = math.prod(lead)  # the size check above bounds it
     res = _prep_out(out, (*lead, n))
     b = None
     if bias is not None:

@@ -125,6 +125,22 @@ pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     pool().install(f)
 }
 
+/// Work smaller than this (bytes of operands a call reads) runs on the calling thread: waking
+/// the pool's threads and joining them costs about 10-15 us here, about what one core takes to
+/// stream this much weight data through a decode kernel.
+pub const INLINE_BYTES: usize = 256 * 1024;
+
+/// `f(t)` for every `t in 0..tasks`: on the pool, or in order on the calling thread when the
+/// call reads fewer than [`INLINE_BYTES`] bytes, has one task, or there is one thread.
+pub fn for_tasks(tasks: usize, bytes: usize, f: impl Fn(usize) + Sync + Send) {
+    use rayon::prelude::*;
+    if tasks <= 1 || bytes < INLINE_BYTES || num_threads() <= 1 {
+        (0..tasks).for_each(f);
+    } else {
+        install(|| (0..tasks).into_par_iter().for_each(f));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +152,17 @@ mod tests {
         assert_eq!(install(rayon::current_num_threads), 1);
         assert!(set_num_threads(Some(0)).is_err());
         set_num_threads(None).unwrap();
+    }
+
+    #[test]
+    fn for_tasks_runs_every_task_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        for (tasks, bytes) in [(0, 0), (1, 1 << 30), (7, 10), (50, 1 << 30)] {
+            let hits: Vec<AtomicUsize> = (0..tasks).map(|_| AtomicUsize::new(0)).collect();
+            for_tasks(tasks, bytes, |t| {
+                hits[t].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+        }
     }
 }

@@ -15,7 +15,6 @@
 use super::dot::SendPtr;
 use crate::cpu::Isa;
 use half::f16;
-use rayon::prelude::*;
 
 /// A row-major `(K, N)` weight as NumPy holds it.
 #[derive(Clone, Copy, Debug)]
@@ -132,13 +131,16 @@ impl ColsAcc {
             return;
         }
         let cp = SendPtr(c.as_mut_ptr());
-        crate::runtime::install(|| {
-            self.bufs.par_iter_mut().enumerate().for_each(|(t, buf)| {
-                let n0 = t * per;
-                let n1 = (n0 + per).min(n);
-                // SAFETY: task t writes only columns n0..n1 of C (and its own buffer).
-                unsafe { feed_task(isa, x, m, k, k0, kb, w, n, buf, cp.get(), ldc, n0, n1) }
-            });
+        let bp = SendPtr(self.bufs.as_mut_ptr());
+        let bytes = kb * n * w.elem_bytes();
+        crate::runtime::for_tasks(self.bufs.len(), bytes, |t| {
+            let n0 = t * per;
+            let n1 = (n0 + per).min(n);
+            // SAFETY: task t writes only columns n0..n1 of C and its own buffer bufs[t].
+            unsafe {
+                let buf = &mut *bp.get().add(t);
+                feed_task(isa, x, m, k, k0, kb, w, n, buf, cp.get(), ldc, n0, n1)
+            }
         });
     }
 

@@ -13,11 +13,15 @@
 
 use super::quant::{dequantize_row, Format, QWeight};
 use crate::cpu::Isa;
-use rayon::prelude::*;
 
 /// A raw pointer that may cross threads (tasks write disjoint parts of one output).
-#[derive(Clone, Copy)]
 pub(crate) struct SendPtr<T>(pub *mut T);
+impl<T> Clone for SendPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SendPtr<T> {}
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 
@@ -54,13 +58,11 @@ pub fn matmul_rows(
     }
     let per = rows_per_task(n, w.row_bytes());
     let cp = SendPtr(c.as_mut_ptr());
-    crate::runtime::install(|| {
-        (0..n.div_ceil(per)).into_par_iter().for_each(|t| {
-            let n0 = t * per;
-            let n1 = (n0 + per).min(n);
-            // SAFETY: task t writes only columns n0..n1 of C, disjoint from every other task.
-            unsafe { rows_task(isa, x, m, w, bias, cp.get(), ldc, n0, n1) }
-        });
+    crate::runtime::for_tasks(n.div_ceil(per), w.data.len(), |t| {
+        let n0 = t * per;
+        let n1 = (n0 + per).min(n);
+        // SAFETY: task t writes only columns n0..n1 of C, disjoint from every other task.
+        unsafe { rows_task(isa, x, m, w, bias, cp.get(), ldc, n0, n1) }
     });
 }
 

@@ -24,7 +24,6 @@
 use super::dot::{rows_per_task, SendPtr};
 use super::quant::{block_scale, Format, QWeight, QK};
 use crate::cpu::Isa;
-use rayon::prelude::*;
 
 /// Activations rounded to Q8 blocks along `K`: `q` `(m, k)` int8, `d` `(m, k / 32)` scales,
 /// and `s8` `(m, k / 32, 8)`: `8 * (q[4l] + q[4l+1] + q[4l+2] + q[4l+3])` for lane `l` of each
@@ -131,13 +130,11 @@ pub fn matmul_q(
     }
     let per = rows_per_task(n, w.row_bytes());
     let cp = SendPtr(c.as_mut_ptr());
-    crate::runtime::install(|| {
-        (0..n.div_ceil(per)).into_par_iter().for_each(|t| {
-            let n0 = t * per;
-            let n1 = (n0 + per).min(n);
-            // SAFETY: task t writes only columns n0..n1 of C.
-            unsafe { task(isa, a, w, bias, cp.get(), ldc, n0, n1) }
-        });
+    crate::runtime::for_tasks(n.div_ceil(per), w.data.len(), |t| {
+        let n0 = t * per;
+        let n1 = (n0 + per).min(n);
+        // SAFETY: task t writes only columns n0..n1 of C.
+        unsafe { task(isa, a, w, bias, cp.get(), ldc, n0, n1) }
     });
 }
 

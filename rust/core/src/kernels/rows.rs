@@ -2,7 +2,6 @@
 //! the tierflow pool and run one generic body, as the scalar reference or under AVX2+FMA.
 
 use crate::cpu::Isa;
-use rayon::prelude::*;
 
 /// Rows per task: about 64 KiB of data, at least one row.
 fn rows_per_task(d: usize) -> usize {
@@ -33,19 +32,22 @@ pub fn for_rows<O: RowOp>(isa: Isa, op: &O, x: &[f32], y: &mut [f32], d: usize) 
     if d == 0 || x.is_empty() {
         return;
     }
+    assert!(y.len() >= x.len(), "for_rows: y is smaller than x");
     let per = rows_per_task(d);
-    crate::runtime::install(|| {
-        x.par_chunks(per * d).zip(y.par_chunks_mut(per * d)).enumerate().for_each(
-            |(t, (xc, yc))| {
-                #[cfg(target_arch = "x86_64")]
-                if isa >= Isa::Avx2 {
-                    // SAFETY: the CPU has AVX2 and FMA (isa is only Avx2+ when supported).
-                    return unsafe { chunk_avx2(op, t * per, xc, yc, d) };
-                }
-                let _ = isa;
-                chunk_scalar(op, t * per, xc, yc, d)
-            },
-        )
+    let rows = x.len() / d;
+    let yp = super::dot::SendPtr(y.as_mut_ptr());
+    crate::runtime::for_tasks(rows.div_ceil(per), 8 * x.len(), |t| {
+        let (r0, r1) = (t * per, ((t + 1) * per).min(rows));
+        let xc = &x[r0 * d..r1 * d];
+        // SAFETY: task t writes only rows r0..r1 of y (y has the shape of x).
+        let yc = unsafe { std::slice::from_raw_parts_mut(yp.get().add(r0 * d), (r1 - r0) * d) };
+        #[cfg(target_arch = "x86_64")]
+        if isa >= Isa::Avx2 {
+            // SAFETY: the CPU has AVX2 and FMA (isa is only Avx2+ when supported).
+            return unsafe { chunk_avx2(op, r0, xc, yc, d) };
+        }
+        let _ = isa;
+        chunk_scalar(op, r0, xc, yc, d)
     });
 }
 
