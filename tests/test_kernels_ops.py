@@ -90,13 +90,14 @@ def test_attention_masks_scale_and_long_s(isa):
 def test_attention_tile_edges(isa, d):
     """Shapes at the kernel's tile edges (48 query rows x 128 keys, register tiles of 6 rows x 16
     lanes): S not a multiple of any of them, D not a multiple of 8 or 16, GQA, causal with more
-    queries than keys (the first rows see nothing: NaN), and an additive mask."""
+    queries than keys (the first rows see nothing: NaN), an additive mask, and one query row."""
     rng = np.random.default_rng(d)
     for b, h, hkv, sq, skv in [
         (1, 2, 1, 49, 49),
         (2, 3, 3, 97, 131),
         (1, 2, 2, 100, 65),
         (1, 1, 1, 7, 300),
+        (2, 8, 2, 1, 300),  # one query row (decode): the decode kernel unless masked
     ]:
         q = rng.standard_normal((b, h, sq, d)).astype(np.float32)
         k = rng.standard_normal((b, hkv, skv, d)).astype(np.float32)

@@ -384,7 +384,9 @@ def attention(
         mask: boolean (True = may attend) or additive float, broadcastable to
             ``(B, H, Sq, Skv)``.
 
-    A query row that can see no key returns NaN (as ``softmax`` of an all ``-inf`` row).
+    A query row that can see no key returns NaN (as ``softmax`` of an all ``-inf`` row). With
+    one query row (``Sq = 1``, a decode step) and no mask, the decode kernel of
+    :class:`PagedKVCache` runs, reading each key and value once (K and V as one page each).
 
     Raises:
         ShapeError: mismatched shapes (named). DTypeError: non-float inputs.
@@ -426,6 +428,23 @@ def attention(
         mflat = np.ascontiguousarray(ma, dtype=np.float32).reshape(-1)
         mbh = (mb, mh)
     if out.size == 0:
+        return out
+    if sq == 1 and mflat is None and skv > 0:
+        # One query row per head (decode): the decode kernel reads each key and value once,
+        # where the blocked kernel would work on a whole block of query rows for this one.
+        # With one query row ``causal`` lets it see every key. K and V are its page pools,
+        # one page of ``Skv`` slots per sequence.
+        _tierflow._paged_decode(
+            qa.reshape(-1),
+            np.ascontiguousarray(ka).reshape(-1),
+            np.ascontiguousarray(va).reshape(-1),
+            (b, h, hkv, d, b, skv, 1),
+            np.arange(b, dtype=np.int64),
+            [skv] * b,
+            float(scale),
+            out.reshape(-1),
+            _isa,
+        )
         return out
     _tierflow._attention(
         qa.reshape(-1),
