@@ -120,6 +120,17 @@ def test_decode_f32(benchmark, ratios, bandwidth, m, kn):
         weight_GBps=gbs,
         probe_GBps=round(bandwidth / 1e9, 2),
     )
+    if m == 8:
+        # What the 2x target asks: NumPy at this fraction of the bandwidth leaves 2x reachable
+        # only if it is below 0.5 (tierflow cannot read the weight faster than memory delivers).
+        record(
+            benchmark,
+            ratios,
+            f"{name} NumPy's fraction of read bandwidth",
+            w.nbytes / t_np / bandwidth,
+            0.0,
+            note="reported: 2x NumPy needs NumPy below 0.5 of the bandwidth",
+        )
 
 
 @pytest.mark.parametrize("kn", [4096, 8192])
