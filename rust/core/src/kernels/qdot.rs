@@ -35,6 +35,44 @@ pub struct QActs {
     pub s8: Vec<i32>,
     pub m: usize,
     pub k: usize,
+    /// One row (`m = 1`) laid out for the AVX2 Q4_0 kernel's pairs of blocks (see
+    /// `avx2::tile_q4_pairs`); empty otherwise.
+    pub pairs: Q4Pairs,
+}
+
+/// The activations of one row by pairs of blocks `(2p, 2p + 1)`: `q` holds 64 bytes per pair,
+/// elements 0..16 of both blocks then elements 16..32 of both (matching the low and high
+/// nibbles of two Q4_0 blocks loaded side by side); `s8` 8 lanes per pair, lane `l < 4`:
+/// `8 * (sum q[4l..4l+4] + sum q[16+4l..16+4l+4])` of block `2p`, lanes `4..8` the same of block
+/// `2p + 1`; `d` 8 lanes per pair: `dx` of block `2p` four times, then of block `2p + 1`.
+#[derive(Clone, Debug, Default)]
+pub struct Q4Pairs {
+    pub q: Vec<i8>,
+    pub s8: Vec<i32>,
+    pub d: Vec<f32>,
+}
+
+impl Q4Pairs {
+    fn new(q: &[i8], d: &[f32], s8: &[i32]) -> Q4Pairs {
+        let np = d.len() / 2;
+        let mut p = Q4Pairs {
+            q: Vec::with_capacity(64 * np),
+            s8: Vec::with_capacity(8 * np),
+            d: Vec::with_capacity(8 * np),
+        };
+        for i in 0..np {
+            let (b0, b1) = (2 * i, 2 * i + 1);
+            for half in [0..16, 16..32] {
+                p.q.extend_from_slice(&q[b0 * QK..][half.clone()]);
+                p.q.extend_from_slice(&q[b1 * QK..][half]);
+            }
+            for b in [b0, b1] {
+                p.s8.extend((0..4).map(|l| s8[b * 8 + l] + s8[b * 8 + l + 4]));
+                p.d.extend([d[b]; 4]);
+            }
+        }
+        p
+    }
 }
 
 /// Below this `max|x|` a block is rounded in float64: `127 / amax` would overflow float32.
@@ -67,7 +105,8 @@ pub fn quantize_acts(isa: Isa, x: &[f32], m: usize, k: usize) -> Option<QActs> {
             return None;
         }
     }
-    Some(QActs { q, d, s8, m, k })
+    let pairs = if m == 1 { Q4Pairs::new(&q, &d, &s8) } else { Q4Pairs::default() };
+    Some(QActs { q, d, s8, m, k, pairs })
 }
 
 /// The scalar reference of one block (false: the block holds an Inf or NaN).
@@ -370,6 +409,83 @@ mod avx2 {
         }
     }
 
+    /// Q4_0 rows `j..j+RN` of W against one activation row, two blocks at a time: the 2 x 16
+    /// bytes of nibbles of blocks `2p` and `2p + 1` side by side in one register, so masking
+    /// and shifting unpack 64 weights, one `vpmaddubsw` each for the low and the high nibbles
+    /// against [`Q4Pairs`]' matching layout, their int16 sums added (at most 2 x 2 x 15 x 127,
+    /// no overflow) and widened once; lanes 0..4 then hold block `2p`'s partial sums and 4..8
+    /// block `2p + 1`'s, scaled by `[dw0 dx0 x4, dw1 dx1 x4]` in one FMA. An odd last block
+    /// takes [`tile`]'s single-block step. Same exact integer block sums as the scalar
+    /// reference; only the float sum's order differs.
+    #[inline(always)]
+    unsafe fn tile_q4_pairs<const RN: usize>(
+        a: &QActs,
+        w: &QWeight<'_>,
+        bias: Option<&[f32]>,
+        c: *mut f32,
+        j: usize,
+    ) {
+        unsafe {
+            let nb = a.k / QK;
+            let np = nb / 2;
+            let rb = w.row_bytes();
+            let base = w.data.as_ptr().add(j * rb);
+            let (pq, ps, pd) = (a.pairs.q.as_ptr(), a.pairs.s8.as_ptr(), a.pairs.d.as_ptr());
+            let ones = _mm256_set1_epi16(1);
+            let low = _mm256_set1_epi8(0x0f);
+            let spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+            let mut acc = [_mm256_setzero_ps(); RN];
+            for p in 0..np {
+                let ahead = base.add(p * 2 * RN * 18 + PF);
+                for l in 0..(2 * RN * 18).div_ceil(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.add(64 * l) as *const i8);
+                }
+                let xlo = _mm256_loadu_si256(pq.add(64 * p) as *const __m256i);
+                let xhi = _mm256_loadu_si256(pq.add(64 * p + 32) as *const __m256i);
+                let off = _mm256_loadu_si256(ps.add(8 * p) as *const __m256i);
+                let dx = _mm256_loadu_ps(pd.add(8 * p));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let bp = base.add(r * rb + 2 * p * 18);
+                    let raw = _mm256_set_m128i(
+                        _mm_loadu_si128(bp.add(20) as *const __m128i),
+                        _mm_loadu_si128(bp.add(2) as *const __m128i),
+                    );
+                    let lo = _mm256_and_si256(raw, low);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+                    let s16 = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(lo, xlo),
+                        _mm256_maddubs_epi16(hi, xhi),
+                    );
+                    let p32 = _mm256_sub_epi32(_mm256_madd_epi16(s16, ones), off);
+                    let bits = (bp as *const u16).read_unaligned() as i32
+                        | (((bp.add(18) as *const u16).read_unaligned() as i32) << 16);
+                    let dw = _mm256_permutevar8x32_ps(
+                        _mm256_castps128_ps256(_mm_cvtph_ps(_mm_cvtsi32_si128(bits))),
+                        spread,
+                    );
+                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_mul_ps(dw, dx), *acc);
+                }
+            }
+            if nb % 2 == 1 {
+                let b = nb - 1;
+                let xq = _mm256_loadu_si256(a.q.as_ptr().add(b * QK) as *const __m256i);
+                let dxv = _mm256_broadcast_ss(&a.d[b]);
+                let off = _mm256_loadu_si256(a.s8.as_ptr().add(b * 8) as *const __m256i);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let bp = base.add(r * rb + b * 18);
+                    let wv = Q4::ints(bp);
+                    let p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xq), ones);
+                    let p32 = _mm256_sub_epi32(p32, off);
+                    let d = _mm256_mul_ps(f16_scale(bp), dxv);
+                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), d, *acc);
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                *c.add(j + r) = hsum(*acc) + bias.map_or(0.0, |b| b[j + r]);
+            }
+        }
+    }
+
     /// Rows `j..j+RN` of W against all `m` activation rows, in groups of 4, 2, 1.
     #[inline(always)]
     unsafe fn rows<F: QFmt, const RN: usize>(
@@ -408,7 +524,12 @@ mod avx2 {
     ) {
         let mut j = n0;
         unsafe {
-            if a.m == 1 {
+            if a.m == 1 && !F::SIGNED && !a.pairs.d.is_empty() {
+                while j + 4 <= n1 {
+                    tile_q4_pairs::<4>(a, w, bias, c, j);
+                    j += 4;
+                }
+            } else if a.m == 1 {
                 while j + 4 <= n1 {
                     tile::<F, 4, 1>(a, w, bias, c, ldc, 0, j);
                     j += 4;
@@ -488,7 +609,16 @@ mod tests {
     #[test]
     fn every_path_matches_float64() {
         for fmt in [Format::Q8_0, Format::Q4_0] {
-            for &(m, k, n) in &[(1, 64, 7), (3, 96, 9), (8, 128, 5), (13, 32, 3), (5, 256, 66)] {
+            for &(m, k, n) in &[
+                (1, 64, 7),
+                (1, 96, 9),
+                (1, 32, 5),
+                (1, 480, 13),
+                (3, 96, 9),
+                (8, 128, 5),
+                (13, 32, 3),
+                (5, 256, 66),
+            ] {
                 let x = lcg(m * k, 1);
                 let wf = lcg(k * n, 2);
                 let data = quantize(fmt, &wf, k, n).unwrap();
