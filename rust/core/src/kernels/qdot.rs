@@ -35,12 +35,12 @@ pub struct QActs {
     pub s8: Vec<i32>,
     pub m: usize,
     pub k: usize,
-    /// One row (`m = 1`) laid out for the AVX2 Q4_0 kernel's pairs of blocks (see
-    /// `avx2::tile_q4_pairs`); empty otherwise.
+    /// The rows laid out for the AVX2 Q4_0 kernel's pairs of blocks (see
+    /// `avx2::tile_q4_pairs`).
     pub pairs: Q4Pairs,
 }
 
-/// The activations of one row by pairs of blocks `(2p, 2p + 1)`: `q` holds 64 bytes per pair,
+/// The activations by pairs of blocks `(2p, 2p + 1)` of a row: `q` holds 64 bytes per pair,
 /// elements 0..16 of both blocks then elements 16..32 of both (matching the low and high
 /// nibbles of two Q4_0 blocks loaded side by side); `s8` 8 lanes per pair, lane `l < 4`:
 /// `8 * (sum q[4l..4l+4] + sum q[16+4l..16+4l+4])` of block `2p`, lanes `4..8` the same of block
@@ -53,15 +53,19 @@ pub struct Q4Pairs {
 }
 
 impl Q4Pairs {
-    fn new(q: &[i8], d: &[f32], s8: &[i32]) -> Q4Pairs {
-        let np = d.len() / 2;
+    /// The layout of every row of `q` (`m` rows of `nb` blocks): row `t`, pair `p` at index
+    /// `t * (nb / 2) + p` (in units of 64 bytes, 8 lanes, 8 lanes).
+    fn new(q: &[i8], d: &[f32], s8: &[i32], m: usize) -> Q4Pairs {
+        let nb = d.len() / m.max(1);
+        let np = m * (nb / 2);
         let mut p = Q4Pairs {
             q: Vec::with_capacity(64 * np),
             s8: Vec::with_capacity(8 * np),
             d: Vec::with_capacity(8 * np),
         };
         for i in 0..np {
-            let (b0, b1) = (2 * i, 2 * i + 1);
+            let (t, pi) = (i / (nb / 2), i % (nb / 2));
+            let (b0, b1) = (t * nb + 2 * pi, t * nb + 2 * pi + 1);
             for half in [0..16, 16..32] {
                 p.q.extend_from_slice(&q[b0 * QK..][half.clone()]);
                 p.q.extend_from_slice(&q[b1 * QK..][half]);
@@ -105,7 +109,7 @@ pub fn quantize_acts(isa: Isa, x: &[f32], m: usize, k: usize) -> Option<QActs> {
             return None;
         }
     }
-    let pairs = if m == 1 { Q4Pairs::new(&q, &d, &s8) } else { Q4Pairs::default() };
+    let pairs = Q4Pairs::new(&q, &d, &s8, m);
     Some(QActs { q, d, s8, m, k, pairs })
 }
 
@@ -418,11 +422,13 @@ mod avx2 {
     /// takes [`tile`]'s single-block step. Same exact integer block sums as the scalar
     /// reference; only the float sum's order differs.
     #[inline(always)]
-    unsafe fn tile_q4_pairs<const RN: usize>(
+    unsafe fn tile_q4_pairs<const RN: usize, const MR: usize>(
         a: &QActs,
         w: &QWeight<'_>,
         bias: Option<&[f32]>,
         c: *mut f32,
+        ldc: usize,
+        i: usize,
         j: usize,
     ) {
         unsafe {
@@ -430,58 +436,108 @@ mod avx2 {
             let np = nb / 2;
             let rb = w.row_bytes();
             let base = w.data.as_ptr().add(j * rb);
-            let (pq, ps, pd) = (a.pairs.q.as_ptr(), a.pairs.s8.as_ptr(), a.pairs.d.as_ptr());
+            let at = i * np;
+            let pq = a.pairs.q.as_ptr().add(64 * at);
+            let ps = a.pairs.s8.as_ptr().add(8 * at);
+            let pd = a.pairs.d.as_ptr().add(8 * at);
             let ones = _mm256_set1_epi16(1);
             let low = _mm256_set1_epi8(0x0f);
             let spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
-            let mut acc = [_mm256_setzero_ps(); RN];
+            let mut acc = [[_mm256_setzero_ps(); MR]; RN];
             for p in 0..np {
                 let ahead = base.add(p * 2 * RN * 18 + PF);
                 for l in 0..(2 * RN * 18).div_ceil(64) {
                     _mm_prefetch::<_MM_HINT_T0>(ahead.add(64 * l) as *const i8);
                 }
-                let xlo = _mm256_loadu_si256(pq.add(64 * p) as *const __m256i);
-                let xhi = _mm256_loadu_si256(pq.add(64 * p + 32) as *const __m256i);
-                let off = _mm256_loadu_si256(ps.add(8 * p) as *const __m256i);
-                let dx = _mm256_loadu_ps(pd.add(8 * p));
-                for (r, acc) in acc.iter_mut().enumerate() {
+                let mut lo = [_mm256_setzero_si256(); RN];
+                let mut hi = [_mm256_setzero_si256(); RN];
+                let mut dw = [_mm256_setzero_ps(); RN];
+                for r in 0..RN {
                     let bp = base.add(r * rb + 2 * p * 18);
                     let raw = _mm256_set_m128i(
                         _mm_loadu_si128(bp.add(20) as *const __m128i),
                         _mm_loadu_si128(bp.add(2) as *const __m128i),
                     );
-                    let lo = _mm256_and_si256(raw, low);
-                    let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
-                    let s16 = _mm256_add_epi16(
-                        _mm256_maddubs_epi16(lo, xlo),
-                        _mm256_maddubs_epi16(hi, xhi),
-                    );
-                    let p32 = _mm256_sub_epi32(_mm256_madd_epi16(s16, ones), off);
+                    lo[r] = _mm256_and_si256(raw, low);
+                    hi[r] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
                     let bits = (bp as *const u16).read_unaligned() as i32
                         | (((bp.add(18) as *const u16).read_unaligned() as i32) << 16);
-                    let dw = _mm256_permutevar8x32_ps(
+                    dw[r] = _mm256_permutevar8x32_ps(
                         _mm256_castps128_ps256(_mm_cvtph_ps(_mm_cvtsi32_si128(bits))),
                         spread,
                     );
-                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_mul_ps(dw, dx), *acc);
+                }
+                for t in 0..MR {
+                    let e = t * np + p;
+                    let xlo = _mm256_loadu_si256(pq.add(64 * e) as *const __m256i);
+                    let xhi = _mm256_loadu_si256(pq.add(64 * e + 32) as *const __m256i);
+                    let off = _mm256_loadu_si256(ps.add(8 * e) as *const __m256i);
+                    let dx = _mm256_loadu_ps(pd.add(8 * e));
+                    for r in 0..RN {
+                        let s16 = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(lo[r], xlo),
+                            _mm256_maddubs_epi16(hi[r], xhi),
+                        );
+                        let p32 = _mm256_sub_epi32(_mm256_madd_epi16(s16, ones), off);
+                        let d = _mm256_mul_ps(dw[r], dx);
+                        acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), d, acc[r][t]);
+                    }
                 }
             }
             if nb % 2 == 1 {
                 let b = nb - 1;
-                let xq = _mm256_loadu_si256(a.q.as_ptr().add(b * QK) as *const __m256i);
-                let dxv = _mm256_broadcast_ss(&a.d[b]);
-                let off = _mm256_loadu_si256(a.s8.as_ptr().add(b * 8) as *const __m256i);
-                for (r, acc) in acc.iter_mut().enumerate() {
+                let mut wv = [_mm256_setzero_si256(); RN];
+                let mut dw = [_mm256_setzero_ps(); RN];
+                for r in 0..RN {
                     let bp = base.add(r * rb + b * 18);
-                    let wv = Q4::ints(bp);
-                    let p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xq), ones);
-                    let p32 = _mm256_sub_epi32(p32, off);
-                    let d = _mm256_mul_ps(f16_scale(bp), dxv);
-                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), d, *acc);
+                    wv[r] = Q4::ints(bp);
+                    dw[r] = f16_scale(bp);
+                }
+                for t in 0..MR {
+                    let e = (i + t) * nb + b;
+                    let xq = _mm256_loadu_si256(a.q.as_ptr().add(e * QK) as *const __m256i);
+                    let dxv = _mm256_broadcast_ss(&a.d[e]);
+                    let off = _mm256_loadu_si256(a.s8.as_ptr().add(e * 8) as *const __m256i);
+                    for r in 0..RN {
+                        let p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(wv[r], xq), ones);
+                        let p32 = _mm256_sub_epi32(p32, off);
+                        let d = _mm256_mul_ps(dw[r], dxv);
+                        acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), d, acc[r][t]);
+                    }
                 }
             }
-            for (r, acc) in acc.iter().enumerate() {
-                *c.add(j + r) = hsum(*acc) + bias.map_or(0.0, |b| b[j + r]);
+            for r in 0..RN {
+                let bv = bias.map_or(0.0, |b| b[j + r]);
+                for t in 0..MR {
+                    *c.add((i + t) * ldc + j + r) = hsum(acc[r][t]) + bv;
+                }
+            }
+        }
+    }
+
+    /// Q4_0 rows `j..j+RN` of W against all `m` activation rows by pairs of blocks, in groups
+    /// of 4, 2, 1 rows.
+    #[inline(always)]
+    unsafe fn rows_q4_pairs<const RN: usize>(
+        a: &QActs,
+        w: &QWeight<'_>,
+        bias: Option<&[f32]>,
+        c: *mut f32,
+        ldc: usize,
+        j: usize,
+    ) {
+        let mut i = 0;
+        unsafe {
+            while i + 4 <= a.m {
+                tile_q4_pairs::<RN, 4>(a, w, bias, c, ldc, i, j);
+                i += 4;
+            }
+            if i + 2 <= a.m {
+                tile_q4_pairs::<RN, 2>(a, w, bias, c, ldc, i, j);
+                i += 2;
+            }
+            if i < a.m {
+                tile_q4_pairs::<RN, 1>(a, w, bias, c, ldc, i, j);
             }
         }
     }
@@ -524,12 +580,21 @@ mod avx2 {
     ) {
         let mut j = n0;
         unsafe {
-            if a.m == 1 && !F::SIGNED && !a.pairs.d.is_empty() {
-                while j + 4 <= n1 {
-                    tile_q4_pairs::<4>(a, w, bias, c, j);
-                    j += 4;
+            if !F::SIGNED && a.k >= 2 * QK {
+                // Q4_0 by pairs of blocks.
+                if a.m == 1 {
+                    while j + 4 <= n1 {
+                        tile_q4_pairs::<4, 1>(a, w, bias, c, ldc, 0, j);
+                        j += 4;
+                    }
                 }
-            } else if a.m == 1 {
+                while j < n1 {
+                    rows_q4_pairs::<1>(a, w, bias, c, ldc, j);
+                    j += 1;
+                }
+                return;
+            }
+            if a.m == 1 {
                 while j + 4 <= n1 {
                     tile::<F, 4, 1>(a, w, bias, c, ldc, 0, j);
                     j += 4;
