@@ -256,39 +256,42 @@ impl Bufs {
 
 /// The three steps of a key block, one implementation per instruction set.
 ///
-/// Shapes: `nrt` register tiles of `RT` rows; `qp` is `[nrt][d][RT]`; `kt` is `[BC/16][d][16]`;
-/// `s` is `nrt * RT x BC`; `v` is `[dp/16][BC][16]`; `o` is `nrt * RT x dp`, `dp` a multiple
-/// of 16.
+/// Shapes: `nrt = nc.len()` register tiles of `RT` rows; `qp` is `[nrt][d][RT]`; `kt` is
+/// `[BC/16][d][16]`; `s` is `nrt * RT x BC`; `v` is `[dp/16][BC][16]`; `o` is `nrt * RT x dp`,
+/// `dp` a multiple of 16. `nc[t] <= BC` is the number of keys register tile `t` needs: all the
+/// block's keys, except in the block that crosses the causal diagonal, where a tile stops at its
+/// last row's diagonal (the triangle above it is neither computed nor multiplied by V).
 pub(crate) trait Micro {
-    /// `s[r][j] = sum_c qp[r][c] k[j][c]` for `r < nrt * RT`, `j < 16 * nc16`.
+    /// `s[r][j] = sum_c qp[r][c] k[j][c]` for the rows `r` of tile `t` and `j < 16 *
+    /// ceil(nc[t] / 16)`; later columns are left as they were.
     ///
     /// # Safety
     /// The slices hold the sizes above; SIMD implementations need their CPU features.
-    unsafe fn scores(qp: &[f32], d: usize, kt: &[f32], nrt: usize, nc16: usize, s: &mut [f32]);
-    /// Online-softmax update of one row: `srow` (`BC` scores, `-inf` where masked) becomes
-    /// `P = exp(srow - m')`; `m`, `l` and `orow` (`dp` floats) are updated as in the module docs.
-    /// A NaN score makes `m'` (so `l` and the row's output) NaN.
+    unsafe fn scores(qp: &[f32], d: usize, kt: &[f32], nc: &[usize], s: &mut [f32]);
+    /// Online-softmax update of one row: `srow` (a multiple of 8 scores, at most `BC`, `-inf`
+    /// where masked) becomes `P = exp(srow - m')`; `m`, `l` and `orow` (`dp` floats) are updated
+    /// as in the module docs. A NaN score makes `l` (so the row's output) NaN.
     ///
     /// # Safety
     /// As for [`Micro::scores`].
     unsafe fn softmax_row(srow: &mut [f32], m: &mut f32, l: &mut f32, orow: &mut [f32]);
-    /// `o[r][c] += sum_{j < bc} p[r][j] v[j][c]` for `r < nrt * RT`, `c < dp`.
+    /// `o[r][c] += sum_{j < nc[t]} p[r][j] v[j][c]` for the rows `r` of tile `t`, `c < dp`.
     ///
     /// # Safety
     /// As for [`Micro::scores`].
-    unsafe fn pv(p: &[f32], v: &[f32], bc: usize, nrt: usize, dp: usize, o: &mut [f32]);
+    unsafe fn pv(p: &[f32], v: &[f32], nc: &[usize], dp: usize, o: &mut [f32]);
 }
 
 /// The portable reference (plain `a * b + c`, no FMA).
 pub(crate) struct Scalar;
 
 impl Micro for Scalar {
-    unsafe fn scores(qp: &[f32], d: usize, kt: &[f32], nrt: usize, nc16: usize, s: &mut [f32]) {
-        for t in 0..nrt {
+    unsafe fn scores(qp: &[f32], d: usize, kt: &[f32], nc: &[usize], s: &mut [f32]) {
+        for (t, &n) in nc.iter().enumerate() {
             let q = &qp[t * d * RT..(t + 1) * d * RT];
             for r in 0..RT {
                 let srow = &mut s[(t * RT + r) * BC..(t * RT + r + 1) * BC];
-                for (j, sv) in srow[..nc16 * 16].iter_mut().enumerate() {
+                for (j, sv) in srow[..n.div_ceil(16) * 16].iter_mut().enumerate() {
                     let mut acc = 0f32;
                     let kp = &kt[(j / 16) * d * 16 + j % 16..];
                     for c in 0..d {
@@ -332,9 +335,9 @@ impl Micro for Scalar {
         }
     }
 
-    unsafe fn pv(p: &[f32], v: &[f32], bc: usize, nrt: usize, dp: usize, o: &mut [f32]) {
-        for r in 0..nrt * RT {
-            for j in 0..bc {
+    unsafe fn pv(p: &[f32], v: &[f32], nc: &[usize], dp: usize, o: &mut [f32]) {
+        for r in 0..nc.len() * RT {
+            for j in 0..nc[r / RT] {
                 let pj = p[r * BC + j];
                 for (c, ov) in o[r * dp..(r + 1) * dp].iter_mut().enumerate() {
                     *ov += pj * v[((c / 16) * BC + j) * 16 + c % 16];
@@ -384,14 +387,25 @@ pub(crate) unsafe fn run<K: Micro>(t: &Task<'_>, b: &mut Bufs, out: *mut f32) {
     let kend =
         if t.causal { ((t.r0 + rows) as isize + off).clamp(0, skv as isize) as usize } else { skv };
     let s = &mut b.s[..nrt * RT * BC];
+    let mut nc = [0usize; BR / RT];
+    let nc = &mut nc[..nrt];
     let mut j0 = 0;
     while j0 < kend {
         let bc = BC.min(kend - j0);
         let blk = (t.bi * hkv + g) * t.nkb + j0 / BC;
         let (ktb, vpb) = (blk * BC * d, blk * BC * dp);
-        unsafe { K::scores(qp, d, &t.kt[ktb..ktb + d * BC], nrt, bc.div_ceil(16), s) };
         // Mask, causal cut (only the blocks that cross the diagonal), online softmax.
         let diag = t.causal && (j0 + BC) as isize > t.r0 as isize + off + 1;
+        // Keys each register tile needs: up to its last row's diagonal in the diagonal block.
+        for (tile, n) in nc.iter_mut().enumerate() {
+            let last = t.r0 + rows.min((tile + 1) * RT) - 1;
+            *n = if diag {
+                (last as isize + off + 1 - j0 as isize).clamp(0, bc as isize) as usize
+            } else {
+                bc
+            };
+        }
+        unsafe { K::scores(qp, d, &t.kt[ktb..ktb + d * BC], nc, s) };
         for r in 0..rows {
             let i = t.r0 + r;
             let srow = &mut s[r * BC..(r + 1) * BC];
@@ -408,11 +422,15 @@ pub(crate) unsafe fn run<K: Micro>(t: &Task<'_>, b: &mut Bufs, out: *mut f32) {
             } else {
                 bc
             };
-            srow[lim..].fill(f32::NEG_INFINITY);
-            unsafe { K::softmax_row(srow, &mut b.m[r], &mut b.l[r], &mut o[r * dp..(r + 1) * dp]) };
+            // The row's softmax covers the keys its tile multiplies by V (`nc`), to a whole
+            // vector; those past its own limit are masked.
+            let len = nc[r / RT].div_ceil(8) * 8;
+            srow[lim..len].fill(f32::NEG_INFINITY);
+            let (m, l, orow) = (&mut b.m[r], &mut b.l[r], &mut o[r * dp..(r + 1) * dp]);
+            unsafe { K::softmax_row(&mut srow[..len], m, l, orow) };
         }
         s[rows * BC..].fill(0.0);
-        unsafe { K::pv(s, &t.vp[vpb..vpb + BC * dp], bc, nrt, dp, o) };
+        unsafe { K::pv(s, &t.vp[vpb..vpb + BC * dp], nc, dp, o) };
         j0 += bc;
     }
     for r in 0..rows {
@@ -511,8 +529,10 @@ mod tests {
     }
 
     /// Every path against float64 at the tile edges: S not a multiple of BR, BC, RT or 16; D not
-    /// a multiple of 8 or 16 (and D = 1); more queries than keys under `causal` (NaN rows);
-    /// GQA; a broadcast additive mask with `-inf` entries.
+    /// a multiple of 8 or 16 (and D = 1); more queries than keys under `causal` (NaN rows, and
+    /// register tiles that see no key of the diagonal block); the diagonal at several offsets
+    /// within a key block (per-tile key counts); GQA; a broadcast additive mask with `-inf`
+    /// entries.
     #[test]
     fn tile_edges_match_float64() {
         let cases = [
@@ -523,6 +543,9 @@ mod tests {
             (1, 2, 1, 1, 200),
             (1, 2, 2, 130, 64),
             (1, 1, 1, 49, 65),
+            // Several key blocks, the causal diagonal crossing them at offsets 0 and 239.
+            (1, 1, 1, 300, 300),
+            (1, 2, 1, 150, 389),
         ];
         for (ci, &(b, h, hkv, sq, skv)) in cases.iter().enumerate() {
             for d in [1, 3, 16, 64, 80, 128, 256] {

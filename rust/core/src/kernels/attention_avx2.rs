@@ -87,14 +87,20 @@ fn hmax(v: __m256) -> f32 {
 /// Score tile (see [`Micro::scores`]).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn scores(qp: &[f32], d: usize, kt: &[f32], nrt: usize, nc16: usize, s: &mut [f32]) {
-    assert!(qp.len() >= nrt * RT * d && kt.len() >= BC * d && nc16 * 16 <= BC);
+unsafe fn scores(qp: &[f32], d: usize, kt: &[f32], nc: &[usize], s: &mut [f32]) {
+    let nrt = nc.len();
+    assert!(qp.len() >= nrt * RT * d && kt.len() >= BC * d && nc.iter().all(|n| *n <= BC));
     assert!(s.len() >= nrt * RT * BC);
     let (qp, kt, sp) = (qp.as_ptr(), kt.as_ptr(), s.as_mut_ptr());
+    let nc16 = nc.iter().map(|n| n.div_ceil(16)).max().unwrap_or(0);
     for c0 in 0..nc16 {
         for t in 0..nrt {
+            if 16 * c0 >= nc[t] {
+                continue;
+            }
             // SAFETY: in bounds by the asserts: q reads qp[t*d*RT .. (t+1)*d*RT], k reads
-            // kt[(c0*d + c)*16 .. +16] with c < d, the stores s[(t*RT+r)*BC + 16*c0 .. +16].
+            // kt[(c0*d + c)*16 .. +16] with c < d and c0 < BC/16, the stores
+            // s[(t*RT+r)*BC + 16*c0 .. +16].
             unsafe {
                 let q = qp.add(t * d * RT);
                 let k = kt.add(c0 * 16 * d);
@@ -123,14 +129,15 @@ unsafe fn scores(qp: &[f32], d: usize, kt: &[f32], nrt: usize, nc16: usize, s: &
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 fn softmax_row(srow: &mut [f32], m: &mut f32, l: &mut f32, orow: &mut [f32]) {
-    let srow: &mut [f32; BC] = srow.try_into().expect("a score row is BC floats");
+    assert!(srow.len() % 8 == 0 && srow.len() <= BC);
+    let nv = srow.len() / 8;
     let sp = srow.as_mut_ptr();
     // Two accumulators each, so the max and sum chains overlap. `max(x, acc)` returns `acc`
     // when `x` is NaN, so NaN scores are skipped here: each gives a NaN `P` entry below, so a
     // NaN `l` and a NaN row. Only when no score sets a finite maximum is a NaN looked for.
     let mut vmax = [_mm256_set1_ps(f32::NEG_INFINITY); 2];
-    for i in 0..BC / 8 {
-        // SAFETY: i * 8 + 8 <= BC.
+    for i in 0..nv {
+        // SAFETY: i * 8 + 8 <= srow.len().
         let x = unsafe { _mm256_loadu_ps(sp.add(i * 8)) };
         vmax[i % 2] = _mm256_max_ps(x, vmax[i % 2]);
     }
@@ -146,8 +153,8 @@ fn softmax_row(srow: &mut [f32], m: &mut f32, l: &mut f32, orow: &mut [f32]) {
     let alpha = _mm_cvtss_f32(_mm256_castps256_ps128(exp8(_mm256_set1_ps(*m - mx))));
     let vmx = _mm256_set1_ps(mx);
     let mut sum = [_mm256_setzero_ps(); 2];
-    for i in 0..BC / 8 {
-        // SAFETY: i * 8 + 8 <= BC.
+    for i in 0..nv {
+        // SAFETY: i * 8 + 8 <= srow.len().
         unsafe {
             let p = exp8(_mm256_sub_ps(_mm256_loadu_ps(sp.add(i * 8)), vmx));
             sum[i % 2] = _mm256_add_ps(sum[i % 2], p);
@@ -174,12 +181,16 @@ fn softmax_row(srow: &mut [f32], m: &mut f32, l: &mut f32, orow: &mut [f32]) {
 /// `O += P V` (see [`Micro::pv`]).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn pv(p: &[f32], v: &[f32], bc: usize, nrt: usize, dp: usize, o: &mut [f32]) {
-    assert!(dp % 16 == 0 && bc <= BC && v.len() >= BC * dp);
+unsafe fn pv(p: &[f32], v: &[f32], nc: &[usize], dp: usize, o: &mut [f32]) {
+    let nrt = nc.len();
+    assert!(dp % 16 == 0 && nc.iter().all(|n| *n <= BC) && v.len() >= BC * dp);
     assert!(p.len() >= nrt * RT * BC && o.len() >= nrt * RT * dp);
     let (pp, vp, op) = (p.as_ptr(), v.as_ptr(), o.as_mut_ptr());
     for d0 in (0..dp).step_by(16) {
-        for t in 0..nrt {
+        for (t, &bc) in nc.iter().enumerate() {
+            if bc == 0 {
+                continue;
+            }
             // SAFETY: in bounds by the asserts: o rows t*RT+r, columns d0..d0+16 < dp;
             // p[(t*RT+r)*BC + j] with j < bc <= BC; v[(d0*BC/16 + j)*16 .. +16], j < BC.
             unsafe {
@@ -212,9 +223,9 @@ unsafe fn pv(p: &[f32], v: &[f32], bc: usize, nrt: usize, dp: usize, o: &mut [f3
 
 impl Micro for Avx2 {
     #[inline(always)]
-    unsafe fn scores(qp: &[f32], d: usize, kt: &[f32], nrt: usize, nc16: usize, s: &mut [f32]) {
+    unsafe fn scores(qp: &[f32], d: usize, kt: &[f32], nc: &[usize], s: &mut [f32]) {
         // SAFETY: the caller runs with AVX2 and FMA (see `Micro`).
-        unsafe { scores(qp, d, kt, nrt, nc16, s) }
+        unsafe { scores(qp, d, kt, nc, s) }
     }
 
     #[inline(always)]
@@ -224,9 +235,9 @@ impl Micro for Avx2 {
     }
 
     #[inline(always)]
-    unsafe fn pv(p: &[f32], v: &[f32], bc: usize, nrt: usize, dp: usize, o: &mut [f32]) {
+    unsafe fn pv(p: &[f32], v: &[f32], nc: &[usize], dp: usize, o: &mut [f32]) {
         // SAFETY: as above.
-        unsafe { pv(p, v, bc, nrt, dp, o) }
+        unsafe { pv(p, v, nc, dp, o) }
     }
 }
 
