@@ -362,19 +362,24 @@ pub(crate) unsafe fn run<K: Micro>(t: &Task<'_>, b: &mut Bufs, out: *mut f32) {
     let qbase = ((t.bi * h + t.hi) * sq + t.r0) * d;
     let off = skv as isize - sq as isize;
     // Q block, pre-scaled, packed by register tiles, zero rows past `rows`.
+    // Full tiles column by column (contiguous stores of `RT` floats).
     let qp = &mut b.qp[..nrt * RT * d];
-    for tile in 0..nrt {
-        for r in 0..RT {
-            let i = tile * RT + r;
-            let dst = &mut qp[tile * d * RT..(tile + 1) * d * RT];
-            if i < rows {
-                let src = &t.q[qbase + i * d..qbase + (i + 1) * d];
-                for (c, &x) in src.iter().enumerate() {
-                    dst[c * RT + r] = x * t.scale;
+    let qrows = &t.q[qbase..qbase + rows * d];
+    for (tile, dst) in qp.chunks_exact_mut(d * RT).enumerate() {
+        let n = RT.min(rows - tile * RT);
+        let src = &qrows[tile * RT * d..(tile * RT + n) * d];
+        if n == RT {
+            let rs: [&[f32]; RT] = std::array::from_fn(|r| &src[r * d..(r + 1) * d]);
+            for (c, col) in dst.chunks_exact_mut(RT).enumerate() {
+                for r in 0..RT {
+                    col[r] = rs[r][c] * t.scale;
                 }
-            } else {
-                for c in 0..d {
-                    dst[c * RT + r] = 0.0;
+            }
+        } else {
+            dst.fill(0.0);
+            for (r, row) in src.chunks_exact(d).enumerate() {
+                for (c, &x) in row.iter().enumerate() {
+                    dst[c * RT + r] = x * t.scale;
                 }
             }
         }
@@ -435,8 +440,10 @@ pub(crate) unsafe fn run<K: Micro>(t: &Task<'_>, b: &mut Bufs, out: *mut f32) {
     }
     for r in 0..rows {
         let inv = 1.0 / b.l[r];
-        for c in 0..d {
-            unsafe { *out.add(qbase + r * d + c) = o[r * dp + c] * inv };
+        // SAFETY: row r0 + r of head (bi, hi): this task's rows only (see the function docs).
+        let dst = unsafe { std::slice::from_raw_parts_mut(out.add(qbase + r * d), d) };
+        for (y, &x) in dst.iter_mut().zip(&o[r * dp..r * dp + d]) {
+            *y = x * inv;
         }
     }
 }
