@@ -9,8 +9,9 @@
 //! that sees no key gets NaN (0/0), as `softmax` of an all `-inf` row does.
 //!
 //! Blocking: a task owns `BR` query rows of one head and walks the key blocks of `BC` keys it can
-//! see (under `causal`, blocks wholly above the diagonal are never visited and only blocks that
-//! cross it are masked). Per key block `j0..j0+BC`:
+//! see (under `causal`, blocks wholly above the diagonal are never visited, only the block that
+//! crosses it is masked, and there each register tile stops at its last row's diagonal). Per key
+//! block `j0..j0+BC`:
 //! 1. `S = (Q * scale) K^T`, a `BR x BC` tile, from `Qp` (the Q block packed by register tiles
 //!    as `[tile][c][RT]`) and `Kt` (K packed by key blocks and 16-key panels, each panel
 //!    transposed: `(B, Hkv, nkb, BC/16, D, 16)`), in register tiles of `RT = 6` rows x 16 keys;
@@ -23,18 +24,27 @@
 //! read in place, a power-of-two row stride (`D = 128`: 512 bytes) mapped a panel onto 8 of the
 //! 64 L1 sets (single-core rate at `D = 128` about 45 GFLOP/s before packing, 60-65 after).
 //!
-//! At the end `O / l`. Buffer sizes: `Qp` `BR x D`, `S` `BR x BC` (24 KiB), `O` `BR x Dp`
-//! (`Dp` = D rounded up to 16), so for `D = 128` the Q and O blocks are 24 KiB each and the K and
+//! At the end `O / l`. Buffer sizes: `Qp` `BR x D`, `S` `BR x BC` (48 KiB), `O` `BR x Dp`
+//! (`Dp` = D rounded up to 16), so for `D = 128` the Q and O blocks are 48 KiB each and the K and
 //! V blocks 64 KiB each: all in L2 (512 KiB a core here), the panel a register tile sweeps
 //! (`16 x D` of K: 8 KiB; `BC x 16` of V: 8 KiB) in L1. Extra memory: `Kt` and `Vp` (the size
 //! of K and V, V padded to `Dp`) plus those per-thread buffers: O(S * D), never O(S^2).
+//! `BR = 96` against 48: each K and V panel brought to L1 serves 16 register tiles, not 8
+//! (single-thread CPU time, A/B in alternating calls: 0-8% faster at S = 1024-2048; 144 no
+//! better).
 //!
 //! Tasks are `B * H * ceil(Sq / BR)` (query blocks of one head), under `causal` longest first
 //! within a head, so the short ones fill in at the end.
 //!
 //! IEEE: NaN or Inf in a score reaches the output of its row (a `+inf` score gives `inf - inf`);
-//! a NaN in V reaches every row that sees its key, and also rows of the same 48-row tile that do
-//! not (`0 * NaN`, as in NumPy's `P @ V`, where it reaches every row).
+//! a NaN in V reaches every row that sees its key, and may reach rows of the same task that do
+//! not (`0 * NaN`, as in NumPy's `P @ V`, where it reaches every row): under `causal` only rows
+//! of the same register tile.
+//!
+//! Measured (`benches/test_kernels.py -k attention`, causal, B=1, H=8, 2 threads, against
+//! NumPy's `softmax(Q K^T) V`; run of 10:03 UTC on a shared, loaded machine, see BENCHMARKS.md):
+//! S = 1024 / 2048 / 4096: 15.96x / 9.60x / 6.41x at D = 64, 6.08x / 4.70x / 6.46x at D = 128.
+//! One thread (CPU time): 60-71 GFLOP/s at D = 64 and 64-73 at D = 128 for S >= 2048.
 //!
 //! One driver ([`run`]) over a [`Micro`] kernel set: [`Scalar`] (portable Rust, the reference,
 //! always compiled) and `attention_avx2::Avx2` (AVX2+FMA intrinsics).
@@ -45,8 +55,8 @@ use crate::cpu::Isa;
 use crate::{CoreError, Result};
 use rayon::prelude::*;
 
-/// Query rows per task (8 register tiles of `RT`).
-pub const BR: usize = 48;
+/// Query rows per task (16 register tiles of `RT`).
+pub const BR: usize = 96;
 /// Keys per block: one row of the score tile is 128 floats (16 AVX2 vectors); against 64, it
 /// halves the per-row cost of the online softmax (max, rescale of O) per key.
 pub const BC: usize = 128;
@@ -256,39 +266,42 @@ impl Bufs {
 
 /// The three steps of a key block, one implementation per instruction set.
 ///
-/// Shapes: `nrt` register tiles of `RT` rows; `qp` is `[nrt][d][RT]`; `kt` is `[BC/16][d][16]`;
-/// `s` is `nrt * RT x BC`; `v` is `[dp/16][BC][16]`; `o` is `nrt * RT x dp`, `dp` a multiple
-/// of 16.
+/// Shapes: `nrt = nc.len()` register tiles of `RT` rows; `qp` is `[nrt][d][RT]`; `kt` is
+/// `[BC/16][d][16]`; `s` is `nrt * RT x BC`; `v` is `[dp/16][BC][16]`; `o` is `nrt * RT x dp`,
+/// `dp` a multiple of 16. `nc[t] <= BC` is the number of keys register tile `t` needs: all the
+/// block's keys, except in the block that crosses the causal diagonal, where a tile stops at its
+/// last row's diagonal (the triangle above it is neither computed nor multiplied by V).
 pub(crate) trait Micro {
-    /// `s[r][j] = sum_c qp[r][c] k[j][c]` for `r < nrt * RT`, `j < 16 * nc16`.
+    /// `s[r][j] = sum_c qp[r][c] k[j][c]` for the rows `r` of tile `t` and `j < 16 *
+    /// ceil(nc[t] / 16)`; later columns are left as they were.
     ///
     /// # Safety
     /// The slices hold the sizes above; SIMD implementations need their CPU features.
-    unsafe fn scores(qp: &[f32], d: usize, kt: &[f32], nrt: usize, nc16: usize, s: &mut [f32]);
-    /// Online-softmax update of one row: `srow` (`BC` scores, `-inf` where masked) becomes
-    /// `P = exp(srow - m')`; `m`, `l` and `orow` (`dp` floats) are updated as in the module docs.
-    /// A NaN score makes `m'` (so `l` and the row's output) NaN.
+    unsafe fn scores(qp: &[f32], d: usize, kt: &[f32], nc: &[usize], s: &mut [f32]);
+    /// Online-softmax update of one row: `srow` (a multiple of 8 scores, at most `BC`, `-inf`
+    /// where masked) becomes `P = exp(srow - m')`; `m`, `l` and `orow` (`dp` floats) are updated
+    /// as in the module docs. A NaN score makes `l` (so the row's output) NaN.
     ///
     /// # Safety
     /// As for [`Micro::scores`].
     unsafe fn softmax_row(srow: &mut [f32], m: &mut f32, l: &mut f32, orow: &mut [f32]);
-    /// `o[r][c] += sum_{j < bc} p[r][j] v[j][c]` for `r < nrt * RT`, `c < dp`.
+    /// `o[r][c] += sum_{j < nc[t]} p[r][j] v[j][c]` for the rows `r` of tile `t`, `c < dp`.
     ///
     /// # Safety
     /// As for [`Micro::scores`].
-    unsafe fn pv(p: &[f32], v: &[f32], bc: usize, nrt: usize, dp: usize, o: &mut [f32]);
+    unsafe fn pv(p: &[f32], v: &[f32], nc: &[usize], dp: usize, o: &mut [f32]);
 }
 
 /// The portable reference (plain `a * b + c`, no FMA).
 pub(crate) struct Scalar;
 
 impl Micro for Scalar {
-    unsafe fn scores(qp: &[f32], d: usize, kt: &[f32], nrt: usize, nc16: usize, s: &mut [f32]) {
-        for t in 0..nrt {
+    unsafe fn scores(qp: &[f32], d: usize, kt: &[f32], nc: &[usize], s: &mut [f32]) {
+        for (t, &n) in nc.iter().enumerate() {
             let q = &qp[t * d * RT..(t + 1) * d * RT];
             for r in 0..RT {
                 let srow = &mut s[(t * RT + r) * BC..(t * RT + r + 1) * BC];
-                for (j, sv) in srow[..nc16 * 16].iter_mut().enumerate() {
+                for (j, sv) in srow[..n.div_ceil(16) * 16].iter_mut().enumerate() {
                     let mut acc = 0f32;
                     let kp = &kt[(j / 16) * d * 16 + j % 16..];
                     for c in 0..d {
@@ -332,9 +345,9 @@ impl Micro for Scalar {
         }
     }
 
-    unsafe fn pv(p: &[f32], v: &[f32], bc: usize, nrt: usize, dp: usize, o: &mut [f32]) {
-        for r in 0..nrt * RT {
-            for j in 0..bc {
+    unsafe fn pv(p: &[f32], v: &[f32], nc: &[usize], dp: usize, o: &mut [f32]) {
+        for r in 0..nc.len() * RT {
+            for j in 0..nc[r / RT] {
                 let pj = p[r * BC + j];
                 for (c, ov) in o[r * dp..(r + 1) * dp].iter_mut().enumerate() {
                     *ov += pj * v[((c / 16) * BC + j) * 16 + c % 16];
@@ -359,19 +372,24 @@ pub(crate) unsafe fn run<K: Micro>(t: &Task<'_>, b: &mut Bufs, out: *mut f32) {
     let qbase = ((t.bi * h + t.hi) * sq + t.r0) * d;
     let off = skv as isize - sq as isize;
     // Q block, pre-scaled, packed by register tiles, zero rows past `rows`.
+    // Full tiles column by column (contiguous stores of `RT` floats).
     let qp = &mut b.qp[..nrt * RT * d];
-    for tile in 0..nrt {
-        for r in 0..RT {
-            let i = tile * RT + r;
-            let dst = &mut qp[tile * d * RT..(tile + 1) * d * RT];
-            if i < rows {
-                let src = &t.q[qbase + i * d..qbase + (i + 1) * d];
-                for (c, &x) in src.iter().enumerate() {
-                    dst[c * RT + r] = x * t.scale;
+    let qrows = &t.q[qbase..qbase + rows * d];
+    for (tile, dst) in qp.chunks_exact_mut(d * RT).enumerate() {
+        let n = RT.min(rows - tile * RT);
+        let src = &qrows[tile * RT * d..(tile * RT + n) * d];
+        if n == RT {
+            let rs: [&[f32]; RT] = std::array::from_fn(|r| &src[r * d..(r + 1) * d]);
+            for (c, col) in dst.chunks_exact_mut(RT).enumerate() {
+                for r in 0..RT {
+                    col[r] = rs[r][c] * t.scale;
                 }
-            } else {
-                for c in 0..d {
-                    dst[c * RT + r] = 0.0;
+            }
+        } else {
+            dst.fill(0.0);
+            for (r, row) in src.chunks_exact(d).enumerate() {
+                for (c, &x) in row.iter().enumerate() {
+                    dst[c * RT + r] = x * t.scale;
                 }
             }
         }
@@ -384,14 +402,25 @@ pub(crate) unsafe fn run<K: Micro>(t: &Task<'_>, b: &mut Bufs, out: *mut f32) {
     let kend =
         if t.causal { ((t.r0 + rows) as isize + off).clamp(0, skv as isize) as usize } else { skv };
     let s = &mut b.s[..nrt * RT * BC];
+    let mut nc = [0usize; BR / RT];
+    let nc = &mut nc[..nrt];
     let mut j0 = 0;
     while j0 < kend {
         let bc = BC.min(kend - j0);
         let blk = (t.bi * hkv + g) * t.nkb + j0 / BC;
         let (ktb, vpb) = (blk * BC * d, blk * BC * dp);
-        unsafe { K::scores(qp, d, &t.kt[ktb..ktb + d * BC], nrt, bc.div_ceil(16), s) };
         // Mask, causal cut (only the blocks that cross the diagonal), online softmax.
         let diag = t.causal && (j0 + BC) as isize > t.r0 as isize + off + 1;
+        // Keys each register tile needs: up to its last row's diagonal in the diagonal block.
+        for (tile, n) in nc.iter_mut().enumerate() {
+            let last = t.r0 + rows.min((tile + 1) * RT) - 1;
+            *n = if diag {
+                (last as isize + off + 1 - j0 as isize).clamp(0, bc as isize) as usize
+            } else {
+                bc
+            };
+        }
+        unsafe { K::scores(qp, d, &t.kt[ktb..ktb + d * BC], nc, s) };
         for r in 0..rows {
             let i = t.r0 + r;
             let srow = &mut s[r * BC..(r + 1) * BC];
@@ -408,17 +437,23 @@ pub(crate) unsafe fn run<K: Micro>(t: &Task<'_>, b: &mut Bufs, out: *mut f32) {
             } else {
                 bc
             };
-            srow[lim..].fill(f32::NEG_INFINITY);
-            unsafe { K::softmax_row(srow, &mut b.m[r], &mut b.l[r], &mut o[r * dp..(r + 1) * dp]) };
+            // The row's softmax covers the keys its tile multiplies by V (`nc`), to a whole
+            // vector; those past its own limit are masked.
+            let len = nc[r / RT].div_ceil(8) * 8;
+            srow[lim..len].fill(f32::NEG_INFINITY);
+            let (m, l, orow) = (&mut b.m[r], &mut b.l[r], &mut o[r * dp..(r + 1) * dp]);
+            unsafe { K::softmax_row(&mut srow[..len], m, l, orow) };
         }
         s[rows * BC..].fill(0.0);
-        unsafe { K::pv(s, &t.vp[vpb..vpb + BC * dp], bc, nrt, dp, o) };
+        unsafe { K::pv(s, &t.vp[vpb..vpb + BC * dp], nc, dp, o) };
         j0 += bc;
     }
     for r in 0..rows {
         let inv = 1.0 / b.l[r];
-        for c in 0..d {
-            unsafe { *out.add(qbase + r * d + c) = o[r * dp + c] * inv };
+        // SAFETY: row r0 + r of head (bi, hi): this task's rows only (see the function docs).
+        let dst = unsafe { std::slice::from_raw_parts_mut(out.add(qbase + r * d), d) };
+        for (y, &x) in dst.iter_mut().zip(&o[r * dp..r * dp + d]) {
+            *y = x * inv;
         }
     }
 }
@@ -511,8 +546,10 @@ mod tests {
     }
 
     /// Every path against float64 at the tile edges: S not a multiple of BR, BC, RT or 16; D not
-    /// a multiple of 8 or 16 (and D = 1); more queries than keys under `causal` (NaN rows);
-    /// GQA; a broadcast additive mask with `-inf` entries.
+    /// a multiple of 8 or 16 (and D = 1); more queries than keys under `causal` (NaN rows, and
+    /// register tiles that see no key of the diagonal block); the diagonal at several offsets
+    /// within a key block (per-tile key counts); GQA; a broadcast additive mask with `-inf`
+    /// entries.
     #[test]
     fn tile_edges_match_float64() {
         let cases = [
@@ -523,6 +560,9 @@ mod tests {
             (1, 2, 1, 1, 200),
             (1, 2, 2, 130, 64),
             (1, 1, 1, 49, 65),
+            // Several key blocks, the causal diagonal crossing them at offsets 0 and 239.
+            (1, 1, 1, 300, 300),
+            (1, 2, 1, 150, 389),
         ];
         for (ci, &(b, h, hkv, sq, skv)) in cases.iter().enumerate() {
             for d in [1, 3, 16, 64, 80, 128, 256] {
@@ -589,11 +629,11 @@ mod tests {
             assert!(rows.iter().enumerate().all(|(i, n)| *n == (i >= 60)), "{isa:?} k NaN");
             let (q, k, mut v) = base.clone();
             v[64 * 32 + 31] = f32::NAN;
-            // Rows that see the NaN value are NaN; rows of the same tiles that do not see it may
-            // be too (0 * NaN, as in NumPy's `P @ V`), rows of earlier tiles are not.
+            // Rows that see the NaN value are NaN; rows of the same register tile that do not see
+            // it may be too (0 * NaN, as in NumPy's `P @ V`), rows of earlier tiles are not.
             let rows = nan_rows(&run(&q, &k, &v, true));
             assert!(rows[64..].iter().all(|n| *n), "{isa:?} v NaN");
-            assert!(!rows[..BR.min(BC)].iter().any(|n| *n), "{isa:?} v NaN spread");
+            assert!(!rows[..64 / RT * RT].iter().any(|n| *n), "{isa:?} v NaN spread");
             let (mut q, k, v) = base.clone();
             q[2 * 32..3 * 32].fill(f32::INFINITY);
             let o = run(&q, &k, &v, false);
