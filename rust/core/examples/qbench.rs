@@ -44,7 +44,7 @@ fn main() {
             std::hint::black_box(quantize_acts(isa, std::hint::black_box(&x), m, k));
         }
         println!("quantize_acts m={m} k={k}: {:.2} us", t.elapsed().as_secs_f64() * 1e3);
-        for fmt in [Format::Q8_0, Format::Q4_0] {
+        for fmt in [Format::F32, Format::Bf16, Format::Q8_0, Format::Q4_0] {
             let datas: Vec<Vec<u8>> =
                 (0..copies).map(|_| quantize(fmt, &wf, k, n).unwrap()).collect();
             let ws: Vec<QWeight> =
@@ -55,8 +55,14 @@ fn main() {
                 let t = Clock::now();
                 for _ in 0..reps {
                     for w in &ws {
-                        let a = quantize_acts(isa, &x, m, k).unwrap();
-                        matmul_q(isa, &a, w, None, &mut c, n);
+                        match quantize_acts(isa, &x, m, k) {
+                            Some(a) if matches!(fmt, Format::Q8_0 | Format::Q4_0) => {
+                                matmul_q(isa, &a, w, None, &mut c, n)
+                            }
+                            _ => tierflow_core::kernels::dot::matmul_rows(
+                                isa, &x, m, w, None, &mut c, n,
+                            ),
+                        }
                     }
                 }
                 best = best.min(t.elapsed() / (reps * copies) as f64);
