@@ -18,6 +18,7 @@ use super::axpy::{matmul_cols, ColW};
 use super::dot::{matmul_rows, SendPtr};
 use super::qdot::{is_int_format, matmul_q, quantize_acts};
 use super::quant::{dequantize_row, QWeight};
+use super::sgemm;
 use crate::cpu::Isa;
 use crate::{CoreError, Result};
 use rayon::prelude::*;
@@ -98,7 +99,7 @@ pub fn matmul(
                 None => matmul_rows(isa, x, m, &q, bias, c, ldc),
             }
         }
-        Weight::Plain { w: ColW::F32(wf), .. } => gemm_f32(x, m, k, wf, n, bias, c, ldc),
+        Weight::Plain { w: ColW::F32(wf), .. } => gemm_f32(isa, x, m, k, wf, n, bias, c, ldc),
         Weight::Plain { w, .. } => {
             let mut wf = vec![0f32; k * n];
             crate::runtime::install(|| {
@@ -112,7 +113,7 @@ pub fn matmul(
                     }
                 })
             });
-            gemm_f32(x, m, k, &wf, n, bias, c, ldc)
+            gemm_f32(isa, x, m, k, &wf, n, bias, c, ldc)
         }
         Weight::Rows(q) => gemm_rows(x, m, &q, bias, c, ldc),
     }
@@ -129,8 +130,10 @@ fn fill_bias(c: &mut [f32], m: usize, n: usize, ldc: usize, bias: Option<&[f32]>
     }
 }
 
-/// Large-`M` float32 product through the `gemm` crate on the tierflow pool.
+/// Large-`M` float32 product on the tierflow pool: the hand-written AVX2 + FMA kernel of
+/// `sgemm.rs` on `Isa::Avx2`, the `gemm` crate otherwise (AVX-512 and other ISAs).
 fn gemm_f32(
+    isa: Isa,
     x: &[f32],
     m: usize,
     k: usize,
@@ -144,6 +147,15 @@ fn gemm_f32(
         fill_bias(c, m, n, ldc, bias);
     }
     let threads = crate::runtime::num_threads();
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 && sgemm::avx2_available() {
+        let acc = bias.is_some();
+        crate::runtime::install(|| {
+            sgemm::sgemm_avx2(m, n, k, x, k, 1, w, n, 1, c, ldc, acc, threads);
+        });
+        return;
+    }
+    let _ = isa;
     let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     crate::runtime::install(|| unsafe {
         // SAFETY: the slices cover (m, k), (k, n) and (m, ldc) row-major (checked by `matmul`);

@@ -1,0 +1,420 @@
+//! Hand-written float32 GEMM for AVX2 + FMA, BLIS-style: `C <- A B` or `C <- C + A B`.
+//!
+//! `A` is `(m, k)` with strides `(rsa, csa)`, `B` is `(k, n)` with strides `(rsb, csb)` (so either
+//! operand may be row- or column-major), `C` is `(m, n)` row-major with row stride `ldc >= n`;
+//! `C` must not alias `A` or `B`.
+//!
+//! Loops, outermost first (Goto / BLIS order):
+//! - `jc`: columns of `C` in blocks of [`NC`]; the packed `B` block `KC x NC` (4 MiB) sits in L3;
+//! - `pc`: the sum index in blocks of [`KC`]; `B[pc.., jc..]` is packed into `NR`-column panels;
+//! - `ic`: rows in blocks of [`MC`]; `A[ic.., pc..]` is packed into `MR`-row panels
+//!   (`MC x KC`, 144 KiB, stays in the 512 KiB L2);
+//! - `jr`, `ir`: one `MR x NR` micro-tile of `C`, whose `KC x NR` `B` panel (16 KiB) stays in the
+//!   32 KiB L1 while the `ir` loop streams `MR x KC` `A` panels (6 KiB) from L2.
+//!
+//! The micro-kernel keeps the `6 x 16` tile in 12 ymm accumulators and per `k` step does 2 loads
+//! of `B`, 6 broadcasts of `A` and 12 FMAs. Packed panels are zero-padded to whole tiles, so the
+//! kernel always runs the full tile; an edge tile goes through a small buffer and only its valid
+//! `mr x nr` part is written to `C`.
+//!
+//! Threads: `C` is cut into `threads` column strips (whole `NR` panels), or row strips when it
+//! has more rows than columns, and each strip is an independent serial GEMM with its own packed
+//! buffers (no synchronisation; `A` or `B` is packed once per strip).
+//!
+//! Sums run in `k` order within a `KC` block, in float32; the result differs from the scalar
+//! reference [`sgemm_ref`] only by rounding (tested below).
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// Micro-tile rows (broadcast `A` values per `k` step).
+pub const MR: usize = 6;
+/// Micro-tile columns (two 8-lane ymm vectors).
+pub const NR: usize = 16;
+/// Sum-index block: a `KC x NR` `B` panel is 16 KiB (half of L1d).
+pub const KC: usize = 256;
+/// Row block: the packed `A` block `MC x KC` is 144 KiB (L2 is 512 KiB per core).
+pub const MC: usize = 144;
+/// Column block: the packed `B` block `KC x NC` is 4 MiB (L3 is 32 MiB).
+pub const NC: usize = 4080;
+
+/// A pointer that may cross threads (each strip writes a disjoint part of `C`).
+#[derive(Clone, Copy)]
+struct Ptr(*mut f32);
+unsafe impl Send for Ptr {}
+unsafe impl Sync for Ptr {}
+
+impl Ptr {
+    /// The pointer `off` elements on (a method, so closures capture the whole `Send` wrapper).
+    unsafe fn add(self, off: usize) -> Ptr {
+        Ptr(unsafe { self.0.add(off) })
+    }
+}
+
+/// A strided read-only matrix view `(ptr, row stride, column stride)`.
+#[derive(Clone, Copy)]
+struct View {
+    p: *const f32,
+    rs: usize,
+    cs: usize,
+}
+unsafe impl Send for View {}
+unsafe impl Sync for View {}
+
+impl View {
+    /// The view starting at element `(i, j)`.
+    unsafe fn at(self, i: usize, j: usize) -> View {
+        View { p: unsafe { self.p.add(i * self.rs + j * self.cs) }, ..self }
+    }
+}
+
+/// Elements a strided `(rows, cols)` view needs in its slice (0 for an empty view).
+fn span(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
+    if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows - 1) * rs + (cols - 1) * cs + 1
+    }
+}
+
+/// Scalar reference: `C[i, j] = (accumulate ? C[i, j] : 0) + sum_p A[i, p] B[p, j]`, summed in
+/// float32 in `p` order.
+pub fn sgemm_ref(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    rsa: usize,
+    csa: usize,
+    b: &[f32],
+    rsb: usize,
+    csb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = 0f32;
+            for p in 0..k {
+                s += a[i * rsa + p * csa] * b[p * rsb + j * csb];
+            }
+            let cij = &mut c[i * ldc + j];
+            *cij = if accumulate { *cij + s } else { s };
+        }
+    }
+}
+
+/// Whether the AVX2 path can run on this CPU (both `avx2` and `fma`).
+pub fn avx2_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `C <- (accumulate ? C : 0) + A B` with the AVX2 + FMA micro-kernel, on up to `threads`
+/// threads of the current rayon pool (call it inside `runtime::install`).
+///
+/// Panics if a slice is too short for its strides, `ldc < n`, or the CPU lacks AVX2 / FMA.
+#[cfg(target_arch = "x86_64")]
+pub fn sgemm_avx2(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    rsa: usize,
+    csa: usize,
+    b: &[f32],
+    rsb: usize,
+    csb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    threads: usize,
+) {
+    assert!(avx2_available(), "sgemm_avx2 needs AVX2 and FMA");
+    assert!(ldc >= n, "ldc {ldc} < n {n}");
+    assert!(a.len() >= span(m, k, rsa, csa), "A too short");
+    assert!(b.len() >= span(k, n, rsb, csb), "B too short");
+    assert!(c.len() >= span(m, n, ldc, 1), "C too short");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                c[i * ldc..i * ldc + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    let av = View { p: a.as_ptr(), rs: rsa, cs: csa };
+    let bv = View { p: b.as_ptr(), rs: rsb, cs: csb };
+    let cp = Ptr(c.as_mut_ptr());
+    // Strips: split the longer side of C, in whole tiles; small products stay on one thread.
+    let flops = (m * n).saturating_mul(k);
+    let threads = if flops < (1 << 21) { 1 } else { threads.max(1) };
+    let by_cols = n >= m;
+    let (len, tile) = if by_cols { (n, NR) } else { (m, MR) };
+    let step = len.div_ceil(threads).div_ceil(tile) * tile;
+    let strips = len.div_ceil(step);
+    let run = |s: usize| {
+        let (lo, hi) = (s * step, ((s + 1) * step).min(len));
+        // SAFETY: the asserts above bound every element the strip reads; strips write
+        // disjoint rows or columns of C.
+        unsafe {
+            if by_cols {
+                serial(m, hi - lo, k, av, bv.at(0, lo), cp.add(lo), ldc, accumulate);
+            } else {
+                serial(hi - lo, n, k, av.at(lo, 0), bv, cp.add(lo * ldc), ldc, accumulate);
+            }
+        }
+    };
+    if strips == 1 {
+        run(0);
+    } else {
+        use rayon::prelude::*;
+        (0..strips).into_par_iter().for_each(run);
+    }
+}
+
+/// One strip on the calling thread.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn serial(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: View,
+    b: View,
+    c: Ptr,
+    ldc: usize,
+    accumulate: bool,
+) {
+    let kcmax = KC.min(k);
+    let mut bufa = vec![0f32; MC.min(m).div_ceil(MR) * MR * kcmax];
+    let mut bufb = vec![0f32; NC.min(n).div_ceil(NR) * NR * kcmax];
+    let mut tmp = [0f32; MR * NR];
+    for jc in (0..n).step_by(NC) {
+        let nc = NC.min(n - jc);
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            unsafe { pack_b(kc, nc, b.at(pc, jc), &mut bufb) };
+            let acc = accumulate || pc > 0;
+            for ic in (0..m).step_by(MC) {
+                let mc = MC.min(m - ic);
+                unsafe { pack_a(mc, kc, a.at(ic, pc), &mut bufa) };
+                for jr in (0..nc).step_by(NR) {
+                    let nr = NR.min(nc - jr);
+                    let bp = unsafe { bufb.as_ptr().add(jr * kc) };
+                    for ir in (0..mc).step_by(MR) {
+                        let mr = MR.min(mc - ir);
+                        unsafe {
+                            let ap = bufa.as_ptr().add(ir * kc);
+                            let cij = c.0.add((ic + ir) * ldc + jc + jr);
+                            if mr == MR && nr == NR {
+                                kernel_6x16(kc, ap, bp, cij, ldc, acc);
+                            } else {
+                                kernel_6x16(kc, ap, bp, tmp.as_mut_ptr(), NR, false);
+                                for i in 0..mr {
+                                    for j in 0..nr {
+                                        let d = cij.add(i * ldc + j);
+                                        let t = tmp[i * NR + j];
+                                        *d = if acc { *d + t } else { t };
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Packs `A[0..mc, 0..kc]` into `MR`-row panels: panel `q` holds element `(q MR + i, p)` at
+/// `q MR kc + p MR + i`; rows past `mc` are zero.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack_a(mc: usize, kc: usize, a: View, dst: &mut [f32]) {
+    for (q, panel) in dst.chunks_exact_mut(MR * kc).take(mc.div_ceil(MR)).enumerate() {
+        let i0 = q * MR;
+        let rows = MR.min(mc - i0);
+        if rows == MR && a.cs == 1 {
+            let r: [*const f32; MR] = std::array::from_fn(|i| unsafe { a.p.add((i0 + i) * a.rs) });
+            for (p, d) in panel.chunks_exact_mut(MR).enumerate() {
+                for i in 0..MR {
+                    d[i] = unsafe { *r[i].add(p) };
+                }
+            }
+        } else {
+            for (p, d) in panel.chunks_exact_mut(MR).enumerate() {
+                for i in 0..MR {
+                    d[i] = if i < rows {
+                        unsafe { *a.p.add((i0 + i) * a.rs + p * a.cs) }
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// Packs `B[0..kc, 0..nc]` into `NR`-column panels: panel `q` holds element `(p, q NR + j)` at
+/// `q NR kc + p NR + j`; columns past `nc` are zero.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack_b(kc: usize, nc: usize, b: View, dst: &mut [f32]) {
+    for (q, panel) in dst.chunks_exact_mut(NR * kc).take(nc.div_ceil(NR)).enumerate() {
+        let j0 = q * NR;
+        let cols = NR.min(nc - j0);
+        if cols == NR && b.cs == 1 {
+            for (p, d) in panel.chunks_exact_mut(NR).enumerate() {
+                let s = unsafe { std::slice::from_raw_parts(b.p.add(p * b.rs + j0), NR) };
+                d.copy_from_slice(s);
+            }
+        } else {
+            for (p, d) in panel.chunks_exact_mut(NR).enumerate() {
+                for j in 0..NR {
+                    d[j] = if j < cols {
+                        unsafe { *b.p.add(p * b.rs + (j0 + j) * b.cs) }
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// `C[0..6, 0..16] <- (acc ? C : 0) + sum_p a[p MR + i] b[p NR + j]` (packed panels, `kc` steps).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel_6x16(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, acc: bool) {
+    let mut r = [[_mm256_setzero_ps(); 2]; MR];
+    let (mut a, mut b) = (a, b);
+    for i in 0..MR {
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc) as *const i8) };
+    }
+    for _ in 0..kc {
+        unsafe {
+            let b0 = _mm256_loadu_ps(b);
+            let b1 = _mm256_loadu_ps(b.add(8));
+            for i in 0..MR {
+                let ai = _mm256_broadcast_ss(&*a.add(i));
+                r[i][0] = _mm256_fmadd_ps(ai, b0, r[i][0]);
+                r[i][1] = _mm256_fmadd_ps(ai, b1, r[i][1]);
+            }
+            a = a.add(MR);
+            b = b.add(NR);
+        }
+    }
+    for i in 0..MR {
+        unsafe {
+            let ci = c.add(i * ldc);
+            let (mut v0, mut v1) = (r[i][0], r[i][1]);
+            if acc {
+                v0 = _mm256_add_ps(v0, _mm256_loadu_ps(ci));
+                v1 = _mm256_add_ps(v1, _mm256_loadu_ps(ci.add(8)));
+            }
+            _mm256_storeu_ps(ci, v0);
+            _mm256_storeu_ps(ci.add(8), v1);
+        }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+    use crate::kernels::test_util::lcg;
+
+    /// Runs both paths on one shape and layout and compares within float32 rounding
+    /// (`|err| <= 1e-5 sum_p |A_ip B_pj|` per element, plus the accumulate flag).
+    fn check(m: usize, n: usize, k: usize, a_colmajor: bool, b_colmajor: bool, threads: usize) {
+        if !avx2_available() {
+            assert!(std::env::var_os("TIERFLOW_REQUIRE_SIMD").is_none(), "CPU lacks AVX2");
+            return;
+        }
+        let a = lcg(m * k, 1 + m as u64);
+        let b = lcg(k * n, 2 + n as u64);
+        let (rsa, csa) = if a_colmajor { (1, m) } else { (k, 1) };
+        let (rsb, csb) = if b_colmajor { (1, k) } else { (n, 1) };
+        let ldc = n + 3;
+        for accumulate in [false, true] {
+            let c0 = lcg(m * ldc, 3);
+            let mut want = c0.clone();
+            let mut got = c0.clone();
+            sgemm_ref(m, n, k, &a, rsa, csa, &b, rsb, csb, &mut want, ldc, accumulate);
+            crate::runtime::install(|| {
+                sgemm_avx2(m, n, k, &a, rsa, csa, &b, rsb, csb, &mut got, ldc, accumulate, threads)
+            });
+            for i in 0..m {
+                for j in 0..ldc {
+                    let (g, w) = (got[i * ldc + j], want[i * ldc + j]);
+                    if j >= n {
+                        assert_eq!(g, c0[i * ldc + j], "padding written at ({i}, {j})");
+                        continue;
+                    }
+                    let mag: f32 =
+                        (0..k).map(|p| (a[i * rsa + p * csa] * b[p * rsb + j * csb]).abs()).sum();
+                    let tol = 1e-5 * (mag + if accumulate { 1.0 } else { 0.0 }) + 1e-30;
+                    assert!(
+                        (g - w).abs() <= tol,
+                        "({m}, {n}, {k}) acc={accumulate} at ({i}, {j}): {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn edge_shapes_match_reference() {
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (1, 1, 0),
+            (3, 5, 0),
+            (6, 16, 1),
+            (7, 17, 3),
+            (5, 15, 257),
+            (13, 33, 300),
+            (150, 40, 260),
+            (1, 100, 7),
+            (100, 1, 7),
+        ] {
+            check(m, n, k, false, false, 1);
+        }
+    }
+
+    #[test]
+    fn strided_operands_match_reference() {
+        check(29, 37, 41, true, false, 1);
+        check(29, 37, 41, false, true, 1);
+        check(29, 37, 41, true, true, 1);
+    }
+
+    #[test]
+    fn threaded_strips_match_reference() {
+        // Past every block size (MC = 144, KC = 256) and split over 2 and 3 strips, by columns
+        // and by rows.
+        check(150, 200, 270, false, false, 2);
+        check(200, 150, 270, false, true, 3);
+        check(97, 4100, 9, false, false, 1);
+    }
+
+    #[test]
+    fn empty_shapes_are_no_ops() {
+        if !avx2_available() {
+            return;
+        }
+        let mut c = vec![7f32; 4];
+        sgemm_avx2(0, 2, 3, &[], 3, 1, &[0.0; 6], 2, 1, &mut c, 2, false, 1);
+        sgemm_avx2(2, 0, 3, &[0.0; 6], 3, 1, &[], 0, 1, &mut c, 2, false, 1);
+        assert_eq!(c, vec![7f32; 4]);
+    }
+}
