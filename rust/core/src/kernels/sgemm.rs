@@ -17,15 +17,22 @@
 //! kernel always runs the full tile; an edge tile goes through a small buffer and only its valid
 //! `mr x nr` part is written to `C`.
 //!
-//! Threads: `C` is cut into `threads` column strips (whole `NR` panels), or row strips when it
-//! has more rows than columns, and each strip is an independent serial GEMM with its own packed
-//! buffers (no synchronisation; `A` or `B` is packed once per strip).
+//! Block sizes are balanced (e.g. `K = 300` is two blocks of 150, not 256 + 44).
+//!
+//! Threads: per `(jc, pc)` block the `B` panels are packed once, in parallel, into a buffer of the
+//! thread that drives the product; the `(ic row block, group of NR panels)` tasks (at least
+//! `4 threads` of them when the shape allows) are then balanced by rayon over the tierflow pool,
+//! each packing its own `A` block: a thread slowed by another process does not hold up the rest.
+//! The packed buffers are thread-local and reused between calls (at most `KC x NC` floats, 4 MiB,
+//! for `B` and 144 KiB for `A` per thread), so a call does not page-fault fresh buffers.
 //!
 //! Sums run in `k` order within a `KC` block, in float32; the result differs from the scalar
 //! reference [`sgemm_ref`] only by rounding (tested below).
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
+use std::cell::RefCell;
+use std::thread::LocalKey;
 
 /// Micro-tile rows (broadcast `A` values per `k` step).
 pub const MR: usize = 6;
@@ -155,38 +162,48 @@ pub fn sgemm_avx2(
     }
     let av = View { p: a.as_ptr(), rs: rsa, cs: csa };
     let bv = View { p: b.as_ptr(), rs: rsb, cs: csb };
-    let cp = Ptr(c.as_mut_ptr());
-    // Strips: split the longer side of C, in whole tiles; small products stay on one thread.
-    let flops = (m * n).saturating_mul(k);
-    let threads = if flops < (1 << 21) { 1 } else { threads.max(1) };
-    let by_cols = n >= m;
-    let (len, tile) = if by_cols { (n, NR) } else { (m, MR) };
-    let step = len.div_ceil(threads).div_ceil(tile) * tile;
-    let strips = len.div_ceil(step);
-    let run = |s: usize| {
-        let (lo, hi) = (s * step, ((s + 1) * step).min(len));
-        // SAFETY: the asserts above bound every element the strip reads; strips write
-        // disjoint rows or columns of C.
-        unsafe {
-            if by_cols {
-                serial(m, hi - lo, k, av, bv.at(0, lo), cp.add(lo), ldc, accumulate);
-            } else {
-                serial(hi - lo, n, k, av.at(lo, 0), bv, cp.add(lo * ldc), ldc, accumulate);
-            }
-        }
-    };
-    if strips == 1 {
-        run(0);
-    } else {
-        use rayon::prelude::*;
-        (0..strips).into_par_iter().for_each(run);
-    }
+    let threads = if (m * n).saturating_mul(k) < (1 << 21) { 1 } else { threads.max(1) };
+    // SAFETY: the asserts above bound every element read and written; AVX2 + FMA are present.
+    unsafe { blocked(m, n, k, av, bv, Ptr(c.as_mut_ptr()), ldc, accumulate, threads) }
 }
 
-/// One strip on the calling thread.
+thread_local! {
+    /// Packed `A` block of the calling thread (reused across calls: no page faults per call).
+    static BUF_A: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Packed `B` block of the thread that drives a product.
+    static BUF_B: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's buffer `key` grown to `len` elements (a fresh one if the buffer is
+/// already borrowed, e.g. by a product that a waiting rayon worker interleaved).
+fn with_buf<R>(
+    key: &'static LocalKey<RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut v) => {
+            if v.len() < len {
+                v.resize(len, 0.0);
+            }
+            f(&mut v[..len])
+        }
+        Err(_) => f(&mut vec![0f32; len]),
+    })
+}
+
+/// `n` split into blocks of at most `max` (balanced, each a multiple of `tile`): the block size.
+fn balanced(n: usize, max: usize, tile: usize) -> usize {
+    n.div_ceil(n.div_ceil(max)).div_ceil(tile) * tile
+}
+
+/// The blocked loops. Per `(jc, pc)` block the `B` panels are packed once (in parallel) into the
+/// driving thread's buffer; then the tasks are `(ic row block, group of NR panels)` pairs, at
+/// least `4 threads` of them when the shape allows, that rayon balances over the pool (a thread
+/// slowed by another process does not hold the others up). Each task packs its own `A` block.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn serial(
+unsafe fn blocked(
     m: usize,
     n: usize,
     k: usize,
@@ -195,40 +212,90 @@ unsafe fn serial(
     c: Ptr,
     ldc: usize,
     accumulate: bool,
+    threads: usize,
 ) {
-    let kcmax = KC.min(k);
-    let mut bufa = vec![0f32; MC.min(m).div_ceil(MR) * MR * kcmax];
-    let mut bufb = vec![0f32; NC.min(n).div_ceil(NR) * NR * kcmax];
+    use rayon::prelude::*;
+    let kcb = balanced(k, KC, 1);
+    let ncb = balanced(n, NC, NR);
+    let mcb = balanced(m, MC, MR);
+    let mblocks = m.div_ceil(mcb);
+    with_buf(&BUF_B, ncb * kcb, |bufb| {
+        for jc in (0..n).step_by(ncb) {
+            let nc = ncb.min(n - jc);
+            let panels = nc.div_ceil(NR);
+            let groups = if threads == 1 { 1 } else { (4 * threads).div_ceil(mblocks).min(panels) };
+            let per = panels.div_ceil(groups);
+            let groups = panels.div_ceil(per);
+            for pc in (0..k).step_by(kcb) {
+                let kc = kcb.min(k - pc);
+                let bufb = &mut bufb[..panels * NR * kc];
+                let pack = |(q, panel): (usize, &mut [f32])| {
+                    let cols = NR.min(nc - q * NR);
+                    // SAFETY: panel q reads rows pc..pc+kc, columns jc+q NR.. of B (in bounds).
+                    unsafe { pack_b(kc, cols, b.at(pc, jc + q * NR), panel) }
+                };
+                if threads == 1 {
+                    bufb.chunks_exact_mut(NR * kc).enumerate().for_each(pack);
+                } else {
+                    bufb.par_chunks_exact_mut(NR * kc).enumerate().for_each(pack);
+                }
+                let bufb: &[f32] = bufb;
+                let acc = accumulate || pc > 0;
+                let task = |t: usize| {
+                    let (ic, g) = ((t / groups) * mcb, t % groups);
+                    let mc = mcb.min(m - ic);
+                    let (q0, q1) = (g * per, ((g + 1) * per).min(panels));
+                    with_buf(&BUF_A, mc.div_ceil(MR) * MR * kc, |bufa| unsafe {
+                        // SAFETY: the task reads A rows ic..ic+mc and writes the C tile rows
+                        // ic..ic+mc, columns of panels q0..q1: disjoint between tasks.
+                        pack_a(mc, kc, a.at(ic, pc), bufa);
+                        macro_block(mc, kc, nc, q0, q1, bufa, bufb, c.add(ic * ldc + jc), ldc, acc);
+                    })
+                };
+                if threads == 1 {
+                    (0..mblocks * groups).for_each(task);
+                } else {
+                    (0..mblocks * groups).into_par_iter().for_each(task);
+                }
+            }
+        }
+    });
+}
+
+/// The `jr`, `ir` loops over packed blocks: `C[0..mc, q0 NR..q1 NR] (+)= A_packed B_packed`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn macro_block(
+    mc: usize,
+    kc: usize,
+    nc: usize,
+    q0: usize,
+    q1: usize,
+    bufa: &[f32],
+    bufb: &[f32],
+    c: Ptr,
+    ldc: usize,
+    acc: bool,
+) {
     let mut tmp = [0f32; MR * NR];
-    for jc in (0..n).step_by(NC) {
-        let nc = NC.min(n - jc);
-        for pc in (0..k).step_by(KC) {
-            let kc = KC.min(k - pc);
-            unsafe { pack_b(kc, nc, b.at(pc, jc), &mut bufb) };
-            let acc = accumulate || pc > 0;
-            for ic in (0..m).step_by(MC) {
-                let mc = MC.min(m - ic);
-                unsafe { pack_a(mc, kc, a.at(ic, pc), &mut bufa) };
-                for jr in (0..nc).step_by(NR) {
-                    let nr = NR.min(nc - jr);
-                    let bp = unsafe { bufb.as_ptr().add(jr * kc) };
-                    for ir in (0..mc).step_by(MR) {
-                        let mr = MR.min(mc - ir);
-                        unsafe {
-                            let ap = bufa.as_ptr().add(ir * kc);
-                            let cij = c.0.add((ic + ir) * ldc + jc + jr);
-                            if mr == MR && nr == NR {
-                                kernel_6x16(kc, ap, bp, cij, ldc, acc);
-                            } else {
-                                kernel_6x16(kc, ap, bp, tmp.as_mut_ptr(), NR, false);
-                                for i in 0..mr {
-                                    for j in 0..nr {
-                                        let d = cij.add(i * ldc + j);
-                                        let t = tmp[i * NR + j];
-                                        *d = if acc { *d + t } else { t };
-                                    }
-                                }
-                            }
+    for q in q0..q1 {
+        let jr = q * NR;
+        let nr = NR.min(nc - jr);
+        let bp = bufb[jr * kc..].as_ptr();
+        for ir in (0..mc).step_by(MR) {
+            let mr = MR.min(mc - ir);
+            let ap = bufa[ir * kc..].as_ptr();
+            unsafe {
+                let cij = c.0.add(ir * ldc + jr);
+                if mr == MR && nr == NR {
+                    kernel_6x16(kc, ap, bp, cij, ldc, acc);
+                } else {
+                    kernel_6x16(kc, ap, bp, tmp.as_mut_ptr(), NR, false);
+                    for i in 0..mr {
+                        for j in 0..nr {
+                            let d = cij.add(i * ldc + j);
+                            let t = tmp[i * NR + j];
+                            *d = if acc { *d + t } else { t };
                         }
                     }
                 }
@@ -266,28 +333,19 @@ unsafe fn pack_a(mc: usize, kc: usize, a: View, dst: &mut [f32]) {
     }
 }
 
-/// Packs `B[0..kc, 0..nc]` into `NR`-column panels: panel `q` holds element `(p, q NR + j)` at
-/// `q NR kc + p NR + j`; columns past `nc` are zero.
+/// Packs one `NR`-column panel `B[0..kc, 0..cols]` (`cols <= NR`): element `(p, j)` at
+/// `p NR + j`; columns past `cols` are zero.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn pack_b(kc: usize, nc: usize, b: View, dst: &mut [f32]) {
-    for (q, panel) in dst.chunks_exact_mut(NR * kc).take(nc.div_ceil(NR)).enumerate() {
-        let j0 = q * NR;
-        let cols = NR.min(nc - j0);
-        if cols == NR && b.cs == 1 {
-            for (p, d) in panel.chunks_exact_mut(NR).enumerate() {
-                let s = unsafe { std::slice::from_raw_parts(b.p.add(p * b.rs + j0), NR) };
-                d.copy_from_slice(s);
-            }
-        } else {
-            for (p, d) in panel.chunks_exact_mut(NR).enumerate() {
-                for j in 0..NR {
-                    d[j] = if j < cols {
-                        unsafe { *b.p.add(p * b.rs + (j0 + j) * b.cs) }
-                    } else {
-                        0.0
-                    };
-                }
+unsafe fn pack_b(kc: usize, cols: usize, b: View, panel: &mut [f32]) {
+    if cols == NR && b.cs == 1 {
+        for (p, d) in panel.chunks_exact_mut(NR).take(kc).enumerate() {
+            d.copy_from_slice(unsafe { std::slice::from_raw_parts(b.p.add(p * b.rs), NR) });
+        }
+    } else {
+        for (p, d) in panel.chunks_exact_mut(NR).take(kc).enumerate() {
+            for j in 0..NR {
+                d[j] = if j < cols { unsafe { *b.p.add(p * b.rs + j * b.cs) } } else { 0.0 };
             }
         }
     }
