@@ -229,15 +229,16 @@ unsafe fn blocked(
             for pc in (0..k).step_by(kcb) {
                 let kc = kcb.min(k - pc);
                 let bufb = &mut bufb[..panels * NR * kc];
-                let pack = |(q, panel): (usize, &mut [f32])| {
-                    let cols = NR.min(nc - q * NR);
-                    // SAFETY: panel q reads rows pc..pc+kc, columns jc+q NR.. of B (in bounds).
-                    unsafe { pack_b(kc, cols, b.at(pc, jc + q * NR), panel) }
+                // Panels in `threads` runs, one per thread.
+                let run = panels.div_ceil(threads) * NR * kc;
+                let pack = |(r, dst): (usize, &mut [f32])| {
+                    // SAFETY: the panels read rows pc..pc+kc, columns jc.. of B (in bounds).
+                    unsafe { pack_b(kc, nc, b.at(pc, jc), r * run / (NR * kc), dst) }
                 };
                 if threads == 1 {
-                    bufb.chunks_exact_mut(NR * kc).enumerate().for_each(pack);
+                    pack((0, bufb));
                 } else {
-                    bufb.par_chunks_exact_mut(NR * kc).enumerate().for_each(pack);
+                    bufb.par_chunks_mut(run).enumerate().for_each(pack);
                 }
                 let bufb: &[f32] = bufb;
                 let acc = accumulate || pc > 0;
@@ -305,47 +306,118 @@ unsafe fn macro_block(
 }
 
 /// Packs `A[0..mc, 0..kc]` into `MR`-row panels: panel `q` holds element `(q MR + i, p)` at
-/// `q MR kc + p MR + i`; rows past `mc` are zero.
+/// `q MR kc + p MR + i`; rows past `mc` are zero. Row-major full panels are transposed 8 columns
+/// at a time in registers (an 8 x 8 transpose of 6 rows and 2 zero rows).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn pack_a(mc: usize, kc: usize, a: View, dst: &mut [f32]) {
     for (q, panel) in dst.chunks_exact_mut(MR * kc).take(mc.div_ceil(MR)).enumerate() {
         let i0 = q * MR;
         let rows = MR.min(mc - i0);
+        let mut p0 = 0;
         if rows == MR && a.cs == 1 {
             let r: [*const f32; MR] = std::array::from_fn(|i| unsafe { a.p.add((i0 + i) * a.rs) });
-            for (p, d) in panel.chunks_exact_mut(MR).enumerate() {
-                for i in 0..MR {
-                    d[i] = unsafe { *r[i].add(p) };
+            let d = panel.as_mut_ptr();
+            while p0 + 8 <= kc {
+                unsafe {
+                    let z = _mm256_setzero_ps();
+                    let t0 = _mm256_unpacklo_ps(
+                        _mm256_loadu_ps(r[0].add(p0)),
+                        _mm256_loadu_ps(r[1].add(p0)),
+                    );
+                    let t1 = _mm256_unpackhi_ps(
+                        _mm256_loadu_ps(r[0].add(p0)),
+                        _mm256_loadu_ps(r[1].add(p0)),
+                    );
+                    let t2 = _mm256_unpacklo_ps(
+                        _mm256_loadu_ps(r[2].add(p0)),
+                        _mm256_loadu_ps(r[3].add(p0)),
+                    );
+                    let t3 = _mm256_unpackhi_ps(
+                        _mm256_loadu_ps(r[2].add(p0)),
+                        _mm256_loadu_ps(r[3].add(p0)),
+                    );
+                    let t4 = _mm256_unpacklo_ps(
+                        _mm256_loadu_ps(r[4].add(p0)),
+                        _mm256_loadu_ps(r[5].add(p0)),
+                    );
+                    let t5 = _mm256_unpackhi_ps(
+                        _mm256_loadu_ps(r[4].add(p0)),
+                        _mm256_loadu_ps(r[5].add(p0)),
+                    );
+                    let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+                    let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+                    let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+                    let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+                    let s4 = _mm256_shuffle_ps::<0x44>(t4, z);
+                    let s5 = _mm256_shuffle_ps::<0xEE>(t4, z);
+                    let s6 = _mm256_shuffle_ps::<0x44>(t5, z);
+                    let s7 = _mm256_shuffle_ps::<0xEE>(t5, z);
+                    // Column p0 + j of the 6 rows, then 2 zeros; only the 6 values are stored.
+                    let cols = [
+                        _mm256_permute2f128_ps::<0x20>(s0, s4),
+                        _mm256_permute2f128_ps::<0x20>(s1, s5),
+                        _mm256_permute2f128_ps::<0x20>(s2, s6),
+                        _mm256_permute2f128_ps::<0x20>(s3, s7),
+                        _mm256_permute2f128_ps::<0x31>(s0, s4),
+                        _mm256_permute2f128_ps::<0x31>(s1, s5),
+                        _mm256_permute2f128_ps::<0x31>(s2, s6),
+                        _mm256_permute2f128_ps::<0x31>(s3, s7),
+                    ];
+                    // Full 8-wide stores, each spilling 2 zeros that the next one overwrites;
+                    // the last stores 4 + 2 values so nothing lands past the panel.
+                    for (j, v) in cols.into_iter().enumerate().take(7) {
+                        _mm256_storeu_ps(d.add((p0 + j) * MR), v);
+                    }
+                    let o = d.add((p0 + 7) * MR);
+                    _mm_storeu_ps(o, _mm256_castps256_ps128(cols[7]));
+                    _mm_storel_pd(
+                        o.add(4) as *mut f64,
+                        _mm_castps_pd(_mm256_extractf128_ps::<1>(cols[7])),
+                    );
                 }
+                p0 += 8;
             }
-        } else {
-            for (p, d) in panel.chunks_exact_mut(MR).enumerate() {
-                for i in 0..MR {
-                    d[i] = if i < rows {
-                        unsafe { *a.p.add((i0 + i) * a.rs + p * a.cs) }
-                    } else {
-                        0.0
-                    };
-                }
+        }
+        for (p, d) in panel.chunks_exact_mut(MR).enumerate().skip(p0) {
+            for i in 0..MR {
+                d[i] = if i < rows { unsafe { *a.p.add((i0 + i) * a.rs + p * a.cs) } } else { 0.0 };
             }
         }
     }
 }
 
-/// Packs one `NR`-column panel `B[0..kc, 0..cols]` (`cols <= NR`): element `(p, j)` at
-/// `p NR + j`; columns past `cols` are zero.
+/// Packs the `NR`-column panels `q0..` of `B[0..kc, 0..nc]` that fill `dst`: panel `q` at
+/// `(q - q0) NR kc`, element `(p, q NR + j)` at `p NR + j` within it; columns past `nc` are zero.
+/// Full row-major panels are copied row by row of `B` (sequential reads).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn pack_b(kc: usize, cols: usize, b: View, panel: &mut [f32]) {
-    if cols == NR && b.cs == 1 {
-        for (p, d) in panel.chunks_exact_mut(NR).take(kc).enumerate() {
-            d.copy_from_slice(unsafe { std::slice::from_raw_parts(b.p.add(p * b.rs), NR) });
+unsafe fn pack_b(kc: usize, nc: usize, b: View, q0: usize, dst: &mut [f32]) {
+    let q1 = q0 + dst.len() / (NR * kc);
+    let full = if b.cs == 1 { (nc / NR).min(q1) } else { q0 };
+    let d = dst.as_mut_ptr();
+    if full > q0 {
+        for p in 0..kc {
+            for q in q0..full {
+                unsafe {
+                    let s = b.p.add(p * b.rs + q * NR);
+                    let o = d.add((q - q0) * NR * kc + p * NR);
+                    _mm256_storeu_ps(o, _mm256_loadu_ps(s));
+                    _mm256_storeu_ps(o.add(8), _mm256_loadu_ps(s.add(8)));
+                }
+            }
         }
-    } else {
-        for (p, d) in panel.chunks_exact_mut(NR).take(kc).enumerate() {
+    }
+    for q in full.max(q0)..q1 {
+        let cols = NR.min(nc - q * NR);
+        let panel = &mut dst[(q - q0) * NR * kc..(q - q0 + 1) * NR * kc];
+        for (p, o) in panel.chunks_exact_mut(NR).enumerate() {
             for j in 0..NR {
-                d[j] = if j < cols { unsafe { *b.p.add(p * b.rs + j * b.cs) } } else { 0.0 };
+                o[j] = if j < cols {
+                    unsafe { *b.p.add(p * b.rs + (q * NR + j) * b.cs) }
+                } else {
+                    0.0
+                };
             }
         }
     }
@@ -360,15 +432,31 @@ unsafe fn kernel_6x16(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc:
     for i in 0..MR {
         unsafe { _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc) as *const i8) };
     }
-    for _ in 0..kc {
+    // One `k` step: 2 loads of B, 6 broadcasts of A, 12 FMAs.
+    let step = |r: &mut [[__m256; 2]; MR], a: *const f32, b: *const f32| unsafe {
+        let b0 = _mm256_loadu_ps(b);
+        let b1 = _mm256_loadu_ps(b.add(8));
+        for i in 0..MR {
+            let ai = _mm256_broadcast_ss(&*a.add(i));
+            r[i][0] = _mm256_fmadd_ps(ai, b0, r[i][0]);
+            r[i][1] = _mm256_fmadd_ps(ai, b1, r[i][1]);
+        }
+    };
+    // Unrolled by 4, prefetching the A panel (streamed from L2) 8 steps ahead.
+    for _ in 0..kc / 4 {
         unsafe {
-            let b0 = _mm256_loadu_ps(b);
-            let b1 = _mm256_loadu_ps(b.add(8));
-            for i in 0..MR {
-                let ai = _mm256_broadcast_ss(&*a.add(i));
-                r[i][0] = _mm256_fmadd_ps(ai, b0, r[i][0]);
-                r[i][1] = _mm256_fmadd_ps(ai, b1, r[i][1]);
+            _mm_prefetch::<_MM_HINT_T0>(a.add(8 * MR) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(a.add(8 * MR + 16) as *const i8);
+            for u in 0..4 {
+                step(&mut r, a.add(u * MR), b.add(u * NR));
             }
+            a = a.add(4 * MR);
+            b = b.add(4 * NR);
+        }
+    }
+    for _ in 0..kc % 4 {
+        unsafe {
+            step(&mut r, a, b);
             a = a.add(MR);
             b = b.add(NR);
         }
