@@ -3,10 +3,17 @@
 //! - `M <= DECODE_MAX_M` (decode: a few rows against a big weight; bandwidth-bound): the
 //!   hand-written streaming kernels, `axpy.rs` for a plain `(K, N)` weight and `dot.rs` for a
 //!   row-stored (packed or quantised) one, reading each weight byte once.
-//! - larger `M` (compute-bound): the `gemm` crate (its own runtime-dispatched AVX2/AVX-512
-//!   micro-kernels, threaded on the tierflow pool). A row-stored weight is dequantised in panels
-//!   of `NB` rows (`NB * K * 4` bytes, e.g. 1 MiB at K = 4096) that the gemm multiplies while
-//!   they are hot in cache.
+//! - larger `M` (compute-bound), float32 `(K, N)` weight: on `Isa::Avx2` the hand-written
+//!   BLIS-style kernel of `sgemm.rs` (6 x 16 FMA micro-kernel, packed panels, tasks balanced over
+//!   the tierflow pool); on other ISAs (AVX-512 included) the `gemm` crate with its own
+//!   runtime-dispatched micro-kernels. Square float32 GEMM on 2 threads, same runs against NumPy
+//!   (OpenBLAS 0.3.31) on the 2-core Zen 3 build machine, shared with other jobs: the `gemm`
+//!   crate measured 0.51x / 0.54x / 0.90x / 0.78x at 512 / 1024 / 2048 / 4096; see
+//!   BENCHMARKS.md for `sgemm.rs`'s figures. Single-threaded, `sgemm.rs` runs at 0.83-1.0x of
+//!   OpenBLAS and 1.0-1.2x of the `gemm` crate (CPU time, alternating rounds).
+//! - a row-stored weight at larger `M` is dequantised in panels of `NB` rows (`NB * K * 4` bytes,
+//!   e.g. 1 MiB at K = 4096) that the `gemm` crate multiplies while they are hot in cache (the
+//!   panel is column-major, which `sgemm.rs` packs only by a scalar gather: not used there).
 //! - Q8_0 / Q4_0 weights at decode shapes take `qdot.rs`: the activations are rounded to Q8
 //!   blocks and each block's dot product is an integer sum (as ggml does); at larger `M` the
 //!   weight is dequantised exactly and the activations are not rounded (as ggml with BLAS does).
