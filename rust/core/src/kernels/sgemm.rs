@@ -19,12 +19,14 @@
 //!
 //! Block sizes are balanced (e.g. `K = 300` is two blocks of 150, not 256 + 44).
 //!
-//! Threads: per `(jc, pc)` block the `B` panels are packed once, in parallel, into a buffer of the
-//! thread that drives the product; the `(ic row block, group of NR panels)` tasks (at least
-//! `4 threads` of them when the shape allows) are then balanced by rayon over the tierflow pool,
-//! each packing its own `A` block: a thread slowed by another process does not hold up the rest.
-//! The packed buffers are thread-local and reused between calls (at most `KC x NC` floats, 4 MiB,
-//! for `B` and 144 KiB for `A` per thread), so a call does not page-fault fresh buffers.
+//! Threads: per `(jc, pc)` block the `B` panels are packed once, in parallel, into a buffer of
+//! the thread that drives the product (on 2+ threads, all the `pc` blocks of a `jc` block at once
+//! when they total at most [`WHOLE_B`] floats, 8 MiB: fewer points where threads wait for each
+//! other); the `(ic row block, group of NR panels)` tasks (at least `4 threads` of them when the
+//! shape allows) are then balanced by rayon over the tierflow pool, each packing its own `A`
+//! block: a thread slowed by another process does not hold up the rest. The packed buffers are
+//! thread-local and reused between calls (at most 8 MiB for `B` on a driving thread, 144 KiB
+//! for `A` per thread), so a call does not page-fault fresh buffers.
 //!
 //! Sums run in `k` order within a `KC` block, in float32; the result differs from the scalar
 //! reference [`sgemm_ref`] only by rounding (tested below).
@@ -44,6 +46,10 @@ pub const KC: usize = 256;
 pub const MC: usize = 144;
 /// Column block: the packed `B` block `KC x NC` is 4 MiB (L3 is 32 MiB).
 pub const NC: usize = 4080;
+
+/// Largest packed `B` (floats, 8 MiB) for which a threaded product packs all `KC` blocks of a
+/// column block at once (e.g. `K = N = 1024`: 4 MiB).
+const WHOLE_B: usize = 2 << 20;
 
 /// A pointer that may cross threads (each strip writes a disjoint part of `C`).
 #[derive(Clone, Copy)]
@@ -228,38 +234,73 @@ unsafe fn blocked(
     let ncb = balanced(n, NC, NR);
     let mcb = balanced(m, MC, MR);
     let mblocks = m.div_ceil(mcb);
-    with_buf(&BUF_B, ncb * kcb, |bufb| {
+    let kblocks = k.div_ceil(kcb);
+    // Threaded products whose `B[:, jc block]` fits in WHOLE_B pack all its `KC` blocks at once:
+    // two parallel regions per `jc` block instead of two per `(jc, pc)` block, so fewer points
+    // where the threads wait for each other.
+    let span_k = if threads > 1 && ncb * k <= WHOLE_B { kblocks } else { 1 };
+    let stride = ncb * kcb; // one packed `KC` block of B
+    with_buf(&BUF_B, stride * span_k, |bufb| {
         for jc in (0..n).step_by(ncb) {
             let nc = ncb.min(n - jc);
             let panels = nc.div_ceil(NR);
             let groups = if threads == 1 { 1 } else { (4 * threads).div_ceil(mblocks).min(panels) };
             let per = panels.div_ceil(groups);
             let groups = panels.div_ceil(per);
-            for pc in (0..k).step_by(kcb) {
-                let kc = kcb.min(k - pc);
-                let bufb = &mut bufb[..panels * NR * kc];
-                // Panels in `threads` runs, one per thread.
-                let run = panels.div_ceil(threads) * NR * kc;
-                let pack = |(r, dst): (usize, &mut [f32])| {
-                    // SAFETY: the panels read rows pc..pc+kc, columns jc.. of B (in bounds).
-                    unsafe { pack_b(kc, nc, b.at(pc, jc), r * run / (NR * kc), dst) }
+            for pb in (0..kblocks).step_by(span_k) {
+                let pbs = pb..kblocks.min(pb + span_k);
+                // Each KC block's panels in `threads` runs, one per thread.
+                let pack = |(i, blk): (usize, &mut [f32])| {
+                    let pc = (pb + i) * kcb;
+                    let kc = kcb.min(k - pc);
+                    let blk = &mut blk[..panels * NR * kc];
+                    let run = panels.div_ceil(threads) * NR * kc;
+                    let one = |(r, dst): (usize, &mut [f32])| {
+                        // SAFETY: the panels read rows pc..pc+kc, columns jc.. of B (in bounds).
+                        unsafe { pack_b(kc, nc, b.at(pc, jc), r * run / (NR * kc), dst) }
+                    };
+                    if threads == 1 {
+                        one((0, blk));
+                    } else {
+                        blk.par_chunks_mut(run).enumerate().for_each(one);
+                    }
                 };
+                let packed = &mut bufb[..stride * pbs.len()];
                 if threads == 1 {
-                    pack((0, bufb));
+                    packed.chunks_mut(stride).enumerate().for_each(pack);
                 } else {
-                    bufb.par_chunks_mut(run).enumerate().for_each(pack);
+                    packed.par_chunks_mut(stride).enumerate().for_each(pack);
                 }
-                let bufb: &[f32] = bufb;
-                let acc = accumulate || pc > 0;
+                let packed: &[f32] = packed;
                 let task = |t: usize| {
                     let (ic, g) = ((t / groups) * mcb, t % groups);
                     let mc = mcb.min(m - ic);
                     let (q0, q1) = (g * per, ((g + 1) * per).min(panels));
-                    with_buf(&BUF_A, mc.div_ceil(MR) * MR * kc, |bufa| unsafe {
-                        // SAFETY: the task reads A rows ic..ic+mc and writes the C tile rows
-                        // ic..ic+mc, columns of panels q0..q1: disjoint between tasks.
-                        pack_a(mc, kc, a.at(ic, pc), bufa);
-                        macro_block(mc, kc, nc, q0, q1, bufa, bufb, c.add(ic * ldc + jc), ldc, acc);
+                    with_buf(&BUF_A, mc.div_ceil(MR) * MR * kcb, |bufa| {
+                        for (i, p) in pbs.clone().enumerate() {
+                            let pc = p * kcb;
+                            let kc = kcb.min(k - pc);
+                            let acc = accumulate || pc > 0;
+                            let bufa = &mut bufa[..mc.div_ceil(MR) * MR * kc];
+                            let bp = &packed[i * stride..];
+                            // SAFETY: the task reads A rows ic..ic+mc and writes the C tile rows
+                            // ic..ic+mc, columns of panels q0..q1: disjoint between tasks.
+                            unsafe {
+                                pack_a(mc, kc, a.at(ic, pc), bufa);
+                                macro_block(
+                                    mc,
+                                    kc,
+                                    nc,
+                                    q0,
+                                    q1,
+                                    bufa,
+                                    bp,
+                                    c.add(ic * ldc + jc),
+                                    ldc,
+                                    acc,
+                                );
+                            }
+                        }
                     })
                 };
                 if threads == 1 {
@@ -555,11 +596,12 @@ mod tests {
 
     #[test]
     fn threaded_strips_match_reference() {
-        // Past every block size (MC = 144, KC = 256) and split over 2 and 3 strips, by columns
-        // and by rows.
+        // Past every block size (MC = 144, KC = 256), over several row blocks and panel groups.
         check(150, 200, 270, false, false, 2);
         check(200, 150, 270, false, true, 3);
         check(97, 4100, 9, false, false, 1);
+        // B too large to pack whole (N K > WHOLE_B): one parallel region per KC block.
+        check(7, 2100, 1100, false, false, 2);
     }
 
     #[test]
