@@ -154,15 +154,19 @@ fn gemm_f32(
         fill_bias(c, m, n, ldc, bias);
     }
     let threads = crate::runtime::num_threads();
+    // Small square-ish products on 2+ threads (128^3, 256^3): the `gemm` crate threads them
+    // better (gb scratch bench, 2 threads: 61-85 vs 52-56 GFLOP/s at 128^3, 97-149 vs 104-118 at
+    // 256^3); `sgemm.rs` wins at M = 48-96 and from 384^3 on.
+    let small_square = threads > 1 && m >= 128 && m * n * k <= 256 * 256 * 256;
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 && sgemm::avx2_available() {
+    if isa == Isa::Avx2 && !small_square && sgemm::avx2_available() {
         let acc = bias.is_some();
         crate::runtime::install(|| {
             sgemm::sgemm_avx2(m, n, k, x, k, 1, w, n, 1, c, ldc, acc, threads);
         });
         return;
     }
-    let _ = isa;
+    let _ = (isa, small_square);
     let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     crate::runtime::install(|| unsafe {
         // SAFETY: the slices cover (m, k), (k, n) and (m, ldc) row-major (checked by `matmul`);
@@ -266,6 +270,36 @@ mod tests {
             matmul(Isa::detect(), &x, m, pw, Some(&bias), &mut got2, n).unwrap();
             if fmt == Format::F32 {
                 assert_eq!(got2, want);
+            }
+        }
+    }
+
+    #[test]
+    fn large_m_f32_with_bias_and_row_stride_matches_scalar() {
+        use crate::kernels::test_util::lcg;
+        // Past KC = 256, edge tiles on every side, C with 5 padding columns
+        // that must stay untouched; 1 and 2 threads (2 threads: sgemm.rs's parallel tasks).
+        let (m, k, n, ldc) = (120, 300, 70, 75);
+        let x = lcg(m * k, 11);
+        let w = lcg(k * n, 12);
+        let bias = lcg(n, 13);
+        let mut want = vec![9f32; m * ldc];
+        let pw = Weight::Plain { w: ColW::F32(&w), k, n };
+        matmul(Isa::Scalar, &x, m, pw, Some(&bias), &mut want, ldc).unwrap();
+        for threads in [1, 2] {
+            let mut got = vec![9f32; m * ldc];
+            crate::runtime::with_threads(threads, || {
+                matmul(Isa::detect(), &x, m, pw, Some(&bias), &mut got, ldc).unwrap()
+            });
+            for i in 0..m {
+                for j in 0..ldc {
+                    let (g, r) = (got[i * ldc + j], want[i * ldc + j]);
+                    if j >= n {
+                        assert_eq!(g, 9.0, "padding written at ({i}, {j})");
+                    } else {
+                        assert!((g - r).abs() <= 1e-4 * (1.0 + r.abs()), "({i}, {j}): {g} vs {r}");
+                    }
+                }
             }
         }
     }

@@ -21,9 +21,9 @@
 //!
 //! Threads: per `(jc, pc)` block the `B` panels are packed once, in parallel, into a buffer of
 //! the thread that drives the product (on 2+ threads, all the `pc` blocks of a `jc` block at once
-//! when they total at most [`WHOLE_B`] floats, 8 MiB: fewer points where threads wait for each
-//! other); the `(ic row block, group of NR panels)` tasks (at least `4 threads` of them when the
-//! shape allows) are then balanced by rayon over the tierflow pool, each packing its own `A`
+//! when they total at most `WHOLE_B` floats, 8 MiB: fewer points where threads wait for each
+//! other); the `(ic row block, group of NR panels)` tasks (about 2 per thread; rows are split
+//! first, which shares the packed `B` without packing an `A` block twice) are then balanced by rayon over the tierflow pool, each packing its own `A`
 //! block: a thread slowed by another process does not hold up the rest. The packed buffers are
 //! thread-local and reused between calls (at most 8 MiB for `B` on a driving thread, 144 KiB
 //! for `A` per thread), so a call does not page-fault fresh buffers.
@@ -232,7 +232,14 @@ unsafe fn blocked(
     use rayon::prelude::*;
     let kcb = balanced(k, KC, 1);
     let ncb = balanced(n, NC, NR);
-    let mcb = balanced(m, MC, MR);
+    // Row blocks of at most MC; on 2+ threads, small enough for 2 per thread (splitting rows
+    // shares the packed B; splitting columns would pack the same A block once per group).
+    let tasks = 2 * threads;
+    let mcb = if threads == 1 {
+        balanced(m, MC, MR)
+    } else {
+        balanced(m, MC, MR).min(m.div_ceil(tasks).div_ceil(MR) * MR)
+    };
     let mblocks = m.div_ceil(mcb);
     let kblocks = k.div_ceil(kcb);
     // Threaded products whose `B[:, jc block]` fits in WHOLE_B pack all its `KC` blocks at once:
@@ -244,7 +251,7 @@ unsafe fn blocked(
         for jc in (0..n).step_by(ncb) {
             let nc = ncb.min(n - jc);
             let panels = nc.div_ceil(NR);
-            let groups = if threads == 1 { 1 } else { (4 * threads).div_ceil(mblocks).min(panels) };
+            let groups = if threads == 1 { 1 } else { tasks.div_ceil(mblocks).min(panels) };
             let per = panels.div_ceil(groups);
             let groups = panels.div_ceil(per);
             for pb in (0..kblocks).step_by(span_k) {
