@@ -5,12 +5,14 @@
 //!   row-stored (packed or quantised) one, reading each weight byte once.
 //! - larger `M` (compute-bound), float32 `(K, N)` weight: on `Isa::Avx2` the hand-written
 //!   BLIS-style kernel of `sgemm.rs` (6 x 16 FMA micro-kernel, packed panels, tasks balanced over
-//!   the tierflow pool); on other ISAs (AVX-512 included) the `gemm` crate with its own
-//!   runtime-dispatched micro-kernels. Square float32 GEMM on 2 threads, same runs against NumPy
-//!   (OpenBLAS 0.3.31) on the 2-core Zen 3 build machine, shared with other jobs: the `gemm`
-//!   crate measured 0.51x / 0.54x / 0.90x / 0.78x at 512 / 1024 / 2048 / 4096; see
-//!   BENCHMARKS.md for `sgemm.rs`'s figures. Single-threaded, `sgemm.rs` runs at 0.83-1.0x of
-//!   OpenBLAS and 1.0-1.2x of the `gemm` crate (CPU time, alternating rounds).
+//!   the tierflow pool); the `gemm` crate (its own runtime-dispatched micro-kernels) on other
+//!   ISAs (AVX-512 included) and for small square-ish products on 2+ threads, where it measured
+//!   faster. Square float32 GEMM against NumPy (OpenBLAS 0.3.31), both on 2 threads, on the
+//!   shared 2-core Zen 3 build machine (`benches/test_kernels.py -k square_gemm`, 5 runs):
+//!   512 / 1024 / 2048 / 4096 at 0.53x / 1.07x / 0.85x / 0.83x (medians; ranges 0.37-0.61x,
+//!   0.60-1.23x, 0.72-1.09x, 0.78-0.99x), where the `gemm` crate measured 0.51x / 0.54x / 0.90x
+//!   / 0.78x. In one process against the crate: 0.68-1.43x (median 1.15x) at 512-1024, about
+//!   1.0x at 2048-4096; on one thread 0.88-1.0x OpenBLAS. Details in BENCHMARKS.md.
 //! - a row-stored weight at larger `M` is dequantised in panels of `NB` rows (`NB * K * 4` bytes,
 //!   e.g. 1 MiB at K = 4096) that the `gemm` crate multiplies while they are hot in cache (the
 //!   panel is column-major, which `sgemm.rs` packs only by a scalar gather: not used there).
