@@ -468,6 +468,28 @@ unsafe fn pack_b(kc: usize, nc: usize, b: View, q0: usize, dst: &mut [f32]) {
     for q in full.max(q0)..q1 {
         let cols = NR.min(nc - q * NR);
         let panel = &mut dst[(q - q0) * NR * kc..(q - q0 + 1) * NR * kc];
+        if cols == NR && b.rs == 1 {
+            // Column-major B: 8 x 8 register transposes of 8 columns x 8 rows.
+            let mut p0 = 0;
+            while p0 + 8 <= kc {
+                for h in 0..2 {
+                    unsafe {
+                        let col = |j: usize| b.p.add(p0 + (q * NR + h * 8 + j) * b.cs);
+                        let t = transpose8(std::array::from_fn(|j| _mm256_loadu_ps(col(j))));
+                        for (i, v) in t.into_iter().enumerate() {
+                            _mm256_storeu_ps(panel.as_mut_ptr().add((p0 + i) * NR + h * 8), v);
+                        }
+                    }
+                }
+                p0 += 8;
+            }
+            for p in p0..kc {
+                for j in 0..NR {
+                    panel[p * NR + j] = unsafe { *b.p.add(p + (q * NR + j) * b.cs) };
+                }
+            }
+            continue;
+        }
         for (p, o) in panel.chunks_exact_mut(NR).enumerate() {
             for j in 0..NR {
                 o[j] = if j < cols {
@@ -478,6 +500,38 @@ unsafe fn pack_b(kc: usize, nc: usize, b: View, q0: usize, dst: &mut [f32]) {
             }
         }
     }
+}
+
+/// The transpose of 8 rows of 8 floats: lane `i` of output `j` is lane `j` of input `i`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    [
+        _mm256_permute2f128_ps::<0x20>(s0, s4),
+        _mm256_permute2f128_ps::<0x20>(s1, s5),
+        _mm256_permute2f128_ps::<0x20>(s2, s6),
+        _mm256_permute2f128_ps::<0x20>(s3, s7),
+        _mm256_permute2f128_ps::<0x31>(s0, s4),
+        _mm256_permute2f128_ps::<0x31>(s1, s5),
+        _mm256_permute2f128_ps::<0x31>(s2, s6),
+        _mm256_permute2f128_ps::<0x31>(s3, s7),
+    ]
 }
 
 /// `C[0..6, 0..16] <- (acc ? C : 0) + sum_p a[p MR + i] b[p NR + j]` (packed panels, `kc` steps).
