@@ -14,8 +14,9 @@
 //!   / 0.78x. In one process against the crate: 0.68-1.43x (median 1.15x) at 512-1024, about
 //!   1.0x at 2048-4096; on one thread 0.88-1.0x OpenBLAS. Details in BENCHMARKS.md.
 //! - a row-stored weight at larger `M` is dequantised in panels of `NB` rows (`NB * K * 4` bytes,
-//!   e.g. 1 MiB at K = 4096) that the `gemm` crate multiplies while they are hot in cache (the
-//!   panel is column-major, which `sgemm.rs` packs only by a scalar gather: not used there).
+//!   e.g. 1 MiB at K = 4096) that the `gemm` crate multiplies while they are hot in cache
+//!   (`sgemm.rs` takes a column-major B too, but has not been measured on these 64-column panels,
+//!   where it would pack X's blocks once per panel).
 //! - Q8_0 / Q4_0 weights at decode shapes take `qdot.rs`: the activations are rounded to Q8
 //!   blocks and each block's dot product is an integer sum (as ggml does); at larger `M` the
 //!   weight is dequantised exactly and the activations are not rounded (as ggml with BLAS does).
