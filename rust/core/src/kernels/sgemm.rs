@@ -31,6 +31,9 @@
 //! Sums run in `k` order within a `KC` block, in float32; the result differs from the scalar
 //! reference [`sgemm_ref`] only by rounding (tested below).
 
+// Only the scalar reference is used off x86-64.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -51,7 +54,7 @@ pub const NC: usize = 4080;
 /// column block at once (e.g. `K = N = 1024`: 4 MiB).
 const WHOLE_B: usize = 2 << 20;
 
-/// A pointer that may cross threads (each strip writes a disjoint part of `C`).
+/// A pointer that may cross threads (each task writes a disjoint part of `C`).
 #[derive(Clone, Copy)]
 struct Ptr(*mut f32);
 unsafe impl Send for Ptr {}
@@ -658,7 +661,7 @@ mod tests {
     }
 
     #[test]
-    fn threaded_strips_match_reference() {
+    fn threaded_tasks_match_reference() {
         // Past every block size (MC = 144, KC = 256), over several row blocks and panel groups.
         check(150, 200, 270, false, false, 2);
         check(200, 150, 270, false, true, 3);
