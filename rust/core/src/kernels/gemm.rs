@@ -3,10 +3,20 @@
 //! - `M <= DECODE_MAX_M` (decode: a few rows against a big weight; bandwidth-bound): the
 //!   hand-written streaming kernels, `axpy.rs` for a plain `(K, N)` weight and `dot.rs` for a
 //!   row-stored (packed or quantised) one, reading each weight byte once.
-//! - larger `M` (compute-bound): the `gemm` crate (its own runtime-dispatched AVX2/AVX-512
-//!   micro-kernels, threaded on the tierflow pool). A row-stored weight is dequantised in panels
-//!   of `NB` rows (`NB * K * 4` bytes, e.g. 1 MiB at K = 4096) that the gemm multiplies while
-//!   they are hot in cache.
+//! - larger `M` (compute-bound), float32 `(K, N)` weight: on `Isa::Avx2` the hand-written
+//!   BLIS-style kernel of `sgemm.rs` (6 x 16 FMA micro-kernel, packed panels, tasks balanced over
+//!   the tierflow pool); the `gemm` crate (its own runtime-dispatched micro-kernels) on other
+//!   ISAs (AVX-512 included) and for small square-ish products on 2+ threads, where it measured
+//!   faster. Square float32 GEMM against NumPy (OpenBLAS 0.3.31), both on 2 threads, on the
+//!   shared 2-core Zen 3 build machine (`benches/test_kernels.py -k square_gemm`, 5 runs):
+//!   512 / 1024 / 2048 / 4096 at 0.53x / 1.07x / 0.85x / 0.83x (medians; ranges 0.37-0.61x,
+//!   0.60-1.23x, 0.72-1.09x, 0.78-0.99x), where the `gemm` crate measured 0.51x / 0.54x / 0.90x
+//!   / 0.78x. In one process against the crate: 0.68-1.43x (median 1.15x) at 512-1024, about
+//!   1.0x at 2048-4096; on one thread 0.88-1.0x OpenBLAS. Details in BENCHMARKS.md.
+//! - a row-stored weight at larger `M` is dequantised in panels of `NB` rows (`NB * K * 4` bytes,
+//!   e.g. 1 MiB at K = 4096) that the `gemm` crate multiplies while they are hot in cache
+//!   (`sgemm.rs` takes a column-major B too, but has not been measured on these 64-column panels,
+//!   where it would pack X's blocks once per panel).
 //! - Q8_0 / Q4_0 weights at decode shapes take `qdot.rs`: the activations are rounded to Q8
 //!   blocks and each block's dot product is an integer sum (as ggml does); at larger `M` the
 //!   weight is dequantised exactly and the activations are not rounded (as ggml with BLAS does).
@@ -18,6 +28,7 @@ use super::axpy::{matmul_cols, ColW};
 use super::dot::{matmul_rows, SendPtr};
 use super::qdot::{is_int_format, matmul_q, quantize_acts};
 use super::quant::{dequantize_row, QWeight};
+use super::sgemm;
 use crate::cpu::Isa;
 use crate::{CoreError, Result};
 use rayon::prelude::*;
@@ -98,7 +109,7 @@ pub fn matmul(
                 None => matmul_rows(isa, x, m, &q, bias, c, ldc),
             }
         }
-        Weight::Plain { w: ColW::F32(wf), .. } => gemm_f32(x, m, k, wf, n, bias, c, ldc),
+        Weight::Plain { w: ColW::F32(wf), .. } => gemm_f32(isa, x, m, k, wf, n, bias, c, ldc),
         Weight::Plain { w, .. } => {
             let mut wf = vec![0f32; k * n];
             crate::runtime::install(|| {
@@ -112,7 +123,7 @@ pub fn matmul(
                     }
                 })
             });
-            gemm_f32(x, m, k, &wf, n, bias, c, ldc)
+            gemm_f32(isa, x, m, k, &wf, n, bias, c, ldc)
         }
         Weight::Rows(q) => gemm_rows(x, m, &q, bias, c, ldc),
     }
@@ -129,8 +140,10 @@ fn fill_bias(c: &mut [f32], m: usize, n: usize, ldc: usize, bias: Option<&[f32]>
     }
 }
 
-/// Large-`M` float32 product through the `gemm` crate on the tierflow pool.
+/// Large-`M` float32 product on the tierflow pool: the hand-written AVX2 + FMA kernel of
+/// `sgemm.rs` on `Isa::Avx2`, the `gemm` crate otherwise (AVX-512 and other ISAs).
 fn gemm_f32(
+    isa: Isa,
     x: &[f32],
     m: usize,
     k: usize,
@@ -144,6 +157,19 @@ fn gemm_f32(
         fill_bias(c, m, n, ldc, bias);
     }
     let threads = crate::runtime::num_threads();
+    // Small square-ish products on 2+ threads (128^3, 256^3): the `gemm` crate threads them
+    // better (gb scratch bench, 2 threads: 61-85 vs 52-56 GFLOP/s at 128^3, 97-149 vs 104-118 at
+    // 256^3); `sgemm.rs` wins at M = 48-96 and from 384^3 on.
+    let small_square = threads > 1 && m >= 128 && m * n * k <= 256 * 256 * 256;
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 && !small_square && sgemm::avx2_available() {
+        let acc = bias.is_some();
+        crate::runtime::install(|| {
+            sgemm::sgemm_avx2(m, n, k, x, k, 1, w, n, 1, c, ldc, acc, threads);
+        });
+        return;
+    }
+    let _ = (isa, small_square);
     let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     crate::runtime::install(|| unsafe {
         // SAFETY: the slices cover (m, k), (k, n) and (m, ldc) row-major (checked by `matmul`);
@@ -247,6 +273,36 @@ mod tests {
             matmul(Isa::detect(), &x, m, pw, Some(&bias), &mut got2, n).unwrap();
             if fmt == Format::F32 {
                 assert_eq!(got2, want);
+            }
+        }
+    }
+
+    #[test]
+    fn large_m_f32_with_bias_and_row_stride_matches_scalar() {
+        use crate::kernels::test_util::lcg;
+        // Past KC = 256, edge tiles on every side, C with 5 padding columns
+        // that must stay untouched; 1 and 2 threads (2 threads: sgemm.rs's parallel tasks).
+        let (m, k, n, ldc) = (120, 300, 70, 75);
+        let x = lcg(m * k, 11);
+        let w = lcg(k * n, 12);
+        let bias = lcg(n, 13);
+        let mut want = vec![9f32; m * ldc];
+        let pw = Weight::Plain { w: ColW::F32(&w), k, n };
+        matmul(Isa::Scalar, &x, m, pw, Some(&bias), &mut want, ldc).unwrap();
+        for threads in [1, 2] {
+            let mut got = vec![9f32; m * ldc];
+            crate::runtime::with_threads(threads, || {
+                matmul(Isa::detect(), &x, m, pw, Some(&bias), &mut got, ldc).unwrap()
+            });
+            for i in 0..m {
+                for j in 0..ldc {
+                    let (g, r) = (got[i * ldc + j], want[i * ldc + j]);
+                    if j >= n {
+                        assert_eq!(g, 9.0, "padding written at ({i}, {j})");
+                    } else {
+                        assert!((g - r).abs() <= 1e-4 * (1.0 + r.abs()), "({i}, {j}): {g} vs {r}");
+                    }
+                }
             }
         }
     }

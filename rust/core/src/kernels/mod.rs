@@ -21,6 +21,7 @@ pub mod qdot;
 pub mod quant;
 pub mod rope;
 pub mod rows;
+pub mod sgemm;
 pub mod stream;
 pub mod vmath;
 #[cfg(target_arch = "x86_64")]
