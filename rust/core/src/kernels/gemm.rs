@@ -141,7 +141,8 @@ fn fill_bias(c: &mut [f32], m: usize, n: usize, ldc: usize, bias: Option<&[f32]>
 }
 
 /// Large-`M` float32 product on the tierflow pool: the hand-written AVX2 + FMA kernel of
-/// `sgemm.rs` on `Isa::Avx2`, the `gemm` crate otherwise (AVX-512 and other ISAs).
+/// `sgemm.rs` on `Isa::Avx2` (also what AVX-512 CPUs run), the `gemm` crate for small square-ish
+/// products on 2+ threads and on other instruction sets.
 fn gemm_f32(
     isa: Isa,
     x: &[f32],

@@ -1,11 +1,13 @@
-//! Kernels: matmul on float and quantised weights (decode-shape streaming kernels written here,
-//! large products through the `gemm` crate), attention, and fused transformer ops.
+//! Kernels: matmul on float and quantised weights (decode-shape streaming kernels written here;
+//! large float32 products through `sgemm.rs`, a BLIS-style AVX2+FMA GEMM, or the `gemm` crate
+//! for small square-ish products, where it measured faster), attention, and fused transformer
+//! ops.
 //!
 //! Every SIMD kernel has one function per instruction set and a scalar reference that is always
 //! compiled; the path is picked by the caller from [`crate::cpu::Isa::detect`] (`TIERFLOW_ISA`
 //! forces one). This crate has no AVX-512 kernels of its own: an AVX-512 machine runs the AVX2
-//! kernels (the build machine has no AVX-512 to test one on), while the `gemm` crate uses its own
-//! AVX-512 micro-kernels where the CPU has them.
+//! kernels (the build machine has no AVX-512 to test one on); the `gemm` crate picks its own
+//! AVX-512 micro-kernels there for the products it takes.
 
 pub mod act;
 pub mod attention;
