@@ -361,54 +361,86 @@ mod avx2 {
         j: usize,
     ) {
         unsafe {
-            let (k, nb) = (a.k, a.k / QK);
+            let nb = a.k / QK;
             let rb = w.row_bytes();
             let base = w.data.as_ptr().add(j * rb);
-            let qx = a.q.as_ptr().add(i * k);
-            let dx = a.d.as_ptr().add(i * nb);
-            let s8 = a.s8.as_ptr().add(i * nb * 8);
-            let ones = _mm256_set1_epi16(1);
             let mut acc = [[_mm256_setzero_ps(); MR]; RN];
             for b in 0..nb {
-                let mut wv = [_mm256_setzero_si256(); RN];
-                let mut aw = [_mm256_setzero_si256(); RN];
-                let mut dw = [_mm256_setzero_ps(); RN];
                 // The tile's rows are one contiguous run of bytes, consumed RN * BB bytes per
                 // block: prefetch that run sequentially, `PF` bytes ahead.
                 let ahead = base.add(b * RN * F::BB + PF);
                 for l in 0..(RN * F::BB).div_ceil(64) {
                     _mm_prefetch::<_MM_HINT_T0>(ahead.add(64 * l) as *const i8);
                 }
+                block_step::<F, RN, MR>(a, base, rb, b, i, &mut acc);
+            }
+            store_tile(&acc, bias, c, ldc, i, j);
+        }
+    }
+
+    /// One block `b` of weight rows at `base` (row stride `rb`) against activation rows
+    /// `i..i+MR`, added to `acc`: per 32 weights and row, `vpmaddubsw` (on `|w|` and
+    /// `sign(qx, w)`, or on Q4_0's raw nibbles), `vpmaddwd` with ones, the Q4_0 offset
+    /// subtracted, and one FMA by `dw * dx`.
+    #[inline(always)]
+    unsafe fn block_step<F: QFmt, const RN: usize, const MR: usize>(
+        a: &QActs,
+        base: *const u8,
+        rb: usize,
+        b: usize,
+        i: usize,
+        acc: &mut [[__m256; MR]; RN],
+    ) {
+        unsafe {
+            let (k, nb) = (a.k, a.k / QK);
+            let ones = _mm256_set1_epi16(1);
+            let mut wv = [_mm256_setzero_si256(); RN];
+            let mut aw = [_mm256_setzero_si256(); RN];
+            let mut dw = [_mm256_setzero_ps(); RN];
+            for r in 0..RN {
+                let p = base.add(r * rb + b * F::BB);
+                wv[r] = F::ints(p);
+                aw[r] = if F::SIGNED { _mm256_abs_epi8(wv[r]) } else { wv[r] };
+                dw[r] = f16_scale(p);
+            }
+            for t in 0..MR {
+                let e = (i + t) * nb + b;
+                let xq =
+                    _mm256_loadu_si256(a.q.as_ptr().add((i + t) * k + b * QK) as *const __m256i);
+                let dxv = _mm256_broadcast_ss(&*a.d.as_ptr().add(e));
+                let off = if F::SIGNED {
+                    _mm256_setzero_si256()
+                } else {
+                    _mm256_loadu_si256(a.s8.as_ptr().add(e * 8) as *const __m256i)
+                };
                 for r in 0..RN {
-                    let p = base.add(r * rb + b * F::BB);
-                    wv[r] = F::ints(p);
-                    aw[r] = if F::SIGNED { _mm256_abs_epi8(wv[r]) } else { wv[r] };
-                    dw[r] = f16_scale(p);
-                }
-                for t in 0..MR {
-                    let xq = _mm256_loadu_si256(qx.add(t * k + b * QK) as *const __m256i);
-                    let dxv = _mm256_broadcast_ss(&*dx.add(t * nb + b));
-                    let off = if F::SIGNED {
-                        _mm256_setzero_si256()
-                    } else {
-                        _mm256_loadu_si256(s8.add((t * nb + b) * 8) as *const __m256i)
-                    };
-                    for r in 0..RN {
-                        let sx = if F::SIGNED { _mm256_sign_epi8(xq, wv[r]) } else { xq };
-                        let mut p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(aw[r], sx), ones);
-                        if !F::SIGNED {
-                            p32 = _mm256_sub_epi32(p32, off);
-                        }
-                        let d = _mm256_mul_ps(dw[r], dxv);
-                        acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), d, acc[r][t]);
+                    let sx = if F::SIGNED { _mm256_sign_epi8(xq, wv[r]) } else { xq };
+                    let mut p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(aw[r], sx), ones);
+                    if !F::SIGNED {
+                        p32 = _mm256_sub_epi32(p32, off);
                     }
+                    let d = _mm256_mul_ps(dw[r], dxv);
+                    acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), d, acc[r][t]);
                 }
             }
-            for r in 0..RN {
-                let bv = bias.map_or(0.0, |b| b[j + r]);
-                for t in 0..MR {
-                    *c.add((i + t) * ldc + j + r) = hsum(acc[r][t]) + bv;
-                }
+        }
+    }
+
+    /// `C[i + t, j + r] = hsum(acc[r][t]) + bias[j + r]`.
+    #[inline(always)]
+    unsafe fn store_tile<const RN: usize, const MR: usize>(
+        acc: &[[__m256; MR]; RN],
+        bias: Option<&[f32]>,
+        c: *mut f32,
+        ldc: usize,
+        i: usize,
+        j: usize,
+    ) {
+        for r in 0..RN {
+            let bv = bias.map_or(0.0, |b| b[j + r]);
+            for t in 0..MR {
+                // SAFETY (caller): C holds rows i..i+MR and columns j..j+RN.
+                unsafe { *c.add((i + t) * ldc + j + r) = hsum(acc[r][t]) + bv };
             }
         }
     }
@@ -419,7 +451,7 @@ mod avx2 {
     /// against [`Q4Pairs`]' matching layout, their int16 sums added (at most 2 x 2 x 15 x 127,
     /// no overflow) and widened once; lanes 0..4 then hold block `2p`'s partial sums and 4..8
     /// block `2p + 1`'s, scaled by `[dw0 dx0 x4, dw1 dx1 x4]` in one FMA. An odd last block
-    /// takes [`tile`]'s single-block step. Same exact integer block sums as the scalar
+    /// takes [`block_step`]. Same exact integer block sums as the scalar
     /// reference; only the float sum's order differs.
     #[inline(always)]
     unsafe fn tile_q4_pairs<const RN: usize, const MR: usize>(
@@ -485,33 +517,9 @@ mod avx2 {
                 }
             }
             if nb % 2 == 1 {
-                let b = nb - 1;
-                let mut wv = [_mm256_setzero_si256(); RN];
-                let mut dw = [_mm256_setzero_ps(); RN];
-                for r in 0..RN {
-                    let bp = base.add(r * rb + b * 18);
-                    wv[r] = Q4::ints(bp);
-                    dw[r] = f16_scale(bp);
-                }
-                for t in 0..MR {
-                    let e = (i + t) * nb + b;
-                    let xq = _mm256_loadu_si256(a.q.as_ptr().add(e * QK) as *const __m256i);
-                    let dxv = _mm256_broadcast_ss(&a.d[e]);
-                    let off = _mm256_loadu_si256(a.s8.as_ptr().add(e * 8) as *const __m256i);
-                    for r in 0..RN {
-                        let p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(wv[r], xq), ones);
-                        let p32 = _mm256_sub_epi32(p32, off);
-                        let d = _mm256_mul_ps(dw[r], dxv);
-                        acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), d, acc[r][t]);
-                    }
-                }
+                block_step::<Q4, RN, MR>(a, base, rb, nb - 1, i, &mut acc);
             }
-            for r in 0..RN {
-                let bv = bias.map_or(0.0, |b| b[j + r]);
-                for t in 0..MR {
-                    *c.add((i + t) * ldc + j + r) = hsum(acc[r][t]) + bv;
-                }
-            }
+            store_tile(&acc, bias, c, ldc, i, j);
         }
     }
 
