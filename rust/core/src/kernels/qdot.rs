@@ -523,36 +523,29 @@ mod avx2 {
         }
     }
 
-    /// Q4_0 rows `j..j+RN` of W against all `m` activation rows by pairs of blocks, in groups
-    /// of 4, 2, 1 rows.
+    /// One `RN x MR` tile: by pairs of blocks ([`tile_q4_pairs`], Q4_0) or one block at a time.
     #[inline(always)]
-    unsafe fn rows_q4_pairs<const RN: usize>(
+    unsafe fn tile_of<F: QFmt, const RN: usize, const MR: usize, const PAIRS: bool>(
         a: &QActs,
         w: &QWeight<'_>,
         bias: Option<&[f32]>,
         c: *mut f32,
         ldc: usize,
+        i: usize,
         j: usize,
     ) {
-        let mut i = 0;
         unsafe {
-            while i + 4 <= a.m {
-                tile_q4_pairs::<RN, 4>(a, w, bias, c, ldc, i, j);
-                i += 4;
-            }
-            if i + 2 <= a.m {
-                tile_q4_pairs::<RN, 2>(a, w, bias, c, ldc, i, j);
-                i += 2;
-            }
-            if i < a.m {
-                tile_q4_pairs::<RN, 1>(a, w, bias, c, ldc, i, j);
+            if PAIRS {
+                tile_q4_pairs::<RN, MR>(a, w, bias, c, ldc, i, j)
+            } else {
+                tile::<F, RN, MR>(a, w, bias, c, ldc, i, j)
             }
         }
     }
 
     /// Rows `j..j+RN` of W against all `m` activation rows, in groups of 4, 2, 1.
     #[inline(always)]
-    unsafe fn rows<F: QFmt, const RN: usize>(
+    unsafe fn rows<F: QFmt, const RN: usize, const PAIRS: bool>(
         a: &QActs,
         w: &QWeight<'_>,
         bias: Option<&[f32]>,
@@ -563,15 +556,15 @@ mod avx2 {
         let mut i = 0;
         unsafe {
             while i + 4 <= a.m {
-                tile::<F, RN, 4>(a, w, bias, c, ldc, i, j);
+                tile_of::<F, RN, 4, PAIRS>(a, w, bias, c, ldc, i, j);
                 i += 4;
             }
             if i + 2 <= a.m {
-                tile::<F, RN, 2>(a, w, bias, c, ldc, i, j);
+                tile_of::<F, RN, 2, PAIRS>(a, w, bias, c, ldc, i, j);
                 i += 2;
             }
             if i < a.m {
-                tile::<F, RN, 1>(a, w, bias, c, ldc, i, j);
+                tile_of::<F, RN, 1, PAIRS>(a, w, bias, c, ldc, i, j);
             }
         }
     }
@@ -597,7 +590,7 @@ mod avx2 {
                     }
                 }
                 while j < n1 {
-                    rows_q4_pairs::<1>(a, w, bias, c, ldc, j);
+                    rows::<F, 1, true>(a, w, bias, c, ldc, j);
                     j += 1;
                 }
                 return;
@@ -609,12 +602,12 @@ mod avx2 {
                 }
             } else {
                 while j + 2 <= n1 {
-                    rows::<F, 2>(a, w, bias, c, ldc, j);
+                    rows::<F, 2, false>(a, w, bias, c, ldc, j);
                     j += 2;
                 }
             }
             while j < n1 {
-                rows::<F, 1>(a, w, bias, c, ldc, j);
+                rows::<F, 1, false>(a, w, bias, c, ldc, j);
                 j += 1;
             }
         }
