@@ -80,6 +80,10 @@ from .trace import Trace
 from . import runtime
 from .runtime import Plan, schedule
 
+# --- architecture search: the package is callable as tierflow.search(space, device, ...) ------
+# isort: split
+from . import search
+
 __all__ = [
     "AccessDeniedError",
     "CapacityError",
@@ -145,4 +149,6 @@ __all__ = [
     "Plan",
     "runtime",
     "schedule",
+    # --- architecture search ---
+    "search",
 ]

@@ -24,4 +24,8 @@ def register_all(sub: argparse._SubParsersAction[Any]) -> None:
     from . import runtime
 
     runtime.register(sub)
+    # --- architecture search ---
+    from . import search
+
+    search.register(sub)
     # other domains register here

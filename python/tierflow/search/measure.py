@@ -1,0 +1,314 @@
+"""In-the-loop cost of a candidate on this host: random weights of its shape in a TieredStore,
+real prefill and decode passes of a Llama decoder on tierflow's kernels, cached on disk.
+
+What one measurement does (:meth:`Measurer.measure`):
+
+1. write a random Llama checkpoint of the candidate's shape with ``m = min(layers, max_layers)``
+   decoder layers (:func:`tierflow.models.write_tiny_checkpoint`), adopt it into a
+   :class:`~tierflow.TieredStore` and convert its matmul weights to the candidate's format
+   (``tierflow.models.load(..., dtype=format)``), resident in the store's RAM tier;
+2. run one warm-up prefill, then ``repeats`` times: a prefill of ``prompt_tokens`` tokens (only
+   the last position's logits, as serving does) and ``decode_steps`` decode steps of ``batch``
+   new tokens each (a batch-``B`` step is one pass of ``B`` new rows: the matmuls are exactly a
+   batch-``B`` decode step's; attention reads one shared cache instead of ``B`` caches);
+3. time each pass and, inside it, the span from the first to the last decoder layer (the
+   model's per-layer hook ``Weights.enter``), so a pass splits into ``m`` layers plus a fixed
+   part (embedding rows, final norm, output head);
+4. scale to the candidate's ``layers``: ``t = fixed + layers * (layer span / m)`` (medians over
+   the repeats; decode: median over all steps). The cache keeps the unscaled figures, keyed by
+   everything but the depth, so candidates that differ only in ``layers`` share one
+   measurement.
+
+Layers of one shape do identical work, so measuring ``m`` of them and scaling is exact up to
+timing noise and cache effects (the benchmark ``benches/test_search.py`` checks a scaled
+measurement against a direct timing of the full-depth model, interleaved in the same run).
+
+Results are cached as JSON in ``<cache>/search/measure`` (``$TIERFLOW_CACHE_DIR`` or
+``~/.cache/tierflow``) under a hash of the shape, format, batch, workload, tierflow's version
+and the kernel thread count, so a repeated shape costs nothing; :attr:`Measurer.stats` counts
+measured and cached requests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidArgumentError
+from .space import Config
+
+__all__ = ["Measurement", "Measurer", "default_cache_dir"]
+
+
+def default_cache_dir() -> Path:
+    """``<cache>/search/measure`` next to the host probe's cache."""
+    from ..devices import host_cache_path
+
+    return host_cache_path().parent / "search" / "measure"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Seconds on this host, scaled to the candidate's depth (see the module docs)."""
+
+    prefill_s: float  # one prefill pass of ``prompt_tokens`` tokens
+    decode_s: float  # one decode step of ``batch`` new tokens after the prompt
+    prefill_fixed_s: float
+    decode_fixed_s: float
+    prefill_layer_s: float  # per decoder layer
+    decode_layer_s: float
+    measured_layers: int
+    prompt_tokens: int
+    batch: int
+    nbytes: int  # bytes of the weights as stored, scaled to all layers
+    cost_s: float  # wall time the measurement took (0 in a cached copy's first use: see stats)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def scaled(self, c: Config) -> Measurement:
+        """This measurement (of ``measured_layers`` layers of ``c``'s width) scaled to
+        ``c.layers`` layers."""
+        return replace(
+            self,
+            prefill_s=self.prefill_fixed_s + c.layers * self.prefill_layer_s,
+            decode_s=self.decode_fixed_s + c.layers * self.decode_layer_s,
+            nbytes=round(
+                _nonlayer_bytes(c)
+                + c.layers * (self.nbytes - _nonlayer_bytes(c)) / self.measured_layers
+            ),
+        )
+
+
+class Measurer:
+    """Measures candidates on this host (see the module docs).
+
+    Args:
+        cache_dir: where measurements are kept (default :func:`default_cache_dir`); ``None``
+            with ``cache=False`` keeps nothing on disk.
+        prompt_tokens: tokens of the measured prefill (also the decode steps' context).
+        decode_steps: decode steps per repeat.
+        repeats: timed repeats (medians are kept).
+        max_layers: decoder layers actually built and run (the rest are scaled).
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | os.PathLike[str] | None = None,
+        *,
+        prompt_tokens: int = 32,
+        decode_steps: int = 4,
+        repeats: int = 3,
+        max_layers: int = 1,
+        cache: bool = True,
+    ) -> None:
+        for name, v in (
+            ("prompt_tokens", prompt_tokens),
+            ("decode_steps", decode_steps),
+            ("repeats", repeats),
+            ("max_layers", max_layers),
+        ):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise InvalidArgumentError(f"measure: {name} must be an integer >= 1, got {v!r}")
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.cache = cache
+        self.prompt_tokens, self.decode_steps = prompt_tokens, decode_steps
+        self.repeats, self.max_layers = repeats, max_layers
+        self.stats = {"measured": 0, "cached": 0, "seconds": 0.0}
+        self._memo: dict[str, Measurement] = {}
+
+    def key(self, c: Config) -> dict[str, Any]:
+        """What the cached measurement depends on: the shape but its depth (layers are
+        measured one by one and scaled), the format, the batch and the workload."""
+        from .. import __version__, get_num_threads
+
+        shape = c.shape_key()
+        del shape["layers"]
+        return {
+            **shape,
+            "measured_layers": min(c.layers, self.max_layers),
+            "prompt_tokens": self.prompt_tokens,
+            "decode_steps": self.decode_steps,
+            "repeats": self.repeats,
+            "max_layers": self.max_layers,
+            "tierflow": __version__,
+            "threads": get_num_threads(),
+        }
+
+    def _path(self, key: dict[str, Any]) -> Path:
+        h = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+        return self.cache_dir / f"{h}.json"
+
+    def cached(self, c: Config) -> Measurement | None:
+        """The cached measurement of ``c``, or None (no measurement is made)."""
+        key = self.key(c)
+        k = json.dumps(key, sort_keys=True)
+        if k in self._memo:
+            return self._memo[k].scaled(c)
+        if not self.cache:
+            return None
+        p = self._path(key)
+        try:
+            d = json.loads(p.read_text())
+            if d.get("key") != key:
+                return None
+            m = Measurement(**d["measurement"])
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+        self._memo[k] = m
+        return m.scaled(c)
+
+    def measure(self, c: Config) -> Measurement:
+        """The in-the-loop measurement of ``c`` (from the cache when there is one)."""
+        m = self.cached(c)
+        if m is not None:
+            self.stats["cached"] += 1
+            return m
+        t0 = time.perf_counter()
+        m = _run(c, self.prompt_tokens, self.decode_steps, self.repeats, self.max_layers)
+        cost = time.perf_counter() - t0
+        m = replace(m, cost_s=cost)
+        self.stats["measured"] += 1
+        self.stats["seconds"] += cost
+        key = self.key(c)
+        self._memo[json.dumps(key, sort_keys=True)] = m
+        if self.cache:
+            p = self._path(key)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            tmp = p.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps({"key": key, "measurement": m.to_dict()}, indent=1))
+            os.replace(tmp, p)
+        return m.scaled(c)
+
+
+def _run(c: Config, prompt: int, steps: int, repeats: int, max_layers: int) -> Measurement:
+    """Build, load and time ``c`` with ``min(c.layers, max_layers)`` layers (no cache)."""
+    from ..models import load
+    from ..models.kvcache import KVCache
+    from ..store import Tier, TieredStore
+
+    m = min(c.layers, max_layers)
+    positions = prompt + (steps + 1) * c.batch + 1
+    folder = tempfile.mkdtemp(prefix="tierflow-search-")
+    try:
+        ckpt = _write_checkpoint(os.path.join(folder, "ckpt"), c, m, max(positions, 8))
+        with TieredStore(
+            os.path.join(folder, "store"),
+            tiers=[Tier("ram", 1 << 40), Tier("disk", path="disk")],
+        ) as store:
+            fmt = None if c.format == "f32" else c.format
+            model = load(ckpt, store=store, tier="ram", dtype=fmt)
+            w = model.weights
+            nbytes_m = sum(w.nbytes(n) for n in w.names())
+            span: list[float] = []
+            enter = w.enter
+
+            def timed_enter(group: int) -> None:
+                if group == 0 or group == m:
+                    span.append(time.perf_counter())
+                enter(group)
+
+            w.enter = timed_enter  # type: ignore[method-assign]
+            rng = np.random.default_rng(0)
+            ids = rng.integers(0, c.vocab, size=positions, dtype=np.int64)
+            cfg = model.config
+
+            def new_cache() -> KVCache:
+                return KVCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, positions)
+
+            model.forward(ids[:prompt], new_cache(), last_only=True)  # warm-up
+            pre, pre_layers, dec, dec_layers = [], [], [], []
+            for _ in range(repeats):
+                cache = new_cache()
+                span.clear()
+                t = time.perf_counter()
+                model.forward(ids[:prompt], cache, last_only=True)
+                pre.append(time.perf_counter() - t)
+                pre_layers.append(span[1] - span[0])
+                pos = prompt
+                for _ in range(steps):
+                    span.clear()
+                    t = time.perf_counter()
+                    model.forward(ids[pos : pos + c.batch], cache)
+                    dec.append(time.perf_counter() - t)
+                    dec_layers.append(span[1] - span[0])
+                    pos += c.batch
+            del model, w
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    p_layer = float(np.median(pre_layers)) / m
+    d_layer = float(np.median(dec_layers)) / m
+    p_fixed = max(float(np.median(np.subtract(pre, pre_layers))), 0.0)
+    d_fixed = max(float(np.median(np.subtract(dec, dec_layers))), 0.0)
+    return Measurement(
+        prefill_s=p_fixed + m * p_layer,
+        decode_s=d_fixed + m * d_layer,
+        prefill_fixed_s=p_fixed,
+        decode_fixed_s=d_fixed,
+        prefill_layer_s=p_layer,
+        decode_layer_s=d_layer,
+        measured_layers=m,
+        prompt_tokens=prompt,
+        batch=c.batch,
+        nbytes=nbytes_m,
+        cost_s=0.0,
+    )
+
+
+def _write_checkpoint(folder: str, c: Config, layers: int, positions: int) -> str:
+    """A Llama checkpoint of ``c``'s shape with ``layers`` layers. Weights are a tiling of one
+    block of 64 Ki normal draws (std 0.02; norms 1): the timing depends on the shape and format,
+    not on the values, and drawing every weight would cost more than the measurement."""
+    import json
+
+    from ..models._checkpoint import write_safetensors
+    from ..models._tiny import _config
+    from ..models.config import ModelConfig
+
+    cfg_dict = _config(
+        "LlamaForCausalLM",
+        c.hidden,
+        layers,
+        c.heads,
+        c.kv_heads,
+        c.intermediate,
+        c.vocab,
+        positions,
+        False,
+        10000.0,
+    )
+    cfg = ModelConfig.from_dict(cfg_dict)
+    block = 0.02 * np.random.default_rng(0).standard_normal(1 << 16, dtype=np.float32)
+
+    def maker(name: str, shape: tuple[int, ...]) -> Any:
+        def make() -> np.ndarray:
+            n = int(np.prod(shape))
+            if "norm" in name:
+                return np.ones(shape, np.float32)
+            return np.resize(block, n).reshape(shape)
+
+        return make
+
+    lazy = {n: (s, maker(n, s)) for n, s in cfg.expected_tensors().items()}
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(cfg_dict, f)
+    write_safetensors(os.path.join(folder, "model.safetensors"), {}, lazy)
+    return folder
+
+
+def _nonlayer_bytes(c: Config) -> int:
+    """Stored bytes outside the decoder layers: float32 embedding, output head in the format,
+    final norm."""
+    from ..coe import dtype_bytes
+
+    return 4 * c.vocab * c.hidden + round(c.vocab * c.hidden * dtype_bytes(c.dtype)) + 4 * c.hidden
