@@ -114,7 +114,9 @@ def host_model(c: Config, m: Measurement, fast_tier: int) -> Device:
 
     peak = 2 * c.params * m.prompt_tokens / max(m.prefill_s, 1e-12)
     bw = (m.nbytes + c.kv_bytes_per_token * m.prompt_tokens) / max(m.decode_s, 1e-12)
-    return host_device(fast_tier, {"read_bandwidth": bw, "peak_flops": peak, "launch_overhead": 0.0})
+    return host_device(
+        fast_tier, {"read_bandwidth": bw, "peak_flops": peak, "launch_overhead": 0.0}
+    )
 
 
 def _trace_for(trace: Trace, experts: int) -> Trace:

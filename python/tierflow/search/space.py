@@ -259,9 +259,7 @@ class Space:
     def _check(self) -> None:
         hidden = self.dims["hidden"].values()
         block = any(f in ("q8_0", "q4_0") for f in self.dims["format"].values())
-        ok_hidden = [
-            h for h in hidden if any(self._kv_for(n) for n in self._heads_for(h))
-        ]
+        ok_hidden = [h for h in hidden if any(self._kv_for(n) for n in self._heads_for(h))]
         if not ok_hidden:
             raise InvalidArgumentError(
                 "space: inconsistent: no heads choice divides any hidden choice (with an even "
@@ -286,7 +284,11 @@ class Space:
         h = int(raw["hidden"])
         heads_ok = [n for n in self._heads_for(h) if self._kv_for(n)]
         if not heads_ok:  # this hidden has no valid heads: the nearest hidden that has
-            hs = [x for x in self.dims["hidden"].values() if any(map(self._kv_for, self._heads_for(x)))]
+            hs = [
+                x
+                for x in self.dims["hidden"].values()
+                if any(map(self._kv_for, self._heads_for(x)))
+            ]
             h = self._nearest(h, hs)
             heads_ok = [n for n in self._heads_for(h) if self._kv_for(n)]
         heads = self._nearest(int(raw.get("heads", heads_ok[0])), heads_ok)
@@ -319,7 +321,9 @@ class Space:
                         for combo in itertools.product(*(self.dims[n].values() for n in fixed)):
                             rest = dict(zip(fixed, combo, strict=True))
                             out.append(
-                                Config(hidden=h, heads=heads, kv_heads=kv, intermediate=inter, **rest)
+                                Config(
+                                    hidden=h, heads=heads, kv_heads=kv, intermediate=inter, **rest
+                                )
                             )
         return out
 
@@ -347,7 +351,9 @@ class Space:
         return f"Space({self.to_dict()})"
 
 
-def load_space(src: str | os.PathLike[str] | dict[str, Any] | Space) -> tuple[Space, dict[str, Any]]:
+def load_space(
+    src: str | os.PathLike[str] | dict[str, Any] | Space,
+) -> tuple[Space, dict[str, Any]]:
     """A :class:`Space` from a dict, a Space, or a ``.json`` / ``.yaml`` / ``.yml`` file; also
     returns the file's other settings when it has a top-level ``space:`` key (``objectives``,
     ``constraints``, ``device``, ``trials``, ...)."""

@@ -54,7 +54,7 @@ import numpy as np
 from ..errors import InvalidArgumentError
 from ..trace import Trace
 from .measure import Measurer
-from .predict import Infeasible, Target, predict, resolve_devices
+from .predict import Infeasible, predict, resolve_devices
 from .space import Config, Space, load_space
 
 __all__ = ["OBJECTIVES", "Constraint", "Objective", "Record", "SearchResult", "search"]
@@ -141,7 +141,9 @@ class Objective:
         return f"{self.metric}:{self.direction[:3]}"
 
 
-_CONSTRAINT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_ ]*?)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*([A-Za-z]*)\s*$")
+_CONSTRAINT = re.compile(
+    r"^\s*([A-Za-z_][A-Za-z0-9_ ]*?)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*([A-Za-z]*)\s*$"
+)
 
 
 @dataclass(frozen=True)
@@ -427,8 +429,16 @@ class SearchResult:
                 ax.axvline(c.value, color="k", linestyle=":", label=f"constraint {c.text}")
         b = self.best
         if b is not None and y in b.metrics:
-            ax.scatter([b.metrics["params"]], [b.metrics[y]], marker="*", s=250, color="gold",
-                       edgecolor="k", label="largest meeting constraints", zorder=5)
+            ax.scatter(
+                [b.metrics["params"]],
+                [b.metrics[y]],
+                marker="*",
+                s=250,
+                color="gold",
+                edgecolor="k",
+                label="largest meeting constraints",
+                zorder=5,
+            )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("parameters per expert")
@@ -451,29 +461,52 @@ def _check_count(name: str, v: Any) -> int:
     return v
 
 
-def _fail_stale(study: Any) -> int:
-    """Mark trials left RUNNING by a process of this host that no longer exists as failed."""
+def _sampler(optuna: Any) -> Any:
+    """NSGA-II that tags each new trial with this process's id and host as it is created (so a
+    resume can tell the trials of a killed run from those of a live worker)."""
+
+    class Sampler(optuna.samplers.NSGAIISampler):  # type: ignore[misc]
+        def before_trial(self, study: Any, trial: Any) -> None:
+            owner = [os.getpid(), socket.gethostname()]
+            study._storage.set_trial_user_attr(trial._trial_id, "owner", owner)
+            super().before_trial(study, trial)
+
+    return Sampler
+
+
+def _fail_stale(study: Any, grace: float = 60.0) -> int:
+    """Mark as failed the trials left RUNNING by a process of this host that no longer exists
+    (and those with no process id, started more than ``grace`` seconds ago)."""
+    import datetime
+
     from optuna.trial import TrialState
 
     n = 0
+    now = datetime.datetime.now()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        pid, host = t.user_attrs.get("pid"), t.user_attrs.get("host")
-        if pid is None or host != socket.gethostname():
+        pid, host = t.user_attrs.get("owner", (None, None))
+        if pid is None:
+            start = t.datetime_start or now
+            alive = (now - start).total_seconds() < grace
+        elif host != socket.gethostname():
             continue
-        try:
-            os.kill(int(pid), 0)
-            alive = int(pid) != os.getpid() or True
-        except ProcessLookupError:
-            alive = False
-        except PermissionError:
-            alive = True
+        else:
+            try:
+                os.kill(int(pid), 0)
+                alive = True
+            except ProcessLookupError:
+                alive = False
+            except PermissionError:
+                alive = True
         if not alive:
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             n += 1
     return n
 
 
-def _records(study: Any, objectives: list[Objective], constraints: list[Constraint]) -> list[Record]:
+def _records(
+    study: Any, objectives: list[Objective], constraints: list[Constraint]
+) -> list[Record]:
     from optuna.trial import TrialState
 
     out = []
@@ -609,7 +642,7 @@ def search(
     kw: dict[str, Any] = {}
     if cons and not new_api:
         kw["constraints_func"] = lambda t: t.user_attrs.get("constraints", [1.0] * len(cons))
-    sampler = optuna.samplers.NSGAIISampler(population_size=pop, seed=seed, **kw)
+    sampler = _sampler(optuna)(population_size=pop, seed=seed, **kw)
     try:
         study = optuna.create_study(
             storage=storage,
@@ -667,8 +700,6 @@ def search(
         return metrics, per
 
     def objective(trial: Any) -> tuple[float, ...]:
-        trial.set_user_attr("pid", os.getpid())
-        trial.set_user_attr("host", socket.gethostname())
         c = sp.repair(sp.sample(trial))
         trial.set_user_attr("config", c.to_dict())
         try:
@@ -676,22 +707,21 @@ def search(
         except Infeasible as e:
             trial.set_user_attr("error", str(e))
             raise optuna.TrialPruned(str(e)) from None
-        trial.set_user_attr("per_device", per)
         if quality is not None:
             try:
                 q = float(quality(c))
             except Exception as e:  # the user's code: any error fails this trial only
                 trial.set_user_attr("error", f"quality raised {type(e).__name__}: {e}")
-                trial.set_user_attr("metrics", metrics)
                 raise _TrialFailed(str(e)) from None
             if not math.isfinite(q):
                 trial.set_user_attr("error", f"quality returned {q}")
-                trial.set_user_attr("metrics", metrics)
                 raise _TrialFailed("quality is not finite")
             metrics["quality"] = q
-        trial.set_user_attr("metrics", metrics)
         violations = [x.violation(metrics) for x in cons]
-        trial.set_user_attr("constraints", violations)
+        trial.set_user_attr("metrics", metrics)
+        trial.set_user_attr("per_device", per)
+        if cons and not new_api:
+            trial.set_user_attr("constraints", violations)
         if new_api:
             for i, v in enumerate(violations):
                 trial.set_constraint(f"c{i}", v)
@@ -701,8 +731,13 @@ def search(
     callbacks = []
     bar = None
     if show and todo:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-        from rich.progress import TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         bar = Progress(
             TextColumn(f"search {study_name} on {'+'.join(t.name for t in targets)}"),
