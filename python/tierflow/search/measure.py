@@ -14,13 +14,16 @@ What one measurement does (:meth:`Measurer.measure`):
 3. time each pass and, inside it, the span from the first to the last decoder layer (the
    model's per-layer hook ``Weights.enter``), so a pass splits into ``m`` layers plus a fixed
    part (embedding rows, final norm, output head);
-4. scale to the candidate's ``layers``: ``t = fixed + layers * (layer span / m)`` (medians over
-   the repeats; decode: median over all steps). The cache keeps the unscaled figures, keyed by
+4. scale to the candidate's ``layers``: ``t = fixed + layers * (layer span / m)`` (the fastest
+   of the repeats, and of all decode steps: the pass least disturbed by other processes on a
+   shared machine). The cache keeps the unscaled figures, keyed by
    everything but the depth, so candidates that differ only in ``layers`` share one
    measurement.
 
 Layers of one shape do identical work, so measuring ``m`` of them and scaling is exact up to
-timing noise and cache effects (the benchmark ``benches/test_search.py`` checks a scaled
+timing noise and cache effects. The cache effect is handled: when the full model's weights
+exceed the last-level cache (so the real model reads every layer from RAM on every pass), the
+caches are evicted (a buffer twice their size is read) before each timed pass, so the ``m`` measured layers are read from RAM too (the benchmark ``benches/test_search.py`` checks a scaled
 measurement against a direct timing of the full-depth model, interleaved in the same run).
 
 Results are cached as JSON in ``<cache>/search/measure`` (``$TIERFLOW_CACHE_DIR`` or
@@ -97,7 +100,7 @@ class Measurer:
             with ``cache=False`` keeps nothing on disk.
         prompt_tokens: tokens of the measured prefill (also the decode steps' context).
         decode_steps: decode steps per repeat.
-        repeats: timed repeats (medians are kept).
+        repeats: timed repeats (the fastest is kept).
         max_layers: decoder layers actually built and run (the rest are scaled).
     """
 
@@ -136,6 +139,7 @@ class Measurer:
         return {
             **shape,
             "measured_layers": min(c.layers, self.max_layers),
+            "cold": _cold(c),
             "prompt_tokens": self.prompt_tokens,
             "decode_steps": self.decode_steps,
             "repeats": self.repeats,
@@ -197,6 +201,8 @@ def _run(c: Config, prompt: int, steps: int, repeats: int, max_layers: int) -> M
     from ..store import Tier, TieredStore
 
     m = min(c.layers, max_layers)
+    cold = _cold(c)
+    flush = np.ones(2 * _llc_bytes() if cold else 1, np.uint8)
     positions = prompt + (steps + 1) * c.batch + 1
     folder = tempfile.mkdtemp(prefix="tierflow-search-")
     try:
@@ -229,6 +235,7 @@ def _run(c: Config, prompt: int, steps: int, repeats: int, max_layers: int) -> M
             pre, pre_layers, dec, dec_layers = [], [], [], []
             for _ in range(repeats):
                 cache = new_cache()
+                flush.max()  # read (clean lines: no write-back inside the timed pass)
                 span.clear()
                 t = time.perf_counter()
                 model.forward(ids[:prompt], cache, last_only=True)
@@ -236,6 +243,7 @@ def _run(c: Config, prompt: int, steps: int, repeats: int, max_layers: int) -> M
                 pre_layers.append(span[1] - span[0])
                 pos = prompt
                 for _ in range(steps):
+                    flush.max()
                     span.clear()
                     t = time.perf_counter()
                     model.forward(ids[pos : pos + c.batch], cache)
@@ -245,10 +253,10 @@ def _run(c: Config, prompt: int, steps: int, repeats: int, max_layers: int) -> M
             del model, w
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    p_layer = float(np.median(pre_layers)) / m
-    d_layer = float(np.median(dec_layers)) / m
-    p_fixed = max(float(np.median(np.subtract(pre, pre_layers))), 0.0)
-    d_fixed = max(float(np.median(np.subtract(dec, dec_layers))), 0.0)
+    p_layer = float(np.min(pre_layers)) / m
+    d_layer = float(np.min(dec_layers)) / m
+    p_fixed = max(float(np.min(np.subtract(pre, pre_layers))), 0.0)
+    d_fixed = max(float(np.min(np.subtract(dec, dec_layers))), 0.0)
     return Measurement(
         prefill_s=p_fixed + m * p_layer,
         decode_s=d_fixed + m * d_layer,
@@ -262,6 +270,22 @@ def _run(c: Config, prompt: int, steps: int, repeats: int, max_layers: int) -> M
         nbytes=nbytes_m,
         cost_s=0.0,
     )
+
+
+def _llc_bytes() -> int:
+    """The last-level cache of this CPU (32 MiB when /sys does not say)."""
+    from ..devices import _cache_sizes
+
+    sizes = _cache_sizes()
+    return max(n for _, n in sizes) if sizes else 32 << 20
+
+
+def _cold(c: Config) -> bool:
+    """Whether the full model's weights exceed the last-level cache: then every pass of the
+    real model reads its weights from RAM, and the measurement evicts the caches (reads a
+    buffer twice their size) before each timed pass so the measured layers are read from RAM
+    too, instead of staying cache-resident as a model of ``m`` small layers would."""
+    return c.nbytes > _llc_bytes()
 
 
 def _write_checkpoint(folder: str, c: Config, layers: int, positions: int) -> str:

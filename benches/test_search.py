@@ -1,0 +1,157 @@
+"""Architecture-search benchmarks: the cost of one in-the-loop trial, what the measurement cache
+saves on a second search, and an in-the-loop measurement (one layer built and timed, scaled to
+the full depth) against a direct timing of the full-depth model of the same shape, interleaved
+in the same run.
+
+Run: pytest benches/test_search.py -m bench -s
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+import pytest
+
+import tierflow as tf
+from conftest import record
+from tierflow.search import Config, Measurer
+from tierflow.search.measure import _run, _write_checkpoint
+
+pytestmark = pytest.mark.bench
+
+SHAPE = Config(512, 8, 8, 2, 1408, 4096, "q8_0")
+P, STEPS = 32, 4
+SPACE = {
+    "hidden": [256, 512],
+    "layers": {"low": 2, "high": 16},
+    "heads": 8,
+    "kv_heads": [2, 8],
+    "intermediate": [704, 1408],
+    "vocab": 4096,
+    "format": ["f32", "bf16", "q8_0", "q4_0"],
+}
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TIERFLOW_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_cost_of_one_in_the_loop_trial(tmp_path, ratios):
+    """Wall time of one uncached measurement (build, convert, time) and of a cached one."""
+    costs, cached = [], []
+    for i in range(3):
+        m = Measurer(tmp_path / f"m{i}", prompt_tokens=P)
+        t = time.perf_counter()
+        m.measure(SHAPE)
+        costs.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        m.measure(SHAPE)
+        cached.append(time.perf_counter() - t)
+    cost, hit = float(np.median(costs)), float(np.median(cached))
+    record(
+        ratios,
+        f"search: one in-the-loop trial, uncached / cached ({SHAPE.label()}, {SHAPE.params / 1e6:.1f}M params)",
+        cost / hit,
+        100.0,
+        note=f"(uncached {cost:.2f} s, cached {hit * 1e3:.3f} ms; medians of 3)",
+    )
+    assert cost > hit
+
+
+def test_cache_saves_a_second_search(tmp_path, ratios):
+    """The same space searched twice on this host (other seed the second time): the second
+    search measures only shapes the first did not."""
+    meas = Measurer(tmp_path / "cache-m", prompt_tokens=P)
+    t = time.perf_counter()
+    tf.search(SPACE, "host", trials=16, measurer=meas, progress=False, study_name="a")
+    first = time.perf_counter() - t
+    n1 = dict(meas.stats)
+    meas2 = Measurer(tmp_path / "cache-m", prompt_tokens=P)  # a new process would see the same
+    t = time.perf_counter()
+    tf.search(SPACE, "host", trials=16, measurer=meas2, progress=False, study_name="b", seed=1)
+    second = time.perf_counter() - t
+    record(
+        ratios,
+        "search: a second 16-trial host search with the measurement cache, speed-up",
+        first / second,
+        2.0,
+        note=f"(first {first:.1f} s: {n1['measured']} measured, {n1['cached']} cached; second "
+        f"{second:.1f} s: {meas2.stats['measured']} measured, {meas2.stats['cached']} cached)",
+    )
+
+
+def _direct(c: Config, repeats: int = 3) -> tuple[float, float]:
+    """Prefill and decode-step seconds of the full-depth model of ``c`` (no layer hook, no
+    scaling): the fastest of the repeats, as the measurement keeps."""
+    from tierflow.models import load
+    from tierflow.models.kvcache import KVCache
+
+    positions = P + (STEPS + 1) * c.batch + 1
+    folder = tempfile.mkdtemp(prefix="bench-direct-")
+    try:
+        ckpt = _write_checkpoint(os.path.join(folder, "ckpt"), c, c.layers, positions)
+        with tf.TieredStore(
+            os.path.join(folder, "store"),
+            tiers=[tf.Tier("ram", 1 << 40), tf.Tier("disk", path="disk")],
+        ) as store:
+            model = load(
+                ckpt, store=store, tier="ram", dtype=None if c.format == "f32" else c.format
+            )
+            cfg = model.config
+            ids = np.random.default_rng(0).integers(0, c.vocab, size=positions)
+            model.forward(
+                ids[:P],
+                KVCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, positions),
+                last_only=True,
+            )
+            pre, dec = [], []
+            for _ in range(repeats):
+                cache = KVCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, positions)
+                t = time.perf_counter()
+                model.forward(ids[:P], cache, last_only=True)
+                pre.append(time.perf_counter() - t)
+                pos = P
+                for _ in range(STEPS):
+                    t = time.perf_counter()
+                    model.forward(ids[pos : pos + c.batch], cache)
+                    dec.append(time.perf_counter() - t)
+                    pos += c.batch
+            del model
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return float(np.min(pre)), float(np.min(dec))
+
+
+@pytest.mark.parametrize("fmt", ["f32", "q4_0"])
+def test_in_the_loop_equals_direct_timing(fmt, ratios):
+    """Seven interleaved rounds: an in-the-loop measurement (1 of 8 layers built, scaled) and a
+    direct timing of the 8-layer model (each the fastest of 3 repeats); the ratio of the
+    medians over the rounds must be within +-15%."""
+    c = Config(512, 8, 8, 2, 1408, 4096, fmt)
+    loop_p, loop_d, dir_p, dir_d = [], [], [], []
+    for _ in range(7):
+        m = _run(c, P, STEPS, 3, 1).scaled(c)
+        loop_p.append(m.prefill_s)
+        loop_d.append(m.decode_s)
+        p, d = _direct(c)
+        dir_p.append(p)
+        dir_d.append(d)
+    rp = float(np.median(loop_p) / np.median(dir_p))
+    rd = float(np.median(loop_d) / np.median(dir_d))
+    for what, r, a, b in (("prefill", rp, loop_p, dir_p), ("decode", rd, loop_d, dir_d)):
+        record(
+            ratios,
+            f"search: in-the-loop {what} / direct timing, {c.label()} (1 of 8 layers measured)",
+            r,
+            0.85,
+            note=f"(medians: in the loop {np.median(a) * 1e3:.2f} ms, direct "
+            f"{np.median(b) * 1e3:.2f} ms; fastest rounds: {min(a) * 1e3:.2f} / {min(b) * 1e3:.2f} ms "
+            f"= {min(a) / min(b):.2f}; must be within 0.85-1.15)",
+        )
+    assert 0.85 <= rp <= 1.15, (rp, loop_p, dir_p)
+    assert 0.85 <= rd <= 1.15, (rd, loop_d, dir_d)
