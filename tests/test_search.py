@@ -16,14 +16,13 @@ import textwrap
 import time
 
 import numpy as np
+import optuna
 import pytest
 
 import tierflow
 from tierflow import InvalidArgumentError
 from tierflow.models.config import ModelConfig
 from tierflow.search import Config, Measurer, Space
-
-optuna = pytest.importorskip("optuna")
 
 GPU_LAYER_S = 12 * 5e-6 + 2 * 20e-6  # DGX preset: 12 launches of 5 us + 2 all-reduces of 20 us
 Q_BYTES = {"f32": 4.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
@@ -307,7 +306,7 @@ def test_resume_after_a_killed_run(tmp_path):
     script.write_text(RESUME_SCRIPT)
     proc = subprocess.Popen([sys.executable, str(script), url], env=os.environ.copy())
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         db = tmp_path / "study.db"
         while time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.2)
@@ -527,3 +526,27 @@ def test_package_is_callable_and_exported():
         }
     )
     assert (c.heads, c.kv_heads) == (4, 2)
+
+
+def test_demo_search_writes_three_fronts(tmp_path, monkeypatch, capsys):
+    from tierflow.cli import main
+    from tierflow.search import demo
+
+    tiny = {
+        "hidden": [64, 128],
+        "layers": {"low": 1, "high": 8},
+        "heads": 4,
+        "intermediate": 128,
+        "vocab": 256,
+        "format": ["f32", "q4_0"],
+        "experts": 4,
+        "fast_tier": "2MiB",
+    }
+    monkeypatch.setattr(demo, "DEMO_SPACE", tiny)
+    assert main(["demo", "--search", "--trials", "3", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for dev in ("host", "sn40l", "dgx_h100"):
+        d = json.loads((tmp_path / f"front-{dev}.json").read_text())
+        assert d["devices"] == [dev] and len(d["trials"]) == 3
+        assert f"{dev}: Pareto front" in out
+    assert (tmp_path / "fronts.png").stat().st_size > 1000

@@ -10,9 +10,11 @@ simulated device (:mod:`tierflow.search.predict`), and the result is the Pareto 
 from __future__ import annotations
 
 from .measure import Measurement, Measurer
+from .objectives import OBJECTIVES, Constraint, Objective
 from .predict import DEVICES, pass_time
+from .result import Record, SearchResult
 from .space import DIMENSIONS, FORMATS, Config, Space, load_space
-from .study import OBJECTIVES, Constraint, Objective, Record, SearchResult, search
+from .study import search
 
 __all__ = [
     "DEVICES",

@@ -42,413 +42,19 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import socket
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from ..errors import InvalidArgumentError
 from ..trace import Trace
 from .measure import Measurer
+from .objectives import OBJECTIVES, TRACE_METRICS, Constraint, Objective
 from .predict import Infeasible, predict, resolve_devices
+from .result import Record, SearchResult
 from .space import Config, Space, load_space
 
-__all__ = ["OBJECTIVES", "Constraint", "Objective", "Record", "SearchResult", "search"]
-
-# name -> (default direction, unit kind)
-OBJECTIVES: dict[str, tuple[str, str]] = {
-    "decode": ("minimize", "time"),
-    "prefill": ("minimize", "time"),
-    "p50": ("minimize", "time"),
-    "p99": ("minimize", "time"),
-    "mean": ("minimize", "time"),
-    "params": ("maximize", "count"),
-    "total_params": ("maximize", "count"),
-    "nbytes": ("minimize", "bytes"),
-    "memory_fast": ("minimize", "bytes"),
-    "memory_slow": ("minimize", "bytes"),
-    "fast_tier": ("minimize", "bytes"),
-    "quality": ("minimize", "count"),
-}
-_ALIASES = {
-    "decode_latency": "decode",
-    "prefill_latency": "prefill",
-    "latency_p50": "p50",
-    "latency_p99": "p99",
-    "p50_latency": "p50",
-    "p99_latency": "p99",
-    "fast tier": "fast_tier",
-    "fast": "fast_tier",
-    "parameters": "params",
-    "bytes": "nbytes",
-}
-_TRACE_METRICS = ("p50", "p99", "mean")
-_UNITS = {
-    "time": {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6},
-    "bytes": {
-        "": 1.0,
-        "b": 1.0,
-        "kb": 1e3,
-        "mb": 1e6,
-        "gb": 1e9,
-        "tb": 1e12,
-        "kib": 2.0**10,
-        "mib": 2.0**20,
-        "gib": 2.0**30,
-        "tib": 2.0**40,
-    },
-    "count": {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9},
-}
-
-
-def _metric(name: str) -> str:
-    if not isinstance(name, str):
-        raise InvalidArgumentError(f"search: a metric is a name, got {name!r}")
-    n = name.strip().lower()
-    n = _ALIASES.get(n, n).replace(" ", "_")
-    if n not in OBJECTIVES:
-        raise InvalidArgumentError(
-            f"search: unknown objective or metric {name!r} (known: {', '.join(OBJECTIVES)})"
-        )
-    return n
-
-
-@dataclass(frozen=True)
-class Objective:
-    metric: str
-    direction: str  # "minimize" | "maximize"
-
-    @classmethod
-    def parse(cls, spec: str | Objective) -> Objective:
-        if isinstance(spec, Objective):
-            return spec
-        if not isinstance(spec, str):
-            raise InvalidArgumentError(f"search: an objective is a string, got {spec!r}")
-        name, _, d = spec.partition(":")
-        m = _metric(name)
-        if not d:
-            return cls(m, OBJECTIVES[m][0])
-        d = {"min": "minimize", "max": "maximize"}.get(d.strip().lower(), d.strip().lower())
-        if d not in ("minimize", "maximize"):
-            raise InvalidArgumentError(f"search: objective {spec!r}: direction must be min or max")
-        return cls(m, d)
-
-    def __str__(self) -> str:
-        return f"{self.metric}:{self.direction[:3]}"
-
-
-_CONSTRAINT = re.compile(
-    r"^\s*([A-Za-z_][A-Za-z0-9_ ]*?)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*([A-Za-z]*)\s*$"
-)
-
-
-@dataclass(frozen=True)
-class Constraint:
-    """``metric op value`` (value in base units: seconds, bytes, counts)."""
-
-    metric: str
-    op: str
-    value: float
-    text: str = ""
-
-    @classmethod
-    def parse(cls, spec: str | Constraint) -> Constraint:
-        if isinstance(spec, Constraint):
-            return spec
-        if not isinstance(spec, str):
-            raise InvalidArgumentError(f"search: a constraint is a string, got {spec!r}")
-        m = _CONSTRAINT.match(spec)
-        if not m:
-            raise InvalidArgumentError(
-                f"search: constraint {spec!r} is not '<metric> <op> <value>[unit]' "
-                "(e.g. 'p99 <= 50 ms', 'fast_tier <= 512 MiB')"
-            )
-        metric = _metric(m.group(1))
-        kind = OBJECTIVES[metric][1]
-        unit = m.group(4).lower()
-        if unit not in _UNITS[kind]:
-            raise InvalidArgumentError(
-                f"search: constraint {spec!r}: unit {m.group(4)!r} does not fit {metric} "
-                f"({kind}: {', '.join(u for u in _UNITS[kind] if u)})"
-            )
-        try:
-            v = float(m.group(3)) * _UNITS[kind][unit]
-        except ValueError:
-            raise InvalidArgumentError(f"search: constraint {spec!r}: bad number") from None
-        if not math.isfinite(v):
-            raise InvalidArgumentError(f"search: constraint {spec!r}: bad number")
-        return cls(metric, m.group(2), v, spec.strip())
-
-    def violation(self, metrics: dict[str, float]) -> float:
-        """<= 0 when met (Optuna's convention), scaled by the bound."""
-        x = metrics[self.metric]
-        scale = abs(self.value) or 1.0
-        d = (x - self.value) if self.op in ("<=", "<") else (self.value - x)
-        if self.op in ("<", ">") and d == 0:
-            d = 1e-12
-        return d / scale
-
-    def met(self, metrics: dict[str, float]) -> bool:
-        return self.violation(metrics) <= 0
-
-
-@dataclass
-class Record:
-    """One finished trial."""
-
-    number: int
-    state: str  # COMPLETE | PRUNED | FAIL
-    config: Config | None
-    metrics: dict[str, float] = field(default_factory=dict)
-    values: list[float] = field(default_factory=list)
-    feasible: bool = False
-    error: str | None = None
-    per_device: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "number": self.number,
-            "state": self.state,
-            "config": self.config.to_dict() if self.config else None,
-            "metrics": self.metrics,
-            "values": self.values,
-            "feasible": self.feasible,
-            "error": self.error,
-            "per_device": self.per_device,
-        }
-
-
-def dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str]) -> bool:
-    """``a`` is at least as good as ``b`` in every objective and better in one."""
-    better = False
-    for x, y, d in zip(a, b, directions, strict=True):
-        if d == "maximize":
-            x, y = -x, -y
-        if x > y:
-            return False
-        better |= x < y
-    return better
-
-
-def pareto_front(records: list[Record], directions: Sequence[str]) -> list[Record]:
-    """The feasible complete records no other feasible record dominates (duplicates of one
-    configuration kept once)."""
-    ok = [r for r in records if r.state == "COMPLETE" and r.feasible]
-    front, seen = [], set()
-    for r in ok:
-        if any(dominates(o.values, r.values, directions) for o in ok if o is not r):
-            continue
-        key = (r.config, tuple(r.values))
-        if key in seen:
-            continue
-        seen.add(key)
-        front.append(r)
-    return sorted(front, key=lambda r: tuple(r.values))
-
-
-def _fmt(metric: str, v: float) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    kind = OBJECTIVES.get(metric, ("", "count"))[1]
-    if kind == "time":
-        return f"{v * 1e3:.3g} ms" if v < 1 else f"{v:.3g} s"
-    if kind == "bytes":
-        for u, s in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-            if v >= s:
-                return f"{v / s:.3g} {u}"
-        return f"{v:.0f} B"
-    if metric.endswith("params"):
-        for u, s in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-            if v >= s:
-                return f"{v / s:.3g}{u}"
-    return f"{v:.4g}"
-
-
-@dataclass
-class SearchResult:
-    """What :func:`search` returns: every finished trial, the Pareto front, the best expert."""
-
-    study_name: str
-    devices: list[str]
-    objectives: list[Objective]
-    constraints: list[Constraint]
-    records: list[Record]
-    space: Space
-    study: Any = None  # the optuna.Study
-
-    @property
-    def directions(self) -> list[str]:
-        return [o.direction for o in self.objectives]
-
-    @property
-    def front(self) -> list[Record]:
-        return pareto_front(self.records, self.directions)
-
-    @property
-    def best(self) -> Record | None:
-        """The largest expert (most parameters) among the trials meeting every constraint; ties
-        go to the better first objective."""
-        ok = [r for r in self.records if r.state == "COMPLETE" and r.feasible]
-        if not ok:
-            return None
-        o = self.objectives[0]
-        sign = 1.0 if o.direction == "minimize" else -1.0
-        return max(ok, key=lambda r: (r.metrics["params"], -sign * r.metrics[o.metric]))
-
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0}
-        for r in self.records:
-            out[r.state] = out.get(r.state, 0) + 1
-        out["feasible"] = sum(r.state == "COMPLETE" and r.feasible for r in self.records)
-        return out
-
-    def table(self, title: str | None = None) -> Any:
-        """The Pareto front as a rich table."""
-        from rich.table import Table
-
-        cons = ", ".join(c.text for c in self.constraints) or "none"
-        t = Table(
-            title=title
-            or f"Pareto front on {' + '.join(self.devices)} ({len(self.records)} trials; constraints: {cons})"
-        )
-        for col in ("#", "hidden", "layers", "heads/kv", "inter", "vocab", "format", "experts"):
-            t.add_column(col, justify="right")
-        t.add_column("fast tier", justify="right")
-        t.add_column("batch", justify="right")
-        shown = [o.metric for o in self.objectives]
-        extra = [m for m in ("params",) if m not in shown]
-        for m in shown + extra:
-            t.add_column(m + (" (obj)" if m in shown else ""), justify="right")
-        best = self.best
-        for r in self.front:
-            c = r.config
-            assert c is not None
-            cells = [
-                str(r.number) + (" *" if best is not None and r.number == best.number else ""),
-                str(c.hidden),
-                str(c.layers),
-                f"{c.heads}/{c.kv_heads}",
-                str(c.intermediate),
-                str(c.vocab),
-                c.format,
-                str(c.experts),
-                _fmt("fast_tier", c.fast_tier) if c.fast_tier else "all",
-                str(c.batch),
-            ]
-            cells += [_fmt(m, r.metrics.get(m, float("nan"))) for m in shown + extra]
-            t.add_row(*cells)
-        return t
-
-    def best_text(self) -> str:
-        b = self.best
-        where = " + ".join(self.devices)
-        if b is None:
-            return f"no trial meets the constraints on {where}"
-        assert b.config is not None
-        m = ", ".join(f"{o.metric} {_fmt(o.metric, b.metrics[o.metric])}" for o in self.objectives)
-        return (
-            f"largest expert meeting the constraints on {where}: trial {b.number}, "
-            f"{b.config.label()}, {_fmt('params', b.metrics['params'])} parameters ({m})"
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        b = self.best
-        return {
-            "study": self.study_name,
-            "devices": self.devices,
-            "objectives": [str(o) for o in self.objectives],
-            "constraints": [c.text for c in self.constraints],
-            "space": self.space.to_dict(),
-            "counts": self.counts(),
-            "front": [r.to_dict() for r in self.front],
-            "best": b.to_dict() if b else None,
-            "trials": [r.to_dict() for r in self.records],
-        }
-
-    def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
-        import json
-
-        s = json.dumps(self.to_dict(), indent=1)
-        if path is not None:
-            Path(path).write_text(s)
-        return s
-
-    def plot(self, path: str | os.PathLike[str], ax: Any = None) -> None:
-        """Latency against parameters, one colour per format: every feasible trial faint, the
-        front bold, infeasible trials as grey crosses, constraints on either axis drawn."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        ys = [o.metric for o in self.objectives if OBJECTIVES[o.metric][1] == "time"]
-        y = ys[0] if ys else "decode"
-        own = ax is None
-        if own:
-            fig, ax = plt.subplots(figsize=(7, 4.5))
-        colours = {"f32": "tab:blue", "bf16": "tab:orange", "q8_0": "tab:green", "q4_0": "tab:red"}
-        done = [r for r in self.records if r.state == "COMPLETE" and y in r.metrics]
-        bad = [r for r in done if not r.feasible]
-        if bad:
-            ax.scatter(
-                [r.metrics["params"] for r in bad],
-                [r.metrics[y] for r in bad],
-                marker="x",
-                color="0.7",
-                label="violates a constraint",
-            )
-        front = {r.number for r in self.front}
-        for fmt, col in colours.items():
-            ok = [r for r in done if r.feasible and r.config and r.config.format == fmt]
-            if not ok:
-                continue
-            ax.scatter(
-                [r.metrics["params"] for r in ok],
-                [r.metrics[y] for r in ok],
-                color=col,
-                alpha=0.3,
-                s=18,
-            )
-            fr = [r for r in ok if r.number in front]
-            ax.scatter(
-                [r.metrics["params"] for r in fr],
-                [r.metrics[y] for r in fr],
-                color=col,
-                edgecolor="k",
-                s=60,
-                label=f"{fmt} (front)" if fr else f"{fmt}",
-            )
-        for c in self.constraints:
-            if c.metric == y:
-                ax.axhline(c.value, color="k", linestyle="--", label=f"constraint {c.text}")
-            elif c.metric == "params":
-                ax.axvline(c.value, color="k", linestyle=":", label=f"constraint {c.text}")
-        b = self.best
-        if b is not None and y in b.metrics:
-            ax.scatter(
-                [b.metrics["params"]],
-                [b.metrics[y]],
-                marker="*",
-                s=250,
-                color="gold",
-                edgecolor="k",
-                label="largest meeting constraints",
-                zorder=5,
-            )
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("parameters per expert")
-        ax.set_ylabel(f"{y} latency (s)")
-        ax.set_title(f"{' + '.join(self.devices)}")
-        ax.legend(fontsize=7)
-        if own:
-            fig.tight_layout()
-            fig.savefig(path, dpi=100)
-            plt.close(fig)
+__all__ = ["search"]
 
 
 class _TrialFailed(Exception):
@@ -474,31 +80,44 @@ def _sampler(optuna: Any) -> Any:
     return Sampler
 
 
+def _dead(owner: Any) -> bool:
+    """Whether ``owner`` ([pid, host]) is a process of this host that no longer exists."""
+    pid, host = owner
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def _fail_stale(study: Any, grace: float = 60.0) -> int:
-    """Mark as failed the trials left RUNNING by a process of this host that no longer exists
-    (and those with no process id, started more than ``grace`` seconds ago)."""
+    """Mark as failed the trials left RUNNING by a process of this host that no longer exists.
+
+    A trial killed before it was tagged (between its creation and the sampler's hook) has no
+    owner: it is stale when the trial before it was a dead process's (runs are sequential), or
+    when it started more than ``grace`` seconds ago."""
     import datetime
 
     from optuna.trial import TrialState
 
     n = 0
     now = datetime.datetime.now()
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        pid, host = t.user_attrs.get("owner", (None, None))
-        if pid is None:
-            start = t.datetime_start or now
-            alive = (now - start).total_seconds() < grace
-        elif host != socket.gethostname():
+    trials = study.get_trials(deepcopy=False)
+    for t in trials:
+        if t.state != TrialState.RUNNING:
             continue
+        owner = t.user_attrs.get("owner")
+        if owner is not None:
+            stale = _dead(owner)
         else:
-            try:
-                os.kill(int(pid), 0)
-                alive = True
-            except ProcessLookupError:
-                alive = False
-            except PermissionError:
-                alive = True
-        if not alive:
+            prev = [p for p in trials if p.number < t.number and "owner" in p.user_attrs]
+            old = (now - (t.datetime_start or now)).total_seconds() >= grace
+            stale = old or bool(prev and _dead(prev[-1].user_attrs["owner"]))
+        if stale:
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             n += 1
     return n
@@ -605,9 +224,9 @@ def search(
     if trace is not None and not isinstance(trace, Trace):
         raise InvalidArgumentError(f"search: trace must be a tierflow.Trace, got {trace!r}")
     used = {o.metric for o in objs} | {c.metric for c in cons}
-    if trace is None and used & set(_TRACE_METRICS):
+    if trace is None and used & set(TRACE_METRICS):
         raise InvalidArgumentError(
-            f"search: {sorted(used & set(_TRACE_METRICS))} need a trace (trace=...)"
+            f"search: {sorted(used & set(TRACE_METRICS))} need a trace (trace=...)"
         )
     if "quality" in used and quality is None:
         raise InvalidArgumentError("search: the quality objective needs quality=callable")
@@ -783,8 +402,3 @@ def _isatty() -> bool:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):
         return False
-
-
-def front_values(result: SearchResult) -> np.ndarray:
-    """The front's objective values as an array (rows: trials)."""
-    return np.array([r.values for r in result.front], dtype=float)
