@@ -11,10 +11,11 @@ What one measurement does (:meth:`Measurer.measure`):
    the last position's logits, as serving does) and ``decode_steps`` decode steps of ``batch``
    new tokens each (a batch-``B`` step is one pass of ``B`` new rows: the matmuls are exactly a
    batch-``B`` decode step's; attention reads one shared cache instead of ``B`` caches);
-3. time each pass and, inside it, the span from the first to the last decoder layer (the
-   model's per-layer hook ``Weights.enter``), so a pass splits into ``m`` layers plus a fixed
-   part (embedding rows, final norm, output head);
-4. scale to the candidate's ``layers``: ``t = fixed + layers * (layer span / m)`` (the fastest
+3. time each pass and, inside it, when each decoder layer starts (the model's per-layer hook
+   ``Weights.enter``): the *fixed* part is the pass outside the layers (embedding rows, final
+   norm, output head) and the *per-layer* time that of layers ``2..m`` (the first layer, which
+   follows the embedding lookup and the cache eviction below, is left out when ``m >= 2``);
+4. scale to the candidate's ``layers``: ``t = fixed + layers * per_layer`` (the fastest
    of the repeats, and of all decode steps: the pass least disturbed by other processes on a
    shared machine). The cache keeps the unscaled figures, keyed by
    everything but the depth, so candidates that differ only in ``layers`` share one
@@ -111,7 +112,7 @@ class Measurer:
         prompt_tokens: int = 32,
         decode_steps: int = 4,
         repeats: int = 3,
-        max_layers: int = 1,
+        max_layers: int = 2,
         cache: bool = True,
     ) -> None:
         for name, v in (
@@ -219,9 +220,14 @@ def _run(c: Config, prompt: int, steps: int, repeats: int, max_layers: int) -> M
             enter = w.enter
 
             def timed_enter(group: int) -> None:
-                if group == 0 or group == m:
+                if group in (0, 1, m):
                     span.append(time.perf_counter())
                 enter(group)
+
+            def layer_times() -> tuple[float, float]:
+                """(all m layers, one steady layer) of the pass just run."""
+                t0, t1, tm = span[0], span[1] if m >= 2 else span[0], span[-1]
+                return tm - t0, (tm - t1) / (m - 1) if m >= 2 else tm - t0
 
             w.enter = timed_enter  # type: ignore[method-assign]
             rng = np.random.default_rng(0)
@@ -240,7 +246,7 @@ def _run(c: Config, prompt: int, steps: int, repeats: int, max_layers: int) -> M
                 t = time.perf_counter()
                 model.forward(ids[:prompt], cache, last_only=True)
                 pre.append(time.perf_counter() - t)
-                pre_layers.append(span[1] - span[0])
+                pre_layers.append(layer_times())
                 pos = prompt
                 for _ in range(steps):
                     flush.max()
@@ -248,15 +254,15 @@ def _run(c: Config, prompt: int, steps: int, repeats: int, max_layers: int) -> M
                     t = time.perf_counter()
                     model.forward(ids[pos : pos + c.batch], cache)
                     dec.append(time.perf_counter() - t)
-                    dec_layers.append(span[1] - span[0])
+                    dec_layers.append(layer_times())
                     pos += c.batch
             del model, w
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    p_layer = float(np.min(pre_layers)) / m
-    d_layer = float(np.min(dec_layers)) / m
-    p_fixed = max(float(np.min(np.subtract(pre, pre_layers))), 0.0)
-    d_fixed = max(float(np.min(np.subtract(dec, dec_layers))), 0.0)
+    pl, dl = np.array(pre_layers), np.array(dec_layers)
+    p_layer, d_layer = float(pl[:, 1].min()), float(dl[:, 1].min())
+    p_fixed = max(float(np.min(np.subtract(pre, pl[:, 0]))), 0.0)
+    d_fixed = max(float(np.min(np.subtract(dec, dl[:, 0]))), 0.0)
     return Measurement(
         prefill_s=p_fixed + m * p_layer,
         decode_s=d_fixed + m * d_layer,
