@@ -195,87 +195,121 @@ class Measurer:
         return m.scaled(c)
 
 
+class Probe:
+    """``c``'s model with ``layers`` decoder layers, built once (random weights in a store,
+    converted to the format) and timed as often as asked; :meth:`close` removes it."""
+
+    def __init__(self, c: Config, prompt: int, steps: int, layers: int) -> None:
+        from ..models import load
+        from ..store import Tier, TieredStore
+
+        self.c, self.prompt, self.steps, self.m = c, prompt, steps, layers
+        self.flush = np.ones(2 * _llc_bytes() if _cold(c) else 1, np.uint8)
+        self.positions = prompt + (steps + 1) * c.batch + 1
+        self.folder = tempfile.mkdtemp(prefix="tierflow-search-")
+        try:
+            ckpt = _write_checkpoint(
+                os.path.join(self.folder, "ckpt"), c, layers, max(self.positions, 8)
+            )
+            self.store = TieredStore(
+                os.path.join(self.folder, "store"),
+                tiers=[Tier("ram", 1 << 40), Tier("disk", path="disk")],
+            )
+            fmt = None if c.format == "f32" else c.format
+            self.model = load(ckpt, store=self.store, tier="ram", dtype=fmt)
+        except BaseException:
+            self.close()
+            raise
+        w = self.model.weights
+        self.nbytes = sum(w.nbytes(n) for n in w.names())
+        self.span: list[float] = []
+        enter = w.enter
+        m = layers
+
+        def timed_enter(group: int) -> None:
+            if group in (0, 1, m):
+                self.span.append(time.perf_counter())
+            enter(group)
+
+        w.enter = timed_enter  # type: ignore[method-assign]
+        self.ids = np.random.default_rng(0).integers(0, c.vocab, size=self.positions)
+        self.model.forward(self.ids[:prompt], self._cache(), last_only=True)  # warm-up
+
+    def _cache(self) -> Any:
+        from ..models.kvcache import KVCache
+
+        cfg = self.model.config
+        return KVCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, self.positions)
+
+    def _layers(self) -> tuple[float, float]:
+        """(all layers, one steady layer) of the pass just run."""
+        sp, m = self.span, self.m
+        t0, t1, tm = sp[0], sp[1] if m >= 2 else sp[0], sp[-1]
+        return tm - t0, (tm - t1) / (m - 1) if m >= 2 else tm - t0
+
+    def run(self, repeats: int) -> tuple[Measurement, float, float]:
+        """Time ``repeats`` prefills, each followed by ``steps`` decode steps; returns the
+        measurement (the fastest repeat's figures) and the fastest whole prefill and decode
+        step as timed (unscaled)."""
+        c, model, ids, prompt = self.c, self.model, self.ids, self.prompt
+        pre, pre_l, dec, dec_l = [], [], [], []
+        for _ in range(repeats):
+            cache = self._cache()
+            self.flush.max()  # read (clean lines: no write-back inside the timed pass)
+            self.span.clear()
+            t = time.perf_counter()
+            model.forward(ids[:prompt], cache, last_only=True)
+            pre.append(time.perf_counter() - t)
+            pre_l.append(self._layers())
+            pos = prompt
+            for _ in range(self.steps):
+                self.flush.max()
+                self.span.clear()
+                t = time.perf_counter()
+                model.forward(ids[pos : pos + c.batch], cache)
+                dec.append(time.perf_counter() - t)
+                dec_l.append(self._layers())
+                pos += c.batch
+        pl, dl = np.array(pre_l), np.array(dec_l)
+        p_layer, d_layer = float(pl[:, 1].min()), float(dl[:, 1].min())
+        p_fixed = max(float(np.min(np.subtract(pre, pl[:, 0]))), 0.0)
+        d_fixed = max(float(np.min(np.subtract(dec, dl[:, 0]))), 0.0)
+        m = self.m
+        meas = Measurement(
+            prefill_s=p_fixed + m * p_layer,
+            decode_s=d_fixed + m * d_layer,
+            prefill_fixed_s=p_fixed,
+            decode_fixed_s=d_fixed,
+            prefill_layer_s=p_layer,
+            decode_layer_s=d_layer,
+            measured_layers=m,
+            prompt_tokens=prompt,
+            batch=c.batch,
+            nbytes=self.nbytes,
+            cost_s=0.0,
+        )
+        return meas, float(min(pre)), float(min(dec))
+
+    def close(self) -> None:
+        model = getattr(self, "model", None)
+        if model is not None:
+            del self.model
+        store = getattr(self, "store", None)
+        if store is not None:
+            store.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __enter__(self) -> Probe:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
 def _run(c: Config, prompt: int, steps: int, repeats: int, max_layers: int) -> Measurement:
     """Build, load and time ``c`` with ``min(c.layers, max_layers)`` layers (no cache)."""
-    from ..models import load
-    from ..models.kvcache import KVCache
-    from ..store import Tier, TieredStore
-
-    m = min(c.layers, max_layers)
-    cold = _cold(c)
-    flush = np.ones(2 * _llc_bytes() if cold else 1, np.uint8)
-    positions = prompt + (steps + 1) * c.batch + 1
-    folder = tempfile.mkdtemp(prefix="tierflow-search-")
-    try:
-        ckpt = _write_checkpoint(os.path.join(folder, "ckpt"), c, m, max(positions, 8))
-        with TieredStore(
-            os.path.join(folder, "store"),
-            tiers=[Tier("ram", 1 << 40), Tier("disk", path="disk")],
-        ) as store:
-            fmt = None if c.format == "f32" else c.format
-            model = load(ckpt, store=store, tier="ram", dtype=fmt)
-            w = model.weights
-            nbytes_m = sum(w.nbytes(n) for n in w.names())
-            span: list[float] = []
-            enter = w.enter
-
-            def timed_enter(group: int) -> None:
-                if group in (0, 1, m):
-                    span.append(time.perf_counter())
-                enter(group)
-
-            def layer_times() -> tuple[float, float]:
-                """(all m layers, one steady layer) of the pass just run."""
-                t0, t1, tm = span[0], span[1] if m >= 2 else span[0], span[-1]
-                return tm - t0, (tm - t1) / (m - 1) if m >= 2 else tm - t0
-
-            w.enter = timed_enter  # type: ignore[method-assign]
-            rng = np.random.default_rng(0)
-            ids = rng.integers(0, c.vocab, size=positions, dtype=np.int64)
-            cfg = model.config
-
-            def new_cache() -> KVCache:
-                return KVCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, positions)
-
-            model.forward(ids[:prompt], new_cache(), last_only=True)  # warm-up
-            pre, pre_layers, dec, dec_layers = [], [], [], []
-            for _ in range(repeats):
-                cache = new_cache()
-                flush.max()  # read (clean lines: no write-back inside the timed pass)
-                span.clear()
-                t = time.perf_counter()
-                model.forward(ids[:prompt], cache, last_only=True)
-                pre.append(time.perf_counter() - t)
-                pre_layers.append(layer_times())
-                pos = prompt
-                for _ in range(steps):
-                    flush.max()
-                    span.clear()
-                    t = time.perf_counter()
-                    model.forward(ids[pos : pos + c.batch], cache)
-                    dec.append(time.perf_counter() - t)
-                    dec_layers.append(layer_times())
-                    pos += c.batch
-            del model, w
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    pl, dl = np.array(pre_layers), np.array(dec_layers)
-    p_layer, d_layer = float(pl[:, 1].min()), float(dl[:, 1].min())
-    p_fixed = max(float(np.min(np.subtract(pre, pl[:, 0]))), 0.0)
-    d_fixed = max(float(np.min(np.subtract(dec, dl[:, 0]))), 0.0)
-    return Measurement(
-        prefill_s=p_fixed + m * p_layer,
-        decode_s=d_fixed + m * d_layer,
-        prefill_fixed_s=p_fixed,
-        decode_fixed_s=d_fixed,
-        prefill_layer_s=p_layer,
-        decode_layer_s=d_layer,
-        measured_layers=m,
-        prompt_tokens=prompt,
-        batch=c.batch,
-        nbytes=nbytes_m,
-        cost_s=0.0,
-    )
+    with Probe(c, prompt, steps, min(c.layers, max_layers)) as p:
+        return p.run(repeats)[0]
 
 
 def _llc_bytes() -> int:
