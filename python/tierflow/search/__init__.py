@@ -9,6 +9,10 @@ simulated device (:mod:`tierflow.search.predict`), and the result is the Pareto 
 
 from __future__ import annotations
 
+import sys
+import types
+from typing import Any
+
 from .measure import Measurement, Measurer
 from .objectives import OBJECTIVES, Constraint, Objective
 from .predict import DEVICES, pass_time
@@ -35,11 +39,12 @@ __all__ = [
 ]
 
 
-class _CallableModule(__import__("types").ModuleType):
-    """``tierflow.search`` is this package and, called, :func:`search`."""
+class _CallableModule(types.ModuleType):
+    """``tierflow.search`` is this package and, called, :func:`search` (so both
+    ``tierflow.search(space, device)`` and ``tierflow.search.Space`` work)."""
 
-    def __call__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def __call__(self, *args: Any, **kwargs: Any) -> SearchResult:
         return search(*args, **kwargs)
 
 
-__import__("sys").modules[__name__].__class__ = _CallableModule
+sys.modules[__name__].__class__ = _CallableModule
