@@ -82,9 +82,9 @@ def _fmt(metric: str, v: float) -> str:
                 return f"{v / s:.3g} {u}"
         return f"{v:.0f} B"
     if metric.endswith("params"):
-        for u, s in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-            if v >= s:
-                return f"{v / s:.3g}{u}"
+        for u, f in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+            if v >= f:
+                return f"{v / f:.3g}{u}"
     return f"{v:.4g}"
 
 

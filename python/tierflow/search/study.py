@@ -266,7 +266,7 @@ def search(
         study = optuna.create_study(
             storage=storage,
             study_name=study_name,
-            directions=[o.direction for o in objs],
+            directions=[o.direction for o in objs],  # type: ignore[misc]
             sampler=sampler,
             load_if_exists=True,
         )
