@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from . import _tierflow
-from .errors import CorruptFileError, DTypeError, InvalidArgumentError, ShapeError
-from .store import BlockTensor, TensorRef, register_block_format
+from .. import _tierflow
+from ..errors import CorruptFileError, DTypeError, InvalidArgumentError, ShapeError
+from ..store import BlockTensor, TensorRef, register_block_format
 
 __all__ = [
     "FORMATS",
@@ -152,7 +153,7 @@ class QuantizedTensor(BlockTensor):
         return result
 
     @classmethod
-    def _from_blocks(cls, format: str, shape: tuple[int, ...], data: np.ndarray) -> QuantizedTensor:
+    def _from_blocks(cls, format: str, shape: Sequence[int], data: np.ndarray) -> QuantizedTensor:
         """Rebuild from stored block data (the store's opaque typed byte blocks); the length is
         checked now, the scales lazily (see :meth:`_after`)."""
         return cls(format, (int(shape[0]), int(shape[1])), data, _checked=False)
@@ -416,9 +417,10 @@ def attention(
             ma = _as_f32(ma, "mask")
         if ma.ndim > 4:
             raise ShapeError(f"mask {ma.shape} does not broadcast to {(b, h, sq, skv)}")
-        ma = ma.reshape((1,) * (4 - ma.ndim) + ma.shape)
-        mb = b if ma.shape[0] == b else 1
-        mh = h if ma.shape[1] == h else 1
+        ma = ma.reshape((1,) * (4 - ma.ndim) + tuple(ma.shape))
+        mshape: tuple[int, ...] = ma.shape
+        mb = b if mshape[0] == b else 1
+        mh = h if mshape[1] == h else 1
         try:
             ma = np.broadcast_to(ma, (mb, mh, sq, skv))
         except ValueError:
@@ -476,7 +478,7 @@ def _rowwise(
         xa = xa.reshape(1)
     d = xa.shape[-1]
     out = np.empty(xa.shape, np.float32)
-    params = []
+    params: list[np.ndarray | None] = []
     for arr, name in ((w, "weight"), (b, "bias")):
         if arr is None:
             params.append(None)

@@ -3,7 +3,7 @@
 
 Example:
     >>> import tempfile, tierflow as tf
-    >>> from tierflow.runtime import write_demo_coe
+    >>> from tierflow.demos import write_demo_coe
     >>> folder = tempfile.mkdtemp()
     >>> g = write_demo_coe(folder, experts=4, hidden=64, intermediate=128, layers=1)
     >>> t = tf.Trace.closed_loop(g.experts, users=1, n=8, prompt_tokens=4, output_tokens=1, seed=0)
@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from ..coe import CoE
-from ..devices import Device
 from ..errors import InvalidArgumentError
-from ..policies import Policy
-from ..report import Report
+from ..sim.coe import CoE
+from ..sim.devices import Device
+from ..sim.policies import Policy
+from ..sim.report import Report
+from ..sim.trace import Trace
 from ..store import Tier, TieredStore, parse_size
-from ..trace import Trace
 from .engine import ExpertError, Outcome, Residency, serve
 from .experts import PrototypeRouter, TransformerExpert, demo_input
 
@@ -329,7 +329,7 @@ class Plan:
         }
         dev = self.device
         if len(dev.tiers) != 2:
-            from .calibrate import host_device
+            from .host import host_device
 
             dev = host_device(self.ram_budget)
         valid_trace = trace
@@ -476,7 +476,7 @@ def schedule(
         if devs:
             dev = devs[0]
         else:
-            from .calibrate import host_device
+            from .host import host_device
 
             dev = host_device(parse_size(ram_budget) or 1 << 30)
         budget = parse_size(ram_budget)
