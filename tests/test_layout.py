@@ -247,3 +247,35 @@ def test_renamed_names_warn_and_give_the_new_object():
     vars(tierflow).pop("trace", None)
     with pytest.warns(DeprecationWarning, match="tierflow.trace"):
         assert tierflow.trace.Trace is tierflow.Trace
+
+
+def test_old_kv_cache_vocabulary_warns_and_still_works(tmp_path):
+    """The paged cache's former page vocabulary (keywords and attributes) and the models' cache's
+    ``block=`` keep working for one release, each with a DeprecationWarning."""
+    import numpy as np
+
+    import tierflow
+    import tierflow.models as tm
+
+    with pytest.warns(DeprecationWarning, match="num_pages|page_size"):
+        cache = tierflow.PagedKVCache(num_pages=4, page_size=2, num_kv_heads=1, head_dim=4)
+    assert (cache.num_blocks, cache.block_size) == (4, 2)
+    cache.append(np.ones((1, 1, 3, 4), np.float32), np.ones((1, 1, 3, 4), np.float32))
+    for old, new in [
+        ("pages_in_use", "blocks_in_use"),
+        ("page_size", "block_size"),
+        ("num_pages", "num_blocks"),
+        ("tables", "block_tables"),
+    ]:
+        with pytest.warns(DeprecationWarning, match=old):
+            assert getattr(cache, old) == getattr(cache, new)
+    with pytest.warns(DeprecationWarning, match="page_names"):
+        assert cache.page_names(0) == cache.block_names(0) == []
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        tierflow.PagedKVCache(4, 2, 1, 4, pages=3)
+    with tierflow.TieredStore(tmp_path / "s") as store:
+        with pytest.warns(DeprecationWarning, match="block_size"):
+            kv = tm.StoreKVCache(1, 1, 4, 8, store, block=2)
+        with pytest.warns(DeprecationWarning, match="block_size"):
+            assert kv.block == kv.block_size == 2
+        kv.close()

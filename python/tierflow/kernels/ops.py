@@ -312,39 +312,57 @@ def matmul(
     x2 = xa.reshape(m, k)
     r2 = res.reshape(m, n)
     if isinstance(w, TensorRef):
-        dt = w.dtype
-        kind = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}.get(str(dt))
-        if w._transposed and kind is not None:
-            # (N, K) rows of K as stored: exactly the row-stored layout of the kernels' formats.
-            if panel_bytes < 1:
-                raise InvalidArgumentError(f"panel_bytes must be positive, got {panel_bytes}")
-            native = w.store._s
-            _tierflow._matmul_streamed(
-                x2, native, w.name, kind, k, n, r2, b, int(panel_bytes), _isa
-            )
-            return res
-        if isinstance(dt, str) and dt.startswith("block:"):
-            fmt = dt[len("block:") :]
-            if fmt not in FORMATS:
-                raise DTypeError(f"stored tensor {w.name!r} has block format {fmt!r}, not a weight")
-            if panel_bytes < 1:
-                raise InvalidArgumentError(f"panel_bytes must be positive, got {panel_bytes}")
-            native = w.store._s
-            _tierflow._matmul_streamed(x2, native, w.name, fmt, k, n, r2, b, int(panel_bytes), _isa)
-            return res
-        if kind is not None and m <= _DECODE_MAX_M:
-            if panel_bytes < 1:
-                raise InvalidArgumentError(f"panel_bytes must be positive, got {panel_bytes}")
-            native = w.store._s
-            _tierflow._matmul_streamed(
-                x2, native, w.name, kind, k, n, r2, b, int(panel_bytes), _isa, plain=True
-            )
+        if _matmul_stored(x2, w, r2, b, panel_bytes, _isa):
             return res
         w = w.numpy()
+    _matmul_in_memory(x2, w, r2, b, _isa)
+    return res
+
+
+def _matmul_stored(
+    x2: np.ndarray,
+    w: TensorRef,
+    r2: np.ndarray,
+    b: np.ndarray | None,
+    panel_bytes: int,
+    _isa: str | None,
+) -> bool:
+    """Stream a stored weight through the kernels' double buffer when its layout allows (see
+    :func:`matmul`); False: the caller loads it whole."""
+    (m, k), n = x2.shape, r2.shape[1]
+    dt = w.dtype
+    kind = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}.get(str(dt))
+    plain = False
+    if w._transposed and kind is not None:
+        fmt = kind  # (N, K) rows of K as stored: exactly the row-stored layout of the formats
+    elif isinstance(dt, str) and dt.startswith("block:"):
+        fmt = dt[len("block:") :]
+        if fmt not in FORMATS:
+            raise DTypeError(f"stored tensor {w.name!r} has block format {fmt!r}, not a weight")
+    elif kind is not None and m <= _DECODE_MAX_M:
+        fmt, plain = kind, True
+    else:
+        return False
+    if panel_bytes < 1:
+        raise InvalidArgumentError(f"panel_bytes must be positive, got {panel_bytes}")
+    native = w.store._s
+    if plain:
+        _tierflow._matmul_streamed(
+            x2, native, w.name, fmt, k, n, r2, b, int(panel_bytes), _isa, plain=True
+        )
+    else:
+        _tierflow._matmul_streamed(x2, native, w.name, fmt, k, n, r2, b, int(panel_bytes), _isa)
+    return True
+
+
+def _matmul_in_memory(
+    x2: np.ndarray, w: Any, r2: np.ndarray, b: np.ndarray | None, _isa: str | None
+) -> None:
+    """``r2 = x2 @ w (+ b)`` for a weight in memory: a QuantizedTensor or a float array."""
     if isinstance(w, QuantizedTensor):
-        _tierflow._matmul_blocks(x2, w.format, k, n, w.data, r2, b, _isa)
+        _tierflow._matmul_blocks(x2, w.format, x2.shape[1], r2.shape[1], w.data, r2, b, _isa)
         w._after(r2)
-        return res
+        return
     wa = w if isinstance(w, np.ndarray) else np.asarray(w)
     if wa.dtype == np.float32:
         _tierflow._matmul_plain(x2, np.ascontiguousarray(wa), None, "f32", r2, b, _isa)
@@ -356,7 +374,6 @@ def matmul(
         raise DTypeError(
             f"w must be float32, float16, bfloat16 or a QuantizedTensor, got {wa.dtype}"
         )
-    return res
 
 
 def _float_array(x: Any, what: str) -> np.ndarray:
