@@ -533,7 +533,7 @@ def test_package_is_callable_and_exported():
 
 def test_demo_search_writes_three_fronts(tmp_path, monkeypatch, capsys):
     from tierflow.cli import main
-    from tierflow.search import demo
+    from tierflow.demos import search as demo
 
     tiny = {
         "hidden": [64, 128],

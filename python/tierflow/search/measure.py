@@ -55,7 +55,7 @@ __all__ = ["Measurement", "Measurer", "default_cache_dir"]
 
 def default_cache_dir() -> Path:
     """``<cache>/search/measure`` next to the host probe's cache."""
-    from ..devices import host_cache_path
+    from ..sim.devices import host_cache_path
 
     return host_cache_path().parent / "search" / "measure"
 
@@ -133,7 +133,8 @@ class Measurer:
     def key(self, c: Config) -> dict[str, Any]:
         """What the cached measurement depends on: the shape but its depth (layers are
         measured one by one and scaled), the format, the batch and the workload."""
-        from .. import __version__, get_num_threads
+        from .._info import get_num_threads
+        from .._tierflow import __version__
 
         shape = c.shape_key()
         del shape["layers"]
@@ -314,7 +315,7 @@ def _run(c: Config, prompt: int, steps: int, repeats: int, max_layers: int) -> M
 
 def _llc_bytes() -> int:
     """The last-level cache of this CPU (32 MiB when /sys does not say)."""
-    from ..devices import _cache_sizes
+    from ..sim.devices import _cache_sizes
 
     sizes = _cache_sizes()
     return max(n for _, n in sizes) if sizes else 32 << 20
@@ -373,6 +374,6 @@ def _write_checkpoint(folder: str, c: Config, layers: int, positions: int) -> st
 def _nonlayer_bytes(c: Config) -> int:
     """Stored bytes outside the decoder layers: float32 embedding, output head in the format,
     final norm."""
-    from ..coe import dtype_bytes
+    from ..sim.coe import dtype_bytes
 
     return 4 * c.vocab * c.hidden + round(c.vocab * c.hidden * dtype_bytes(c.dtype)) + 4 * c.hidden

@@ -7,7 +7,7 @@
   and read bandwidth *calibrated on the candidate's measurement*: ``peak = 2 * params * P /
   t_prefill`` and ``read_bw = (bytes + kv_bytes_per_token * P) / t_decode``, so the model
   reproduces the measured prefill pass exactly and the measured decode step whenever it is
-  memory bound (as :func:`tierflow.runtime.calibrate` fits the demo's host);
+  memory bound (as :func:`tierflow.serving.calibrate` fits the demo's host);
 - **a simulated device** (SN40L, DGX, any :class:`~tierflow.Device`): the simulator's cost model
   (``rust/core/src/sim/cost.rs``, mirrored by :func:`pass_time`) with the device's constants,
   for the candidate's parameters, stored bytes per format and layers; with a trace, the whole
@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from ..coe import CoE
-from ..devices import Device
 from ..errors import InvalidArgumentError, ScheduleError
-from ..policies import Policy
-from ..trace import Trace
+from ..sim.coe import CoE
+from ..sim.devices import Device
+from ..sim.policies import Policy
+from ..sim.trace import Trace
 from .measure import Measurement
 from .space import Config
 
@@ -56,7 +56,7 @@ class Target:
 
 
 def _one(spec: Any) -> Target:
-    from .. import devices
+    from ..sim import devices
 
     if isinstance(spec, Device):
         return Target(spec.name, spec)
@@ -110,7 +110,7 @@ def pass_time(c: Config, d: Device, n: float, ctx: float = 0.0) -> float:
 
 def host_model(c: Config, m: Measurement, fast_tier: int) -> Device:
     """This host as the simulator sees it, calibrated on the measurement of ``c``."""
-    from ..runtime.calibrate import host_device
+    from ..serving.host import host_device
 
     peak = 2 * c.params * m.prompt_tokens / max(m.prefill_s, 1e-12)
     bw = (m.nbytes + c.kv_bytes_per_token * m.prompt_tokens) / max(m.decode_s, 1e-12)
@@ -135,7 +135,7 @@ def _trace_for(trace: Trace, experts: int) -> Trace:
 
 
 def _simulate(c: Config, d: Device, trace: Trace, policy: str | Policy | None) -> dict[str, float]:
-    from ..sim import simulate
+    from ..sim.simulate import simulate
 
     g = CoE("candidate")
     for i in range(c.experts):

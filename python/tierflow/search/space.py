@@ -36,8 +36,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..coe import dtype_bytes
 from ..errors import InvalidArgumentError, MissingFileError
+from ..sim.coe import dtype_bytes
 
 __all__ = ["DIMENSIONS", "FORMATS", "Config", "Dim", "Space", "load_space"]
 

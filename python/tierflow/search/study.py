@@ -47,7 +47,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import InvalidArgumentError
-from ..trace import Trace
+from ..sim.trace import Trace
 from .measure import Measurer
 from .objectives import OBJECTIVES, TRACE_METRICS, Constraint, Objective
 from .predict import Infeasible, predict, resolve_devices

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..trace import Trace
+from ..sim.trace import Trace
 
 __all__ = ["DEMO_CONSTRAINTS", "DEMO_DEVICES", "DEMO_SPACE", "demo_trace", "run_search_demo"]
 
@@ -53,8 +53,8 @@ def run_search_demo(
     the constraint; write ``front-<device>.json`` / ``.png`` and ``fronts.png`` to ``out``."""
     from rich.console import Console
 
-    from ..devices import host_cache_path
-    from .study import search
+    from ..search import search
+    from ..sim.devices import host_cache_path
 
     con = console or Console()
     folder = Path(out) if out else host_cache_path().parent / "demo-search"
