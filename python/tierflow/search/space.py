@@ -368,7 +368,7 @@ def load_space(
         text = p.read_text()
         if p.suffix.lower() in (".yaml", ".yml"):
             try:
-                import yaml
+                import yaml  # type: ignore[import-untyped]  # no stubs needed: safe_load only
             except ImportError as e:  # pragma: no cover - pyyaml is in the search extra
                 raise InvalidArgumentError(
                     "a YAML space needs pyyaml: pip install 'tierflow[search]'"
