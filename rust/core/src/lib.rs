@@ -7,7 +7,7 @@
 pub mod cpu;
 pub mod error;
 pub mod kernels;
-pub mod runtime;
+pub mod pool;
 pub mod sim;
 pub mod store;
 

@@ -125,7 +125,7 @@ pub fn attention(
     let op = SendPtr(out.as_mut_ptr());
     // K and V packed once per key/value head (see [`pack_kv`]).
     let nkb = skv.div_ceil(BC);
-    crate::runtime::install(|| {
+    crate::pool::install(|| {
         let (kt, vp) = pack_kv(k, v, b * hkv, skv, d)?;
         let (kt, vp) = (&kt, &vp);
         (0..b * h * nqb).into_par_iter().for_each_init(

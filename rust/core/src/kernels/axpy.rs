@@ -93,7 +93,7 @@ impl ColsAcc {
         c: &mut [f32],
         ldc: usize,
     ) -> ColsAcc {
-        let threads = crate::runtime::num_threads().max(1);
+        let threads = crate::pool::num_threads().max(1);
         // Columns per task: one run per thread (long contiguous row segments), capped so that
         // the task's accumulator (m x columns floats) stays within 256 KiB of L2.
         let cap = (65536 / m.max(1)).max(64);
@@ -133,7 +133,7 @@ impl ColsAcc {
         let cp = SendPtr(c.as_mut_ptr());
         let bp = SendPtr(self.bufs.as_mut_ptr());
         let bytes = kb * n * w.elem_bytes();
-        crate::runtime::for_tasks(self.bufs.len(), bytes, |t| {
+        crate::pool::for_tasks(self.bufs.len(), bytes, |t| {
             let n0 = t * per;
             let n1 = (n0 + per).min(n);
             // SAFETY: task t writes only columns n0..n1 of C and its own buffer bufs[t].

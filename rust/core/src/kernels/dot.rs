@@ -35,7 +35,7 @@ impl<T> SendPtr<T> {
 
 /// Rows of weight per task: enough tasks for load balance, each a few pages of weight.
 pub(crate) fn rows_per_task(n: usize, row_bytes: usize) -> usize {
-    let threads = crate::runtime::num_threads().max(1);
+    let threads = crate::pool::num_threads().max(1);
     let by_balance = n.div_ceil(threads * 8).max(1);
     let by_size = (64 * 1024 / row_bytes.max(1)).max(1);
     by_balance.max(by_size.min(n.div_ceil(threads))).div_ceil(4) * 4
@@ -58,7 +58,7 @@ pub fn matmul_rows(
     }
     let per = rows_per_task(n, w.row_bytes());
     let cp = SendPtr(c.as_mut_ptr());
-    crate::runtime::for_tasks(n.div_ceil(per), w.data.len(), |t| {
+    crate::pool::for_tasks(n.div_ceil(per), w.data.len(), |t| {
         let n0 = t * per;
         let n1 = (n0 + per).min(n);
         // SAFETY: task t writes only columns n0..n1 of C, disjoint from every other task.

@@ -112,7 +112,7 @@ pub fn matmul(
         Weight::Plain { w: ColW::F32(wf), .. } => gemm_f32(isa, x, m, k, wf, n, bias, c, ldc),
         Weight::Plain { w, .. } => {
             let mut wf = vec![0f32; k * n];
-            crate::runtime::install(|| {
+            crate::pool::install(|| {
                 wf.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
                     for (j, v) in row.iter_mut().enumerate() {
                         *v = match w {
@@ -157,7 +157,7 @@ fn gemm_f32(
     if bias.is_some() {
         fill_bias(c, m, n, ldc, bias);
     }
-    let threads = crate::runtime::num_threads();
+    let threads = crate::pool::num_threads();
     // Small square-ish products on 2+ threads (128^3, 256^3): the `gemm` crate threads them
     // better (gb scratch bench, 2 threads: 61-85 vs 52-56 GFLOP/s at 128^3, 97-149 vs 104-118 at
     // 256^3); `sgemm.rs` wins at M = 48-96 and from 384^3 on.
@@ -165,14 +165,14 @@ fn gemm_f32(
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 && !small_square && sgemm::avx2_available() {
         let acc = bias.is_some();
-        crate::runtime::install(|| {
+        crate::pool::install(|| {
             sgemm::sgemm_avx2(m, n, k, x, k, 1, w, n, 1, c, ldc, acc, threads);
         });
         return;
     }
     let _ = (isa, small_square);
     let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    crate::runtime::install(|| unsafe {
+    crate::pool::install(|| unsafe {
         // SAFETY: the slices cover (m, k), (k, n) and (m, ldc) row-major (checked by `matmul`);
         // gemm computes dst = alpha * dst + beta * lhs * rhs.
         gemm::gemm(
@@ -211,7 +211,7 @@ fn gemm_rows(
     let (k, n) = (q.k, q.n);
     fill_bias(c, m, n, ldc, bias);
     let cp = SendPtr(c.as_mut_ptr());
-    crate::runtime::install(|| {
+    crate::pool::install(|| {
         (0..n.div_ceil(NB)).into_par_iter().for_each_init(
             || vec![0f32; NB * k],
             |buf, p| {
@@ -292,7 +292,7 @@ mod tests {
         matmul(Isa::Scalar, &x, m, pw, Some(&bias), &mut want, ldc).unwrap();
         for threads in [1, 2] {
             let mut got = vec![9f32; m * ldc];
-            crate::runtime::with_threads(threads, || {
+            crate::pool::with_threads(threads, || {
                 matmul(Isa::detect(), &x, m, pw, Some(&bias), &mut got, ldc).unwrap()
             });
             for i in 0..m {

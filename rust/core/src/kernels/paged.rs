@@ -271,7 +271,7 @@ pub fn paged_decode_store(
     } else if let Some(r) = pages.iter().find(|r| matches!(r, PageRef::Stored(_))) {
         fetch(r)?; // the error: a stored page without a store
     }
-    let read: Vec<Option<Arc<AlignedBuf>>> = crate::runtime::install(|| {
+    let read: Vec<Option<Arc<AlignedBuf>>> = crate::pool::install(|| {
         slow.par_iter().map(|&i| fetch(&pages[i])).collect::<Result<_>>()
     })?;
     for (i, b) in slow.into_iter().zip(read) {
@@ -304,7 +304,7 @@ fn as_f32(bytes: &[u8]) -> Result<&[f32]> {
 /// group's heads while it is in L1; halved while that leaves fewer tasks than threads. The
 /// arithmetic of each head is the same whatever the grouping (same order), so results are too.
 fn heads_per_task(b: usize, h: usize, hkv: usize) -> usize {
-    let threads = crate::runtime::num_threads().max(1);
+    let threads = crate::pool::num_threads().max(1);
     let mut gsz = h / hkv;
     while gsz % 2 == 0 && b * (h / gsz) < threads {
         gsz /= 2;
@@ -340,7 +340,7 @@ fn decode_grouped<S: PageSource>(
 ) {
     let (h, _, d, page) = dims;
     let op = SendPtr(out.as_mut_ptr());
-    crate::runtime::install(|| {
+    crate::pool::install(|| {
         (0..lens.len() * (h / gsz)).into_par_iter().for_each_init(
             || Scratch {
                 s: vec![0f32; gsz * page],

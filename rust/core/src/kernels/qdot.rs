@@ -173,7 +173,7 @@ pub fn matmul_q(
     }
     let per = rows_per_task(n, w.row_bytes());
     let cp = SendPtr(c.as_mut_ptr());
-    crate::runtime::for_tasks(n.div_ceil(per), w.data.len(), |t| {
+    crate::pool::for_tasks(n.div_ceil(per), w.data.len(), |t| {
         let n0 = t * per;
         let n1 = (n0 + per).min(n);
         // SAFETY: task t writes only columns n0..n1 of C.

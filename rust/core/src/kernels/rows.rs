@@ -36,7 +36,7 @@ pub fn for_rows<O: RowOp>(isa: Isa, op: &O, x: &[f32], y: &mut [f32], d: usize) 
     let per = rows_per_task(d);
     let rows = x.len() / d;
     let yp = super::dot::SendPtr(y.as_mut_ptr());
-    crate::runtime::for_tasks(rows.div_ceil(per), 8 * x.len(), |t| {
+    crate::pool::for_tasks(rows.div_ceil(per), 8 * x.len(), |t| {
         let (r0, r1) = (t * per, ((t + 1) * per).min(rows));
         let xc = &x[r0 * d..r1 * d];
         // SAFETY: task t writes only rows r0..r1 of y (y has the shape of x).

@@ -134,7 +134,7 @@ pub fn avx2_available() -> bool {
 }
 
 /// `C <- (accumulate ? C : 0) + A B` with the AVX2 + FMA micro-kernel, on up to `threads`
-/// threads of the current rayon pool (call it inside `runtime::install`).
+/// threads of the current rayon pool (call it inside `pool::install`).
 ///
 /// Panics if a slice is too short for its strides, `ldc < n`, or the CPU lacks AVX2 / FMA.
 #[cfg(target_arch = "x86_64")]
@@ -613,7 +613,7 @@ mod tests {
             let mut want = c0.clone();
             let mut got = c0.clone();
             sgemm_ref(m, n, k, &a, rsa, csa, &b, rsb, csb, &mut want, ldc, accumulate);
-            crate::runtime::install(|| {
+            crate::pool::install(|| {
                 sgemm_avx2(m, n, k, &a, rsa, csa, &b, rsb, csb, &mut got, ldc, accumulate, threads)
             });
             for i in 0..m {
