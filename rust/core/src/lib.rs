@@ -6,6 +6,7 @@
 
 pub mod cpu;
 pub mod error;
+pub mod eviction;
 pub mod kernels;
 pub mod pool;
 pub mod sim;

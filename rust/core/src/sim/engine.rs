@@ -10,7 +10,8 @@
 
 use super::cost::{NodeCost, NodeSpec};
 use super::device::DeviceSpec;
-use super::policy::{place, Batching, Eviction, EvictionKind, Placement};
+use super::policy::{place, Batching, Placement};
+use crate::eviction::{Eviction, EvictionKind};
 use super::report::{InstanceStats, SimReport};
 use crate::error::{CoreError, Result};
 use std::cmp::Reverse;
