@@ -6,9 +6,8 @@
 //! - [`paged_decode`]: pages of two shared pools `(NB, Hkv, P, D)` (page `blk`, kv head `g`,
 //!   slot `j`), found through a block table `(B, max_blocks)` of page ids;
 //! - [`paged_decode_pages`]: a list of separate pages, each `(2, Hkv, P, D)` (keys then values),
-//!   sequence `b` owning the next `counts[b]` entries; [`paged_decode_store`] fills that list
-//!   from a [`Store`] (each page a stored tensor, read once per call wherever it lives: a view of
-//!   a memory tier's buffer, or a read from a file tier that the store counts in its statistics).
+//!   sequence `b` owning the next `counts[b]` entries (`store::paged_kv` fills that list from
+//!   tensors of the tiered store).
 //!
 //! `q`, `o` are `(B, H, D)`; `lens` `(B)`. Query head `h` reads kv head `h / (H / Hkv)`. Per
 //! (sequence, head) the pages are visited in order with an online softmax (`m`, `l`, `o`
@@ -20,10 +19,8 @@ use super::dot::SendPtr;
 use super::rows::{lanes_max, lanes_sum};
 use super::vmath::{exp, fma};
 use crate::cpu::Isa;
-use crate::store::{AlignedBuf, Store};
 use crate::{CoreError, Result};
 use rayon::prelude::*;
-use std::sync::Arc;
 
 /// Sizes of a paged decode call.
 #[derive(Clone, Copy, Debug)]
@@ -203,100 +200,6 @@ pub fn paged_decode_pages(
     let src = List { pages, starts, hkv, pd };
     decode(isa, &src, q, (h, hkv, d, page), lens, scale, out);
     Ok(())
-}
-
-/// One page for [`paged_decode_store`]: a slice the caller holds, or a tensor of the store.
-#[derive(Clone, Copy, Debug)]
-pub enum PageRef<'a> {
-    Slice(&'a [f32]),
-    Stored(&'a str),
-}
-
-/// [`paged_decode_pages`] with pages that may be tensors of `store` (each a float32
-/// `(2, Hkv, P, D)` tensor). Every stored page is fetched once with [`Store::get`]: from a memory
-/// tier a shared view (no copy); from a file tier a read (counted in the store's statistics;
-/// these run in parallel) that, with `promote`, also moves the page up into the default tier.
-/// Read pages are held only for the call.
-///
-/// Errors: a missing page (`NotFound`), a page of another dtype (`DType`) or shape (`Shape`),
-/// stored pages without a store (`Value`), and whatever the store's read reports.
-pub fn paged_decode_store(
-    isa: Isa,
-    store: Option<&Store>,
-    q: &[f32],
-    pages: &[PageRef<'_>],
-    counts: &[usize],
-    p: PageList,
-    lens: &[usize],
-    scale: f32,
-    promote: bool,
-    out: &mut [f32],
-) -> Result<()> {
-    let shape = [2, p.hkv, p.page, p.d];
-    let fetch = |r: &PageRef<'_>| -> Result<Option<Arc<AlignedBuf>>> {
-        let PageRef::Stored(name) = *r else { return Ok(None) };
-        let st = store.ok_or_else(|| {
-            CoreError::Value(format!("page {name:?} is a store tensor, but no store was given"))
-        })?;
-        let (meta, buf) = st.get(name, promote)?;
-        if meta.dtype != "float32" {
-            return Err(CoreError::DType(format!(
-                "KV page {name:?} is {}, pages are float32",
-                meta.dtype
-            )));
-        }
-        if meta.shape != shape {
-            return Err(CoreError::Shape(format!(
-                "KV page {name:?} has shape {:?}, the cache's pages are {shape:?}",
-                meta.shape
-            )));
-        }
-        Ok(Some(buf))
-    };
-    // Pages in a memory tier are shared views (a lookup each): fetched in turn. Pages in a file
-    // tier are reads: fetched in parallel.
-    let mut bufs: Vec<Option<Arc<AlignedBuf>>> = vec![None; pages.len()];
-    let mut slow = Vec::new();
-    if let Some(st) = store {
-        let file_tier: Vec<bool> = st.tiers().iter().map(|t| t.path.is_some()).collect();
-        for (i, r) in pages.iter().enumerate() {
-            if let PageRef::Stored(name) = r {
-                if file_tier.get(st.meta(name)?.tier_index).copied().unwrap_or(true) {
-                    slow.push(i);
-                } else {
-                    bufs[i] = fetch(r)?;
-                }
-            }
-        }
-    } else if let Some(r) = pages.iter().find(|r| matches!(r, PageRef::Stored(_))) {
-        fetch(r)?; // the error: a stored page without a store
-    }
-    let read: Vec<Option<Arc<AlignedBuf>>> = crate::pool::install(|| {
-        slow.par_iter().map(|&i| fetch(&pages[i])).collect::<Result<_>>()
-    })?;
-    for (i, b) in slow.into_iter().zip(read) {
-        bufs[i] = b;
-    }
-    let slices: Vec<&[f32]> = pages
-        .iter()
-        .zip(&bufs)
-        .map(|(r, b)| match (r, b) {
-            (_, Some(buf)) => as_f32(buf.as_slice()),
-            (PageRef::Slice(s), None) => Ok(*s),
-            (PageRef::Stored(n), None) => Err(CoreError::Internal(format!("page {n:?} not read"))),
-        })
-        .collect::<Result<_>>()?;
-    paged_decode_pages(isa, q, &slices, counts, p, lens, scale, out)
-}
-
-/// The float32 values of a store buffer (64-byte aligned, so the cast never shifts).
-fn as_f32(bytes: &[u8]) -> Result<&[f32]> {
-    // SAFETY: every bit pattern is a valid f32; `align_to` returns only whole, aligned elements.
-    let (pre, mid, post) = unsafe { bytes.align_to::<f32>() };
-    if !pre.is_empty() || !post.is_empty() {
-        return Err(CoreError::Internal("a store buffer is not float32-aligned".into()));
-    }
-    Ok(mid)
 }
 
 /// Query heads per task: the whole GQA group (`H / Hkv` heads that read the same kv head), so
@@ -643,4 +546,4 @@ mod x86 {
 
 #[cfg(test)]
 #[path = "paged_tests.rs"]
-mod tests;
+pub(crate) mod tests;

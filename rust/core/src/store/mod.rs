@@ -19,6 +19,7 @@ pub mod fileio;
 pub mod manifest;
 pub mod names;
 pub mod policy;
+pub mod paged_kv;
 mod prefetch;
 mod safetensors_dir;
 mod state;
