@@ -25,10 +25,10 @@
 //! Layouts: `X` row-major `(M, K)`, `C` row-major with row stride `ldc >= N`, no aliasing.
 
 use super::axpy::{matmul_cols, ColW};
+use super::backend::{dispatch, Backend};
 use super::dot::{matmul_rows, SendPtr};
 use super::qdot::{is_int_format, matmul_q, quantize_acts};
 use super::quant::{dequantize_row, QWeight};
-use super::sgemm;
 use crate::cpu::Isa;
 use crate::{CoreError, Result};
 use rayon::prelude::*;
@@ -162,15 +162,16 @@ fn gemm_f32(
     // better (gb scratch bench, 2 threads: 61-85 vs 52-56 GFLOP/s at 128^3, 97-149 vs 104-118 at
     // 256^3); `sgemm.rs` wins at M = 48-96 and from 384^3 on.
     let small_square = threads > 1 && m >= 128 && m * n * k <= 256 * 256 * 256;
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 && !small_square && sgemm::avx2_available() {
+    // A forced AVX-512 path leaves these to the `gemm` crate (its own AVX-512 kernels).
+    if isa != Isa::Avx512 && !small_square {
         let acc = bias.is_some();
-        crate::pool::install(|| {
-            sgemm::sgemm_avx2(m, n, k, x, k, 1, w, n, 1, c, ldc, acc, threads);
-        });
-        return;
+        let done = crate::pool::install(
+            || dispatch!(isa, B => B::sgemm(m, n, k, x, w, c, ldc, acc, threads)),
+        );
+        if done {
+            return;
+        }
     }
-    let _ = (isa, small_square);
     let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     crate::pool::install(|| unsafe {
         // SAFETY: the slices cover (m, k), (k, n) and (m, ldc) row-major (checked by `matmul`);

@@ -11,9 +11,8 @@
 
 pub mod act;
 pub mod attention;
-#[cfg(target_arch = "x86_64")]
-pub mod attention_avx2;
 pub mod axpy;
+pub(crate) mod backend;
 pub mod bandwidth;
 pub mod dot;
 pub mod gemm;

@@ -11,9 +11,9 @@
 use super::cost::{NodeCost, NodeSpec};
 use super::device::DeviceSpec;
 use super::policy::{place, Batching, Placement};
-use crate::eviction::{Eviction, EvictionKind};
 use super::report::{InstanceStats, SimReport};
 use crate::error::{CoreError, Result};
+use crate::eviction::{Eviction, EvictionKind};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 

@@ -76,9 +76,8 @@ pub fn paged_decode_store(
     } else if let Some(r) = pages.iter().find(|r| matches!(r, PageRef::Stored(_))) {
         fetch(r)?; // the error: a stored page without a store
     }
-    let read: Vec<Option<Arc<AlignedBuf>>> = crate::pool::install(|| {
-        slow.par_iter().map(|&i| fetch(&pages[i])).collect::<Result<_>>()
-    })?;
+    let read: Vec<Option<Arc<AlignedBuf>>> =
+        crate::pool::install(|| slow.par_iter().map(|&i| fetch(&pages[i])).collect::<Result<_>>())?;
     for (i, b) in slow.into_iter().zip(read) {
         bufs[i] = b;
     }
@@ -190,8 +189,15 @@ mod tests {
             &mut o,
         );
         assert!(matches!(e, Err(CoreError::NotFound(_))), "{e:?}");
-        s.put("kv/odd", DType::F32, &[2, hkv, P, d / 2], &vec![0u8; 2 * hkv * P * d * 2], None, false)
-            .unwrap();
+        s.put(
+            "kv/odd",
+            DType::F32,
+            &[2, hkv, P, d / 2],
+            &vec![0u8; 2 * hkv * P * d * 2],
+            None,
+            false,
+        )
+        .unwrap();
         let odd = [PageRef::Stored("kv/odd")];
         let e = paged_decode_store(
             Isa::Scalar,
