@@ -1,7 +1,8 @@
 //! Decode-shape matmul on row-stored weights: `C[m, n] = bias[n] + sum_k X[m, k] * W[k, n]`,
-//! where `W` is stored as `N` rows of `K` elements in any [`Format`] (see `quant.rs`), so each
-//! output element is a dot product of an activation row with one weight row, and the weight is
-//! read once, front to back, with its dequantisation fused into the inner loop.
+//! where `W` is stored as `N` rows of `K` elements in any
+//! [`Format`](super::quant::Format) (see `quant.rs`), so each output element is a dot product of
+//! an activation row with one weight row, and the weight is read once, front to back, with its
+//! dequantisation fused into the inner loop.
 //!
 //! Strides: `X` is row-major with row stride `K`; `C` is row-major with row stride `ldc`.
 //! `C` must not alias `X` or `W`.
@@ -12,7 +13,7 @@
 //! `M <= 4`, (1, 8) above; a weight block is dequantised once per tile and used `MR` times.
 
 use super::backend::{dispatch, Backend};
-use super::quant::{dequantize_row, Format, QWeight};
+use super::quant::{dequantize_row, QWeight};
 use crate::cpu::Isa;
 
 /// A raw pointer that may cross threads (tasks write disjoint parts of one output).
@@ -112,7 +113,7 @@ pub(crate) unsafe fn scalar_task(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::quant::quantize;
+    use crate::kernels::quant::{quantize, Format};
     use crate::kernels::test_util::lcg;
 
     #[test]
