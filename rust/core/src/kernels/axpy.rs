@@ -29,7 +29,7 @@ pub enum ColW<'a> {
 
 impl ColW<'_> {
     #[inline(always)]
-    fn get(&self, i: usize) -> f32 {
+    pub(super) fn get(&self, i: usize) -> f32 {
         match self {
             ColW::F32(w) => w[i],
             ColW::F16(w) => f16::from_bits(w[i]).to_f32(),

@@ -73,6 +73,35 @@ pub fn matmul(
     ldc: usize,
 ) -> Result<()> {
     let (k, n) = (w.k(), w.n());
+    check_operands(x, m, k, n, bias, c, ldc)?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        // An empty sum: C is the bias (or zero).
+        fill_bias(c, m, n, ldc, bias);
+        return Ok(());
+    }
+    if m <= DECODE_MAX_M || isa == Isa::Scalar {
+        matmul_streaming(isa, x, m, w, bias, c, ldc);
+    } else {
+        matmul_large(isa, x, m, w, bias, c, ldc);
+    }
+    Ok(())
+}
+
+/// Checks the buffers of `matmul` before anything is written: `x` holds `(m, k)`, `c` holds `m`
+/// rows of stride `ldc >= n` (sizes computed without overflow), and `bias` has `n` elements.
+/// After it returns `Ok`, every index the kernels form is in bounds.
+fn check_operands(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    bias: Option<&[f32]>,
+    c: &[f32],
+    ldc: usize,
+) -> Result<()> {
     let need_x = m.checked_mul(k);
     let need_c =
         if m == 0 { Some(0) } else { (m - 1).checked_mul(ldc).and_then(|v| v.checked_add(n)) };
@@ -81,26 +110,34 @@ pub fn matmul(
             "matmul buffers too small for ({m}, {k}) x ({k}, {n}) with row stride {ldc}"
         )));
     }
+    check_bias(bias, n)
+}
+
+/// A bias, when given, has one element per output column.
+pub(super) fn check_bias(bias: Option<&[f32]>, n: usize) -> Result<()> {
     if let Some(b) = bias {
         if b.len() != n {
             return Err(CoreError::Shape(format!("bias has {} elements, expected {n}", b.len())));
         }
     }
-    if m == 0 || n == 0 {
-        return Ok(());
-    }
-    if k == 0 {
-        for i in 0..m {
-            for j in 0..n {
-                c[i * ldc + j] = bias.map_or(0.0, |b| b[j]);
-            }
-        }
-        return Ok(());
-    }
-    let small = m <= DECODE_MAX_M || isa == Isa::Scalar;
+    Ok(())
+}
+
+/// Decode shapes (`m <= DECODE_MAX_M`) and every shape on `Isa::Scalar`: the kernels that stream
+/// each weight byte once. Operands checked by `check_operands`, `m, n, k > 0`.
+fn matmul_streaming(
+    isa: Isa,
+    x: &[f32],
+    m: usize,
+    w: Weight<'_>,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    let k = w.k();
     match w {
-        Weight::Plain { w, .. } if small => matmul_cols(isa, x, m, k, w, n, bias, c, ldc),
-        Weight::Rows(q) if small => {
+        Weight::Plain { w, n, .. } => matmul_cols(isa, x, m, k, w, n, bias, c, ldc),
+        Weight::Rows(q) => {
             // Q8_0 / Q4_0 at decode shapes: integer dot products on activations rounded to Q8
             // blocks (ggml's route; see `qdot.rs`), unless X holds Inf/NaN.
             let int = is_int_format(q.fmt) && m <= DECODE_MAX_M;
@@ -109,27 +146,47 @@ pub fn matmul(
                 None => matmul_rows(isa, x, m, &q, bias, c, ldc),
             }
         }
-        Weight::Plain { w: ColW::F32(wf), .. } => gemm_f32(isa, x, m, k, wf, n, bias, c, ldc),
-        Weight::Plain { w, .. } => {
-            let mut wf = vec![0f32; k * n];
-            crate::pool::install(|| {
-                wf.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
-                    for (j, v) in row.iter_mut().enumerate() {
-                        *v = match w {
-                            ColW::F32(p) => p[r * n + j],
-                            ColW::F16(p) => half::f16::from_bits(p[r * n + j]).to_f32(),
-                            ColW::Bf16(p) => f32::from_bits((p[r * n + j] as u32) << 16),
-                        };
-                    }
-                })
-            });
+    }
+}
+
+/// Larger `m` on a vector ISA (compute-bound): a float32 GEMM, after widening a half-precision
+/// plain weight to float32 or panel by panel from a row-stored one. Operands checked by
+/// `check_operands`, `m, n, k > 0`.
+fn matmul_large(
+    isa: Isa,
+    x: &[f32],
+    m: usize,
+    w: Weight<'_>,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    let k = w.k();
+    match w {
+        Weight::Plain { w: ColW::F32(wf), n, .. } => gemm_f32(isa, x, m, k, wf, n, bias, c, ldc),
+        Weight::Plain { w, n, .. } => {
+            let wf = widen_plain(w, k, n);
             gemm_f32(isa, x, m, k, &wf, n, bias, c, ldc)
         }
         Weight::Rows(q) => gemm_rows(x, m, &q, bias, c, ldc),
     }
-    Ok(())
 }
 
+/// A plain `(k, n)` weight as float32 (exact: f16 and bf16 widen without rounding), converted
+/// row by row on the tierflow pool.
+fn widen_plain(w: ColW<'_>, k: usize, n: usize) -> Vec<f32> {
+    let mut wf = vec![0f32; k * n];
+    crate::pool::install(|| {
+        wf.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = w.get(r * n + j);
+            }
+        })
+    });
+    wf
+}
+
+/// Sets `C[:m, :n]` to the bias in every row (zero without one); columns past `n` untouched.
 fn fill_bias(c: &mut [f32], m: usize, n: usize, ldc: usize, bias: Option<&[f32]>) {
     for i in 0..m {
         let row = &mut c[i * ldc..i * ldc + n];

@@ -219,11 +219,7 @@ pub fn matmul_streamed_plain(
     if x.len() < m * k || (m > 0 && (c.len() < (m - 1) * ldc + n || ldc < n)) {
         return Err(CoreError::Shape("streamed matmul buffers too small".into()));
     }
-    if let Some(b) = bias {
-        if b.len() != n {
-            return Err(CoreError::Shape(format!("bias has {} elements, expected {n}", b.len())));
-        }
-    }
+    super::gemm::check_bias(bias, n)?;
     if m == 0 || n == 0 {
         return Ok(());
     }
