@@ -560,31 +560,58 @@ impl Sim<'_> {
 }
 
 /// Simulate `w` on `cfg.instances` copies of `dev`.
+///
+/// Phases: the checks ([`validate`]), [`popularity`], home tiers ([`homes`]), the pinned sets
+/// ([`pinned_sets`]), the instances and the empty report ([`Sim::new`]), the event loop
+/// ([`Sim::run`], which serves each batch with [`Sim::serve`]), and the report's totals.
 pub fn simulate(dev: &DeviceSpec, model: &Model, w: &Workload, cfg: &Config) -> Result<SimReport> {
     dev.validate()?;
     validate(model, w, cfg)?;
-    let m = model.nodes.len();
-    let n = w.arrival.len();
-    let pop: Vec<f64> = match &cfg.popularity {
+    let pop = popularity(model, w, cfg);
+    let (home, cap) = homes(dev, model, &pop)?;
+    let sizes: Vec<u64> = model.nodes.iter().map(|nd| nd.bytes).collect();
+    let pinned = pinned_sets(dev, cfg, &home, &sizes, &pop, cap);
+    let mut sim = Sim::new(dev, model, w, cfg, home, cap, pinned, &sizes)?;
+    let makespan = sim.run()?;
+    let mut rep = sim.rep;
+    rep.makespan = makespan;
+    rep.instances = sim.insts.into_iter().map(|i| i.st).collect();
+    Ok(rep)
+}
+
+/// Setup: each node's popularity for placement, `cfg.popularity` or else the number of
+/// requests in `w` addressed to it (one entry per node; checked by [`validate`]).
+fn popularity(model: &Model, w: &Workload, cfg: &Config) -> Vec<f64> {
+    match &cfg.popularity {
         Some(p) => p.clone(),
         None => {
-            let mut c = vec![0f64; m];
+            let mut c = vec![0f64; model.nodes.len()];
             for &e in &w.expert {
                 c[e as usize] += 1.0;
             }
             c
         }
-    };
-    let (home, cap) = homes(dev, model, &pop)?;
-    let sizes: Vec<u64> = model.nodes.iter().map(|nd| nd.bytes).collect();
-    let pinned = if home.iter().all(|&h| h as usize == dev.exec_tier) {
+    }
+}
+
+/// Setup: the nodes pinned in each instance's exec tier (none when every node's home is the
+/// exec tier: all stay resident anyway). Placement lists pins in popularity order; each set is
+/// trimmed from its least popular end until it leaves room in `cap` for the largest unpinned
+/// node, so a demand load always finds room.
+fn pinned_sets(
+    dev: &DeviceSpec,
+    cfg: &Config,
+    home: &[u32],
+    sizes: &[u64],
+    pop: &[f64],
+    cap: u64,
+) -> Vec<Vec<u32>> {
+    let m = sizes.len();
+    let mut pinned = if home.iter().all(|&h| h as usize == dev.exec_tier) {
         vec![Vec::new(); cfg.instances]
     } else {
-        place(cfg.placement, &sizes, &pop, cap, cfg.instances)
+        place(cfg.placement, sizes, pop, cap, cfg.instances)
     };
-    // a pinned set must leave room for the largest unpinned node: unpin the least popular
-    // (placement lists pins in popularity order) until it does
-    let mut pinned = pinned;
     for p in pinned.iter_mut() {
         loop {
             let used: u64 = p.iter().map(|&e| sizes[e as usize]).sum();
@@ -596,6 +623,20 @@ pub fn simulate(dev: &DeviceSpec, model: &Model, w: &Workload, cfg: &Config) -> 
             p.pop();
         }
     }
+    pinned
+}
+
+/// Setup: one instance per pinned set, its pinned nodes resident (and counted in `used`) at
+/// time 0, an eviction policy over all nodes (Belady's given the trace's expert sequence),
+/// empty queues and zeroed statistics with one byte counter per copy link.
+fn new_instances(
+    dev: &DeviceSpec,
+    w: &Workload,
+    cfg: &Config,
+    pinned: &[Vec<u32>],
+    sizes: &[u64],
+) -> Result<Vec<Inst>> {
+    let m = sizes.len();
     let links = dev.tiers.len().saturating_sub(1);
     let mut insts = Vec::with_capacity(cfg.instances);
     for p in pinned.iter() {
@@ -625,108 +666,173 @@ pub fn simulate(dev: &DeviceSpec, model: &Model, w: &Workload, cfg: &Config) -> 
         inst.st.occupancy.push((0.0, inst.used));
         insts.push(inst);
     }
-    let costs: Vec<NodeCost> = model.nodes.iter().map(|nd| NodeCost::new(nd, dev)).collect();
-    let copy: Vec<f64> = (0..m).map(|e| dev.copy_time(home[e] as usize, sizes[e])).collect();
-    let mut sim = Sim {
-        dev,
-        model,
-        w,
-        cfg,
-        costs,
-        router: model.router.as_ref().map(|r| NodeCost::new(r, dev)),
-        copy,
-        home: home.clone(),
-        cap,
-        insts,
-        rep: SimReport {
-            arrival: vec![0.0; n],
-            ttft: vec![0.0; n],
-            latency: vec![0.0; n],
-            queue: vec![0.0; n],
-            instance: vec![0; n],
-            node_loads: vec![0; m],
-            home,
-            pinned,
-            exec_capacity: cap,
-            ..Default::default()
-        },
-        batch: Vec::new(),
-        chain: Vec::new(),
-        protect: Vec::new(),
-        pbuf: Vec::new(),
-        ahead: Vec::new(),
-    };
-    // arrivals
-    let mut heap: BinaryHeap<Reverse<(Ord64, u32)>> = BinaryHeap::new();
-    let mut next_of: Vec<u32> = Vec::new();
-    if let Some(users) = &w.user {
-        next_of = vec![u32::MAX; n];
-        let mut last: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
-        for i in 0..n {
-            match last.insert(users[i], i as u32) {
-                Some(p) => next_of[p as usize] = i as u32,
-                None => heap.push(Reverse((Ord64(w.arrival[i]), i as u32))),
-            }
-        }
-    }
-    let closed = w.user.is_some();
-    let mut open_next = 0usize;
-    let mut done: Vec<(u32, f64)> = Vec::new();
-    let mut finished = 0usize;
-    let mut makespan: f64 = 0.0;
-    while finished < n {
-        let ta = if closed {
-            heap.peek().map_or(f64::INFINITY, |Reverse((t, _))| t.0)
-        } else if open_next < n {
-            w.arrival[open_next]
-        } else {
-            f64::INFINITY
-        };
-        let mut best = (f64::INFINITY, usize::MAX);
-        for (k, inst) in sim.insts.iter().enumerate() {
-            if !inst.queue.is_empty() && inst.free_at < best.0 {
-                best = (inst.free_at, k);
-            }
-        }
-        if ta.is_finite() && ta <= best.0 {
-            let r = if closed {
-                heap.pop().expect("peeked").0 .1
-            } else {
-                open_next += 1;
-                (open_next - 1) as u32
-            };
-            sim.rep.arrival[r as usize] = ta;
-            sim.dispatch(r, ta);
-            // an idle instance starts at the arrival time
-            let k = sim.rep.instance[r as usize] as usize;
-            if sim.insts[k].free_at < ta {
-                sim.insts[k].free_at = ta;
-            }
-            continue;
-        }
-        if best.1 == usize::MAX {
-            return Err(CoreError::Internal(
-                "simulator: no event left before all requests finished".into(),
-            ));
-        }
-        let (t, k) = best;
-        done.clear();
-        let end = sim.serve(k, t, &mut done)?;
-        makespan = makespan.max(end);
-        finished += done.len();
-        if closed {
-            for &(r, fin) in &done {
-                let nx = next_of[r as usize];
-                if nx != u32::MAX {
-                    heap.push(Reverse((Ord64(fin + w.arrival[nx as usize]), nx)));
+    Ok(insts)
+}
+
+/// The arrival side of the event queue. Open loop: requests arrive in trace order at their
+/// (non-decreasing) arrival times. Closed loop: each user's first request is issued at its
+/// think time; each later one when the user's previous request completes, plus its think time.
+struct Arrivals<'a> {
+    w: &'a Workload,
+    closed: bool,
+    /// Closed loop: issued requests by time (ties by index).
+    heap: BinaryHeap<Reverse<(Ord64, u32)>>,
+    /// Closed loop: the same user's next request after each one (`u32::MAX`: none).
+    next_of: Vec<u32>,
+    /// Open loop: the next request to arrive.
+    open_next: usize,
+}
+
+impl<'a> Arrivals<'a> {
+    fn new(w: &'a Workload) -> Self {
+        let n = w.arrival.len();
+        let mut heap: BinaryHeap<Reverse<(Ord64, u32)>> = BinaryHeap::new();
+        let mut next_of: Vec<u32> = Vec::new();
+        if let Some(users) = &w.user {
+            next_of = vec![u32::MAX; n];
+            let mut last: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
+            for i in 0..n {
+                match last.insert(users[i], i as u32) {
+                    Some(p) => next_of[p as usize] = i as u32,
+                    None => heap.push(Reverse((Ord64(w.arrival[i]), i as u32))),
                 }
             }
         }
+        Arrivals { w, closed: w.user.is_some(), heap, next_of, open_next: 0 }
     }
-    let mut rep = sim.rep;
-    rep.makespan = makespan;
-    rep.instances = sim.insts.into_iter().map(|i| i.st).collect();
-    Ok(rep)
+
+    /// When the next request arrives (infinity: none pending).
+    fn next_time(&self) -> f64 {
+        if self.closed {
+            self.heap.peek().map_or(f64::INFINITY, |Reverse((t, _))| t.0)
+        } else if self.open_next < self.w.arrival.len() {
+            self.w.arrival[self.open_next]
+        } else {
+            f64::INFINITY
+        }
+    }
+
+    /// Takes the next request; only after `next_time` returned a finite time.
+    fn pop(&mut self) -> u32 {
+        if self.closed {
+            self.heap.pop().expect("peeked").0 .1
+        } else {
+            self.open_next += 1;
+            (self.open_next - 1) as u32
+        }
+    }
+
+    /// Closed loop: request `r` finished at `fin`, so its user's next request is issued.
+    fn on_done(&mut self, r: u32, fin: f64) {
+        let nx = self.next_of[r as usize];
+        if nx != u32::MAX {
+            self.heap.push(Reverse((Ord64(fin + self.w.arrival[nx as usize]), nx)));
+        }
+    }
+}
+
+impl<'a> Sim<'a> {
+    /// Setup: the simulator state for `cfg.instances` instances (see [`new_instances`]), the
+    /// nodes' latency models and copy times from their home tiers, and a report with one
+    /// zeroed slot per request and per node.
+    fn new(
+        dev: &'a DeviceSpec,
+        model: &'a Model,
+        w: &'a Workload,
+        cfg: &'a Config,
+        home: Vec<u32>,
+        cap: u64,
+        pinned: Vec<Vec<u32>>,
+        sizes: &[u64],
+    ) -> Result<Self> {
+        let (m, n) = (model.nodes.len(), w.arrival.len());
+        let insts = new_instances(dev, w, cfg, &pinned, sizes)?;
+        let costs: Vec<NodeCost> = model.nodes.iter().map(|nd| NodeCost::new(nd, dev)).collect();
+        let copy: Vec<f64> = (0..m).map(|e| dev.copy_time(home[e] as usize, sizes[e])).collect();
+        Ok(Sim {
+            dev,
+            model,
+            w,
+            cfg,
+            costs,
+            router: model.router.as_ref().map(|r| NodeCost::new(r, dev)),
+            copy,
+            home: home.clone(),
+            cap,
+            insts,
+            rep: SimReport {
+                arrival: vec![0.0; n],
+                ttft: vec![0.0; n],
+                latency: vec![0.0; n],
+                queue: vec![0.0; n],
+                instance: vec![0; n],
+                node_loads: vec![0; m],
+                home,
+                pinned,
+                exec_capacity: cap,
+                ..Default::default()
+            },
+            batch: Vec::new(),
+            chain: Vec::new(),
+            protect: Vec::new(),
+            pbuf: Vec::new(),
+            ahead: Vec::new(),
+        })
+    }
+
+    /// The event loop, until every request has finished; returns the makespan. The next event
+    /// is the earlier of the next arrival and the earliest time a busy-queued instance is free,
+    /// an arrival first on a tie. An arrival is dispatched to an instance (an idle one starts at
+    /// the arrival time); a free instance serves a batch ([`Sim::serve`]), whose finished
+    /// requests issue their users' next requests in a closed loop. Time never goes back.
+    fn run(&mut self) -> Result<f64> {
+        let n = self.w.arrival.len();
+        let mut arrivals = Arrivals::new(self.w);
+        let mut done: Vec<(u32, f64)> = Vec::new();
+        let mut finished = 0usize;
+        let mut makespan: f64 = 0.0;
+        while finished < n {
+            let ta = arrivals.next_time();
+            let mut best = (f64::INFINITY, usize::MAX);
+            for (k, inst) in self.insts.iter().enumerate() {
+                if !inst.queue.is_empty() && inst.free_at < best.0 {
+                    best = (inst.free_at, k);
+                }
+            }
+            if ta.is_finite() && ta <= best.0 {
+                let r = arrivals.pop();
+                self.arrive(r, ta);
+                continue;
+            }
+            if best.1 == usize::MAX {
+                return Err(CoreError::Internal(
+                    "simulator: no event left before all requests finished".into(),
+                ));
+            }
+            let (t, k) = best;
+            done.clear();
+            let end = self.serve(k, t, &mut done)?;
+            makespan = makespan.max(end);
+            finished += done.len();
+            if arrivals.closed {
+                for &(r, fin) in &done {
+                    arrivals.on_done(r, fin);
+                }
+            }
+        }
+        Ok(makespan)
+    }
+
+    /// Request `r` arrives at `ta`: recorded, queued on an instance by [`Sim::dispatch`]; an
+    /// idle instance starts at the arrival time.
+    fn arrive(&mut self, r: u32, ta: f64) {
+        self.rep.arrival[r as usize] = ta;
+        self.dispatch(r, ta);
+        let k = self.rep.instance[r as usize] as usize;
+        if self.insts[k].free_at < ta {
+            self.insts[k].free_at = ta;
+        }
+    }
 }
 
 #[cfg(test)]
