@@ -88,6 +88,51 @@ enum Reason {
     Explicit,
 }
 
+/// A tensor being put: its name, bytes and target tier.
+struct NewTensor<'a> {
+    name: &'a str,
+    dtype: &'a DType,
+    shape: &'a [usize],
+    data: &'a [u8],
+    nbytes: u64,
+    tier: usize,
+}
+
+/// A move of tensor `name` (`n` bytes) from tier `src` to tier `dst`.
+struct Move<'a> {
+    name: &'a str,
+    src: usize,
+    dst: usize,
+    n: u64,
+    reason: Reason,
+    src_name: String,
+    dst_name: String,
+    dst_file: bool,
+}
+
+/// Where a move with I/O reads from and writes to, as the entry stood when it was marked busy.
+struct MoveFrom {
+    /// The generation naming the new file (file destinations).
+    gen: u64,
+    dst_dir: Option<PathBuf>,
+    dtype: DType,
+    shape: Vec<usize>,
+    mem: Option<Arc<AlignedBuf>>,
+    /// The file copy: the non-home one if any, else home.
+    loc: Option<FileLoc>,
+}
+
+/// What a move's I/O produced: the new buffer (memory destination) or the new file.
+type Moved = (Option<Arc<AlignedBuf>>, Option<FileLoc>);
+
+/// The outcome of a move's checks.
+enum Admitted {
+    /// Already in the destination: its bytes, when in memory.
+    Stays(Option<Arc<AlignedBuf>>),
+    /// To move, with room made in the destination.
+    Moves { src: usize, nbytes: u64 },
+}
+
 pub(crate) struct Inner {
     root: Option<PathBuf>,
     specs: Vec<TierSpec>,
@@ -141,6 +186,28 @@ fn validate_tiers(specs: &[TierSpec]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The path of a store-owned tensor file: the tensor's file stem and the store generation that
+/// names this copy (unique, so a new copy never overwrites a file the manifest refers to).
+fn tensor_path(dir: &Path, name: &str, gen: u64) -> PathBuf {
+    dir.join(format!("{}.{gen}.safetensors", names::file_stem(name)))
+}
+
+/// Remove a file written for an operation that failed (nothing refers to it).
+fn remove_new_file(loc: &Option<FileLoc>) {
+    if let Some(l) = loc {
+        let _ = std::fs::remove_file(&l.path);
+    }
+}
+
+/// Put back the entry `old` of `name` taken out by a failed replacement, counting its bytes in
+/// its tier again.
+fn restore_entry(st: &mut State, name: &str, old: Option<Entry>) {
+    if let Some(o) = old {
+        st.tiers[o.tier].used += o.nbytes;
+        st.entries.insert(name.to_owned(), o);
+    }
 }
 
 impl Store {
@@ -360,6 +427,22 @@ impl Store {
         }
     }
 
+    /// A tensor of `nbytes` can never be stored in tier `t` when that exceeds the tier's whole
+    /// capacity (eviction cannot help): a `Capacity` error naming both sizes.
+    fn check_fits(st: &State, t: usize, name: &str, nbytes: u64) -> Result<()> {
+        if let Some(cap) = st.tiers[t].capacity {
+            if nbytes > cap {
+                return Err(CoreError::Capacity(format!(
+                    "tensor {name:?} has {nbytes} bytes ({}), more than the capacity of tier {:?}: {cap} bytes ({})",
+                    fmt_bytes(nbytes),
+                    st.tiers[t].name,
+                    fmt_bytes(cap)
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Persist the manifest (when the store has a home tier).
     fn save_manifest(&self, st: &State) -> Result<()> {
         let (Some(root), Some(_)) = (&self.inner.root, self.inner.home) else { return Ok(()) };
@@ -473,7 +556,7 @@ impl Store {
             let gen = st.generation;
             let dir = st.tiers[d.to].dir.clone().expect("file tier");
             let e = st.entries.get_mut(&d.name).expect("victim");
-            let dst = dir.join(format!("{}.{gen}.safetensors", names::file_stem(&d.name)));
+            let dst = tensor_path(&dir, &d.name, gen);
             let loc = match (&e.mem, &e.resfile, &e.home) {
                 (Some(m), _, _) => {
                     fileio::write_tensor_file(&dst, &d.name, &e.dtype, &e.shape, m.as_slice())?
@@ -505,6 +588,12 @@ impl Store {
 
     /// Store `data` (C-order bytes of `shape` x `dtype`) under `name` in `tier` (default: the
     /// default tier). Without `overwrite` an existing name is an error and the old tensor stays.
+    ///
+    /// Phases: `check_put_bytes`, `admit_put` (under the lock), `write_home` (outside it), the
+    /// memory copy, `publish_put` (under the lock; its commit point is `commit_put`) and
+    /// `settle_put`. A put that returns `Ok` is durable in the home tier and listed in the
+    /// manifest; one that fails keeps every stored tensor stored (the old tensor of that name
+    /// included; victims it evicted stay in the tier they reached) and removes the files it wrote.
     pub fn put(
         &self,
         name: &str,
@@ -514,8 +603,47 @@ impl Store {
         tier: Option<usize>,
         overwrite: bool,
     ) -> Result<()> {
+        Self::check_put_bytes(name, &dtype, shape, data)?;
+        let t = NewTensor {
+            name,
+            dtype: &dtype,
+            shape,
+            data,
+            nbytes: data.len() as u64,
+            tier: tier.unwrap_or(self.inner.default_tier),
+        };
+        let (home_dir, gen) = self.admit_put(&t, overwrite)?;
+        // Write-through to home, outside the lock.
+        let t0 = Instant::now();
+        let home_loc = match &home_dir {
+            Some(dir) => Some(Self::write_home(dir, gen, &t)?),
+            None => None,
+        };
+        let write_secs = t0.elapsed().as_secs_f64();
+        let tier_is_file = { self.lock().tiers[t.tier].is_file() };
+        let mem = if tier_is_file {
+            None
+        } else {
+            match AlignedBuf::from_slice(data) {
+                Ok(b) => Some(Arc::new(b)),
+                Err(e) => {
+                    remove_new_file(&home_loc);
+                    return Err(e);
+                }
+            }
+        };
+        let mut st = self.lock();
+        let result = self.publish_put(&mut st, &t, overwrite, tier_is_file, &mem, &home_loc);
+        drop(st);
+        self.inner.cv.notify_all();
+        self.settle_put(result, &t, &home_loc, write_secs)
+    }
+
+    /// Put, phase 1 (no lock, nothing touched): the name is valid and `data` has exactly the
+    /// bytes `dtype` x `shape` needs (for dtypes of fixed element size).
+    fn check_put_bytes(name: &str, dtype: &DType, shape: &[usize], data: &[u8]) -> Result<()> {
         names::validate(name)?;
-        if let Some(n) = dtype::nbytes_of(&dtype, shape)? {
+        if let Some(n) = dtype::nbytes_of(dtype, shape)? {
             if n != data.len() {
                 return Err(CoreError::Shape(format!(
                     "{} x {shape:?} needs {n} bytes, got {}",
@@ -524,138 +652,156 @@ impl Store {
                 )));
             }
         }
-        let nbytes = data.len() as u64;
-        let tier = tier.unwrap_or(self.inner.default_tier);
-        let (home_dir, gen) = {
-            let mut st = self.lock();
-            Self::check_open(&st)?;
-            if tier >= st.tiers.len() {
-                return Err(CoreError::Value(format!("no tier number {tier}")));
-            }
-            if !overwrite && st.entries.contains_key(name) {
-                return Err(CoreError::Exists(name.to_owned()));
-            }
-            for t in [Some(tier), self.inner.home].into_iter().flatten() {
-                if let Some(cap) = st.tiers[t].capacity {
-                    if nbytes > cap {
-                        return Err(CoreError::Capacity(format!(
-                            "tensor {name:?} has {nbytes} bytes ({}), more than the capacity of tier {:?}: {cap} bytes ({})",
-                            fmt_bytes(nbytes),
-                            st.tiers[t].name,
-                            fmt_bytes(cap)
-                        )));
-                    }
-                }
-            }
-            st.generation += 1;
-            (self.inner.home.map(|h| st.tiers[h].dir.clone().expect("file tier")), st.generation)
-        };
-        // Write-through to home, outside the lock.
-        let t0 = Instant::now();
-        let home_loc = match &home_dir {
-            Some(dir) => Some(fileio::write_tensor_file(
-                &dir.join(format!("{}.{gen}.safetensors", names::file_stem(name))),
-                name,
-                &dtype,
-                shape,
-                data,
-            )?),
-            None => None,
-        };
-        let write_secs = t0.elapsed().as_secs_f64();
-        let cleanup_new = |loc: &Option<FileLoc>| {
-            if let Some(l) = loc {
-                let _ = std::fs::remove_file(&l.path);
-            }
-        };
-        let tier_is_file = { self.lock().tiers[tier].is_file() };
-        let mem = if tier_is_file {
-            None
-        } else {
-            match AlignedBuf::from_slice(data) {
-                Ok(b) => Some(Arc::new(b)),
-                Err(e) => {
-                    cleanup_new(&home_loc);
-                    return Err(e);
-                }
-            }
-        };
+        Ok(())
+    }
+
+    /// Put, phase 2 (under the lock, early checks only): the store is open, the tier exists,
+    /// the name is free unless `overwrite`, and the tensor fits in the target tier and the home
+    /// tier at all. Takes a fresh generation for the home file's name, so no two puts write the
+    /// same file; returns the home folder (`None` without a home tier) and that generation.
+    /// Changes nothing else: an error here leaves the store untouched.
+    fn admit_put(&self, t: &NewTensor<'_>, overwrite: bool) -> Result<(Option<PathBuf>, u64)> {
         let mut st = self.lock();
-        let result = (|| -> Result<Vec<PathBuf>> {
-            self.wait_idle(&mut st, name, false)?;
-            if !overwrite && st.entries.contains_key(name) {
-                return Err(CoreError::Exists(name.to_owned()));
-            }
-            // Take the old entry out while making room (it must not be chosen as a victim and
-            // its bytes no longer count); put it back if anything fails.
-            let old = st.entries.remove(name);
-            if let Some(o) = &old {
-                st.tiers[o.tier].used -= o.nbytes;
-            }
-            let restore = |st: &mut State, old: Option<Entry>| {
-                if let Some(o) = old {
-                    st.tiers[o.tier].used += o.nbytes;
-                    st.entries.insert(name.to_owned(), o);
-                }
-            };
-            let mut demos = Vec::new();
-            let room = st.make_room(tier, nbytes, name, &mut demos);
-            let finished = self.finish_demotions(&mut st, demos);
-            if let Err(e) = room.and(finished) {
-                restore(&mut st, old);
+        Self::check_open(&st)?;
+        if t.tier >= st.tiers.len() {
+            return Err(CoreError::Value(format!("no tier number {}", t.tier)));
+        }
+        if !overwrite && st.entries.contains_key(t.name) {
+            return Err(CoreError::Exists(t.name.to_owned()));
+        }
+        for tier in [Some(t.tier), self.inner.home].into_iter().flatten() {
+            Self::check_fits(&st, tier, t.name, t.nbytes)?;
+        }
+        st.generation += 1;
+        Ok((self.inner.home.map(|h| st.tiers[h].dir.clone().expect("file tier")), st.generation))
+    }
+
+    /// Put, phase 3 (outside the lock): the write-through to the home tier, a new file named by
+    /// the generation `admit_put` took, written atomically and synced by
+    /// [`fileio::write_tensor_file`]. The file is not yet referenced by the store or the
+    /// manifest: until `publish_put` succeeds a crash leaves only an orphan that `open` removes.
+    fn write_home(dir: &Path, gen: u64, t: &NewTensor<'_>) -> Result<FileLoc> {
+        fileio::write_tensor_file(&tensor_path(dir, t.name, gen), t.name, t.dtype, t.shape, t.data)
+    }
+
+    /// Put, phase 4 (under the lock): waits for a move of the same name to finish, rechecks
+    /// that the name is free, makes room in the target tier (evicting by the policy), writes the
+    /// copy of a non-home file tier, then inserts the entry and saves the manifest; the manifest
+    /// save is the commit point. On any error the old entry of that name is put back with its
+    /// bytes counted again and the non-home copy is removed, so nothing already stored is lost
+    /// (victims evicted on the way stay where they landed, still stored). Returns the files of
+    /// the replaced entry the store owns, to remove once the lock is released.
+    fn publish_put(
+        &self,
+        st: &mut MutexGuard<'_, State>,
+        t: &NewTensor<'_>,
+        overwrite: bool,
+        tier_is_file: bool,
+        mem: &Option<Arc<AlignedBuf>>,
+        home_loc: &Option<FileLoc>,
+    ) -> Result<Vec<PathBuf>> {
+        let name = t.name;
+        self.wait_idle(st, name, false)?;
+        if !overwrite && st.entries.contains_key(name) {
+            return Err(CoreError::Exists(name.to_owned()));
+        }
+        // Take the old entry out while making room (it must not be chosen as a victim and
+        // its bytes no longer count); put it back if anything fails.
+        let old = st.entries.remove(name);
+        if let Some(o) = &old {
+            st.tiers[o.tier].used -= o.nbytes;
+        }
+        let resfile = match self.place_put(st, t, tier_is_file) {
+            Ok(r) => r,
+            Err(e) => {
+                restore_entry(st, name, old);
                 return Err(e);
             }
-            let mut resfile = None;
-            if tier_is_file && Some(tier) != self.inner.home {
-                let dir = st.tiers[tier].dir.clone().expect("file tier");
-                st.generation += 1;
-                let p =
-                    dir.join(format!("{}.{}.safetensors", names::file_stem(name), st.generation));
-                match fileio::write_tensor_file(&p, name, &dtype, shape, data) {
-                    Ok(l) => resfile = Some(l),
-                    Err(e) => {
-                        restore(&mut st, old);
-                        return Err(e);
-                    }
-                }
+        };
+        let entry = Entry {
+            dtype: t.dtype.clone(),
+            shape: t.shape.to_vec(),
+            nbytes: t.nbytes,
+            tier: t.tier,
+            mem: mem.clone(),
+            home: home_loc.clone(),
+            home_tier: self.inner.home.filter(|_| home_loc.is_some()),
+            resfile,
+            pinned: old.as_ref().is_some_and(|o| o.pinned),
+            count: 1,
+            busy: None,
+            prefetched: false,
+        };
+        let old = self.commit_put(st, t, entry, old)?;
+        let mut stale = Vec::new();
+        if let Some(o) = old {
+            stale.extend(o.home.filter(|l| !l.adopted).map(|l| l.path));
+            stale.extend(o.resfile.map(|l| l.path));
+        }
+        Ok(stale)
+    }
+
+    /// Put, the commit point of phase 4 (under the lock): inserts `entry`, counts its bytes in
+    /// its tier, marks it recently used and saves the manifest. Once the save succeeds the put is
+    /// durable and visible. If the save fails, the new entry is taken out again, its non-home
+    /// file copy removed and `old` put back, as if the put never happened. Returns `old`.
+    fn commit_put(
+        &self,
+        st: &mut State,
+        t: &NewTensor<'_>,
+        entry: Entry,
+        old: Option<Entry>,
+    ) -> Result<Option<Entry>> {
+        let name = t.name;
+        st.tiers[t.tier].used += t.nbytes;
+        st.entries.insert(name.to_owned(), entry);
+        st.eviction.on_insert(name);
+        if let Err(e) = self.save_manifest(st) {
+            let new = st.entries.remove(name).expect("just inserted");
+            st.tiers[t.tier].used -= t.nbytes;
+            if let Some(r) = new.resfile {
+                let _ = std::fs::remove_file(r.path);
             }
-            st.tiers[tier].used += nbytes;
-            st.entries.insert(
-                name.to_owned(),
-                Entry {
-                    dtype: dtype.clone(),
-                    shape: shape.to_vec(),
-                    nbytes,
-                    tier,
-                    mem: mem.clone(),
-                    home: home_loc.clone(),
-                    home_tier: self.inner.home.filter(|_| home_loc.is_some()),
-                    resfile,
-                    pinned: old.as_ref().is_some_and(|o| o.pinned),
-                    count: 1,
-                    busy: None,
-                    prefetched: false,
-                },
-            );
-            st.eviction.on_insert(name);
-            if let Err(e) = self.save_manifest(&st) {
-                let new = st.entries.remove(name).expect("just inserted");
-                st.tiers[tier].used -= nbytes;
-                if let Some(r) = new.resfile {
-                    let _ = std::fs::remove_file(r.path);
-                }
-                restore(&mut st, old);
-                return Err(e);
-            }
-            let mut stale = Vec::new();
-            if let Some(o) = old {
-                stale.extend(o.home.filter(|l| !l.adopted).map(|l| l.path));
-                stale.extend(o.resfile.map(|l| l.path));
-            }
-            Ok(stale)
-        })();
-        drop(st);
-        self.inner.cv.notify_all();
+            restore_entry(st, name, old);
+            return Err(e);
+        }
+        Ok(old)
+    }
+
+    /// Put, within phase 4 (under the lock): room for `t` in its tier, evicting by the policy
+    /// (the demotions that need I/O finished here); then, for a file tier other than home, the
+    /// tensor's copy there under a fresh generation. The room error wins over a demotion's.
+    /// On an error the caller restores the old entry; a victim already demoted stays stored in
+    /// the tier it reached.
+    fn place_put(
+        &self,
+        st: &mut State,
+        t: &NewTensor<'_>,
+        tier_is_file: bool,
+    ) -> Result<Option<FileLoc>> {
+        let mut demos = Vec::new();
+        let room = st.make_room(t.tier, t.nbytes, t.name, &mut demos);
+        let finished = self.finish_demotions(st, demos);
+        room.and(finished)?;
+        if tier_is_file && Some(t.tier) != self.inner.home {
+            let dir = st.tiers[t.tier].dir.clone().expect("file tier");
+            st.generation += 1;
+            let p = tensor_path(&dir, t.name, st.generation);
+            return fileio::write_tensor_file(&p, t.name, t.dtype, t.shape, t.data).map(Some);
+        }
+        Ok(None)
+    }
+
+    /// Put, phase 5 (after the lock is released and waiters are woken): on success removes the
+    /// replaced entry's files (the manifest no longer names them) and counts the home write; on
+    /// failure removes the new home file, which nothing references.
+    fn settle_put(
+        &self,
+        result: Result<Vec<PathBuf>>,
+        t: &NewTensor<'_>,
+        home_loc: &Option<FileLoc>,
+        write_secs: f64,
+    ) -> Result<()> {
         match result {
             Ok(stale) => {
                 for p in stale {
@@ -663,13 +809,13 @@ impl Store {
                 }
                 if home_loc.is_some() {
                     let mut st = self.lock();
-                    st.counters.bytes_written += nbytes;
+                    st.counters.bytes_written += t.nbytes;
                     st.counters.write_seconds += write_secs;
                 }
                 Ok(())
             }
             Err(e) => {
-                cleanup_new(&home_loc);
+                remove_new_file(home_loc);
                 Err(e)
             }
         }
@@ -775,6 +921,13 @@ impl Store {
         self.move_inner(name, tier, Reason::Explicit).map(|_| ())
     }
 
+    /// Move `name` into tier `dst`, returning its bytes when it ends in a memory tier.
+    ///
+    /// Phases: `admit_move` (checks and room, under the lock), then either `move_without_io`
+    /// (under the lock), or `start_move_io` (under the lock), `move_io` (outside it, the tensor
+    /// marked busy) and `finish_move_io` (under the lock). The tensor stays stored throughout:
+    /// its old copy is dropped only after the new one is complete, and a failed move leaves it
+    /// where it was.
     fn move_inner(
         &self,
         name: &str,
@@ -782,106 +935,172 @@ impl Store {
         reason: Reason,
     ) -> Result<Option<Arc<AlignedBuf>>> {
         let mut st = self.lock();
+        let (src, n) = match self.admit_move(&mut st, name, dst, reason)? {
+            Admitted::Stays(mem) => return Ok(mem),
+            Admitted::Moves { src, nbytes } => (src, nbytes),
+        };
+        let mv = Move {
+            name,
+            src,
+            dst,
+            n,
+            reason,
+            src_name: st.tiers[src].name.clone(),
+            dst_name: st.tiers[dst].name.clone(),
+            dst_file: st.tiers[dst].is_file(),
+        };
+        let src_file = st.tiers[src].is_file();
+        let dst_home = Some(dst) == st.entries[name].home_tier;
+        // Cheap moves, under the lock: memory <-> memory, or down into the home copy.
+        if (!src_file && !mv.dst_file) || (mv.dst_file && dst_home) {
+            return Ok(self.move_without_io(st, &mv));
+        }
+        // Moves with I/O: reserve room, mark busy, work outside the lock.
+        let from = Self::start_move_io(st, &mv);
+        let t0 = Instant::now();
+        let io = self.move_io(&mv, &from);
+        let secs = t0.elapsed().as_secs_f64();
+        self.finish_move_io(&mv, io, secs)
+    }
+
+    /// Move, phase 1 (under the lock): the tier exists, the tensor exists and no other move of
+    /// it is in flight (waits for one), and it fits in `dst` at all; then makes room in `dst` by
+    /// the policy, one tier down, cascading. A tensor already in `dst` stays
+    /// ([`Admitted::Stays`], nothing changed). An error before the room is made changes
+    /// nothing; victims demoted before a later failure stay stored where they landed.
+    fn admit_move(
+        &self,
+        st: &mut MutexGuard<'_, State>,
+        name: &str,
+        dst: usize,
+        reason: Reason,
+    ) -> Result<Admitted> {
         if dst >= st.tiers.len() {
             return Err(CoreError::Value(format!("no tier number {dst}")));
         }
-        if !self.wait_idle(&mut st, name, reason == Reason::Get)? {
-            return Err(Self::not_found(&st, name));
+        if !self.wait_idle(st, name, reason == Reason::Get)? {
+            return Err(Self::not_found(st, name));
         }
         let (src, n) = {
             let e = &st.entries[name];
             (e.tier, e.nbytes)
         };
         if src == dst {
-            return Ok(st.entries[name].mem.clone());
+            return Ok(Admitted::Stays(st.entries[name].mem.clone()));
         }
-        if let Some(cap) = st.tiers[dst].capacity {
-            if n > cap {
-                return Err(CoreError::Capacity(format!(
-                    "tensor {name:?} has {n} bytes ({}), more than the capacity of tier {:?}: {cap} bytes ({})",
-                    fmt_bytes(n),
-                    st.tiers[dst].name,
-                    fmt_bytes(cap)
-                )));
-            }
-        }
+        Self::check_fits(st, dst, name, n)?;
         let mut demos = Vec::new();
         let room = st.make_room(dst, n, name, &mut demos);
-        self.finish_demotions(&mut st, demos)?;
+        self.finish_demotions(st, demos)?;
         room?;
-        let (src_name, dst_name) = (st.tiers[src].name.clone(), st.tiers[dst].name.clone());
-        let src_file = st.tiers[src].is_file();
-        let dst_file = st.tiers[dst].is_file();
-        let dst_home = Some(dst) == st.entries[name].home_tier;
-        let pid = std::process::id();
-        // Cheap moves, under the lock: memory <-> memory, or down into the home copy.
-        if (!src_file && !dst_file) || (dst_file && dst_home) {
-            st.tiers[src].used -= n;
-            st.tiers[dst].used += n;
-            let e = st.entries.get_mut(name).expect("exists");
-            e.tier = dst;
-            let up = dst < src;
-            e.prefetched = reason == Reason::Prefetch && dst < src;
-            let mut drop_file = None;
-            if dst_file {
-                e.mem = None;
-                drop_file = e.resfile.take();
-            }
-            let mem = e.mem.clone();
-            if up {
-                st.eviction.on_insert(name);
-            }
-            st.counters.link(&src_name, &dst_name, n, 0.0);
-            drop(st);
-            if let Some(l) = drop_file {
-                let _ = std::fs::remove_file(l.path);
-            }
-            self.inner.cv.notify_all();
-            return Ok(mem);
-        }
-        // Moves with I/O: reserve room, mark busy, work outside the lock.
+        Ok(Admitted::Moves { src, nbytes: n })
+    }
+
+    /// Move, the I/O-free case (under the lock, then releases it): between memory tiers (the
+    /// buffer is shared, not copied) or down into the tier holding the home copy (the memory
+    /// copy and any non-home file copy are dropped, the durable home file stays). Moves the
+    /// accounting from `src` to `dst`, counts the link, removes the dropped file after the lock
+    /// is released and wakes waiters. Returns the bytes when `dst` is a memory tier.
+    fn move_without_io(
+        &self,
+        mut st: MutexGuard<'_, State>,
+        mv: &Move<'_>,
+    ) -> Option<Arc<AlignedBuf>> {
+        let (src, dst, n) = (mv.src, mv.dst, mv.n);
+        st.tiers[src].used -= n;
         st.tiers[dst].used += n;
+        let e = st.entries.get_mut(mv.name).expect("exists");
+        e.tier = dst;
+        let up = dst < src;
+        e.prefetched = mv.reason == Reason::Prefetch && dst < src;
+        let mut drop_file = None;
+        if mv.dst_file {
+            e.mem = None;
+            drop_file = e.resfile.take();
+        }
+        let mem = e.mem.clone();
+        if up {
+            st.eviction.on_insert(mv.name);
+        }
+        st.counters.link(&mv.src_name, &mv.dst_name, mv.n, 0.0);
+        drop(st);
+        if let Some(l) = drop_file {
+            let _ = std::fs::remove_file(l.path);
+        }
+        self.inner.cv.notify_all();
+        mem
+    }
+
+    /// Move with I/O, phase 2 (under the lock, then releases it): reserves `n` bytes in `dst`
+    /// (the room `admit_move` made), takes a fresh generation for a new file's name, marks the
+    /// tensor busy (this process, `dst`) so other callers wait and `delete` cannot remove it,
+    /// and snapshots where its bytes are now. The entry itself is unchanged.
+    fn start_move_io(mut st: MutexGuard<'_, State>, mv: &Move<'_>) -> MoveFrom {
+        st.tiers[mv.dst].used += mv.n;
         st.generation += 1;
         let gen = st.generation;
-        let dst_dir = st.tiers[dst].dir.clone();
-        let e = st.entries.get_mut(name).expect("exists");
-        e.busy = Some((pid, dst));
-        let (dtype, shape) = (e.dtype.clone(), e.shape.clone());
-        let mem = e.mem.clone();
-        let loc = e.resfile.clone().or_else(|| e.home.clone());
+        let dst_dir = st.tiers[mv.dst].dir.clone();
+        let e = st.entries.get_mut(mv.name).expect("exists");
+        e.busy = Some((std::process::id(), mv.dst));
+        let from = MoveFrom {
+            gen,
+            dst_dir,
+            dtype: e.dtype.clone(),
+            shape: e.shape.clone(),
+            mem: e.mem.clone(),
+            loc: e.resfile.clone().or_else(|| e.home.clone()),
+        };
         drop(st);
-        let t0 = Instant::now();
-        let io = (|| -> Result<(Option<Arc<AlignedBuf>>, Option<FileLoc>)> {
-            if !dst_file {
-                let loc = loc
-                    .as_ref()
-                    .ok_or_else(|| CoreError::Internal(format!("{name:?} has no file")))?;
-                let mut buf = AlignedBuf::for_overwrite(n as usize)?;
-                fileio::read_into(loc, name, 0, buf.as_mut_slice(), self.inner.verify_reads)?;
-                Ok((Some(Arc::new(buf)), None))
-            } else {
-                let p = dst_dir
-                    .expect("file tier")
-                    .join(format!("{}.{gen}.safetensors", names::file_stem(name)));
-                let l = match (&mem, &loc) {
-                    (Some(m), _) => {
-                        fileio::write_tensor_file(&p, name, &dtype, &shape, m.as_slice())?
-                    }
-                    (None, Some(src)) => fileio::copy_tensor_file(
-                        src,
-                        name,
-                        n as usize,
-                        &p,
-                        &dtype,
-                        &shape,
-                        self.inner.verify_reads,
-                    )?,
-                    _ => return Err(CoreError::Internal(format!("{name:?} has no bytes"))),
-                };
-                Ok((None, Some(l)))
-            }
-        })();
-        let secs = t0.elapsed().as_secs_f64();
+        from
+    }
+
+    /// Move with I/O, phase 3 (outside the lock): into a memory tier, reads the file copy into
+    /// a new buffer; into a file tier, writes the memory copy, or copies the file, to a new
+    /// file (atomic and synced, see [`fileio`]). Touches no store state: the new copy is not
+    /// referenced until `finish_move_io` publishes it.
+    fn move_io(&self, mv: &Move<'_>, from: &MoveFrom) -> Result<Moved> {
+        let (name, n) = (mv.name, mv.n);
+        if !mv.dst_file {
+            let loc = from
+                .loc
+                .as_ref()
+                .ok_or_else(|| CoreError::Internal(format!("{name:?} has no file")))?;
+            let mut buf = AlignedBuf::for_overwrite(n as usize)?;
+            fileio::read_into(loc, name, 0, buf.as_mut_slice(), self.inner.verify_reads)?;
+            Ok((Some(Arc::new(buf)), None))
+        } else {
+            let p = tensor_path(from.dst_dir.as_ref().expect("file tier"), name, from.gen);
+            let l = match (&from.mem, &from.loc) {
+                (Some(m), _) => {
+                    fileio::write_tensor_file(&p, name, &from.dtype, &from.shape, m.as_slice())?
+                }
+                (None, Some(src)) => fileio::copy_tensor_file(
+                    src,
+                    name,
+                    n as usize,
+                    &p,
+                    &from.dtype,
+                    &from.shape,
+                    self.inner.verify_reads,
+                )?,
+                _ => return Err(CoreError::Internal(format!("{name:?} has no bytes"))),
+            };
+            Ok((None, Some(l)))
+        }
+    }
+
+    /// Move with I/O, phase 4 (under the lock, then releases it): clears the busy mark. After a
+    /// failed I/O, releases the reservation in `dst` and leaves the tensor where it was. After
+    /// a successful one, points the entry at its new copy, moves the accounting, counts the
+    /// link and bytes, and only after the lock is released removes the replaced non-home file
+    /// copy. Wakes waiters either way.
+    fn finish_move_io(
+        &self,
+        mv: &Move<'_>,
+        io: Result<Moved>,
+        secs: f64,
+    ) -> Result<Option<Arc<AlignedBuf>>> {
+        let (name, src, dst, n) = (mv.name, mv.src, mv.dst, mv.n);
         let mut st = self.lock();
         let Some(e) = st.entries.get_mut(name) else {
             // Cannot happen: delete waits for busy tensors. Release the reservation anyway.
@@ -898,20 +1117,20 @@ impl Store {
                 Err(err)
             }
             Ok((buf, newfile)) => {
-                let old_res = if dst_file {
+                let old_res = if mv.dst_file {
                     e.resfile.replace(newfile.expect("written"))
                 } else {
                     e.resfile.take()
                 };
                 e.mem = buf.clone();
                 e.tier = dst;
-                e.prefetched = reason == Reason::Prefetch && dst < src;
+                e.prefetched = mv.reason == Reason::Prefetch && dst < src;
                 if dst < src {
                     st.eviction.on_insert(name); // brought up: recently used, not the next victim
                 }
                 st.tiers[src].used -= n;
-                st.counters.link(&src_name, &dst_name, n, secs);
-                if dst_file {
+                st.counters.link(&mv.src_name, &mv.dst_name, n, secs);
+                if mv.dst_file {
                     st.counters.bytes_written += n;
                 } else {
                     st.counters.bytes_read += n;
