@@ -561,9 +561,9 @@ impl Sim<'_> {
 
 /// Simulate `w` on `cfg.instances` copies of `dev`.
 ///
-/// Phases: the checks ([`validate`]), [`popularity`], home tiers ([`homes`]), the pinned sets
-/// ([`pinned_sets`]), the instances and the empty report ([`Sim::new`]), the event loop
-/// ([`Sim::run`], which serves each batch with [`Sim::serve`]), and the report's totals.
+/// Phases: the checks (`validate`), `popularity`, home tiers (`homes`), the pinned sets
+/// (`pinned_sets`), the instances and the empty report (`Sim::new`), the event loop
+/// (`Sim::run`, which serves each batch with `Sim::serve`), and the report's totals.
 pub fn simulate(dev: &DeviceSpec, model: &Model, w: &Workload, cfg: &Config) -> Result<SimReport> {
     dev.validate()?;
     validate(model, w, cfg)?;
