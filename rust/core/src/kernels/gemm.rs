@@ -82,11 +82,7 @@ pub fn matmul(
         fill_bias(c, m, n, ldc, bias);
         return Ok(());
     }
-    if m <= DECODE_MAX_M || isa == Isa::Scalar {
-        matmul_streaming(isa, x, m, w, bias, c, ldc);
-    } else {
-        matmul_large(isa, x, m, w, bias, c, ldc);
-    }
+    route(isa, x, m, w, bias, c, ldc);
     Ok(())
 }
 
@@ -123,9 +119,11 @@ pub(super) fn check_bias(bias: Option<&[f32]>, n: usize) -> Result<()> {
     Ok(())
 }
 
-/// Decode shapes (`m <= DECODE_MAX_M`) and every shape on `Isa::Scalar`: the kernels that stream
-/// each weight byte once. Operands checked by `check_operands`, `m, n, k > 0`.
-fn matmul_streaming(
+/// Runs the kernel for the shape, ISA and weight format (see the module doc): at decode shapes
+/// (`m <= DECODE_MAX_M`) and on `Isa::Scalar` the kernels that stream each weight byte once;
+/// at larger `m` a float32 GEMM, after widening a half-precision plain weight to float32 or
+/// panel by panel from a row-stored one. Operands checked by `check_operands`, `m, n, k > 0`.
+fn route(
     isa: Isa,
     x: &[f32],
     m: usize,
@@ -134,10 +132,11 @@ fn matmul_streaming(
     c: &mut [f32],
     ldc: usize,
 ) {
-    let k = w.k();
+    let (k, n) = (w.k(), w.n());
+    let small = m <= DECODE_MAX_M || isa == Isa::Scalar;
     match w {
-        Weight::Plain { w, n, .. } => matmul_cols(isa, x, m, k, w, n, bias, c, ldc),
-        Weight::Rows(q) => {
+        Weight::Plain { w, .. } if small => matmul_cols(isa, x, m, k, w, n, bias, c, ldc),
+        Weight::Rows(q) if small => {
             // Q8_0 / Q4_0 at decode shapes: integer dot products on activations rounded to Q8
             // blocks (ggml's route; see `qdot.rs`), unless X holds Inf/NaN.
             let int = is_int_format(q.fmt) && m <= DECODE_MAX_M;
@@ -146,28 +145,8 @@ fn matmul_streaming(
                 None => matmul_rows(isa, x, m, &q, bias, c, ldc),
             }
         }
-    }
-}
-
-/// Larger `m` on a vector ISA (compute-bound): a float32 GEMM, after widening a half-precision
-/// plain weight to float32 or panel by panel from a row-stored one. Operands checked by
-/// `check_operands`, `m, n, k > 0`.
-fn matmul_large(
-    isa: Isa,
-    x: &[f32],
-    m: usize,
-    w: Weight<'_>,
-    bias: Option<&[f32]>,
-    c: &mut [f32],
-    ldc: usize,
-) {
-    let k = w.k();
-    match w {
-        Weight::Plain { w: ColW::F32(wf), n, .. } => gemm_f32(isa, x, m, k, wf, n, bias, c, ldc),
-        Weight::Plain { w, n, .. } => {
-            let wf = widen_plain(w, k, n);
-            gemm_f32(isa, x, m, k, &wf, n, bias, c, ldc)
-        }
+        Weight::Plain { w: ColW::F32(wf), .. } => gemm_f32(isa, x, m, k, wf, n, bias, c, ldc),
+        Weight::Plain { w, .. } => gemm_f32(isa, x, m, k, &widen_plain(w, k, n), n, bias, c, ldc),
         Weight::Rows(q) => gemm_rows(x, m, &q, bias, c, ldc),
     }
 }
