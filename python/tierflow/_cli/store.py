@@ -13,7 +13,8 @@ from typing import Any
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser(
-        "inspect", help="tensors, dtypes, shapes, sizes of a safetensors or GGUF file, checkpoint or store"
+        "inspect",
+        help="tensors, dtypes, shapes, sizes of a safetensors or GGUF file, checkpoint or store",
     )
     p.add_argument(
         "path",

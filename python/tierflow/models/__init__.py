@@ -103,9 +103,7 @@ def load(
     if folder.endswith(".gguf") and not os.path.isdir(folder):
         from .gguf import load_gguf
 
-        return load_gguf(
-            folder, store, tier, dtype, prefix, read="mmap" if mmap_files else read
-        )
+        return load_gguf(folder, store, tier, dtype, prefix, read="mmap" if mmap_files else read)
     if not os.path.isdir(folder):
         from ..errors import MissingFileError
 
