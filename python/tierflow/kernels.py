@@ -318,6 +318,10 @@ def matmul(
     if isinstance(w, TensorRef):
         dt = w.dtype
         kind = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}.get(str(dt))
+        if w._transposed and kind in ("f32", "f16") and m > _DECODE_MAX_M and _in_memory(w):
+            # in a memory tier, the GEMM reads the (N, K) rows where they are (zero copy)
+            # rather than a stream one thread shorter for its reader
+            return matmul(x, w.store.get(w.name).T, res, bias, _isa=_isa)
         if w._transposed and kind is not None:
             # (N, K) rows of K as stored: exactly the row-stored layout of the kernels' formats.
             if panel_bytes < 1:
@@ -369,6 +373,11 @@ def matmul(
     else:
         _tierflow._matmul_plain(x2, None, wa.view(np.uint16), kind, r2, b, _isa)
     return res
+
+
+def _in_memory(ref: TensorRef) -> bool:
+    tier = ref.tier
+    return not any(t.file_backed for t in ref.store.tiers if t.name == tier)
 
 
 _layout_copies = 0

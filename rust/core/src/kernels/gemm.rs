@@ -27,7 +27,7 @@
 use super::axpy::{matmul_cols, ColW};
 use super::dot::{matmul_rows, SendPtr};
 use super::qdot::{is_int_format, matmul_q, quantize_acts};
-use super::quant::{dequantize_row, Format, QWeight};
+use super::quant::{dequantize_row, QWeight};
 use super::sgemm;
 use crate::cpu::Isa;
 use crate::{CoreError, Result};
@@ -100,6 +100,8 @@ pub fn matmul(
     let small = m <= DECODE_MAX_M || isa == Isa::Scalar;
     match w {
         Weight::Plain { w, .. } if small => matmul_cols(isa, x, m, k, w, n, bias, c, ldc),
+        // a row-stored float32 weight (w_nk.T) at 2+ rows: read in place (see `rows_f32.rs`)
+        Weight::Rows(q) if super::rows_f32::matmul_rows_f32(isa, x, m, &q, bias, c, ldc) => {}
         Weight::Rows(q) if small => {
             // Q8_0 / Q4_0 at decode shapes: integer dot products on activations rounded to Q8
             // blocks (ggml's route; see `qdot.rs`), unless X holds Inf/NaN.
@@ -125,56 +127,9 @@ pub fn matmul(
             });
             gemm_f32(isa, x, m, k, &wf, n, bias, c, ldc)
         }
-        Weight::Rows(q) if q.fmt == Format::F32 && gemm_f32_cols(isa, x, m, &q, bias, c, ldc) => {}
         Weight::Rows(q) => gemm_rows(x, m, &q, bias, c, ldc),
     }
     Ok(())
-}
-
-/// Large-`M` product with a row-stored float32 weight (`N` rows of `K`: `W` column-major, as a
-/// PyTorch `(N, K)` weight passed as its transpose is): the AVX2 + FMA kernel of `sgemm.rs`
-/// reads `W` through its strides (row stride 1, column stride K), no copy. False (nothing done)
-/// when that kernel does not apply (another ISA, or data not 4-byte aligned).
-fn gemm_f32_cols(
-    isa: Isa,
-    x: &[f32],
-    m: usize,
-    q: &QWeight<'_>,
-    bias: Option<&[f32]>,
-    c: &mut [f32],
-    ldc: usize,
-) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 && sgemm::avx2_available() {
-        // SAFETY: every bit pattern is a valid f32; `align_to` only splits off an unaligned head.
-        let (head, w, _) = unsafe { q.data.align_to::<f32>() };
-        if head.is_empty() && w.len() >= q.k * q.n {
-            if bias.is_some() {
-                fill_bias(c, m, q.n, ldc, bias);
-            }
-            let threads = crate::runtime::num_threads();
-            crate::runtime::install(|| {
-                sgemm::sgemm_avx2(
-                    m,
-                    q.n,
-                    q.k,
-                    x,
-                    q.k,
-                    1,
-                    w,
-                    1,
-                    q.k,
-                    c,
-                    ldc,
-                    bias.is_some(),
-                    threads,
-                );
-            });
-            return true;
-        }
-    }
-    let _ = (isa, x, m, q, bias, c, ldc);
-    false
 }
 
 fn fill_bias(c: &mut [f32], m: usize, n: usize, ldc: usize, bias: Option<&[f32]>) {
