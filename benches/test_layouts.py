@@ -64,7 +64,7 @@ def test_layouts_vs_contiguous(benchmark, ratios, tmp_path, k, n, m):
             "store w_nk.T": lambda: tierflow.matmul(x, s["w_nk"].T, out),
         }
         copies = tierflow.kernels.layout_copies()
-        med = interleaved_medians(fns, rounds=15 if m <= 8 else 7)
+        med = interleaved_medians(fns, rounds=31 if m <= 8 else 9)
         assert tierflow.kernels.layout_copies() == copies  # all read in place
     benchmark.pedantic(tierflow.matmul, args=(x, w_nk.T, out), rounds=1, iterations=1)
     shape = f"{k}x{n} M={m}"

@@ -322,7 +322,7 @@ impl<'a> Cursor<'a> {
     fn count(&mut self, what: &str, min_size: u64) -> Result<u64> {
         let at = self.pos;
         let n = self.u64(what)?;
-        if n.checked_mul(min_size).is_none_or(|b| b > self.left()) {
+        if n.checked_mul(min_size).map_or(true, |b| b > self.left()) {
             return Err(self.corrupt(format!(
                 "{what} at offset {at} is {n}, more than the {} bytes left in the file could hold",
                 self.left()
@@ -484,7 +484,7 @@ pub fn read_gguf(path: &Path) -> Result<GgufFile> {
     }
     let data_len = c.len.saturating_sub(data_offset);
     for t in &mut tensors {
-        if t.offset.checked_add(t.nbytes).is_none_or(|e| e > data_len) {
+        if t.offset.checked_add(t.nbytes).map_or(true, |e| e > data_len) {
             return Err(CoreError::corrupt(
                 path,
                 Some(&t.name),
@@ -597,7 +597,7 @@ mod tests {
         while b.len() % 32 != 0 {
             b.push(0);
         }
-        b.extend(std::iter::repeat_n(0u8, 256));
+        b.extend([0u8; 256]);
         b
     }
 
