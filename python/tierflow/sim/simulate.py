@@ -5,7 +5,7 @@ Example:
     >>> g = tf.CoE("demo")
     >>> for i in range(4):
     ...     _ = g.expert(f"e{i}", params=1e9, dtype="bf16")
-    >>> d = tf.Device("toy", [tf.devices.Tier("hbm", 5 * 10**9, 10e9), tf.devices.Tier("ddr", 10**11)], exec_tier="hbm",
+    >>> d = tf.Device("toy", [tf.devices.MemoryTier("hbm", 5 * 10**9, 10e9), tf.devices.MemoryTier("ddr", 10**11)], exec_tier="hbm",
     ...               read_bandwidth=1e12, peak_flops={"bfloat16": 1e14})
     >>> t = tf.Trace.poisson(g.experts, rate=5, n=200, seed=1)
     >>> r = tf.simulate(g, d, t, policy="lru")
@@ -15,15 +15,12 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
-from . import _tierflow
+from .. import _tierflow
+from ..errors import InvalidArgumentError
 from .coe import CoE
 from .devices import Device
-from .errors import InvalidArgumentError
 from .policies import Policy
 from .report import Report
 from .trace import Trace
@@ -92,19 +89,3 @@ def simulate(
         pol.native(pop),
     )
     return Report(raw, g, device, t, pol)
-
-
-def run_many(
-    jobs: list[tuple[CoE, Device, Trace, Policy]], progress: Callable[[], None] | None = None
-) -> list[Report]:
-    """Run several simulations in order, calling ``progress()`` after each."""
-    out = []
-    for g, d, t, p in jobs:
-        out.append(simulate(g, d, t, p))
-        if progress:
-            progress()
-    return out
-
-
-def _np(a: Any) -> np.ndarray:
-    return np.asarray(a)

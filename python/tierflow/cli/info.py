@@ -17,7 +17,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from .. import info
+    from .._info import info
 
     d = info()
     if args.json:

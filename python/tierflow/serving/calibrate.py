@@ -15,48 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..devices import Device, Tier, host, host_cache_path
+from ..sim.devices import Device, host, host_cache_path
+from .host import host_device
 
 if TYPE_CHECKING:
     from .plan import Plan
 
 __all__ = ["calibrate", "host_device", "with_next_hint"]
-
-
-def host_device(ram_budget: int, calib: dict[str, Any] | None = None) -> Device:
-    """This host as a two-tier device: ``ram`` (``ram_budget`` bytes of experts, the exec tier)
-    over ``disk`` (the file tier), with the probe's figures (or the calibration's)."""
-    h = host()
-    ram_bw = h.read_bandwidth
-    disk = next((t for t in h.tiers if t.name == "ram"), None)
-    disk_bw = disk.bandwidth if disk is not None else 1e9
-    c = calib or {}
-    return Device(
-        name="host" + (" (calibrated)" if calib else ""),
-        tiers=[
-            Tier(
-                "ram",
-                int(ram_budget),
-                float(c.get("load_bandwidth", disk_bw)),
-                float(c.get("load_latency", 0.0)),
-            ),
-            Tier("disk", 1 << 50),
-        ],
-        exec_tier="ram",
-        read_bandwidth=float(c.get("read_bandwidth", ram_bw)),
-        peak_flops={"float32": float(c.get("peak_flops", h.flops("float32")))},
-        bw_efficiency=1.0,
-        compute_efficiency=1.0,
-        launch_overhead=float(c.get("launch_overhead", h.launch_overhead)),
-        kernels_per_layer=1.0,
-        tp=1,
-        reserved=0,
-        sources={
-            "calibration": "tierflow.runtime.calibrate: measured passes and expert loads"
-            if calib
-            else "tierflow.devices.host() probes"
-        },
-    )
 
 
 def calibrate(
@@ -71,7 +36,7 @@ def calibrate(
     no fixed term), and the file -> RAM bandwidth a request sees, from the mean stall of a
     demand load (``bytes / stall``), which includes the store's per-load overheads.
     """
-    from ..trace import Trace
+    from ..sim.trace import Trace
     from .plan import Plan as _Plan
 
     assert isinstance(plan, _Plan)
@@ -127,7 +92,7 @@ def with_next_hint(trace: Any, routed: list[str] | None = None) -> Any:
     """A copy of ``trace`` whose per-request prefetch hint (the simulator's "router's second
     choice") is the expert of the next queued request: what the runtime's prefetcher looks at
     (``lookahead=1``), so :func:`tierflow.simulate` models the same prefetch."""
-    from ..trace import Trace
+    from ..sim.trace import Trace
 
     names = trace.experts
     idx = {e: i for i, e in enumerate(names)}

@@ -76,7 +76,8 @@ def run_route(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ..models import DEMO_EXAMPLES, SentenceEncoder
+    from ..demos.experts import DEMO_EXAMPLES
+    from ..models import SentenceEncoder
     from ..routers import EmbeddingRouter
 
     router = EmbeddingRouter(

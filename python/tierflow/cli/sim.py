@@ -14,7 +14,7 @@ from ..errors import InvalidArgumentError
 
 
 def _device(spec: str) -> Any:
-    from .. import devices
+    from ..sim import devices
 
     presets = {
         "sn40l": devices.sn40l,
@@ -30,8 +30,8 @@ def _device(spec: str) -> Any:
 
 
 def _coe(spec: str) -> Any:
-    from .. import paper
-    from ..coe import CoE
+    from ..sim import paper
+    from ..sim.coe import CoE
 
     if spec.startswith("samba:"):
         return paper.coe(int(spec.split(":", 1)[1]))
@@ -39,36 +39,22 @@ def _coe(spec: str) -> Any:
 
 
 def _trace(args: argparse.Namespace, g: Any) -> Any:
-    from ..trace import Trace
+    from ..sim.trace import Trace
 
     if args.trace:
         return Trace.load_jsonl(args.trace)
-    pt = args.prompt_tokens
-    ot = args.output_tokens
+    common: dict[str, Any] = {
+        "n": args.requests,
+        "popularity": args.popularity,
+        "zipf_s": args.zipf,
+        "prompt_tokens": args.prompt_tokens,
+        "output_tokens": args.output_tokens,
+        "drift": args.drift,
+        "seed": args.seed,
+    }
     if args.users:
-        return Trace.closed_loop(
-            g.experts,
-            users=args.users,
-            n=args.requests,
-            think_time=args.think,
-            popularity=args.popularity,
-            zipf_s=args.zipf,
-            prompt_tokens=pt,
-            output_tokens=ot,
-            drift=args.drift,
-            seed=args.seed,
-        )
-    return Trace.poisson(
-        g.experts,
-        rate=args.rate,
-        n=args.requests,
-        popularity=args.popularity,
-        zipf_s=args.zipf,
-        prompt_tokens=pt,
-        output_tokens=ot,
-        drift=args.drift,
-        seed=args.seed,
-    )
+        return Trace.closed_loop(g.experts, users=args.users, think_time=args.think, **common)
+    return Trace.poisson(g.experts, rate=args.rate, **common)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -105,7 +91,7 @@ def _progress(console: Console) -> Progress:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from ..sim import simulate
+    from ..sim.simulate import simulate
 
     console = Console()
     g = _coe(args.coe)
@@ -136,7 +122,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from ..plan import DEFAULT_POLICIES, plan
+    from ..sim.capacity import DEFAULT_POLICIES, sweep_capacity
 
     console = Console()
     g = _coe(args.coe)
@@ -146,7 +132,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     total = args.steps * len(pols) + args.refine
     with _progress(console) as prog:
         task = prog.add_task("planning", total=total)
-        res = plan(
+        res = sweep_capacity(
             g,
             d,
             t,
@@ -171,7 +157,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_paper(args: argparse.Namespace) -> int:
-    from .. import paper
+    from ..sim import paper
 
     if args.which != "sn40l":
         raise InvalidArgumentError(f"unknown paper {args.which!r} (known: sn40l)")

@@ -3,7 +3,7 @@
 
 Example:
     >>> import tempfile, tierflow as tf
-    >>> from tierflow.runtime import write_demo_coe
+    >>> from tierflow.demos import write_demo_coe
     >>> folder = tempfile.mkdtemp()
     >>> g = write_demo_coe(folder, experts=4, hidden=64, intermediate=128, layers=1)
     >>> t = tf.Trace.closed_loop(g.experts, users=1, n=8, prompt_tokens=4, output_tokens=1, seed=0)
@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from ..coe import CoE
-from ..devices import Device
 from ..errors import InvalidArgumentError
-from ..policies import Policy
-from ..report import Report
+from ..sim.coe import CoE
+from ..sim.devices import Device
+from ..sim.policies import Policy
+from ..sim.report import Report
+from ..sim.trace import Trace
 from ..store import Tier, TieredStore, parse_size
-from ..trace import Trace
 from .engine import ExpertError, Outcome, Residency, serve
 from .experts import PrototypeRouter, TransformerExpert, demo_input
 
@@ -329,7 +329,7 @@ class Plan:
         }
         dev = self.device
         if len(dev.tiers) != 2:
-            from .calibrate import host_device
+            from .host import host_device
 
             dev = host_device(self.ram_budget)
         valid_trace = trace
@@ -400,8 +400,6 @@ def schedule(
         InvalidArgumentError: bad arguments, an expert larger than the budget.
         ScheduleError: an expert has no weights in the store or checkpoint.
     """
-    from ..errors import ScheduleError
-
     if not isinstance(g, CoE):
         raise InvalidArgumentError(f"schedule: g must be a tierflow.CoE, got {type(g).__name__}")
     g.validate()
@@ -419,64 +417,13 @@ def schedule(
     else:
         store, own = _open_store(store)
     try:
-        names = set(store.names())
-        bad_tensors = store.quarantined()
-        broken: dict[str, str] = {}
-        for t, why in bad_tensors.items():
-            e = t.split("/", 1)[0]
-            broken.setdefault(
-                e, f"expert {e!r} is unavailable: its weights failed verification ({t}: {why})"
-            )
-        for e in g.experts:
-            node = g.nodes[e]
-            if not any(n.startswith(e + "/") for n in names) and e not in broken:
-                src = node.source or ""
-                if src.startswith("safetensors:"):
-                    path = src[len("safetensors:") :]
-                    try:
-                        store.load_safetensors(path, tier="disk", prefix=e + "/")
-                    except Exception as err:
-                        broken[e] = f"expert {e!r} is unavailable: {path}: {err}"
-                    names = set(store.names())
-                else:
-                    raise ScheduleError(
-                        f"schedule: expert {e!r} has no weights (no '{e}/' tensors in the store "
-                        "and no safetensors checkpoint)"
-                    )
-        models: dict[str, Any] = {}
-        for e in g.experts:
-            if experts is not None and e in experts:
-                models[e] = experts[e]
-                continue
-            shapes = {
-                n[len(e) + 1 :]: tuple(store.info(n)["shape"])
-                for n in names
-                if n.startswith(e + "/")
-            }
-            tagged = TransformerExpert.from_tags(list(g.nodes[e].tags), g.nodes[e].layers)
-            if tagged is not None and set(shapes) == set(tagged.tensors):
-                models[e] = tagged
-                continue
-            try:
-                models[e] = TransformerExpert.from_shapes(shapes, f"expert {e!r}")
-            except Exception:
-                if e in broken:
-                    continue
-                raise
-        router = None
-        if ROUTER_PREFIX + "prototypes" in names:
-            rnode = g.router_node
-            order = list(g.routes.get(rnode.name, g.experts)) if rnode else g.experts
-            router = PrototypeRouter(
-                order, int(store.info(ROUTER_PREFIX + "prototypes")["shape"][1])
-            )
-            if store.tier_of(ROUTER_PREFIX + "prototypes") != "fast" and "fast" in store.tier_names:
-                store.move(ROUTER_PREFIX + "prototypes", "fast")
-            store.pin(ROUTER_PREFIX + "prototypes")
+        names, broken = _expert_weights(g, store)
+        models = _expert_models(g, store, names, broken, experts)
+        router = _router(g, store, names)
         if devs:
             dev = devs[0]
         else:
-            from .calibrate import host_device
+            from .host import host_device
 
             dev = host_device(parse_size(ram_budget) or 1 << 30)
         budget = parse_size(ram_budget)
@@ -490,3 +437,77 @@ def schedule(
             store.close()
         raise
     return plan
+
+
+def _expert_weights(g: CoE, store: TieredStore) -> tuple[set[str], dict[str, str]]:
+    """The store's tensor names once every expert's weights are in it (a safetensors checkpoint
+    named by a node is adopted in place), and the experts that cannot serve, with the reason."""
+    from ..errors import ScheduleError
+
+    names = set(store.names())
+    broken: dict[str, str] = {}
+    for t, why in store.quarantined().items():
+        e = t.split("/", 1)[0]
+        broken.setdefault(
+            e, f"expert {e!r} is unavailable: its weights failed verification ({t}: {why})"
+        )
+    for e in g.experts:
+        node = g.nodes[e]
+        if not any(n.startswith(e + "/") for n in names) and e not in broken:
+            src = node.source or ""
+            if src.startswith("safetensors:"):
+                path = src[len("safetensors:") :]
+                try:
+                    store.load_safetensors(path, tier="disk", prefix=e + "/")
+                except Exception as err:
+                    broken[e] = f"expert {e!r} is unavailable: {path}: {err}"
+                names = set(store.names())
+            else:
+                raise ScheduleError(
+                    f"schedule: expert {e!r} has no weights (no '{e}/' tensors in the store "
+                    "and no safetensors checkpoint)"
+                )
+    return names, broken
+
+
+def _expert_models(
+    g: CoE,
+    store: TieredStore,
+    names: set[str],
+    broken: dict[str, str],
+    experts: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The model of each expert: given in ``experts``, or a :class:`TransformerExpert` from the
+    node's tags or the stored shapes (a broken expert without one is left out)."""
+    models: dict[str, Any] = {}
+    for e in g.experts:
+        if experts is not None and e in experts:
+            models[e] = experts[e]
+            continue
+        shapes = {
+            n[len(e) + 1 :]: tuple(store.info(n)["shape"]) for n in names if n.startswith(e + "/")
+        }
+        tagged = TransformerExpert.from_tags(list(g.nodes[e].tags), g.nodes[e].layers)
+        if tagged is not None and set(shapes) == set(tagged.tensors):
+            models[e] = tagged
+            continue
+        try:
+            models[e] = TransformerExpert.from_shapes(shapes, f"expert {e!r}")
+        except Exception:
+            if e in broken:
+                continue
+            raise
+    return models
+
+
+def _router(g: CoE, store: TieredStore, names: set[str]) -> PrototypeRouter | None:
+    """The stored prototype router, pinned in the fast tier, or None when the store has none."""
+    if ROUTER_PREFIX + "prototypes" not in names:
+        return None
+    rnode = g.router_node
+    order = list(g.routes.get(rnode.name, g.experts)) if rnode else g.experts
+    router = PrototypeRouter(order, int(store.info(ROUTER_PREFIX + "prototypes")["shape"][1]))
+    if store.tier_of(ROUTER_PREFIX + "prototypes") != "fast" and "fast" in store.tier_names:
+        store.move(ROUTER_PREFIX + "prototypes", "fast")
+    store.pin(ROUTER_PREFIX + "prototypes")
+    return router

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorruptFileError, InvalidArgumentError, TierflowError
-from ..policies import EvictionPolicy
+from ..sim.policies import EvictionPolicy
 from ..store import TieredStore
 
 __all__ = ["ExpertError", "Outcome", "Residency"]

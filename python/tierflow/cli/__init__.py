@@ -1,26 +1,31 @@
-"""The ``tierflow`` command line. Each domain adds its subcommands from ``tierflow._cli``."""
+"""The ``tierflow`` command line: it only parses arguments and calls library functions.
+
+One module per domain adds its subcommands: :mod:`~tierflow.cli.info`, :mod:`~tierflow.cli.store`
+(``inspect``), :mod:`~tierflow.cli.demo`, :mod:`~tierflow.cli.sim` (``simulate``, ``plan``,
+``paper``, ...), :mod:`~tierflow.cli.models` and :mod:`~tierflow.cli.serving` (``run``, ``tune``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from . import __version__
-from .errors import TierflowError
+from .._tierflow import __version__
+from ..errors import TierflowError
+from . import demo, info, models, serving, sim, store
 
 __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ._cli import register_all
-
     p = argparse.ArgumentParser(
         prog="tierflow",
         description="Run and plan models larger than fast memory.",
     )
     p.add_argument("--version", action="version", version=f"tierflow {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    register_all(sub)
+    for module in (info, store, demo, sim, models, serving):
+        module.register(sub)
     return p
 
 

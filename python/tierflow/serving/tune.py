@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import kernels
 from .._info import get_num_threads, info, set_num_threads
-from ..devices import host_cache_path
+from ..sim.devices import host_cache_path
 
 __all__ = ["apply_tuning", "load_tuning", "tune", "tune_path"]
 

@@ -31,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from . import _tierflow
-from .errors import DTypeError, InvalidArgumentError, ShapeError
+from .. import _tierflow
+from ..errors import DTypeError, InvalidArgumentError, ShapeError
+from .dtypes import DTYPES, STORE_DTYPES
 
 __all__ = [
     "BlockTensor",
@@ -61,14 +62,9 @@ def bfloat16_dtype() -> np.dtype[Any]:
 
 
 _NP_TO_NAME: dict[np.dtype[Any], str] = {
-    np.dtype(np.float32): "float32",
-    np.dtype(np.float64): "float64",
-    np.dtype(np.float16): "float16",
-    np.dtype(np.int8): "int8",
-    np.dtype(np.uint8): "uint8",
-    np.dtype(np.int32): "int32",
-    np.dtype(np.int64): "int64",
-    np.dtype(np.bool_): "bool",
+    np.dtype(d.numpy).newbyteorder("="): d.name
+    for d in DTYPES
+    if d.in_store and d.numpy and d.name != "bfloat16"  # bfloat16: its own NumPy type, below
 }
 if _BF16 is not None:
     _NP_TO_NAME[_BF16] = "bfloat16"
@@ -76,17 +72,7 @@ if _BF16 is not None:
 _NAME_TO_NP: dict[str, np.dtype[Any]] = {v: k for k, v in _NP_TO_NAME.items()}
 _NAME_TO_NP["bfloat16"] = bfloat16_dtype()
 
-SUPPORTED_DTYPES = (
-    "float32",
-    "float64",
-    "float16",
-    "bfloat16",
-    "int8",
-    "uint8",
-    "int32",
-    "int64",
-    "bool",
-)
+SUPPORTED_DTYPES = STORE_DTYPES
 
 
 def parse_size(size: int | str | None) -> int | None:

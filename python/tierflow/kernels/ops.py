@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from . import _tierflow
-from .errors import CorruptFileError, DTypeError, InvalidArgumentError, ShapeError
-from .store import BlockTensor, TensorRef, register_block_format
+from .. import _tierflow
+from ..errors import CorruptFileError, DTypeError, InvalidArgumentError, ShapeError
+from ..store import BlockTensor, TensorRef, register_block_format
 
 __all__ = [
     "FORMATS",
@@ -153,7 +154,7 @@ class QuantizedTensor(BlockTensor):
         return result
 
     @classmethod
-    def _from_blocks(cls, format: str, shape: tuple[int, ...], data: np.ndarray) -> QuantizedTensor:
+    def _from_blocks(cls, format: str, shape: Sequence[int], data: np.ndarray) -> QuantizedTensor:
         """Rebuild from stored block data (the store's opaque typed byte blocks); the length is
         checked now, the scales lazily (see :meth:`_after`)."""
         return cls(format, (int(shape[0]), int(shape[1])), data, _checked=False)
@@ -316,43 +317,67 @@ def matmul(
     x2 = xa.reshape(m, k)
     r2 = res.reshape(m, n)
     if isinstance(w, TensorRef):
-        dt = w.dtype
-        kind = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}.get(str(dt))
-        if w._transposed and kind in ("f32", "f16") and m > _DECODE_MAX_M and _in_memory(w):
+        if (
+            w._transposed
+            and str(w.dtype) in ("float32", "float16")
+            and m > _DECODE_MAX_M
+            and _in_memory(w)
+        ):
             # in a memory tier, the GEMM reads the (N, K) rows where they are (zero copy)
             # rather than a stream one thread shorter for its reader
-            return matmul(x, w.store.get(w.name).T, res, bias, _isa=_isa)
-        if w._transposed and kind is not None:
-            # (N, K) rows of K as stored: exactly the row-stored layout of the kernels' formats.
-            if panel_bytes < 1:
-                raise InvalidArgumentError(f"panel_bytes must be positive, got {panel_bytes}")
-            native = w.store._s
-            _tierflow._matmul_streamed(
-                x2, native, w.name, kind, k, n, r2, b, int(panel_bytes), _isa
-            )
+            _matmul_in_memory(x2, w.store.get(w.name).T, r2, b, _isa)
             return res
-        if isinstance(dt, str) and dt.startswith("block:"):
-            fmt = dt[len("block:") :]
-            if fmt not in FORMATS:
-                raise DTypeError(f"stored tensor {w.name!r} has block format {fmt!r}, not a weight")
-            if panel_bytes < 1:
-                raise InvalidArgumentError(f"panel_bytes must be positive, got {panel_bytes}")
-            native = w.store._s
-            _tierflow._matmul_streamed(x2, native, w.name, fmt, k, n, r2, b, int(panel_bytes), _isa)
-            return res
-        if kind is not None and m <= _DECODE_MAX_M:
-            if panel_bytes < 1:
-                raise InvalidArgumentError(f"panel_bytes must be positive, got {panel_bytes}")
-            native = w.store._s
-            _tierflow._matmul_streamed(
-                x2, native, w.name, kind, k, n, r2, b, int(panel_bytes), _isa, plain=True
-            )
+        if _matmul_stored(x2, w, r2, b, panel_bytes, _isa):
             return res
         w = w.numpy()
+    _matmul_in_memory(x2, w, r2, b, _isa)
+    return res
+
+
+def _matmul_stored(
+    x2: np.ndarray,
+    w: TensorRef,
+    r2: np.ndarray,
+    b: np.ndarray | None,
+    panel_bytes: int,
+    _isa: str | None,
+) -> bool:
+    """Stream a stored weight through the kernels' double buffer when its layout allows (see
+    :func:`matmul`); False: the caller loads it whole."""
+    (m, k), n = x2.shape, r2.shape[1]
+    dt = w.dtype
+    kind = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}.get(str(dt))
+    plain = False
+    if w._transposed and kind is not None:
+        fmt = kind  # (N, K) rows of K as stored: exactly the row-stored layout of the formats
+    elif isinstance(dt, str) and dt.startswith("block:"):
+        fmt = dt[len("block:") :]
+        if fmt not in FORMATS:
+            raise DTypeError(f"stored tensor {w.name!r} has block format {fmt!r}, not a weight")
+    elif kind is not None and m <= _DECODE_MAX_M:
+        fmt, plain = kind, True
+    else:
+        return False
+    if panel_bytes < 1:
+        raise InvalidArgumentError(f"panel_bytes must be positive, got {panel_bytes}")
+    native = w.store._s
+    if plain:
+        _tierflow._matmul_streamed(
+            x2, native, w.name, fmt, k, n, r2, b, int(panel_bytes), _isa, plain=True
+        )
+    else:
+        _tierflow._matmul_streamed(x2, native, w.name, fmt, k, n, r2, b, int(panel_bytes), _isa)
+    return True
+
+
+def _matmul_in_memory(
+    x2: np.ndarray, w: Any, r2: np.ndarray, b: np.ndarray | None, _isa: str | None
+) -> None:
+    """``r2 = x2 @ w (+ b)`` for a weight in memory: a QuantizedTensor or a float array."""
     if isinstance(w, QuantizedTensor):
-        _tierflow._matmul_blocks(x2, w.format, k, n, w.data, r2, b, _isa)
+        _tierflow._matmul_blocks(x2, w.format, x2.shape[1], r2.shape[1], w.data, r2, b, _isa)
         w._after(r2)
-        return res
+        return
     wa = w if isinstance(w, np.ndarray) else np.asarray(w)
     if wa.dtype == np.float32:
         kind = "f32"
@@ -367,12 +392,12 @@ def matmul(
         # W^T is C-contiguous: N rows of K, the kernels' row-stored layout (ggml's), read in
         # place: dot products over rows at decode shapes, the GEMM with column-major B above.
         rows = wa.T.reshape(-1).view(np.uint8)
+        k, n = wa.shape
         _tierflow._matmul_blocks(x2, kind, k, n, rows, r2, b, _isa)
     elif kind == "f32":
         _tierflow._matmul_plain(x2, wa, None, "f32", r2, b, _isa)
     else:
         _tierflow._matmul_plain(x2, None, wa.view(np.uint16), kind, r2, b, _isa)
-    return res
 
 
 def _in_memory(ref: TensorRef) -> bool:
@@ -464,9 +489,10 @@ def attention(
             ma = _as_f32(ma, "mask")
         if ma.ndim > 4:
             raise ShapeError(f"mask {ma.shape} does not broadcast to {(b, h, sq, skv)}")
-        ma = ma.reshape((1,) * (4 - ma.ndim) + ma.shape)
-        mb = b if ma.shape[0] == b else 1
-        mh = h if ma.shape[1] == h else 1
+        ma = ma.reshape((1,) * (4 - ma.ndim) + tuple(ma.shape))
+        mshape: tuple[int, ...] = ma.shape
+        mb = b if mshape[0] == b else 1
+        mh = h if mshape[1] == h else 1
         try:
             ma = np.broadcast_to(ma, (mb, mh, sq, skv))
         except ValueError:
@@ -524,7 +550,7 @@ def _rowwise(
         xa = xa.reshape(1)
     d = xa.shape[-1]
     out = np.empty(xa.shape, np.float32)
-    params = []
+    params: list[np.ndarray | None] = []
     for arr, name in ((w, "weight"), (b, "bias")):
         if arr is None:
             params.append(None)

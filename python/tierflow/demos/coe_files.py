@@ -16,10 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..coe import CoE
 from ..errors import InvalidArgumentError
+from ..serving.experts import PrototypeRouter, TransformerExpert
+from ..sim.coe import CoE
 from ..store import Tier, TieredStore
-from .experts import PrototypeRouter, TransformerExpert
 
 __all__ = ["DEMO_CONFIG", "demo_ready", "load_demo_coe", "write_demo_coe"]
 

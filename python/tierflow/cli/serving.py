@@ -37,11 +37,11 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import Progress
 
-    from ..coe import CoE
-    from ..runtime import schedule
-    from ..runtime.tune import apply_tuning
+    from ..serving import schedule
+    from ..serving.tune import apply_tuning
+    from ..sim.coe import CoE
+    from ..sim.trace import Trace
     from ..store import parse_size
-    from ..trace import Trace
 
     con = Console()
     g = CoE.from_json(args.coe)
@@ -72,7 +72,7 @@ def run_tune(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ..runtime.tune import tune, tune_path
+    from ..serving.tune import tune, tune_path
 
     con = Console()
     r = tune(args.hidden, args.intermediate, reps=args.reps)
