@@ -65,14 +65,14 @@ def run_inspect(args: argparse.Namespace) -> int:
         g = read_gguf(path)
         title = f"GGUF v{g.version} {path} (alignment {g.alignment})"
         meta = {k: _short(v) for k, v in g.metadata.items()}
-        for t in g.tensors.values():
+        for gt in g.tensors.values():
             rows.append(
                 {
-                    "name": t.name,
-                    "dtype": t.type,
-                    "shape": list(t.shape),
-                    "nbytes": t.nbytes,
-                    "where": f"@{t.offset}",
+                    "name": gt.name,
+                    "dtype": gt.type,
+                    "shape": list(gt.shape),
+                    "nbytes": gt.nbytes,
+                    "where": f"@{gt.offset}",
                     "file": str(path),
                 }
             )

@@ -406,6 +406,6 @@ def load_gguf(
     g = read_gguf(path)
     cfg = gguf_config(g)
     w = GGUFWeights.open_gguf(g, cfg, store=store, tier=tier, dtype=dtype, prefix=prefix, read=read)
-    model = LlamaForCausalLM(cfg, w, w.store)
+    model: Any = LlamaForCausalLM(cfg, w, w.store)
     model.gguf = g
     return model

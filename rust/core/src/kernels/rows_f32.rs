@@ -7,6 +7,8 @@
 //! - more rows: the AVX2 GEMM of `sgemm.rs` reading `W` through its strides (row stride 1,
 //!   column stride `K`).
 //!
+//! The AVX2 body of the dot-product kernel is `x86/avx2/rows_f32.rs`.
+//!
 //! One row of `X` stays on `dot.rs`'s kernel (already at the memory limit). Every output element
 //! is one accumulator chain over `K` (eight lanes, then a fixed-order horizontal sum, then the
 //! elements after the last multiple of 8), so the result does not depend on how `N` is split
@@ -50,124 +52,25 @@ pub fn matmul_rows_f32(
                     c[i * ldc..i * ldc + n].copy_from_slice(&b[..n]);
                 }
             }
-            let threads = crate::runtime::num_threads();
-            crate::runtime::install(|| {
+            let threads = crate::pool::num_threads();
+            crate::pool::install(|| {
                 sgemm::sgemm_avx2(m, n, k, x, k, 1, w, 1, k, c, ldc, bias.is_some(), threads);
             });
             return true;
         }
         let per = rows_per_task(n, k * 4);
         let cp = SendPtr(c.as_mut_ptr());
-        crate::runtime::for_tasks(n.div_ceil(per), n * k * 4, |t| {
+        crate::pool::for_tasks(n.div_ceil(per), n * k * 4, |t| {
             let n0 = t * per;
             let n1 = (n0 + per).min(n);
             // SAFETY: the lengths were checked above; task t writes only columns n0..n1 of C;
             // AVX2 and FMA are present.
-            unsafe { avx2::task(x, m, k, w, bias, cp.get(), ldc, n0, n1) }
+            unsafe { super::x86::avx2::rows_f32::task(x, m, k, w, bias, cp.get(), ldc, n0, n1) }
         });
         return true;
     }
     let _ = (isa, x, m, q, bias, c, ldc);
     false
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use crate::kernels::x86::hsum;
-    use std::arch::x86_64::*;
-
-    /// Floats ahead to prefetch in each weight row.
-    const PF: usize = 1024;
-
-    /// Columns `n0..n1` of C for all `m` rows of X.
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn task(
-        x: &[f32],
-        m: usize,
-        k: usize,
-        w: &[f32],
-        bias: Option<&[f32]>,
-        c: *mut f32,
-        ldc: usize,
-        n0: usize,
-        n1: usize,
-    ) {
-        let (xp, wp) = (x.as_ptr(), w.as_ptr());
-        let mut j = n0;
-        unsafe {
-            while j < n1 {
-                let rn = (n1 - j).min(3);
-                let mut i = 0;
-                while i < m {
-                    let left = m - i;
-                    let step = match (rn, left) {
-                        (3, 4..) => tile::<3, 4>(xp, x, k, wp, w, bias, c, ldc, i, j),
-                        (3, 2..) => tile::<3, 2>(xp, x, k, wp, w, bias, c, ldc, i, j),
-                        (3, _) => tile::<3, 1>(xp, x, k, wp, w, bias, c, ldc, i, j),
-                        (2, 4..) => tile::<2, 4>(xp, x, k, wp, w, bias, c, ldc, i, j),
-                        (2, 2..) => tile::<2, 2>(xp, x, k, wp, w, bias, c, ldc, i, j),
-                        (2, _) => tile::<2, 1>(xp, x, k, wp, w, bias, c, ldc, i, j),
-                        (_, 4..) => tile::<1, 4>(xp, x, k, wp, w, bias, c, ldc, i, j),
-                        (_, 2..) => tile::<1, 2>(xp, x, k, wp, w, bias, c, ldc, i, j),
-                        _ => tile::<1, 1>(xp, x, k, wp, w, bias, c, ldc, i, j),
-                    };
-                    i += step;
-                }
-                j += rn;
-            }
-        }
-    }
-
-    /// Weight rows `j..j+RN` against activation rows `i..i+MR`; returns `MR`.
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn tile<const RN: usize, const MR: usize>(
-        xp: *const f32,
-        x: &[f32],
-        k: usize,
-        wp: *const f32,
-        w: &[f32],
-        bias: Option<&[f32]>,
-        c: *mut f32,
-        ldc: usize,
-        i: usize,
-        j: usize,
-    ) -> usize {
-        unsafe {
-            let mut acc = [[_mm256_setzero_ps(); MR]; RN];
-            let k8 = k / 8 * 8;
-            let mut q = 0;
-            while q < k8 {
-                if q % 16 == 0 && q + PF < k {
-                    for r in 0..RN {
-                        _mm_prefetch::<_MM_HINT_T0>(wp.add((j + r) * k + q + PF) as *const i8);
-                    }
-                }
-                let mut wv = [_mm256_setzero_ps(); RN];
-                for r in 0..RN {
-                    wv[r] = _mm256_loadu_ps(wp.add((j + r) * k + q));
-                }
-                for t in 0..MR {
-                    let xv = _mm256_loadu_ps(xp.add((i + t) * k + q));
-                    for r in 0..RN {
-                        acc[r][t] = _mm256_fmadd_ps(wv[r], xv, acc[r][t]);
-                    }
-                }
-                q += 8;
-            }
-            for r in 0..RN {
-                for t in 0..MR {
-                    let mut s = hsum(acc[r][t]);
-                    for q in k8..k {
-                        s += x[(i + t) * k + q] * w[(j + r) * k + q];
-                    }
-                    *c.add((i + t) * ldc + j + r) = s + bias.map_or(0.0, |b| b[j + r]);
-                }
-            }
-        }
-        MR
-    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ pub mod fileio;
 pub mod gguf;
 pub mod manifest;
 pub mod names;
+pub mod paged_kv;
 pub mod policy;
 mod prefetch;
 mod safetensors_dir;
