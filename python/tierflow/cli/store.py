@@ -1,4 +1,4 @@
-"""``tierflow inspect``: the tensors of a safetensors file, a checkpoint or a store folder."""
+"""``tierflow inspect``: the tensors of a safetensors or GGUF file, a checkpoint or a store folder."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from typing import Any
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser(
-        "inspect", help="tensors, dtypes, shapes, sizes of a safetensors file, checkpoint or store"
+        "inspect",
+        help="tensors, dtypes, shapes, sizes of a safetensors or GGUF file, checkpoint or store",
     )
     p.add_argument(
         "path",
-        help="a .safetensors file, a checkpoint folder or index JSON, or a tierflow store folder",
+        help="a .safetensors or .gguf file, a checkpoint folder or index JSON, or a tierflow store folder",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run_inspect)
@@ -24,6 +25,13 @@ def _fmt(n: int | None) -> str:
     from ..store.tiered import _fmt_bytes
 
     return _fmt_bytes(n)
+
+
+def _short(v: Any) -> Any:
+    """A metadata value for display: long arrays (token lists) as their first items and length."""
+    if isinstance(v, list) and len(v) > 8:
+        return [*v[:8], f"... ({len(v)} items)"]
+    return v
 
 
 def run_inspect(args: argparse.Namespace) -> int:
@@ -51,6 +59,32 @@ def run_inspect(args: argparse.Namespace) -> int:
                     "file": e["file"],
                 }
             )
+    elif path.suffix == ".gguf" and path.is_file():
+        from ..models.gguf import read_gguf
+
+        g = read_gguf(path)
+        title = f"GGUF v{g.version} {path} (alignment {g.alignment})"
+        meta = {k: _short(v) for k, v in g.metadata.items()}
+        for gt in g.tensors.values():
+            rows.append(
+                {
+                    "name": gt.name,
+                    "dtype": gt.type,
+                    "shape": list(gt.shape),
+                    "nbytes": gt.nbytes,
+                    "where": f"@{gt.offset}",
+                    "file": str(path),
+                }
+            )
+        if args.json:
+            print(json.dumps({"metadata": meta, "tensors": rows}, indent=2))
+            return 0
+        mt = Table(title=f"metadata of {path}")
+        for c in ("key", "type", "value"):
+            mt.add_column(c)
+        for k, v in meta.items():
+            mt.add_row(k, g.metadata_types[k], str(v))
+        console.print(mt)
     else:
         files: list[Path]
         if path.is_dir():

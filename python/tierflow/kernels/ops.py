@@ -39,6 +39,7 @@ __all__ = [
     "dequantize",
     "gelu",
     "layer_norm",
+    "layout_copies",
     "matmul",
     "mlp",
     "pack",
@@ -263,7 +264,11 @@ def matmul(
     Args:
         x: ``(..., K)`` float32, float16 or bfloat16, any strides.
         w: ``(K, N)`` float32 / float16 / bfloat16 array, a :class:`QuantizedTensor`, or a
-            store's ``TensorRef`` (``store["layer0.w"]``). A stored ``QuantizedTensor`` (any
+            store's ``TensorRef`` (``store["layer0.w"]``). An array is read in place when it
+            is C-contiguous or its transpose is (Fortran order; a PyTorch-layout ``(N, K)``
+            weight passed as ``w_nk.T``: rows of K, the row-stored layout the dot-product
+            decode kernel and the GEMM with column-major B read directly); other strides cost
+            one packed copy per call, counted by :func:`layout_copies`. A stored ``QuantizedTensor`` (any
             format, including the packed ``f32`` of :func:`pack`) is streamed: it stays in its
             tier and is pulled in panels of about ``panel_bytes`` through a double buffer (the
             next panel is read while the current one is multiplied), bit-identical to the
@@ -312,6 +317,16 @@ def matmul(
     x2 = xa.reshape(m, k)
     r2 = res.reshape(m, n)
     if isinstance(w, TensorRef):
+        if (
+            w._transposed
+            and str(w.dtype) in ("float32", "float16")
+            and m > _DECODE_MAX_M
+            and _in_memory(w)
+        ):
+            # in a memory tier, the GEMM reads the (N, K) rows where they are (zero copy)
+            # rather than a stream one thread shorter for its reader
+            _matmul_in_memory(x2, w.store.get(w.name).T, r2, b, _isa)
+            return res
         if _matmul_stored(x2, w, r2, b, panel_bytes, _isa):
             return res
         w = w.numpy()
@@ -365,15 +380,55 @@ def _matmul_in_memory(
         return
     wa = w if isinstance(w, np.ndarray) else np.asarray(w)
     if wa.dtype == np.float32:
-        _tierflow._matmul_plain(x2, np.ascontiguousarray(wa), None, "f32", r2, b, _isa)
+        kind = "f32"
     elif wa.dtype == np.float16 or _is_bf16(wa.dtype):
-        bits = np.ascontiguousarray(wa).view(np.uint16)
         kind = "f16" if wa.dtype == np.float16 else "bf16"
-        _tierflow._matmul_plain(x2, None, bits, kind, r2, b, _isa)
     else:
         raise DTypeError(
             f"w must be float32, float16, bfloat16 or a QuantizedTensor, got {wa.dtype}"
         )
+    wa = _kernel_layout(wa)
+    if not wa.flags.c_contiguous:
+        # W^T is C-contiguous: N rows of K, the kernels' row-stored layout (ggml's), read in
+        # place: dot products over rows at decode shapes, the GEMM with column-major B above.
+        rows = wa.T.reshape(-1).view(np.uint8)
+        k, n = wa.shape
+        _tierflow._matmul_blocks(x2, kind, k, n, rows, r2, b, _isa)
+    elif kind == "f32":
+        _tierflow._matmul_plain(x2, wa, None, "f32", r2, b, _isa)
+    else:
+        _tierflow._matmul_plain(x2, None, wa.view(np.uint16), kind, r2, b, _isa)
+
+
+def _in_memory(ref: TensorRef) -> bool:
+    tier = ref.tier
+    return not any(t.file_backed for t in ref.store.tiers if t.name == tier)
+
+
+_layout_copies = 0
+
+
+def layout_copies() -> int:
+    """How many times :func:`matmul` copied a float weight because no kernel reads its strides
+    (since the process started). A weight that is C-contiguous, or whose transpose is
+    (Fortran order, ``w_nk.T``), is read in place; any other strides (a slice with a step,
+    negative strides) cost one packed copy per call, counted here: pass such a weight through
+    :func:`pack` once to avoid it."""
+    return _layout_copies
+
+
+def _kernel_layout(w: np.ndarray) -> np.ndarray:
+    """``w`` if it or its transpose is C-contiguous, else one packed copy (counted by
+    :func:`layout_copies`) in the order its smaller stride suggests, so the copy reads memory
+    mostly in order."""
+    global _layout_copies
+    if w.flags.c_contiguous or w.T.flags.c_contiguous:
+        return w
+    _layout_copies += 1
+    s0, s1 = (abs(s) for s in w.strides)
+    if s0 < s1:
+        return np.ascontiguousarray(w.T).T
+    return np.ascontiguousarray(w)
 
 
 def _float_array(x: Any, what: str) -> np.ndarray:

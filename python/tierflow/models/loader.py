@@ -1,4 +1,5 @@
-"""``load(path)``: a Hugging Face checkpoint folder into the right model class."""
+"""``load(path)``: a Hugging Face checkpoint folder (or a llama GGUF file) into the right model
+class."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def load(
     """Load a checkpoint folder into the right model class.
 
     Args:
-        path: folder with config.json and model.safetensors (or model.safetensors.index.json).
+        path: folder with config.json and model.safetensors (or model.safetensors.index.json),
+            or a llama-architecture ``.gguf`` file (see :mod:`tierflow.models.gguf`).
         store: the TieredStore to register the weights in; None makes a private one (default
             tiers fast / ram / disk in a temporary folder, removed with the model).
         tier: where the weights start: a file tier adopts the files there in place (None: the
@@ -55,6 +57,10 @@ def load(
         MissingFileError / CorruptFileError: missing, truncated or malformed files.
     """
     folder = os.fspath(path)
+    if folder.endswith(".gguf") and not os.path.isdir(folder):
+        from .gguf import load_gguf
+
+        return load_gguf(folder, store, tier, dtype, prefix, read=read)
     if not os.path.isdir(folder):
         raise MissingFileError(f"no checkpoint folder at {folder}")
     cfg = read_config(folder)

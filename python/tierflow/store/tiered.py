@@ -648,6 +648,28 @@ class TieredStore:
         :class:`~tierflow.CorruptFileError` when read. Returns the new names."""
         return list(self._s.load_safetensors(str(path), self._tier(tier), prefix, overwrite))
 
+    def load_gguf(
+        self,
+        path: str | os.PathLike[str],
+        tier: str | int | None = None,
+        prefix: str = "",
+        *,
+        overwrite: bool = False,
+        rename: dict[str, str] | None = None,
+    ) -> list[str]:
+        """Adopt the tensors of a GGUF file (llama.cpp's format, versions 2 and 3) in place, like
+        :meth:`load_safetensors`: only the header is read (bounds-checked), each tensor's bytes
+        stay in the file. F32 / F16 / BF16 tensors are arrays of their bytes (shape: GGUF's
+        ``ne`` reversed, so a weight is ``(out, in)``); Q8_0 / Q4_0 tensors are
+        :class:`~tierflow.QuantizedTensor` operands of logical shape ``(ne[0], ne[1])`` =
+        ``(K, N)``, their blocks used as they are. Tensors are named ``prefix + name``
+        (``rename`` maps GGUF names to other names first). All or nothing: a tensor of another
+        type raises :class:`~tierflow.DTypeError` naming it; a malformed file
+        :class:`~tierflow.CorruptFileError` naming the problem. Returns the new names."""
+        return list(
+            self._s.load_gguf(str(path), self._tier(tier), prefix, overwrite, dict(rename or {}))
+        )
+
     # -- statistics and lifetime ------------------------------------------------------------
     def stats(self) -> StoreStats:
         return StoreStats(json.loads(self._s.stats_json()))

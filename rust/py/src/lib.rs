@@ -4,6 +4,7 @@
 use pyo3::prelude::*;
 
 mod errors;
+mod gguf;
 mod kernels;
 mod kvcache;
 mod sim;
@@ -72,5 +73,6 @@ fn _tierflow(m: &Bound<'_, PyModule>) -> PyResult<()> {
     kernels::register(m)?;
     kvcache::register(m)?;
     sim::register(m)?;
+    gguf::register(m)?;
     Ok(())
 }

@@ -272,6 +272,21 @@ impl PyStore {
         run(py, move || s.load_safetensors(&path, tier, prefix, overwrite))
     }
 
+    #[pyo3(signature = (path, tier=None, prefix="", overwrite=false, rename=None))]
+    fn load_gguf(
+        &self,
+        py: Python<'_>,
+        path: PathBuf,
+        tier: Option<usize>,
+        prefix: &str,
+        overwrite: bool,
+        rename: Option<std::collections::BTreeMap<String, String>>,
+    ) -> PyResult<Vec<String>> {
+        let s = &self.inner;
+        let rename = rename.unwrap_or_default();
+        run(py, move || s.load_gguf(&path, tier, prefix, overwrite, &rename))
+    }
+
     /// Copy bytes [offset, offset + len(out)) of `name` into the writable uint8 array `out`.
     fn read_into(
         &self,

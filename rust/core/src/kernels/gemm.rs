@@ -136,6 +136,8 @@ fn route(
     let small = m <= DECODE_MAX_M || isa == Isa::Scalar;
     match w {
         Weight::Plain { w, .. } if small => matmul_cols(isa, x, m, k, w, n, bias, c, ldc),
+        // a row-stored float32 weight (w_nk.T) at 2+ rows: read in place (see `rows_f32.rs`)
+        Weight::Rows(q) if super::rows_f32::matmul_rows_f32(isa, x, m, &q, bias, c, ldc) => {}
         Weight::Rows(q) if small => {
             // Q8_0 / Q4_0 at decode shapes: integer dot products on activations rounded to Q8
             // blocks (ggml's route; see `qdot.rs`), unless X holds Inf/NaN.

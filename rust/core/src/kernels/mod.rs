@@ -37,6 +37,7 @@ pub mod qdot;
 pub mod quant;
 pub mod rope;
 pub mod rows;
+pub mod rows_f32;
 pub mod sgemm;
 pub mod stream;
 pub mod vmath;

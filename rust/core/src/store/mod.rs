@@ -16,6 +16,7 @@
 pub mod buf;
 pub mod dtype;
 pub mod fileio;
+pub mod gguf;
 pub mod manifest;
 pub mod names;
 pub mod paged_kv;

@@ -10,6 +10,9 @@ use crate::{CoreError, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+/// A tensor to adopt: store name, dtype, shape, where its bytes are, their count.
+pub(super) type Adopted = (String, DType, Vec<usize>, FileLoc, u64);
+
 /// The safetensors files a path names, and for an index the tensors each must hold.
 fn resolve(path: &Path) -> Result<Vec<(PathBuf, Option<BTreeSet<String>>)>> {
     let meta = std::fs::metadata(path).map_err(|e| CoreError::io(path, e))?;
@@ -79,15 +82,7 @@ impl Store {
         prefix: &str,
         overwrite: bool,
     ) -> Result<Vec<String>> {
-        let tier = match tier.or(self.inner.home) {
-            Some(t) => t,
-            None => {
-                return Err(CoreError::Value(
-                    "adopting files needs a file tier: this store has none".into(),
-                ))
-            }
-        };
-        let mut found: Vec<(String, DType, Vec<usize>, FileLoc, u64)> = Vec::new();
+        let mut found: Vec<Adopted> = Vec::new();
         for (file, expect) in resolve(path)? {
             let file = std::path::absolute(&file).map_err(|e| CoreError::io(&file, e))?;
             let h = fileio::read_header(&file)?;
@@ -145,8 +140,30 @@ impl Store {
                 found.push((name, dtype, shape, loc, t.end - t.start));
             }
         }
+        self.adopt(tier, found, overwrite)
+    }
+
+    /// Register `found` (name, dtype, shape, location, size) as tensors adopted in place into
+    /// file tier `tier` (default: home). All or nothing. Returns the new names.
+    pub(super) fn adopt(
+        &self,
+        tier: Option<usize>,
+        found: Vec<Adopted>,
+        overwrite: bool,
+    ) -> Result<Vec<String>> {
+        let tier = match tier.or(self.inner.home) {
+            Some(t) => t,
+            None => {
+                return Err(CoreError::Value(
+                    "adopting files needs a file tier: this store has none".into(),
+                ))
+            }
+        };
         let mut st = self.lock();
         Self::check_open(&st)?;
+        if tier >= st.tiers.len() {
+            return Err(CoreError::Value(format!("no tier number {tier}")));
+        }
         if !st.tiers[tier].is_file() {
             return Err(CoreError::Value(format!(
                 "tier {:?} is not file-backed: adopted files must live in a file tier",
