@@ -7,13 +7,17 @@ environments, one with the abi3 build of tierflow installed and one with a versi
 The cases are calls where the binding layer's share is largest (small operands: argument
 parsing, NumPy array access, the buffer protocol of ``store.get``) and one decode-shape product
 where the Rust kernel dominates. Each round runs every case in a fresh process of A then B
-(order alternated per round) and keeps the median of 15 batches per case.
+(order alternated per round) and keeps the median of 15 batches per case. Times are CPU time of
+the process (``time.process_time``) on one kernel thread (``TIERFLOW_NUM_THREADS=1`` unless
+``--threads``), so that other work on a shared machine inflates them less than wall time; the
+spread column is the range of the per-round ratios (round r of A against round r of B).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -41,7 +45,7 @@ def worker() -> None:
         "matmul q8_0 1x64x64": (lambda: tierflow.matmul(x64, q), 2000),
         "rms_norm 1x4096": (lambda: tierflow.rms_norm(x4k, g), 2000),
         "store.get 1 KiB": (lambda: store.get("t"), 2000),
-        "matmul f32 1x4096x4096": (lambda: tierflow.matmul(x4k, w4k), 10),
+        "matmul f32 1x4096x4096": (lambda: tierflow.matmul(x4k, w4k), 4),
     }
     out = {"version": tierflow.__version__, "module": tierflow._tierflow.__file__}
     for name in CASES:
@@ -50,10 +54,10 @@ def worker() -> None:
             fn()
         per_call = []
         for _ in range(15):
-            t = time.perf_counter()
+            t = time.process_time()
             for _ in range(n):
                 fn()
-            per_call.append((time.perf_counter() - t) / n)
+            per_call.append((time.process_time() - t) / n)
         out[name] = statistics.median(per_call)
     store.close()
     print(json.dumps(out))
@@ -63,7 +67,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--a", required=True, help="Python of the environment with the abi3 build")
     ap.add_argument("--b", required=True, help="Python of the environment with the cp311 build")
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--threads", default="1", help="TIERFLOW_NUM_THREADS of the timed processes")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     times: dict[str, dict[str, list[float]]] = {"a": {c: [] for c in CASES}, "b": {}}
@@ -75,6 +80,7 @@ def main() -> None:
             res = json.loads(
                 subprocess.run(
                     [py, __file__, "--worker", "--a", "-", "--b", "-"],
+                    env={**os.environ, "TIERFLOW_NUM_THREADS": args.threads},
                     capture_output=True,
                     text=True,
                     check=True,
@@ -84,10 +90,12 @@ def main() -> None:
                 print(f"{who}: tierflow {res['version']} from {res['module']}", file=sys.stderr)
             for c in CASES:
                 times[who][c].append(res[c])
-    print(f"{'case':26} {'A abi3 (us)':>12} {'B cp311 (us)':>13} {'A / B':>7}")
+    print(f"{'case':26} {'A abi3 (us)':>12} {'B cp311 (us)':>13} {'A / B':>7}  per-round range")
     for c in CASES:
         a, b = statistics.median(times["a"][c]), statistics.median(times["b"][c])
-        print(f"{c:26} {a * 1e6:12.2f} {b * 1e6:13.2f} {a / b:7.3f}")
+        paired = [x / y for x, y in zip(times["a"][c], times["b"][c], strict=True)]
+        spread = f"{min(paired):.3f}-{max(paired):.3f}"
+        print(f"{c:26} {a * 1e6:12.2f} {b * 1e6:13.2f} {a / b:7.3f}  {spread}")
 
 
 if __name__ == "__main__":
