@@ -1,7 +1,7 @@
 .DEFAULT_GOAL := help
 PY ?= python
 
-.PHONY: help dev install test test-rust test-py lint fmt bench stubtest clean wheel-check
+.PHONY: help dev install test test-all test-rust test-py lint fmt bench stubtest mypy clean wheel-check
 
 help: ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -15,15 +15,21 @@ install: ## install as a user would (pip install .)
 test-rust: ## Rust core unit tests (no Python needed)
 	cargo test -p tierflow-core --release
 
-test-py: ## Python tests (default run: no benchmarks)
+test-py: ## Python tests and doctests (default run: no benchmarks, no slow tests)
 	$(PY) -m pytest
 
+test-all: test-rust ## every test: Rust, Python including the slow ones, doctests (no benchmarks)
+	$(PY) -m pytest -m "not bench"
+
 test: test-rust test-py ## all tests
+
+mypy: ## type-check the package (it ships py.typed)
+	$(PY) -m mypy python/tierflow
 
 stubtest: ## check _tierflow.pyi against the built module
 	$(PY) -m mypy.stubtest tierflow._tierflow --allowlist .ci/stubtest-allowlist
 
-lint: stubtest ## rustfmt, clippy -D warnings, ruff, stubtest
+lint: stubtest mypy ## rustfmt, clippy -D warnings, ruff, mypy, stubtest
 	cargo fmt --all -- --check
 	cargo clippy --workspace --release -- -D warnings
 	ruff check python tests benches
