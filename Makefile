@@ -45,7 +45,7 @@ bench: ## benchmarks (pytest-benchmark; ratios against the anchors in the same r
 
 # --- wheels: build, install in fresh virtualenvs, test the installed package ---------------
 WHEEL_CHECK_ARGS ?=
-wheel-check: ## abi3 + cp310 manylinux wheels and sdist, tested installed on Python 3.10-3.13 (WHEEL_CHECK_ARGS="--python 3.13 --no-demo")
+wheel-check: ## abi3 + cp310 manylinux wheels and sdist, tested installed on Python 3.10-3.13 (WHEEL_CHECK_ARGS="--python 3.10 --no-demo")
 	$(PY) scripts/wheel-check $(WHEEL_CHECK_ARGS)
 # --- end wheels ----------------------------------------------------------------------------
 
