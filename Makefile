@@ -1,7 +1,7 @@
 .DEFAULT_GOAL := help
 PY ?= python
 
-.PHONY: help dev install test test-all test-rust test-py lint fmt bench stubtest mypy clean
+.PHONY: help dev install test test-all test-rust test-py lint fmt bench stubtest mypy clean wheel-check
 
 help: ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -42,6 +42,12 @@ fmt: ## format Rust and Python
 
 bench: ## benchmarks (pytest-benchmark; ratios against the anchors in the same run)
 	$(PY) -m pytest benches -m bench -s
+
+# --- wheels: build, install in fresh virtualenvs, test the installed package ---------------
+WHEEL_CHECK_ARGS ?=
+wheel-check: ## abi3 + cp310 manylinux wheels and sdist, tested installed on Python 3.10-3.13 (WHEEL_CHECK_ARGS="--python 3.10 --no-demo")
+	$(PY) scripts/wheel-check $(WHEEL_CHECK_ARGS)
+# --- end wheels ----------------------------------------------------------------------------
 
 clean: ## remove build products
 	cargo clean

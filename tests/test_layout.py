@@ -41,7 +41,12 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "python" / "tierflow"
+import tierflow
+
+_SOURCE = Path(__file__).resolve().parents[1] / "python" / "tierflow"
+# A copy of the tests with no source tree beside it (the installed-wheel check, scripts/wheel-check)
+# checks the installed package's modules: the same files.
+PACKAGE = _SOURCE if _SOURCE.is_dir() else Path(tierflow.__file__).resolve().parent
 
 PILLARS: list[tuple[int, tuple[str, ...]]] = [
     (0, ("tierflow.errors", "tierflow._info", "tierflow._deprecated")),
