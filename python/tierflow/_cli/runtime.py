@@ -23,6 +23,15 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--ram", default="1GiB", help="RAM-tier budget for experts (default 1GiB)")
     p.add_argument("--workers", type=int, default=1, help="worker threads")
     p.add_argument("--json", default=None, help="write the measured report here")
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="ADDRESS",
+        help="serve across the nodes of a Ray cluster (default: the running one, 'auto'); "
+        "--ram is then the budget per node",
+    )
     p.set_defaults(func=run)
     t = sub.add_parser(
         "tune", help="measure kernel thread counts and ISA paths here; keep the best"
@@ -50,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     if store is None and (Path(args.coe).parent / "store" / "tierflow-store.json").exists():
         store = Path(args.coe).parent / "store"
     apply_tuning()
+    if args.ray is not None:
+        return run_ray(args, g, trace, store, con)
     with schedule(
         g, policy=args.policy, store=store, ram_budget=parse_size(args.ram), workers=args.workers
     ) as plan:
@@ -65,6 +76,45 @@ def run(args: argparse.Namespace) -> int:
         d = rep.to_dict(per_request=True)
         d["errors"] = {str(k): v for k, v in rep.errors.items()}
         Path(args.json).write_text(json.dumps(d, indent=2, default=str))
+    return 0 if not rep.errors else 3
+
+
+def run_ray(args: argparse.Namespace, g: Any, trace: Any, store: Any, con: Any) -> int:
+    """``tierflow run ... --ray [ADDRESS]``: the plan across the Ray cluster's nodes."""
+    from rich.progress import Progress
+
+    from ..devices import ray_cluster
+    from ..errors import InvalidArgumentError
+    from ..runtime import schedule
+    from ..runtime.cluster import import_ray
+    from ..store import parse_size
+
+    if store is None:
+        raise InvalidArgumentError("--ray needs a store folder every node can read (--store)")
+    ray = import_ray()
+    devs = ray_cluster(args.ray)
+    try:
+        with schedule(
+            g,
+            devices=devs,
+            policy=args.policy,
+            store=store,
+            ram_budget=parse_size(args.ram),
+            workers=args.workers,
+        ) as plan:
+            with Progress(console=con) as pb:
+                task = pb.add_task(f"serving on {len(devs)} nodes", total=len(trace))
+                rep = plan.run(trace, progress=lambda: pb.advance(task))
+        con.print(rep.table(title=f"{g.name} on {len(devs)} Ray nodes ({args.policy}), measured"))
+        con.print(super(type(rep), rep).table(title="total"))
+        for i, why in sorted(rep.errors.items())[:20]:
+            con.print(f"[yellow]request {i}[/]: {why}")
+        if args.json:
+            d = rep.to_dict(per_request=True)
+            d["errors"] = {str(k): v for k, v in rep.errors.items()}
+            Path(args.json).write_text(json.dumps(d, indent=2, default=str))
+    finally:
+        ray.shutdown()
     return 0 if not rep.errors else 3
 
 

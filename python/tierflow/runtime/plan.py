@@ -406,8 +406,26 @@ def schedule(
         raise InvalidArgumentError(f"schedule: g must be a tierflow.CoE, got {type(g).__name__}")
     g.validate()
     devs = list(devices) if devices is not None else []
+    from .cluster import is_ray_device
+
+    if any(is_ray_device(d) for d in devs):
+        from .cluster import schedule_cluster
+
+        return schedule_cluster(  # type: ignore[return-value]
+            g,
+            devs,
+            policy,
+            store=store,
+            ram_budget=ram_budget,
+            workers=workers,
+            lookahead=lookahead,
+            **overrides,
+        )
     if len(devs) > 1:
-        raise InvalidArgumentError("schedule: the host runtime runs on one device (this host)")
+        raise InvalidArgumentError(
+            "schedule: the host runtime runs on one device (this host); for several nodes pass "
+            "devices=tierflow.devices.ray_cluster()"
+        )
     pol = Policy.parse(policy, **overrides)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise InvalidArgumentError(f"schedule: workers must be an integer >= 1, got {workers!r}")

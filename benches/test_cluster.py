@@ -1,0 +1,111 @@
+"""The demo CoE (16 experts x 10.2 MB, Zipf(1.0), 150 requests) served across local Ray clusters
+of 1, 2 and 3 nodes with the same RAM budget per node (4.5 experts), against the single-host
+runtime in the same run; and the simulator's prediction of each cluster.
+
+Run (Ray must stay on loopback here):
+    unshare -n sh -c 'ip link set lo up && exec "$0" "$@"' pytest benches/test_cluster.py -m bench -s
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tierflow as tf
+from conftest import record
+from tierflow.runtime import calibrate, write_demo_coe
+from tierflow.runtime.demo_cluster import cluster_trace, local_cluster, predict
+
+pytestmark = pytest.mark.bench
+
+N = 150
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    ray = pytest.importorskip("ray")
+    root = tmp_path_factory.mktemp("cl")
+    g = write_demo_coe(root)
+    store = str(root / "store")
+    budget = int(max(g.nbytes(e) for e in g.experts) * 4.5)
+    everything = sum(g.nbytes(e) for e in g.experts)
+    trace = cluster_trace(g, N, 16)
+    out = {}
+    with tf.schedule(g, policy="lru", store=store, ram_budget=budget) as plan:
+        dev = calibrate(plan, 16, save=False)
+        sizes = dict(plan.nbytes)
+        out["host"] = plan.run(trace)
+    with tf.schedule(g, policy="lru", store=store, ram_budget=everything) as plan:
+        plan.run(trace)  # every expert loaded once
+        out["host-warm"] = plan.run(trace, fresh=False)
+    for n in (1, 2, 3):
+        c = local_cluster(n)
+        try:
+            devs = tf.devices.ray_cluster()
+            with tf.schedule(g, devices=devs, policy="lru", store=store, ram_budget=budget) as p:
+                out[n] = p.run(trace)
+            if n == 1:
+                with tf.schedule(
+                    g, devices=devs, policy="lru", store=store, ram_budget=everything
+                ) as p:
+                    p.run(trace)
+                    # every expert resident on the node: what is left is Ray's round trip
+                    out["ray-warm"] = p.run(trace)
+        finally:
+            ray.shutdown()
+            c.shutdown()
+        out[f"pred{n}"] = predict(g, dev, n, trace, "lru", sizes)
+    return g, out
+
+
+def test_more_nodes_fewer_loads_and_lower_p99(runs, ratios):
+    _, r = runs
+    loads = {n: sum(x["loads"] for x in r[n].per_device_table()) for n in (1, 2, 3)}
+    p99 = {n: r[n].summary()["latency_p99_s"] for n in (1, 2, 3)}
+    note = (
+        f"(loads 1/2/3 nodes: {loads[1]}/{loads[2]}/{loads[3]}, one host {r['host'].loads}; "
+        f"p99 {p99[1] * 1e3:.1f}/{p99[2] * 1e3:.1f}/{p99[3] * 1e3:.1f} ms)"
+    )
+    record(
+        ratios,
+        "cluster: expert loads, 1 node / 3 nodes (same RAM per node)",
+        loads[1] / max(loads[3], 1),
+        1.0,
+        note=note,
+    )
+    record(
+        ratios,
+        "cluster: p99 latency, 1 node / 3 nodes (same RAM per node)",
+        p99[1] / p99[3],
+        1.0,
+        note=note,
+    )
+
+
+def test_ray_added_latency_per_request(runs, ratios):
+    _, r = runs
+    host = float(np.median(r["host-warm"].latency))
+    ray = float(np.median(r["ray-warm"].latency))
+    added = ray - host
+    record(
+        ratios,
+        "cluster: Ray's added latency per request at p50 (2 ms / added; >= 1 meets <= 2 ms)",
+        2e-3 / max(added, 1e-6),
+        1.0,
+        note=f"(p50 one host {host * 1e3:.2f} ms, one Ray node {ray * 1e3:.2f} ms, every expert resident)",
+    )
+
+
+def test_simulator_predicts_each_cluster(runs, ratios):
+    _, r = runs
+    for n in (1, 2, 3):
+        m = r[n].summary()["latency_mean_s"]
+        p = r[f"pred{n}"].summary()["latency_mean_s"]
+        record(
+            ratios,
+            f"cluster: simulator, mean latency on {n} node(s) (1 - |pred/measured - 1|; 0.75 = +-25%)",
+            1 - abs(p / m - 1),
+            0.75,
+            note=f"(measured {m * 1e3:.1f} ms, predicted {p * 1e3:.1f} ms; loads "
+            f"{sum(x['loads'] for x in r[n].per_device_table())} vs {r[f'pred{n}'].switches})",
+        )
