@@ -44,6 +44,7 @@ def runs(tmp_path_factory):
             devs = tf.devices.ray_cluster()
             with tf.schedule(g, devices=devs, policy="lru", store=store, ram_budget=budget) as p:
                 out[n] = p.run(trace)
+                homes, rtt = p.placement.homes, p.ping()
             if n == 1:
                 with tf.schedule(
                     g, devices=devs, policy="lru", store=store, ram_budget=everything
@@ -54,7 +55,7 @@ def runs(tmp_path_factory):
         finally:
             ray.shutdown()
             c.shutdown()
-        out[f"pred{n}"] = predict(g, dev, n, trace, "lru", sizes)
+        out[f"pred{n}"] = predict(g, dev, n, trace, "lru", sizes, homes, rtt)
     return g, out
 
 

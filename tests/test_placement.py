@@ -232,3 +232,18 @@ def test_capacity_planner_takes_several_devices():
     assert ys[2] == pytest.approx(float(np.percentile(want.latency, 99)), rel=1e-12)
     first_ok = next(c for c, y in zip(p.capacities, ys, strict=True) if y <= 0.22)
     assert p.best_policy == "lru" and p.best_capacity == first_ok
+
+
+def test_a_given_placement_is_simulated_as_given():
+    g = coe(2)
+    fast, slow = dev("fast", 4, 1e12), dev("slow", 4, 1e11)
+    t = trace(g, [0, 1, 0])
+    r = tf.simulate(g, devices=[fast, slow], trace=t, links=NET, homes={"e0": [1], "e1": [0]})
+    assert r.device_of.tolist() == [1, 0, 1]
+    # the second e0 request is a hit on slow: its service plus the round trip, no load
+    svc = pass_time(slow, 0.5e9, 1e9, 32, 16) + 3 * pass_time(slow, 0.5e9, 1e9, 32, 1)
+    assert r.latency[2] == pytest.approx(svc + 2e-3 + 4 * 20 / 1e9, rel=1e-9)
+    with pytest.raises(tf.InvalidArgumentError, match="places no device"):
+        tf.simulate(g, devices=[fast, slow], trace=t, links=NET, homes={"e0": [1]})
+    with pytest.raises(tf.InvalidArgumentError, match="not device indices"):
+        tf.simulate(g, devices=[fast, slow], trace=t, links=NET, homes={"e0": [2], "e1": [0]})

@@ -485,9 +485,11 @@ def simulate_many(
     popularity: Mapping[str, float] | None = None,
     links: Link | Mapping[tuple[int, int], Link] | None = None,
     entry: int = 0,
+    homes: Mapping[str, Sequence[int]] | None = None,
     **overrides: Any,
 ) -> ClusterReport:
-    """Simulate ``trace`` on ``g`` spread over ``devices`` (see the module text)."""
+    """Simulate ``trace`` on ``g`` spread over ``devices`` (see the module text). ``homes``
+    gives the placement instead (``{expert: [device index, ...]}``, e.g. a real cluster's)."""
     from .sim import simulate
 
     devs = list(devices)
@@ -520,16 +522,19 @@ def simulate_many(
     lk = _links(devs, links)
     mean_p = float(np.mean(t.prompt_tokens))
     mean_o = max(1, round(float(np.mean(t.output_tokens))))
-    pl = place(
-        g,
-        devs,
-        popularity=pop,
-        prompt_tokens=mean_p,
-        output_tokens=mean_o,
-        entry=entry,
-        links=links if links is not None else lk,
-        replicate="all" if pol.placement == "replicate" else "hot",
-    )
+    if homes is not None:
+        pl = _given(g, devs, homes, entry)
+    else:
+        pl = place(
+            g,
+            devs,
+            popularity=pop,
+            prompt_tokens=mean_p,
+            output_tokens=mean_o,
+            entry=entry,
+            links=links if links is not None else lk,
+            replicate="all" if pol.placement == "replicate" else "hot",
+        )
     n = len(t)
     names = t.experts
     dtype = g.dtype
@@ -636,6 +641,34 @@ def simulate_many(
         "batches": sum(int(r.raw.get("batches", 0)) for r in per if r is not None),
     }
     return ClusterReport(raw, g, devs, t, pol, per, pl, dev_of, network)
+
+
+def _given(g: CoE, devs: list[Device], homes: Mapping[str, Sequence[int]], entry: int) -> Placement:
+    """A placement from ``{expert: [device index, ...]}`` (every expert of ``g`` placed)."""
+    units = [e for e in g.experts if e not in set(g.post.values())]
+    missing = [e for e in units if e not in homes]
+    if missing:
+        raise InvalidArgumentError(f"simulate: homes places no device for {missing[:5]}")
+    out: dict[str, list[int]] = {}
+    for e, hs in homes.items():
+        if e not in g.nodes:
+            raise InvalidArgumentError(f"simulate: homes names unknown expert {e!r}")
+        ks = [int(k) for k in hs]
+        if not ks or any(not 0 <= k < len(devs) for k in ks):
+            raise InvalidArgumentError(
+                f"simulate: homes[{e!r}] = {list(hs)} are not device indices"
+            )
+        out[e] = ks
+    router = g.router_node.nbytes if g.router_node else 0
+    free = [_expert_room(d, router if k == entry else 0) for k, d in enumerate(devs)]
+    resident = {}
+    for e in units:  # resident where the experts placed on a device fit its exec tier
+        size = sum(g.nodes[x].nbytes for x in _chain(g, e))
+        ok = all(free[k] >= size for k in out[e])
+        for k in out[e]:
+            free[k] -= size
+        resident[e] = ok
+    return Placement(devs, entry, out, resident, {e: [0.0] * len(devs) for e in units}, free)
 
 
 def _labels(devs: Sequence[Device]) -> list[str]:

@@ -40,6 +40,7 @@ def simulate(
     devices: Sequence[Device] | None = None,
     links: Any = None,
     entry: int = 0,
+    homes: dict[str, list[int]] | None = None,
     popularity: dict[str, float] | None = None,
     **overrides: Any,
 ) -> Report:
@@ -54,6 +55,7 @@ def simulate(
         links: with ``devices``, a :class:`~tierflow.placement.Link` for every pair or
             ``{(i, j): Link}`` (default: each device kind's interconnect preset).
         entry: with ``devices``, the index of the device where requests arrive (the router).
+        homes: with ``devices``, a given placement ``{expert: [device index, ...]}``.
         trace: requests; its expert names must all be nodes of ``g``.
         policy: a :class:`Policy` or a name such as ``"lru"``, ``"static+belady"``, ``"prefetch"``.
         popularity: per-expert weights for placement (default: counted from the trace).
@@ -85,6 +87,7 @@ def simulate(
             popularity=popularity,
             links=links,
             entry=entry,
+            homes=homes,
             **overrides,
         )
     if not isinstance(device, Device):

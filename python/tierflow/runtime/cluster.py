@@ -346,6 +346,18 @@ class ClusterPlan:
             self.held[k].update(new)
             self.staged[k] = self.staged.get(k, 0) + int(nb)
 
+    def ping(self, n: int = 20) -> float:
+        """Median seconds of an empty call's round trip to the nodes' actors (Ray's fixed cost
+        per call, without the requests' data)."""
+        ray = self.ray
+        rtt = []
+        for _ in range(n):
+            for a in self.actors.values():
+                t = time.perf_counter()
+                ray.get(a.node.remote())
+                rtt.append(time.perf_counter() - t)
+        return float(np.median(rtt)) if rtt else 0.0
+
     # --- a whole trace -----------------------------------------------------------------------
     def inputs_for(self, trace: Trace, seed: int = 0) -> list[np.ndarray]:
         return self.local.inputs_for(trace, seed)
