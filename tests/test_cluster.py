@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,6 +19,10 @@ import pytest
 import tierflow as tf
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
+# Ray Serve's own models use pydantic features deprecated in pydantic 2 (not tierflow's code)
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Using extra keyword arguments on `Field`:DeprecationWarning"
+)
 needs_ray = pytest.mark.skipif(
     not HAVE_RAY, reason="ray is not installed (pip install 'tierflow[ray]')"
 )
@@ -252,3 +257,104 @@ def test_cli_demo_cluster_prints_measured_beside_predicted(tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
     assert "outputs equal the one-host serial run: True" in p.stdout
     assert "cluster, simulated" in p.stdout and "cluster, measured" in p.stdout
+
+
+@pytest.fixture(scope="module")
+def http(ray_env, tmp_path_factory):
+    """tierflow's Serve app on the cluster: the demo's real-checkpoint experts, MiniLM router."""
+    import socket
+
+    from ray import serve
+
+    from tierflow.models import DEMO_EXAMPLES, write_demo_experts
+    from tierflow.runtime.serve import serve_coe
+
+    experts = write_demo_experts(tmp_path_factory.mktemp("ckpt"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve_coe(
+        experts,
+        DEMO_EXAMPLES,
+        port=port,
+        fallback="general",
+        max_experts=2,
+        max_queued=2,
+        max_ongoing=1,
+    )
+    try:
+        yield f"http://127.0.0.1:{port}", experts
+    finally:
+        serve.shutdown()
+
+
+def _http(url: str, body: Any = None, raw: bytes | None = None) -> tuple[int, bytes, str]:
+    import urllib.error
+    import urllib.request
+
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, r.read(), r.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), e.headers.get("Content-Type", "")
+
+
+@needs_ray
+def test_http_completions_route_and_generate(http):
+    from tierflow.models import load
+    from tierflow.models.coe import byte_tokenize
+
+    url, experts = http
+    prompt = "How long should I roast a chicken in the oven?"
+    st, body, _ = _http(url + "/v1/completions", {"prompt": prompt, "max_tokens": 6})
+    assert st == 200, body
+    d = json.loads(body)
+    assert d["expert"] == "cooking"
+    ids = byte_tokenize(prompt)
+    want = load(experts["cooking"]).generate(ids, 6)[ids.size :].tolist()
+    assert d["tokens"] == want and d["prompt_ids"] == ids.tolist()
+    # token ids in, an expert named, streamed as server-sent events
+    st, body, ctype = _http(
+        url + "/v1/completions",
+        {"prompt": ids.tolist(), "expert": "code", "max_tokens": 4, "stream": True},
+    )
+    assert st == 200 and ctype.startswith("text/event-stream")
+    events = [ln[6:] for ln in body.decode().splitlines() if ln.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    want = load(experts["code"]).generate(ids, 4)[ids.size :].tolist()
+    assert [json.loads(e)["token"] for e in events[:-1]] == want
+
+
+@needs_ray
+def test_http_errors_experts_and_metrics(http):
+    url, experts = http
+    st, body, _ = _http(url + "/v1/completions", raw=b"{not json")
+    assert st == 400 and "error" in json.loads(body)
+    st, body, _ = _http(url + "/v1/completions", {"prompt": ""})
+    assert st == 400 and "prompt" in json.loads(body)["error"]
+    st, body, _ = _http(url + "/v1/completions", {"prompt": "hi", "max_tokens": -1})
+    assert st == 400
+    st, body, _ = _http(url + "/v1/completions", {"prompt": "hi", "expert": "astrology"})
+    assert st == 404 and "astrology" in json.loads(body)["error"]
+    st, body, _ = _http(url + "/v1/experts")
+    assert st == 200
+    assert {e["name"] for e in json.loads(body)["experts"]} == set(experts)
+    st, body, ctype = _http(url + "/metrics")
+    text = body.decode()
+    assert st == 200 and ctype.startswith("text/plain")
+    assert 'tierflow_requests_total{status="404",expert="astrology"} 1' in text
+    assert 'tierflow_request_latency_seconds{quantile="0.99"}' in text
+    assert "tierflow_expert_loads_total" in text
+
+
+@needs_ray
+def test_http_full_server_answers_503(http):
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, _ = http
+    body = {"prompt": "Tell me a story about the sea.", "expert": "general", "max_tokens": 200}
+    with ThreadPoolExecutor(12) as pool:
+        codes = list(pool.map(lambda _: _http(url + "/v1/completions", body)[0], range(12)))
+    assert set(codes) <= {200, 503} and 503 in codes and 200 in codes
