@@ -110,3 +110,75 @@ def test_simulator_predicts_each_cluster(runs, ratios):
             note=f"(measured {m * 1e3:.1f} ms, predicted {p * 1e3:.1f} ms; loads "
             f"{sum(x['loads'] for x in r[n].per_device_table())} vs {r[f'pred{n}'].switches})",
         )
+
+
+def test_http_requests_per_second_through_tierflow_serve(tmp_path, ratios):
+    """Sequential requests (p50/p99) and 4 concurrent clients (requests/s) through tierflow
+    serve on a 1-node local cluster, against the same generations in this process."""
+    import json
+    import socket
+    import time
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    ray = pytest.importorskip("ray")
+    from ray import serve
+
+    from tierflow.models import DEMO_EXAMPLES, load, write_demo_experts
+    from tierflow.models.coe import byte_tokenize
+    from tierflow.runtime.serve import serve_coe
+
+    experts = write_demo_experts(tmp_path / "ckpt")
+    prompts = [p for ps in DEMO_EXAMPLES.values() for p in ps] * 3  # 54 requests
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1/completions"
+
+    def post(p: str) -> float:
+        body = json.dumps({"prompt": p, "max_tokens": 8}).encode()
+        t = time.perf_counter()
+        with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=120) as r:
+            assert r.status == 200
+            r.read()
+        return time.perf_counter() - t
+
+    c = local_cluster(1)
+    try:
+        serve_coe(
+            experts,
+            DEMO_EXAMPLES,
+            port=port,
+            fallback="general",
+            max_experts=4,
+            max_queued=64,
+            max_ongoing=8,
+        )
+        for p in prompts[:8]:
+            post(p)  # every expert loaded once
+        lat = np.array([post(p) for p in prompts])
+        t = time.perf_counter()
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(post, prompts))
+        rps = len(prompts) / (time.perf_counter() - t)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        c.shutdown()
+    models = {e: load(p) for e, p in experts.items()}
+    local = []
+    for p in prompts:  # the anchor: the generation alone, the expert named, in this process
+        e = next((k for k, v in DEMO_EXAMPLES.items() if p in v), "general")
+        ids = byte_tokenize(p)
+        t = time.perf_counter()
+        models[e].generate(ids, 8)
+        local.append(time.perf_counter() - t)
+    p50, p99 = float(np.median(lat)), float(np.percentile(lat, 99))
+    record(
+        ratios,
+        "serve: HTTP request p50 vs the same generation in-process (in-process / HTTP; overhead share)",
+        float(np.median(local)) / p50,
+        0.0,
+        note=f"(HTTP p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms, {rps:.1f} req/s with 4 clients; "
+        f"in-process generation p50 {np.median(local) * 1e3:.1f} ms)",
+    )

@@ -137,6 +137,7 @@ def test_one_request_on_a_remote_device_adds_router_network_load_and_reply():
     assert r.link_bytes()["far:hbm<->ddr"] == 1 * GB
     rows = {x["device"]: x for x in r.per_device_table()}
     assert rows["far"]["requests"] == 1 and rows["far"]["loads"] == 1
+    assert rows["far"]["p99_s"] == pytest.approx(r.latency[0], rel=1e-12)
     assert rows["entry"]["requests"] == 0 and rows["entry"]["experts"] == []
     assert rows["far"]["experts"] == ["e0", "e1"]
     assert r.summary()["bytes_network"] == 80
