@@ -16,7 +16,13 @@ from conftest import record
 from tierflow.runtime import calibrate, write_demo_coe
 from tierflow.runtime.demo_cluster import cluster_trace, local_cluster, predict
 
-pytestmark = pytest.mark.bench
+pytestmark = [
+    pytest.mark.bench,
+    # Ray Serve's own models use pydantic features deprecated in pydantic 2
+    pytest.mark.filterwarnings(
+        "ignore:Using extra keyword arguments on `Field`:DeprecationWarning"
+    ),
+]
 
 N = 150
 
@@ -35,9 +41,6 @@ def runs(tmp_path_factory):
         dev = calibrate(plan, 16, save=False)
         sizes = dict(plan.nbytes)
         out["host"] = plan.run(trace)
-    with tf.schedule(g, policy="lru", store=store, ram_budget=everything) as plan:
-        plan.run(trace)  # every expert loaded once
-        out["host-warm"] = plan.run(trace, fresh=False)
     for n in (1, 2, 3):
         c = local_cluster(n)
         try:
@@ -46,17 +49,27 @@ def runs(tmp_path_factory):
                 out[n] = p.run(trace)
                 homes, rtt = p.placement.homes, p.ping()
             if n == 1:
-                with tf.schedule(
-                    g, devices=devs, policy="lru", store=store, ram_budget=everything
-                ) as p:
-                    p.run(trace)
-                    # every expert resident on the node: what is left is Ray's round trip
-                    out["ray-warm"] = p.run(trace)
+                out["host-warm"], out["ray-warm"] = _interleaved(g, store, devs, everything, trace)
         finally:
             ray.shutdown()
             c.shutdown()
         out[f"pred{n}"] = predict(g, dev, n, trace, "lru", sizes, homes, rtt)
     return g, out
+
+
+def _interleaved(g, folder, devs, budget, trace, rounds=3):
+    """Every expert resident on one host and on one Ray node (what is left of the difference is
+    Ray's round trip), served in alternation ``rounds`` times; per-request latencies pooled."""
+    host, ray = [], []
+    with tf.TieredStore.open(folder, verify="header", strict=False) as st:
+        with tf.schedule(g, policy="lru", store=st, ram_budget=budget) as hp:
+            with tf.schedule(g, devices=devs, policy="lru", store=st, ram_budget=budget) as rp:
+                hp.run(trace)
+                rp.run(trace)  # every expert loaded once on each side
+                for _ in range(rounds):
+                    host.append(hp.run(trace, fresh=False).latency)
+                    ray.append(rp.run(trace).latency)
+    return np.concatenate(host), np.concatenate(ray)
 
 
 def test_more_nodes_fewer_loads_and_lower_p99(runs, ratios):
@@ -85,15 +98,16 @@ def test_more_nodes_fewer_loads_and_lower_p99(runs, ratios):
 
 def test_ray_added_latency_per_request(runs, ratios):
     _, r = runs
-    host = float(np.median(r["host-warm"].latency))
-    ray = float(np.median(r["ray-warm"].latency))
-    added = ray - host
+    host = float(np.median(r["host-warm"]))
+    ray = float(np.median(r["ray-warm"]))
+    added = max(ray - host, 1e-4)  # below 0.1 ms: within noise
     record(
         ratios,
         "cluster: Ray's added latency per request at p50 (2 ms / added; >= 1 meets <= 2 ms)",
         2e-3 / max(added, 1e-6),
         1.0,
-        note=f"(p50 one host {host * 1e3:.2f} ms, one Ray node {ray * 1e3:.2f} ms, every expert resident)",
+        note=f"(p50 one host {host * 1e3:.2f} ms, one Ray node {ray * 1e3:.2f} ms, every expert "
+        f"resident, {len(r['ray-warm'])} requests each, interleaved)",
     )
 
 

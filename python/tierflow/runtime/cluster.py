@@ -5,24 +5,27 @@
 - :func:`schedule_cluster` (what ``tierflow.schedule(g, devices=ray_cluster(...))`` calls) places
   the experts over the nodes with :func:`tierflow.placement.place` (the simulator's placement)
   and starts one Ray actor per node holding experts. Each actor runs the host runtime
-  (:func:`tierflow.runtime.schedule`: its own TieredStore opened on the store folder, which is
-  the node's file tier, a RAM budget, the prefetch thread and the worker pool).
+  (:func:`tierflow.runtime.schedule`: its own TieredStore in a node-local folder, a RAM budget,
+  the prefetch thread and the worker pool). The experts placed on a node reach its file tier
+  once, through Ray's object store from the store given to ``schedule`` (counted as network
+  bytes); its requests then load them from that file tier into RAM as its policy decides.
 - :meth:`ClusterPlan.run` routes every request where requests enter (this process), sends each
-  to a node holding its expert in calls of ``chunk`` requests, and returns a
+  to a node holding its expert in calls of ``chunk`` requests (replicas in turn), and returns a
   :class:`~tierflow.placement.ClusterReport` with per-node columns. Inputs and outputs travel
-  through Ray's object store and are counted as network bytes.
+  through Ray's object store and are counted as network bytes. Each node prefetches over the
+  requests of its call, with the shared EvictionPolicy.
 - Faults: a node whose actor dies mid-trace (``ray.kill``) is dropped; its experts are placed
-  again on the surviving nodes and its unfinished calls are sent there (each request's result is
-  kept once, from the call that completed). A node that is not alive raises ScheduleError naming
-  it; an expert larger than every node's RAM budget raises ScheduleError with the bytes missing.
+  again on the surviving nodes (sent to them through the object store) and its unfinished calls
+  are sent there (each request's result is kept once, from the call that completed). A node that
+  is not alive raises ScheduleError naming it; an expert larger than every node's RAM budget
+  raises ScheduleError with the bytes missing.
 
-Limits: every node reads experts from the store folder given (one machine, or a shared file
-system); a node never loads an expert from another node's RAM.
+Limits: weights always come from the scheduling process's store, never from another node's RAM;
+a node that receives experts after a loss rebuilds its runtime (its RAM cache starts empty).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -643,7 +646,7 @@ def schedule_cluster(
     devices: Sequence[Device],
     policy: str | Policy | None = "lru",
     *,
-    store: str | os.PathLike[str] | None,
+    store: Any,
     ram_budget: int | str | None = None,
     workers: int = 1,
     lookahead: int = 1,
@@ -663,9 +666,10 @@ def schedule_cluster(
         raise ScheduleError(
             "schedule: Ray is not initialised (call tierflow.devices.ray_cluster first)"
         )
-    if store is None or isinstance(store, TieredStore):
+    if store is None:
         raise InvalidArgumentError(
-            "schedule: across Ray nodes, store= must be the folder of a store every node can read"
+            "schedule: across Ray nodes, store= must hold the experts' weights (a TieredStore or "
+            "its folder)"
         )
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise InvalidArgumentError(f"schedule: chunk must be an integer >= 1, got {chunk!r}")
@@ -685,8 +689,8 @@ def schedule_cluster(
     budget = parse_size(ram_budget)
     if budget is None:
         budget = min(d.exec.capacity for d in devs)
-    store_path = str(Path(store).resolve())
-    local = schedule(g, policy=pol, store=store_path, ram_budget=1 << 50)
+    store_path = str(store.path) if isinstance(store, TieredStore) else str(Path(store).resolve())
+    local = schedule(g, policy=pol, store=store, ram_budget=1 << 50)
     try:
         plan = ClusterPlan(g, devs, pol, store_path, int(budget), workers, lookahead, chunk, local)
         plan._place(trace)
