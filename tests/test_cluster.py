@@ -131,6 +131,8 @@ def test_cluster_run_equals_the_serial_run(ray_env):
     assert sum(r["loads"] for r in rows) == distinct
     assert sum(r["hits"] for r in rows) == len(t) - distinct
     assert sum(r["bytes_tiers"] for r in rows) == sum(sizes[e] for e in set(rep.routed))
+    tiers = {k: v for k, v in rep.link_bytes().items() if not k.startswith("net:")}
+    assert sum(tiers.values()) == sum(sizes[e] for e in set(rep.routed))
     out_bytes = sum(o.nbytes for o in rep.outputs)
     assert rep.summary()["bytes_network"] == x_bytes + out_bytes + weights
     assert sum(i["hits"] + i["misses"] for i in rep.instances) == len(t)

@@ -167,6 +167,12 @@ def test_one_device_in_a_list_equals_the_single_device_api():
     many = tf.simulate(g, devices=[d], trace=t, policy="lru")
     np.testing.assert_array_equal(one.latency, many.latency)
     assert many.per_device_table()[0]["requests"] == 60
+    assert many.link_bytes()["a:hbm<->ddr"] == one.link_bytes()["hbm<->ddr"]
+    # two instances of the one device: the table sums them
+    two = tf.simulate(g, devices=[d], trace=t, policy="lru", instances=2)
+    row = two.per_device_table()[0]
+    assert row["loads"] == sum(i["switches"] for i in two.instances) and len(two.instances) == 2
+    assert two.summary()["bytes_moved"] == sum(sum(i["link_bytes"]) for i in two.instances)
 
 
 def test_mixed_presets_sn40l_beside_dgx():

@@ -409,15 +409,27 @@ class ClusterReport(Report):
         """Bytes over each device's tier links (``"dgx_h100:hbm<->host"``) and over each network
         link (``"net:sn40l(8)->dgx_h100"``)."""
         out: dict[str, int] = {}
-        for d, r in zip(self.devices, self.per_device, strict=True):
+        insts = [self._inst(k) for k in range(len(self.devices))]
+        for d, label, inst in zip(self.devices, _labels(self.devices), insts, strict=True):
             names = [t.name for t in d.tiers]
             for i in range(len(names) - 1):
-                out[f"{d.name}:{names[i]}<->{names[i + 1]}"] = 0
-            if r is not None:
-                for k, v in r.link_bytes().items():
-                    out[f"{d.name}:{k}"] += v
+                b = inst["link_bytes"][i] if i < len(inst["link_bytes"]) else 0
+                out[f"{label}:{names[i]}<->{names[i + 1]}"] = int(b)
         for k, v in self.network.items():
             out[f"net:{k}"] = int(v["bytes"])
+        return out
+
+    def _inst(self, k: int) -> dict[str, Any]:
+        """Device ``k``'s counters (one device run as several instances: their sum)."""
+        if len(self.instances) == len(self.devices):
+            return self.instances[k]
+        out = dict(self.instances[0])
+        for inst in self.instances[1:]:
+            for f in ("switches", "hits", "misses", "prefetches", "busy", "stall"):
+                out[f] += inst[f]
+            out["link_bytes"] = [
+                int(a) + int(b) for a, b in zip(out["link_bytes"], inst["link_bytes"], strict=True)
+            ]
         return out
 
     def per_device_table(self) -> list[dict[str, Any]]:
@@ -425,7 +437,7 @@ class ClusterReport(Report):
         busy seconds, the experts placed there and the p99 latency of its requests."""
         rows = []
         for k, d in enumerate(self.devices):
-            inst = self.instances[k]
+            inst = self._inst(k)
             lat = self.latency[self.device_of == k]
             rows.append(
                 {
@@ -561,10 +573,9 @@ def simulate_many(
     label = _labels(devs)
     for i in range(n):
         e = names[int(t.expert[i])]
-        homes = pl.homes[e]
         p, o = int(t.prompt_tokens[i]), int(t.output_tokens[i])
-        best = None
-        for k in homes:
+        best: tuple[float, int, float] | None = None
+        for k in pl.homes[e]:
             go = 0.0 if k == entry else lk[entry, k].time(TOKEN_BYTES * p)
             svc = sum(service_time(g.nodes[x], devs[k], dtype, p, o) for x in _chain(g, e))
             fin = max(ready[k], routed[i] + go) + svc
@@ -577,7 +588,11 @@ def simulate_many(
         send[i] = go
         if k != entry:
             back[i] = lk[k, entry].time(TOKEN_BYTES * o)
-            for a, b, nb in ((entry, k, TOKEN_BYTES * p), (k, entry, TOKEN_BYTES * o)):
+            hops: tuple[tuple[int, int, float], ...] = (
+                (entry, k, float(TOKEN_BYTES * p)),
+                (k, entry, float(TOKEN_BYTES * o)),
+            )
+            for a, b, nb in hops:
                 key = f"{label[a]}->{label[b]}"
                 rec = network.setdefault(key, {"bytes": 0.0, "messages": 0.0})
                 rec["bytes"] += nb
@@ -621,6 +636,10 @@ def simulate_many(
         for j in range(1, len(r.instances)):  # several instances of one device: sum them
             for f in ("switches", "hits", "misses", "prefetches", "busy", "stall"):
                 inst[f] += r.instances[j][f]
+            inst["link_bytes"] = [
+                int(a) + int(b)
+                for a, b in zip(inst["link_bytes"], r.instances[j]["link_bytes"], strict=True)
+            ]
         instances.append(inst)
         for j, x in enumerate(sub.experts):
             node_loads[g.experts.index(x)] += float(r.node_loads[j])

@@ -168,6 +168,10 @@ def plan(
             return sum(scaled.rooms(c))
 
     else:
+        if not isinstance(device, Device):
+            raise InvalidArgumentError(
+                f"plan: device must be a tierflow.Device or a list of them, got {type(device).__name__}"
+            )
         one = device
         overhead = one.reserved + router
 

@@ -147,8 +147,9 @@ def run_cluster_demo(
     try:
         devs = devices.ray_cluster()[:nodes] if address is None else devices.ray_cluster()
         nodes = len(devs)
-        with schedule(g, devices=devs, policy=policy, store=store, ram_budget=budget) as plan:
-            rep = plan.run(trace)
+        cplan: Any = schedule(g, devices=devs, policy=policy, store=store, ram_budget=budget)
+        with cplan as plan:
+            rep: Any = plan.run(trace)
             placement = plan.placement
             rtt = plan.ping()
         pred = predict(g, dev, nodes, trace, policy, sizes, placement.homes, rtt)

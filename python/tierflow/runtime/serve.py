@@ -237,7 +237,7 @@ def build_app(
                 lines.append(f'tierflow_tier_bytes_total{{link="{link}"}} {b}')
             return PlainTextResponse("\n".join(lines) + "\n")
 
-    return Front.bind(Experts.bind(experts, ram))
+    return Front.bind(Experts.bind(experts, ram))  # type: ignore[attr-defined]
 
 
 def serve_coe(
