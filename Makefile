@@ -4,7 +4,7 @@ PY ?= python
 # Ray run in a network namespace with loopback only (needs root)
 LOOPBACK_NS ?= unshare -n sh -c 'ip link set lo up && exec "$$0" "$$@"'
 
-.PHONY: help dev install test test-rust test-py lint fmt bench stubtest clean
+.PHONY: help dev install test test-all test-rust test-py lint fmt bench stubtest mypy clean
 
 help: ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -18,15 +18,21 @@ install: ## install as a user would (pip install .)
 test-rust: ## Rust core unit tests (no Python needed)
 	cargo test -p tierflow-core --release
 
-test-py: ## Python tests (default run: no benchmarks), in a loopback-only network namespace
+test-py: ## Python tests and doctests (default run: no benchmarks, no slow tests), loopback-only network
 	$(LOOPBACK_NS) $(PY) -m pytest
 
+test-all: test-rust ## every test: Rust, Python including the slow ones, doctests (no benchmarks)
+	$(LOOPBACK_NS) $(PY) -m pytest -m "not bench"
+
 test: test-rust test-py ## all tests
+
+mypy: ## type-check the package (it ships py.typed)
+	$(PY) -m mypy python/tierflow
 
 stubtest: ## check _tierflow.pyi against the built module
 	$(PY) -m mypy.stubtest tierflow._tierflow --allowlist .ci/stubtest-allowlist
 
-lint: stubtest ## rustfmt, clippy -D warnings, ruff, stubtest
+lint: stubtest mypy ## rustfmt, clippy -D warnings, ruff, mypy, stubtest
 	cargo fmt --all -- --check
 	cargo clippy --workspace --release -- -D warnings
 	ruff check python tests benches

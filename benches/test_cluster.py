@@ -13,8 +13,9 @@ import pytest
 
 import tierflow as tf
 from conftest import record
-from tierflow.runtime import calibrate, write_demo_coe
-from tierflow.runtime.demo_cluster import cluster_trace, local_cluster, predict
+from tierflow.demos import write_demo_coe
+from tierflow.demos.cluster import cluster_trace, local_cluster, predict
+from tierflow.serving import calibrate
 
 pytestmark = [
     pytest.mark.bench,
@@ -138,9 +139,10 @@ def test_http_requests_per_second_through_tierflow_serve(tmp_path, ratios):
     ray = pytest.importorskip("ray")
     from ray import serve
 
-    from tierflow.models import DEMO_EXAMPLES, load, write_demo_experts
+    from tierflow.demos.experts import DEMO_EXAMPLES, write_demo_experts
+    from tierflow.models import load
     from tierflow.models.coe import byte_tokenize
-    from tierflow.runtime.serve import serve_coe
+    from tierflow.serving.serve import serve_coe
 
     experts = write_demo_experts(tmp_path / "ckpt")
     prompts = [p for ps in DEMO_EXAMPLES.values() for p in ps] * 3  # 54 requests

@@ -67,7 +67,7 @@ def _threads():
 
 @pytest.fixture(scope="module")
 def bandwidth() -> float:
-    return tierflow.bench.memory_bandwidth(nbytes=512 << 20, reps=5)
+    return tierflow.kernels.bench.memory_bandwidth(nbytes=512 << 20, reps=5)
 
 
 def rounds_for(flops: float) -> int:

@@ -127,7 +127,7 @@ def test_decode_steps_paged_store_cache_vs_plain(benchmark, ratios, small_llama)
     n = 16
     shape = (cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, prompt.size + n)
     plain = tm.KVCache(*shape)
-    paged = tm.PagedKVCache(*shape, model.store, block=64)
+    paged = tm.StoreKVCache(*shape, model.store, block_size=64)
     tok = {}
     for name, c in (("plain", plain), ("paged", paged)):
         tok[name] = int(model.forward(prompt, c, last_only=True)[-1].argmax())

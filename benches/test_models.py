@@ -107,7 +107,7 @@ def test_decode_vs_weight_traffic_bound(benchmark, checkpoint, tmp_path, fmt, ra
       the kernels stream each weight from the file tier; bound: bytes per token / the file
       tier's read bandwidth (plain ``readinto`` of the same bytes, warm page cache, same run);
     - "mmap": read in place through the page cache; bound: bytes per token / RAM read
-      bandwidth (``tierflow.bench.memory_bandwidth``, same run);
+      bandwidth (``tierflow.kernels.bench.memory_bandwidth``, same run);
     - "store": every weight goes file tier -> RAM tier through the store, evicting; bound: one
       such sweep without arithmetic.
     """
@@ -135,7 +135,7 @@ def test_decode_vs_weight_traffic_bound(benchmark, checkpoint, tmp_path, fmt, ra
                     return _sweep(model, names)
                 if mode == "stream":
                     return _file_read_seconds(model, names)
-                return per_token / tierflow.bench.memory_bandwidth()
+                return per_token / tierflow.kernels.bench.memory_bandwidth()
 
             bounds = [bound_seconds() for _ in range(2)]
             t = time.perf_counter()
@@ -202,7 +202,7 @@ def test_prefill_512(benchmark, checkpoint, tmp_path, ratios):
             f"models: {LAYERS}-layer Llama prefill 512 FLOP rate / square GEMM",
             r["ratio_to_gemm"],
             0.0,
-            note=f"{r['prefill_tok_s']:.1f} tok/s (the issue sets no target: reported)",
+            note=f"{r['prefill_tok_s']:.1f} tok/s (no target: reported)",
         )
         benchmark.extra_info.update(r)
         print(

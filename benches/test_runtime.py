@@ -17,9 +17,10 @@ import pytest
 
 import tierflow as tf
 from conftest import record
-from tierflow.runtime import calibrate, write_demo_coe
-from tierflow.runtime.calibrate import with_next_hint
-from tierflow.runtime.demo import belady_loads
+from tierflow.demos import write_demo_coe
+from tierflow.demos.host import belady_loads
+from tierflow.serving import calibrate
+from tierflow.serving.calibrate import with_next_hint
 
 pytestmark = pytest.mark.bench
 

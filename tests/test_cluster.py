@@ -29,13 +29,13 @@ needs_ray = pytest.mark.skipif(
 
 
 def test_ray_absent_says_how_to_install(monkeypatch):
-    from tierflow.runtime import cluster
+    from tierflow.sim.devices import RayMissingError
 
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ImportError, match=r"pip install 'tierflow\[ray\]'") as ei:
         tf.devices.ray_cluster()
     assert isinstance(ei.value, tf.TierflowError)
-    assert isinstance(ei.value, cluster.RayMissingError)
+    assert isinstance(ei.value, RayMissingError)
 
 
 def loopback_only() -> bool:
@@ -58,7 +58,7 @@ def ray_env(tmp_path_factory):
     import ray
     from ray.cluster_utils import Cluster
 
-    from tierflow.runtime import write_demo_coe
+    from tierflow.demos import write_demo_coe
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     c = Cluster(
@@ -268,8 +268,8 @@ def http(ray_env, tmp_path_factory):
 
     from ray import serve
 
-    from tierflow.models import DEMO_EXAMPLES, write_demo_experts
-    from tierflow.runtime.serve import serve_coe
+    from tierflow.demos.experts import DEMO_EXAMPLES, write_demo_experts
+    from tierflow.serving.serve import serve_coe
 
     experts = write_demo_experts(tmp_path_factory.mktemp("ckpt"))
     with socket.socket() as s:

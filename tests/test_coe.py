@@ -1,4 +1,4 @@
-"""tierflow.coe: the CoE graph builder."""
+"""tierflow.sim.coe: the CoE graph builder."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import tierflow as tf
-from tierflow.coe import safetensors_sizes
+from tierflow.sim.coe import safetensors_sizes
 
 
 def small() -> tf.CoE:
@@ -27,7 +27,9 @@ def test_sizes_from_params_and_dtype():
     assert g.nbytes("a") == 4_000_000_000
     assert g.nbytes("b") == 2_000_000_000
     g.expert("q", params=32e6, dtype="q4_0")
-    assert g.nbytes("q") == 18_000_000  # FACTS.md: Q4_0 = 18 bytes / 32 weights
+    assert (
+        g.nbytes("q") == 18_000_000
+    )  # docs/sources.md "Other anchors": Q4_0 = 18 bytes / 32 weights
     assert g.experts == ["a", "b", "q"]
 
 

@@ -26,7 +26,7 @@ def test_presets_cite_facts():
 
 
 def test_golden_switch_times():
-    # FACTS.md: 13.5 GB per expert: 13.5 ms (SN40L node), 0.42 s (A100), 0.21 s (H100)
+    # docs/sources.md "The CoE experiment": 13.5 GB per expert: 13.5 ms (SN40L node), 0.42 s (A100), 0.21 s (H100)
     assert devices.sn40l(8).copy_time(13.5 * GB) == pytest.approx(13.5e-3)
     assert devices.dgx_a100().copy_time(13.5 * GB) == pytest.approx(0.42, rel=0.01)
     assert devices.dgx_h100().copy_time(13.5 * GB) == pytest.approx(0.21, rel=0.01)
@@ -40,7 +40,7 @@ def test_experts_fit():
     ("kw", "match"),
     [
         (
-            {"tiers": [tf.devices.Tier("a", 10, 0.0), tf.devices.Tier("b", 10)]},
+            {"tiers": [tf.devices.MemoryTier("a", 10, 0.0), tf.devices.MemoryTier("b", 10)]},
             r"tiers\[0\]\.bandwidth",
         ),
         ({"read_bandwidth": 0}, "read_bandwidth must be > 0"),
@@ -54,7 +54,7 @@ def test_experts_fit():
 def test_bad_devices_name_the_field(kw, match):
     base = {
         "name": "x",
-        "tiers": [tf.devices.Tier("a", 10**9, 1e9), tf.devices.Tier("b", 10**10)],
+        "tiers": [tf.devices.MemoryTier("a", 10**9, 1e9), tf.devices.MemoryTier("b", 10**10)],
         "exec_tier": "a",
     }
     with pytest.raises(tf.InvalidArgumentError, match=match):
@@ -64,13 +64,13 @@ def test_bad_devices_name_the_field(kw, match):
 @pytest.mark.parametrize("cap", [0, -1, float("nan")])
 def test_bad_tier_capacity(cap):
     with pytest.raises(tf.InvalidArgumentError, match="capacity"):
-        tf.devices.Tier("a", cap, 1e9)
+        tf.devices.MemoryTier("a", cap, 1e9)
 
 
 @pytest.mark.parametrize("bw", [-5.0, float("inf"), "fast"])
 def test_bad_tier_bandwidth(bw):
     with pytest.raises(tf.InvalidArgumentError, match="bandwidth"):
-        tf.devices.Tier("a", 10, bw)
+        tf.devices.MemoryTier("a", 10, bw)
 
 
 def test_json_roundtrip_and_errors(tmp_path):

@@ -12,7 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tierflow
-import tierflow.kvcache
+import tierflow.kernels.bench
+import tierflow.kernels.kvcache
+import tierflow.kernels.ops
 from tierflow import kernels
 
 ISAS = tierflow.info()["isa_available"]
@@ -34,9 +36,9 @@ def bound(x: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
 
 
 def test_doctests():
-    assert doctest.testmod(kernels).failed == 0
-    assert doctest.testmod(tierflow.bench).failed == 0
-    assert doctest.testmod(tierflow.kvcache).failed == 0
+    assert doctest.testmod(tierflow.kernels.ops).failed == 0
+    assert doctest.testmod(tierflow.kernels.bench).failed == 0
+    assert doctest.testmod(tierflow.kernels.kvcache).failed == 0
 
 
 def test_expected_isa_selected():
@@ -312,10 +314,10 @@ def test_empty_and_ieee():
 
 
 def test_memory_bandwidth_probe():
-    bw = tierflow.bench.memory_bandwidth(nbytes=8 << 20, reps=2)
+    bw = tierflow.kernels.bench.memory_bandwidth(nbytes=8 << 20, reps=2)
     assert 1e8 < bw < 1e13
     with pytest.raises(tierflow.InvalidArgumentError):
-        tierflow.bench.memory_bandwidth(nbytes=1)
+        tierflow.kernels.bench.memory_bandwidth(nbytes=1)
 
 
 def test_quantized_tensor_round_trips_through_the_store(tmp_path):

@@ -250,7 +250,7 @@ def test_paged_kv_cache_decode_matches_contiguous(isa):
     rng = np.random.default_rng(11)
     b, hkv, h, d, page = 2, 2, 6, 24, 16
     cache = tierflow.PagedKVCache(
-        num_pages=40, page_size=page, num_kv_heads=hkv, head_dim=d, batch=b
+        num_blocks=40, block_size=page, num_kv_heads=hkv, head_dim=d, batch=b
     )
     rng.shuffle(cache._free)
     ks, vs = [], []
@@ -264,7 +264,7 @@ def test_paged_kv_cache_decode_matches_contiguous(isa):
     q = rng.standard_normal((b, h, 1, d)).astype(np.float32)
     got = cache.attention(q, _isa=isa)
     assert np.allclose(got, ref_attention(q, k_all, v_all), atol=2e-5)
-    assert cache.lengths == [92, 92] and cache.pages_in_use == 2 * 6
+    assert cache.lengths == [92, 92] and cache.blocks_in_use == 2 * 6
     cache.free(0)
     assert np.isnan(cache.attention(q, _isa=isa)[0]).all()
     with pytest.raises(tierflow.CapacityError):

@@ -147,11 +147,11 @@ def test_free_close_and_names(tmp_path):
         store.put("weights", np.ones(4, np.float32))
         cache = tierflow.PagedKVCache(8, PAGE, HKV, D, batch=2, store=store, prefix="kv/")
         fill(cache, ks, vs)
-        assert cache.page_names(0) == ["kv/s0/p0", "kv/s0/p1"]
-        assert cache.page_names(1) == ["kv/s1/p0"]
-        assert cache.pages_in_use == 5 and cache.lengths == [33, 20]
+        assert cache.block_names(0) == ["kv/s0/p0", "kv/s0/p1"]
+        assert cache.block_names(1) == ["kv/s1/p0"]
+        assert cache.blocks_in_use == 5 and cache.lengths == [33, 20]
         cache.free(0)
-        assert "kv/s0/p0" not in store and cache.lengths == [0, 20] and cache.pages_in_use == 2
+        assert "kv/s0/p0" not in store and cache.lengths == [0, 20] and cache.blocks_in_use == 2
         q = rng.standard_normal((2, H, 1, D)).astype(np.float32)
         got = cache.attention(q)
         assert np.isnan(got[0]).all()

@@ -4,7 +4,7 @@ Two checks per format and checkpoint:
 1. exactness: logits equal (1e-4) a float64 reference forward whose matmul weights are the
    DEQUANTIZED converted weights, so layout, block order and the tied head are all right;
 2. quantization error against the transformers float32 logits, as the cosine of each row:
-   bf16 > 0.999 (the issue's bound), q8_0 > 0.999, q4_0 > 0.975 (``COSINE``; measured minima,
+   bf16 > 0.999 (the required bound), q8_0 > 0.999, q4_0 > 0.975 (``COSINE``; measured minima,
    printed with -s: bf16 0.99999, q8_0 0.99992, q4_0 0.982 on tiny-llama, 0.985 on tiny-gpt2).
 """
 

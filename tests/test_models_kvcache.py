@@ -71,7 +71,9 @@ def test_paged_decode_steps_match_the_plain_cache(tmp_path):
         cfg = model.config
         ids = np.random.default_rng(0).integers(0, cfg.vocab_size, 40)
         plain = tm.KVCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 40)
-        paged = tm.PagedKVCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 40, store, block=4)
+        paged = tm.StoreKVCache(
+            cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 40, store, block_size=4
+        )
         a = [model.forward(ids[:10], plain)]
         b = [model.forward(ids[:10], paged)]
         np.testing.assert_array_equal(a[0], b[0])  # prefill: the same attention kernel
@@ -98,11 +100,11 @@ def test_paged_cache_bad_arguments():
         model.generate([1, 2], 3, kv_block=4, paged_kv=False)
     with pytest.raises(tierflow.InvalidArgumentError, match="no tier"):
         model.generate([1, 2], 3, kv_tier="nvme")
-    cache = tm.PagedKVCache(2, 2, 32, 3, model.store, block=2)
+    cache = tm.StoreKVCache(2, 2, 32, 3, model.store, block_size=2)
     with pytest.raises(tierflow.InvalidArgumentError, match="full"):
         model.forward(np.arange(4), cache)
     with pytest.raises(tierflow.InvalidArgumentError):
-        tm.PagedKVCache(2, 2, 32, 3, None)
+        tm.StoreKVCache(2, 2, 32, 3, None)
     cache.close()
 
 
@@ -114,7 +116,7 @@ def test_chunked_prefill_then_decode(name):
     cfg = model.config
     ids = np.random.default_rng(2).integers(0, cfg.vocab_size, 30)
     full = model(ids)
-    paged = tm.PagedKVCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 30, model.store, 8)
+    paged = tm.StoreKVCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 30, model.store, 8)
     parts = [model.forward(ids[a:b], paged) for a, b in ((0, 5), (5, 19), (19, 20), (20, 23))]
     parts += [model.forward(ids[t : t + 1], paged) for t in range(23, 30)]
     np.testing.assert_allclose(np.concatenate(parts), full, rtol=1e-4, atol=1e-4)

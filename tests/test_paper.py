@@ -1,12 +1,12 @@
-"""tierflow.paper: the simulator reproduces Table V of the SN40L paper (FACTS.md)."""
+"""tierflow.sim.paper: the simulator reproduces Table V of the SN40L paper (docs/sources.md)."""
 
 from __future__ import annotations
 
 import pytest
 
 import tierflow as tf
-from tierflow import paper
 from tierflow.cli import main
+from tierflow.sim import paper
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,9 @@ def test_switching_time_ratios(result):
     name, a, _pa, h, _ph = result.rows[6]
     assert name == "model switching time"
     assert a == pytest.approx(31, rel=0.10) and h == pytest.approx(15, rel=0.10)
-    ms = result.details["switch_ms"]  # golden per 13.5 GB expert (FACTS.md); ours is 13.48 GB
+    ms = result.details[
+        "switch_ms"
+    ]  # golden per 13.5 GB expert (docs/sources.md); ours is 13.48 GB
     assert ms["sn40l"] == pytest.approx(13.5, rel=0.01)
     assert ms["dgx_a100"] / 1e3 == pytest.approx(0.42, rel=0.01)
     assert ms["dgx_h100"] / 1e3 == pytest.approx(0.21, rel=0.01)

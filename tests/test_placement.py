@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import tierflow as tf
-from tierflow.placement import Link, interconnect, link_between, loopback, place
-from tierflow.plan import plan
+from tierflow.sim.capacity import sweep_capacity as plan
+from tierflow.sim.placement import Link, interconnect, link_between, loopback, place
 
 GB = 10**9
 
@@ -19,8 +19,8 @@ def dev(name: str, exec_gb: float, read_bw: float, *, reserved: int = 0) -> tf.D
     return tf.Device(
         name=name,
         tiers=[
-            tf.devices.Tier("hbm", int(exec_gb * GB), 10e9, 1e-3),
-            tf.devices.Tier("ddr", 1000 * GB),
+            tf.devices.MemoryTier("hbm", int(exec_gb * GB), 10e9, 1e-3),
+            tf.devices.MemoryTier("ddr", 1000 * GB),
         ],
         exec_tier="hbm",
         read_bandwidth=read_bw,

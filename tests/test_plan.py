@@ -1,4 +1,4 @@
-"""tierflow.plan and the simulate / plan CLI."""
+"""tierflow.sim.capacity (the capacity sweep) and the simulate / plan CLI."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 import tierflow as tf
 from tierflow.cli import main
-from tierflow.plan import plan
+from tierflow.sim.capacity import sweep_capacity
 
 GB = 10**9
 
@@ -21,7 +21,7 @@ def setup():
         g.expert(f"e{i}", params=1e9)
     d = tf.Device(
         "toy",
-        [tf.devices.Tier("hbm", 40 * GB, 5e9), tf.devices.Tier("ddr", 100 * GB)],
+        [tf.devices.MemoryTier("hbm", 40 * GB, 5e9), tf.devices.MemoryTier("ddr", 100 * GB)],
         exec_tier="hbm",
         read_bandwidth=1e12,
         peak_flops={"bfloat16": 1e14},
@@ -35,7 +35,9 @@ def setup():
 
 def test_plan_finds_the_smallest_capacity_meeting_the_target():
     g, d, t = setup()
-    res = plan(g, d, t, target_p99=0.5, policies=["lru", "lfu", "static+lru"], steps=6, refine=5)
+    res = sweep_capacity(
+        g, d, t, target_p99=0.5, policies=["lru", "lfu", "static+lru"], steps=6, refine=5
+    )
     assert res.best_policy in ("lru", "lfu", "static+lru")
     cap = res.best_capacity
     assert cap is not None and res.device_capacity == cap + d.reserved + g.nodes["r"].nbytes
@@ -52,10 +54,10 @@ def test_plan_finds_the_smallest_capacity_meeting_the_target():
 
 def test_plan_reports_impossible_targets():
     g, d, t = setup()
-    res = plan(g, d, t, target_p99=1e-6, policies=["lru"], steps=3)
+    res = sweep_capacity(g, d, t, target_p99=1e-6, policies=["lru"], steps=3)
     assert res.best_policy is None and "too slow" in res.notes[0]
     with pytest.raises(tf.InvalidArgumentError, match="target_p99"):
-        plan(g, d, t, target_p99=-1)
+        sweep_capacity(g, d, t, target_p99=-1)
 
 
 def test_cli_simulate_and_plan(tmp_path, capsys):

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import doctest
+import importlib
 
 import pytest
 
 import tierflow as tf
-from tierflow import coe, devices, policies, sim
-from tierflow.policies import place
+from tierflow.sim import coe, devices, policies
+from tierflow.sim.policies import place
+
+# the module (the attribute tierflow.sim.simulate is the function)
+sim = importlib.import_module("tierflow.sim.simulate")
 
 
 @pytest.mark.parametrize("module", [coe, devices, policies, sim])

@@ -15,6 +15,7 @@ from safetensors.numpy import load_file
 import reference_impl as ref
 import tierflow
 import tierflow.models as tm
+from tierflow.demos.experts import DEMO_EXAMPLES, write_demo_experts
 from tierflow.routers import EmbeddingRouter
 
 needs_minilm = pytest.mark.skipif(
@@ -148,7 +149,7 @@ def test_route_batch_rejects_a_bare_string(router):
 
 # --- the real thing: all-MiniLM-L6-v2 ---------------------------------------------------------
 
-REAL_EXAMPLES = tm.DEMO_EXAMPLES
+REAL_EXAMPLES = DEMO_EXAMPLES
 HELD_OUT = {
     "My Python script raises KeyError when reading a dict, how to debug it?": "code",
     "What temperature do I bake sourdough bread at?": "cooking",
@@ -213,8 +214,8 @@ def test_end_to_end_coe_text_in_expert_chosen_tokens_out(minilm, tmp_path):
 
 @needs_minilm
 def test_demo_coe_with_general_fallback(minilm, tmp_path):
-    experts = tm.write_demo_experts(tmp_path)
-    router = EmbeddingRouter(minilm, tm.DEMO_EXAMPLES, k=4, fallback="general", min_similarity=0.24)
+    experts = write_demo_experts(tmp_path)
+    router = EmbeddingRouter(minilm, DEMO_EXAMPLES, k=4, fallback="general", min_similarity=0.24)
     coe = tm.ExpertCoE(router, experts)
     r = coe.run("The migration patterns of arctic terns span both poles.", max_new_tokens=5)
     assert r.expert == "general" and r.route.fell_back and len(r.new_ids) == 5

@@ -1,4 +1,4 @@
-"""The host runtime (tierflow.runtime): outputs against a serial run and a float64 reference,
+"""Serving on this host (tierflow.serving): outputs against a serial run and a float64 reference,
 reliability (corrupt expert, unknown expert, SIGKILL during the demo), concurrent clients."""
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 import tierflow as tf
-from tierflow.runtime import ExpertError, TransformerExpert, write_demo_coe
-from tierflow.runtime.demo import SMALL_CONFIG, belady_loads
+from tierflow.demos import write_demo_coe
+from tierflow.demos.host import SMALL_CONFIG, belady_loads
+from tierflow.serving import ExpertError, TransformerExpert
 
 CFG = dict(SMALL_CONFIG)
 
@@ -139,7 +140,7 @@ def test_planned_policy_meets_belady_and_beats_lru(demo: tuple[Path, tf.CoE]) ->
         with tf.schedule(g, policy=pol, store=root / "store", ram_budget=budget) as plan:
             loads[pol] = plan.run(t).loads
     # the same policy code in the simulator counts the same switches
-    sim = tf.simulate(g, tf.runtime.host_device(budget), t, "belady")
+    sim = tf.simulate(g, tf.serving.host_device(budget), t, "belady")
     assert loads["planned"] == bound == sim.switches
     assert loads["lru"] >= bound
 
@@ -320,7 +321,7 @@ def test_cli_run_serves_a_graph_from_json(demo: tuple[Path, tf.CoE], tmp_path: P
 def test_tune_keeps_the_fastest_measured_setting(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tierflow.runtime.tune import apply_tuning, load_tuning, tune
+    from tierflow.serving.tune import apply_tuning, load_tuning, tune
 
     monkeypatch.setenv("TIERFLOW_CACHE_DIR", str(tmp_path))
     before = tf.get_num_threads()
@@ -338,7 +339,7 @@ def test_tune_keeps_the_fastest_measured_setting(
 def test_doctests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import doctest
 
-    import tierflow.runtime.plan
+    import tierflow.serving.plan
 
     monkeypatch.setenv("TIERFLOW_CACHE_DIR", str(tmp_path))
-    assert doctest.testmod(tierflow.runtime.plan).failed == 0
+    assert doctest.testmod(tierflow.serving.plan).failed == 0

@@ -18,9 +18,9 @@ def toy_device(exec_gb: float = 10, *, tp: int = 1, **kw) -> tf.Device:
     base = dict(
         name="toy",
         tiers=[
-            tf.devices.Tier("hbm", int(exec_gb * GB), 10e9, 1e-3),
-            tf.devices.Tier("ddr", 1000 * GB, 2e9, 0.0),
-            tf.devices.Tier("disk", 10**13),
+            tf.devices.MemoryTier("hbm", int(exec_gb * GB), 10e9, 1e-3),
+            tf.devices.MemoryTier("ddr", 1000 * GB, 2e9, 0.0),
+            tf.devices.MemoryTier("disk", 10**13),
         ],
         exec_tier="hbm",
         read_bandwidth=1e12,
@@ -54,7 +54,7 @@ def seq_trace(
     )
 
 
-def pass_time(d: tf.Device, node: tf.coe.Node, n: float, ctx: float) -> float:
+def pass_time(d: tf.Device, node: tf.sim.coe.Node, n: float, ctx: float) -> float:
     """The latency model in float64, written independently of the Rust code."""
     comp = 2 * node.params * n / (d.flops("bf16") * d.compute_efficiency)
     mem = (node.nbytes + node.kv_bytes_per_token * ctx) / (d.read_bandwidth * d.bw_efficiency)
@@ -82,9 +82,9 @@ def test_one_request_matches_the_model(tp, prompt, out):
 def test_experts_spill_to_the_slowest_tier_and_copy_over_both_links():
     d = toy_device(
         tiers=[
-            tf.devices.Tier("hbm", 5 * GB, 10e9, 0.0),
-            tf.devices.Tier("ddr", 5 * GB, 2e9, 0.0),
-            tf.devices.Tier("disk", 10**13),
+            tf.devices.MemoryTier("hbm", 5 * GB, 10e9, 0.0),
+            tf.devices.MemoryTier("ddr", 5 * GB, 2e9, 0.0),
+            tf.devices.MemoryTier("disk", 10**13),
         ]
     )
     g = coe([4.0, 4.0])
@@ -311,7 +311,9 @@ def test_bad_inputs():
 
 
 def test_schedule_errors_say_how_much_is_missing():
-    d = toy_device(tiers=[tf.devices.Tier("hbm", 10 * GB, 1e10), tf.devices.Tier("ddr", 20 * GB)])
+    d = toy_device(
+        tiers=[tf.devices.MemoryTier("hbm", 10 * GB, 1e10), tf.devices.MemoryTier("ddr", 20 * GB)]
+    )
     with pytest.raises(tf.ScheduleError, match=r"\(30.00 GB in 10 nodes\).*10.00 GB missing"):
         tf.simulate(coe([3.0] * 10), d, seq_trace(coe([3.0] * 10), [0]))
     big = coe([12.0])

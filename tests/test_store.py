@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import tierflow
+import tierflow.store.tiered
 from tierflow import Tier, TieredStore
 
 DTYPES = [
@@ -39,7 +40,7 @@ def small_store(path, fast="4KiB", ram="64KiB", policy="lru"):
 
 
 def test_module_example_runs():
-    res = doctest.testmod(tierflow.store, optionflags=doctest.ELLIPSIS)
+    res = doctest.testmod(tierflow.store.tiered, optionflags=doctest.ELLIPSIS)
     assert res.attempted >= 1 and res.failed == 0
 
 

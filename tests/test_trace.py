@@ -1,4 +1,4 @@
-"""tierflow.trace: workload generators and JSONL."""
+"""tierflow.sim.trace: workload generators and JSONL."""
 
 from __future__ import annotations
 

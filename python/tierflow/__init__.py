@@ -28,7 +28,7 @@ from .errors import (
     TierflowError,
 )
 
-# --- store (issue: foundation) -------------------------------------------------------------
+# --- store --------------------------------------------------------------------------------
 from .store import (
     BlockTensor,
     Future,
@@ -43,7 +43,7 @@ from .store import (
 
 # --- kernels -------------------------------------------------------------------------------
 # isort: split
-from . import bench, kernels
+from . import kernels
 from .kernels import (
     FORMATS,
     QuantizedTensor,
@@ -60,25 +60,26 @@ from .kernels import (
     silu,
     softmax,
 )
-from .kvcache import PagedKVCache
+from .kernels.kvcache import PagedKVCache
 
-# --- composition of experts ----------------------------------------------------------------
-# isort: split
-from . import devices, policies
-from .coe import CoE
-from .devices import Device
-from .policies import EvictionPolicy, Policy
-from .report import Report
-
-# --- models and routers (issue: real experts; import tierflow.models for the models) -------
+# --- models and routers (import tierflow.models for the models) ----------------------------
 from .routers import EmbeddingRouter
-from .sim import simulate
-from .trace import Trace
 
-# --- host runtime (issue: runtime) ---------------------------------------------------------
+# --- simulator: composition of experts on modelled devices ---------------------------------
 # isort: split
-from . import runtime
-from .runtime import Plan, schedule
+from . import sim
+from .sim import devices, policies
+from .sim.coe import CoE
+from .sim.devices import Device
+from .sim.policies import EvictionPolicy, Policy
+from .sim.report import Report
+from .sim.simulate import simulate
+from .sim.trace import Trace
+
+# --- serving on this host ------------------------------------------------------------------
+# isort: split
+from . import serving
+from .serving import Plan, schedule
 
 __all__ = [
     "AccessDeniedError",
@@ -116,7 +117,6 @@ __all__ = [
     "PagedKVCache",
     "QuantizedTensor",
     "attention",
-    "bench",
     "dequantize",
     "gelu",
     "kernels",
@@ -129,7 +129,7 @@ __all__ = [
     "rope",
     "silu",
     "softmax",
-    # --- composition of experts ---
+    # --- simulator ---
     "CoE",
     "Device",
     "EvictionPolicy",
@@ -138,11 +138,24 @@ __all__ = [
     "Trace",
     "devices",
     "policies",
+    "sim",
     "simulate",
     # --- models and routers ---
     "EmbeddingRouter",
-    # --- host runtime ---
+    # --- serving on this host ---
     "Plan",
-    "runtime",
     "schedule",
+    "serving",
 ]
+
+# Old module paths reached as attributes (``tierflow.runtime``, ``tierflow.coe``, ...): deprecated
+# for one release, like ``import tierflow.runtime`` (see the alias modules next to this file).
+_OLD_MODULES = ("bench", "coe", "kvcache", "paper", "plan", "report", "runtime", "trace")
+
+
+def __getattr__(name: str) -> object:
+    if name in _OLD_MODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")  # warns DeprecationWarning
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

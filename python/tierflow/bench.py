@@ -1,20 +1,5 @@
-"""Machine probes for benchmarks.
+"""Deprecated: use :mod:`tierflow.kernels.bench` (this path is kept for one release)."""
 
-Example:
-    >>> import tierflow.bench
-    >>> tierflow.bench.memory_bandwidth(nbytes=1 << 20, reps=1) > 0
-    True
-"""
+from ._deprecated import alias_module
 
-from __future__ import annotations
-
-from . import _tierflow
-
-__all__ = ["memory_bandwidth"]
-
-
-def memory_bandwidth(nbytes: int = 256 << 20, reps: int = 5) -> float:
-    """Memory read bandwidth in bytes per second: a STREAM-like probe in which every worker
-    thread (``tierflow.set_num_threads``) sums its share of an ``nbytes`` buffer (much larger than
-    the last-level cache by default); the best of ``reps`` passes."""
-    return float(_tierflow.memory_bandwidth(int(nbytes), int(reps)))
+alias_module(__name__, "tierflow.kernels.bench")

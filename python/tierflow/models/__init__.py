@@ -17,23 +17,23 @@ Example:
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
+from .._deprecated import renamed
 from ._base import CausalLM
 from ._tiny import write_tiny_checkpoint
-from ._weights import WEIGHT_FORMATS, Weights
+from ._weights import WEIGHT_FORMATS
 from .bert import BertModel
-from .coe import DEMO_EXAMPLES, CoEResult, ExpertCoE, byte_tokenize, write_demo_experts
+from .coe import CoEResult, ExpertCoE, byte_tokenize
 from .config import SUPPORTED_ARCHITECTURES, ModelConfig, read_config
 from .encoder import SentenceEncoder, minilm_path
 from .generate import sample_next
 from .gpt2 import GPT2LMHeadModel
-from .kvcache import KVCache, PagedKVCache
+from .kvcache import KVCache, StoreKVCache
 from .llama import LlamaForCausalLM, Qwen2ForCausalLM
+from .loader import load
 
 __all__ = [
-    "DEMO_EXAMPLES",
     "SUPPORTED_ARCHITECTURES",
     "WEIGHT_FORMATS",
     "BertModel",
@@ -44,74 +44,37 @@ __all__ = [
     "KVCache",
     "LlamaForCausalLM",
     "ModelConfig",
-    "PagedKVCache",
     "Qwen2ForCausalLM",
     "SentenceEncoder",
+    "StoreKVCache",
     "byte_tokenize",
     "load",
     "minilm_path",
     "read_config",
     "sample_next",
-    "write_demo_experts",
     "write_tiny_checkpoint",
 ]
 
-_CLASSES: dict[str, Any] = {
-    "llama": LlamaForCausalLM,
-    "qwen2": Qwen2ForCausalLM,
-    "gpt2": GPT2LMHeadModel,
-    "bert": BertModel,
-}
+
+def _demo_experts() -> Any:
+    import importlib
+
+    return importlib.import_module("tierflow.demos.experts")
 
 
-def load(
-    path: str | os.PathLike[str],
-    store: Any = None,
-    tier: str | None = None,
-    dtype: str | None = None,
-    prefix: str | None = None,
-    mmap_files: bool = False,
-    read: str = "auto",
-) -> Any:
-    """Load a checkpoint folder into the right model class.
-
-    Args:
-        path: folder with config.json and model.safetensors (or model.safetensors.index.json).
-        store: the TieredStore to register the weights in; None makes a private one (default
-            tiers fast / ram / disk in a temporary folder, removed with the model).
-        tier: where the weights start: a file tier adopts the files there in place (None: the
-            store's home file tier); a memory tier adopts them, then moves them up.
-        dtype: convert weights on load: None (as stored), "f32", "bf16", "q8_0" or "q4_0".
-        prefix: the store names of the weights are ``prefix + tensor name`` (default: the
-            folder's name and a counter, e.g. ``"tiny-llama#1/"``), so many models share a store.
-        read: how matmul weights that sit in a file tier are read at each step: ``"stream"``
-            (the kernels stream them from the tier through a double buffer, overlapping reads
-            with arithmetic; they stay in the file tier), ``"store"`` (copied into the store's
-            memory tiers by its policy, the next layer prefetched), ``"mmap"`` (read in place,
-            memory-mapped: one pass through the OS page cache, but a file truncated while mapped
-            kills the process with SIGBUS: only for files nobody rewrites while the model runs),
-            or ``"auto"`` (the default): ``"stream"`` when the matmul weights are larger than the
-            store's memory tiers, else ``"store"``. The logits are bit-identical in every mode.
-        mmap_files: the same as ``read="mmap"`` (kept from earlier versions).
-    Raises:
-        InvalidArgumentError: an unsupported architecture (lists the supported ones) or option.
-        TensorNotFoundError / ShapeError: a tensor missing or disagreeing with config.json.
-        MissingFileError / CorruptFileError: missing, truncated or malformed files.
-    """
-    folder = os.fspath(path)
-    if not os.path.isdir(folder):
-        from ..errors import MissingFileError
-
-        raise MissingFileError(f"no checkpoint folder at {folder}")
-    cfg = read_config(folder)
-    weights = Weights.open(
-        folder,
-        cfg,
-        store=store,
-        tier=tier,
-        dtype=dtype,
-        prefix=prefix,
-        read="mmap" if mmap_files else read,
-    )
-    store = weights.store
-    return _CLASSES[cfg.family](cfg, weights, store)
+# Former names, kept for one release: the demo experts moved to tierflow.demos.experts and the
+# models' paged KV cache is StoreKVCache.
+__getattr__ = renamed(
+    __name__,
+    {
+        "DEMO_EXAMPLES": (
+            "tierflow.demos.experts.DEMO_EXAMPLES",
+            lambda: _demo_experts().DEMO_EXAMPLES,
+        ),
+        "write_demo_experts": (
+            "tierflow.demos.experts.write_demo_experts",
+            lambda: _demo_experts().write_demo_experts,
+        ),
+        "PagedKVCache": ("tierflow.models.StoreKVCache", lambda: StoreKVCache),
+    },
+)

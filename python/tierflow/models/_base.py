@@ -12,7 +12,7 @@ from ..errors import DTypeError, InvalidArgumentError, ShapeError
 from ._weights import Weights
 from .config import ModelConfig
 from .generate import generate
-from .kvcache import KVCache, PagedKVCache
+from .kvcache import KVCache, StoreKVCache
 
 __all__ = ["CausalLM", "check_token_ids"]
 
@@ -76,7 +76,7 @@ class CausalLM(ABC):
 
     @abstractmethod
     def forward(
-        self, ids: np.ndarray, cache: KVCache | PagedKVCache, last_only: bool = False
+        self, ids: np.ndarray, cache: KVCache | StoreKVCache, last_only: bool = False
     ) -> np.ndarray:
         """Run ``ids`` (checked, 1-D) after the ``cache.length`` cached positions; appends their
         keys/values to ``cache``. Returns logits ``(S, vocab)`` (``(1, vocab)`` if last_only).

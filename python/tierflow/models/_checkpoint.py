@@ -1,57 +1,27 @@
-"""Checkpoint files: find the safetensors shards of a folder and read their headers.
+"""Checkpoint files: find the safetensors shards of a folder, map their tensors, write test files.
 
-A safetensors file is ``u64 little-endian header length N | N bytes of JSON | data``; the JSON maps
-each tensor name to ``{"dtype", "shape", "data_offsets": [begin, end]}`` (offsets into the data
-section). This module validates the header against the file size (so a truncated or corrupt file
-raises CorruptFileError naming the file and tensor) and maps tensors read-only, without copying.
-Sharded checkpoints are listed by ``model.safetensors.index.json`` (``weight_map``: name -> file).
+Headers are read and validated by :func:`tierflow.store.safetensors.read_header` (a truncated or
+corrupt file raises CorruptFileError naming the file and tensor); this module maps tensors
+read-only, without copying. Sharded checkpoints are listed by ``model.safetensors.index.json``
+(``weight_map``: name -> file).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import struct
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..errors import CorruptFileError, DTypeError, MissingFileError, ShapeError
+from ..errors import DTypeError, MissingFileError, ShapeError
+from ..store.dtypes import SAFETENSORS_NUMPY
+from ..store.safetensors import TensorInfo, read_header
+from ..store.safetensors import corrupt as _corrupt
 
 __all__ = ["TensorInfo", "checkpoint_files", "mmap_tensors", "read_header"]
-
-_DTYPES: dict[str, np.dtype[Any]] = {
-    "F64": np.dtype("<f8"),
-    "F32": np.dtype("<f4"),
-    "F16": np.dtype("<f2"),
-    "BF16": np.dtype("<u2"),  # raw bits; widened to float32 by ``as_float32``
-    "I64": np.dtype("<i8"),
-    "I32": np.dtype("<i4"),
-    "I16": np.dtype("<i2"),
-    "I8": np.dtype("i1"),
-    "U8": np.dtype("u1"),
-    "BOOL": np.dtype("?"),
-}
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    name: str
-    dtype: str  # safetensors dtype string ("F32", "BF16", ...)
-    shape: tuple[int, ...]
-    path: str
-    begin: int  # absolute byte offset in the file
-    end: int
-
-
-def _corrupt(path: str, msg: str, tensor: str | None = None) -> CorruptFileError:
-    e = CorruptFileError(f"{path}: {msg}")
-    e.path = path
-    e.tensor = tensor
-    return e
 
 
 def checkpoint_files(folder: str) -> list[str]:
@@ -74,51 +44,6 @@ def checkpoint_files(folder: str) -> list[str]:
     raise MissingFileError(f"no model.safetensors or model.safetensors.index.json in {folder}")
 
 
-def read_header(path: str) -> dict[str, TensorInfo]:
-    """Parse and validate one safetensors header; offsets are checked against the file size."""
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise _corrupt(path, f"truncated: {size} bytes, no header length")
-            (n,) = struct.unpack("<Q", head)
-            if n > size - 8 or n > 100_000_000:
-                raise _corrupt(path, f"header length {n} exceeds the file size {size}")
-            raw = f.read(n)
-    except FileNotFoundError:
-        raise MissingFileError(f"no such file: {path}") from None
-    try:
-        hdr = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise _corrupt(path, f"header is not valid JSON ({e})") from None
-    if not isinstance(hdr, dict):
-        raise _corrupt(path, "header is not a JSON object")
-    base = 8 + n
-    out: dict[str, TensorInfo] = {}
-    for name, entry in hdr.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dt, shape = entry["dtype"], tuple(int(s) for s in entry["shape"])
-            b, end = (int(o) for o in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError, OverflowError):  # OverflowError: 1e400 -> inf
-            raise _corrupt(path, f"bad header entry for {name!r}", name) from None
-        if dt not in _DTYPES:
-            raise DTypeError(f"{path}: tensor {name!r} has unsupported dtype {dt}")
-        nbytes = math.prod(shape) * _DTYPES[dt].itemsize  # Python ints: no overflow
-        if any(s < 0 for s in shape) or not (0 <= b <= end) or end - b != nbytes:
-            raise _corrupt(
-                path, f"tensor {name!r}: offsets {b}..{end} disagree with {dt}{list(shape)}", name
-            )
-        if base + end > size:
-            raise _corrupt(
-                path, f"truncated: tensor {name!r} ends at {base + end} > {size} bytes", name
-            )
-        out[name] = TensorInfo(name, dt, shape, path, base + b, base + end)
-    return out
-
-
 def mmap_tensors(infos: dict[str, TensorInfo]) -> dict[str, np.ndarray]:
     """Read-only views of the tensors, memory-mapped from their files (no copy)."""
     maps: dict[str, np.ndarray] = {}
@@ -127,7 +52,7 @@ def mmap_tensors(infos: dict[str, TensorInfo]) -> dict[str, np.ndarray]:
         if t.path not in maps:
             maps[t.path] = np.memmap(t.path, dtype=np.uint8, mode="r")
         buf = maps[t.path][t.begin : t.end]
-        out[name] = buf.view(_DTYPES[t.dtype]).reshape(t.shape)
+        out[name] = buf.view(SAFETENSORS_NUMPY[t.dtype]).reshape(t.shape)
     return out
 
 
@@ -159,12 +84,8 @@ def as_float32(a: np.ndarray, st_dtype: str) -> np.ndarray:
     return a.astype(np.float32)
 
 
-_ST_NAMES = {
-    np.dtype("<f4"): "F32",
-    np.dtype("<f2"): "F16",
-    np.dtype("<i8"): "I64",
-    np.dtype("<f8"): "F64",
-}
+#: the dtypes write_safetensors writes: NumPy dtype -> safetensors code
+_ST_NAMES = {SAFETENSORS_NUMPY[code]: code for code in ("F32", "F16", "I64", "F64")}
 
 
 def write_safetensors(

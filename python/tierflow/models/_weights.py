@@ -45,6 +45,7 @@ import numpy as np
 from ..errors import DTypeError, InvalidArgumentError, ShapeError, TensorNotFoundError
 from ..kernels import QuantizedTensor, quantize
 from ..store import TieredStore
+from ..store.dtypes import SAFETENSORS_NUMPY
 from . import _checkpoint as ck
 from .config import ModelConfig, matmul_layouts
 
@@ -102,7 +103,7 @@ class Weights:
         prefix: str,
         infos: dict[str, ck.TensorInfo],
         fmt: str | None,
-        embedding_maps: dict[str, np.ndarray],
+        embedding_maps: dict[str, ck.TensorInfo],
     ):
         self.store = store
         self.prefix = prefix
@@ -210,11 +211,6 @@ class Weights:
         fmt = _ROW_FORMATS[self.infos[name].dtype]
         return QuantizedTensor(fmt, (k, n), np.ascontiguousarray(a).reshape(-1).view(np.uint8))
 
-    @property
-    def mmap_files(self) -> bool:
-        """Matmul weights in a file tier are read in place (``read == "mmap"``)."""
-        return self.read == "mmap"
-
     def _auto_read(self) -> str:
         """``"stream"`` when the matmul weights exceed the memory tiers' capacity, else
         ``"store"``."""
@@ -222,7 +218,7 @@ class Weights:
         if not caps or any(c is None for c in caps):
             return "store"
         total = sum(self.nbytes(n) for n in self.layouts)
-        return "stream" if total > sum(int(c) for c in caps) else "store"
+        return "stream" if total > sum(int(c or 0) for c in caps) else "store"
 
     def _streamed_operand(self, name: str) -> Any:
         """The store's handle on a matmul weight in a file tier (None elsewhere)."""
@@ -290,7 +286,7 @@ class Weights:
 
     def enter(self, group: int) -> None:
         """The forward pass starts weight group ``group`` (a layer; the last group is what follows
-        the layers). When weights are read through the store (``mmap_files`` off): prefetch the
+        the layers). When weights are read through the store (``read`` other than ``"mmap"``): prefetch the
         next group (wrapping to layer 0 for the next step) into the store's default tier on a
         background thread, so reading the next layer from a slow tier overlaps this layer's
         arithmetic. (Streamed weights overlap their reads inside the kernel; files read in
@@ -306,10 +302,6 @@ class Weights:
     def nbytes(self, name: str) -> int:
         """Bytes of the tensor as stored (after any conversion on load)."""
         return int(self.store.info(self.prefix + name)["nbytes"])
-
-    def ref(self, name: str) -> Any:
-        """The store's handle on the tensor (kernels stream it from its tier)."""
-        return self.store[self.prefix + name]
 
     def rows(self, name: str, idx: np.ndarray) -> np.ndarray:
         """Rows ``idx`` of a token / position embedding table, float32. Only those rows are
@@ -327,7 +319,7 @@ class Weights:
                 self.store.read_into(self.prefix + name, r * row_bytes, raw[j])
         else:  # tied with a head converted on load: the exact rows are in the checkpoint
             ck.pread_rows(t, uniq, raw)
-        table = raw.view(ck._DTYPES[t.dtype]).reshape(uniq.size, *t.shape[1:])
+        table = raw.view(SAFETENSORS_NUMPY[t.dtype]).reshape(uniq.size, *t.shape[1:])
         return ck.as_float32(table, t.dtype)[inv]
 
     def __contains__(self, name: str) -> bool:

@@ -18,8 +18,9 @@ import numpy as np
 
 from ..errors import InvalidArgumentError
 from ..routers import Route
+from .loader import load
 
-__all__ = ["DEMO_EXAMPLES", "CoEResult", "ExpertCoE", "byte_tokenize", "write_demo_experts"]
+__all__ = ["CoEResult", "ExpertCoE", "byte_tokenize"]
 
 
 def byte_tokenize(text: str) -> np.ndarray:
@@ -59,8 +60,6 @@ class ExpertCoE:
         if name not in self._loaded:
             src = self._sources[name]
             if isinstance(src, (str, os.PathLike)):
-                from . import load
-
                 src = load(src, **self.load_kwargs)
             self._loaded[name] = src
         return self._loaded[name]
@@ -93,65 +92,3 @@ class ExpertCoE:
                 out = model.generate(ids, max_new_tokens, **generate_kwargs)
                 results[i] = CoEResult(expert, routes[i], ids, out[ids.size :])
         return [r for r in results if r is not None]
-
-
-#: example prompts per expert for the demo CoE (an EmbeddingRouter votes among their embeddings)
-DEMO_EXAMPLES: dict[str, list[str]] = {
-    "code": [
-        "Write a Python function that reverses a linked list.",
-        "Why does my JavaScript code throw undefined is not a function?",
-        "How do I fix a segmentation fault in C?",
-        "Explain Rust borrow checker errors.",
-        "Implement binary search over a sorted array in Java.",
-        "How do I sort a list of numbers in Python?",
-    ],
-    "cooking": [
-        "How long should I roast a chicken?",
-        "Give me a recipe for chocolate chip cookies.",
-        "What spices go well in a lentil curry?",
-        "How do I make fresh pasta dough?",
-        "How long do I bake banana bread in the oven?",
-        "How do I saute vegetables without burning them?",
-    ],
-    "finance": [
-        "Should I invest in index funds or individual stocks?",
-        "How is compound interest calculated?",
-        "What does a company's balance sheet show?",
-        "How do bond yields react to interest rate hikes?",
-        "Should I pay off debt or save for retirement?",
-        "What is a good savings rate for my salary?",
-    ],
-}
-
-_DEMO_ARCHS = {
-    "code": "LlamaForCausalLM",
-    "cooking": "Qwen2ForCausalLM",
-    "finance": "GPT2LMHeadModel",
-    "general": "LlamaForCausalLM",
-}
-
-
-def write_demo_experts(
-    folder: str | os.PathLike[str], hidden: int = 64, layers: int = 2
-) -> dict[str, str]:
-    """Write tiny random expert checkpoints for a demo CoE (code: Llama, cooking: Qwen2,
-    finance: GPT-2, general: Llama; byte vocabulary of 256) under ``folder``; returns
-    ``{expert: checkpoint folder}``. Pair with ``EmbeddingRouter(encoder, DEMO_EXAMPLES,
-    fallback="general", ...)``."""
-    from ._tiny import write_tiny_checkpoint
-
-    out = {}
-    for i, (name, arch) in enumerate(_DEMO_ARCHS.items()):
-        kv = 4 if arch == "GPT2LMHeadModel" else 2
-        out[name] = write_tiny_checkpoint(
-            os.path.join(os.fspath(folder), name),
-            arch,
-            hidden=hidden,
-            layers=layers,
-            heads=4,
-            kv_heads=kv,
-            vocab=256,
-            seed=100 + i,
-            std=0.3,
-        )
-    return out

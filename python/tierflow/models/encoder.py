@@ -66,7 +66,7 @@ class SentenceEncoder:
         """
         from tokenizers import Tokenizer
 
-        from . import load
+        from .loader import load
 
         folder = Path(path) if path is not None else minilm_path()
         model = load(folder, **load_kwargs)

@@ -10,17 +10,29 @@ set of tokens whose probability reaches ``top_p`` (the token crossing the thresh
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from ..errors import InvalidArgumentError
-from .kvcache import KVCache, PagedKVCache
-
-if TYPE_CHECKING:
-    from ._base import CausalLM
+from .config import ModelConfig
+from .kvcache import KVCache, StoreKVCache
 
 __all__ = ["DEFAULT_KV_BLOCK", "generate", "sample_next"]
+
+
+class Decoder(Protocol):
+    """What :func:`generate` needs of a model (:class:`~tierflow.models.CausalLM` has it)."""
+
+    config: ModelConfig
+    store: Any
+
+    def check_ids(self, ids: Any, extra: int = 0) -> np.ndarray: ...
+
+    def forward(
+        self, ids: np.ndarray, cache: KVCache | StoreKVCache, last_only: bool = False
+    ) -> np.ndarray: ...
+
 
 #: Positions per page of the paged KV cache when ``kv_block`` is not given. A store with a file
 #: tier writes every put through to its file (and rewrites its manifest), so a page costs a file
@@ -77,7 +89,7 @@ def _stop_set(stop: int | Iterable[int] | None) -> frozenset[int]:
 
 
 def generate(
-    model: CausalLM,
+    model: Decoder,
     ids: Any,
     max_new_tokens: int,
     temperature: float = 0.0,
@@ -98,7 +110,7 @@ def generate(
     :func:`tierflow.models.load` always gives it) it is paged into the model's store in pages of
     ``kv_block`` positions (default 64) put in ``kv_tier`` (default: the store's default tier),
     which the store may evict to slower tiers; decode steps run the paged decode kernel on the
-    pages where they are (see :class:`PagedKVCache`). ``paged_kv=False``: plain arrays in memory
+    pages where they are (see :class:`StoreKVCache`). ``paged_kv=False``: plain arrays in memory
     (:class:`KVCache`)."""
     if int(max_new_tokens) != max_new_tokens or max_new_tokens < 0:
         raise InvalidArgumentError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens}")
@@ -143,7 +155,7 @@ def _one(model, prompt, n_new, temperature, top_k, top_p, rng, stops, kv) -> np.
     if n_new == 0:
         return np.asarray(out, np.int64)
     shape = (cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, ids.size + n_new)
-    cache: Any = KVCache(*shape) if kv is None else PagedKVCache(*shape, model.store, *kv)
+    cache: Any = KVCache(*shape) if kv is None else StoreKVCache(*shape, model.store, *kv)
     try:
         logits = model.forward(ids, cache, last_only=True)
         for step in range(n_new):

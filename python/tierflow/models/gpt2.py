@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _ops as ops
 from ._base import CausalLM
-from .kvcache import KVCache, PagedKVCache
+from .kvcache import KVCache, StoreKVCache
 
 __all__ = ["GPT2LMHeadModel"]
 
@@ -28,7 +28,7 @@ class GPT2LMHeadModel(CausalLM):
         return "transformer." if "transformer.wte.weight" in self.weights else ""
 
     def forward(
-        self, ids: np.ndarray, cache: KVCache | PagedKVCache, last_only: bool = False
+        self, ids: np.ndarray, cache: KVCache | StoreKVCache, last_only: bool = False
     ) -> np.ndarray:
         cfg, w, pre = self.config, self.weights, self._prefix
         s, pos0 = ids.size, cache.length

@@ -1,11 +1,12 @@
 """Key/value caches for decoding, one interface for the models' ``forward``.
 
 :class:`KVCache` keeps every layer's keys and values in preallocated NumPy arrays
-``(1, H_kv, capacity, D)``. :class:`PagedKVCache` keeps them in a :class:`~tierflow.TieredStore`:
-one :class:`tierflow.PagedKVCache` per layer, whose full pages (``(2, H_kv, block, D)`` float32,
-named ``kv#<n>/L<layer>/s0/p<page>``) are stored tensors that the store's policy may evict to
-slower tiers; a decode step (one query row) runs the paged decode kernel on the pages where they
-are, a prefill over several rows gathers the pages and runs the ordinary attention kernel.
+``(1, H_kv, capacity, D)``. :class:`StoreKVCache` keeps them in a :class:`~tierflow.TieredStore`:
+one :class:`tierflow.PagedKVCache` per layer, whose full blocks (``(2, H_kv, block_size, D)``
+float32, named ``kv#<n>/L<layer>/s0/p<block>``) are stored tensors that the store's policy may
+evict to slower tiers; a decode step (one query row) runs the paged decode kernel on the blocks
+where they are, a prefill over several rows gathers the blocks and runs the ordinary attention
+kernel.
 
 Both expose ``attend(layer, q, k, v)`` (append the new keys/values, return the causal attention of
 ``q`` over every cached position), ``update(layer, k, v) -> (K, V)`` over all cached positions,
@@ -15,15 +16,17 @@ Both expose ``attend(layer, q, k, v)`` (append the new keys/values, return the c
 from __future__ import annotations
 
 import itertools
+import warnings
 from typing import Any
 
 import numpy as np
 
+from .._deprecated import renamed
 from ..errors import InvalidArgumentError
-from ..kvcache import PagedKVCache as _PagedKVCache
+from ..kernels.kvcache import PagedKVCache
 from . import _ops as ops
 
-__all__ = ["KVCache", "PagedKVCache"]
+__all__ = ["KVCache", "StoreKVCache"]
 
 _ids = itertools.count(1)
 
@@ -58,22 +61,23 @@ class KVCache:
         self.length += n
 
     def close(self) -> None:
-        """Nothing to release (kept for symmetry with PagedKVCache)."""
+        """Nothing to release (kept for symmetry with StoreKVCache)."""
 
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.k) + sum(a.nbytes for a in self.v)
 
 
-class PagedKVCache:
-    """A KV cache whose pages live in a TieredStore (see the module docstring).
+class StoreKVCache:
+    """A model's KV cache in a TieredStore: one :class:`tierflow.PagedKVCache` per layer (see the
+    module docstring).
 
     Args:
         layers, kv_heads, head_dim, capacity: as for :class:`KVCache`.
-        store: the store holding the pages.
-        block: positions per page.
-        tier: the tier new pages are put in (default: the store's default tier).
-        promote: move pages read from a file tier back up (see :class:`tierflow.PagedKVCache`).
+        store: the store holding the blocks.
+        block_size: positions per block (``block=``: its former name, deprecated).
+        tier: the tier new blocks are put in (default: the store's default tier).
+        promote: move blocks read from a file tier back up (see :class:`tierflow.PagedKVCache`).
     """
 
     def __init__(
@@ -83,28 +87,38 @@ class PagedKVCache:
         head_dim: int,
         capacity: int,
         store: Any,
-        block: int = 64,
+        block_size: int = 64,
         tier: str | None = None,
         promote: bool = False,
+        *,
+        block: int | None = None,
     ):
-        if isinstance(block, bool) or int(block) != block or block < 1:
-            raise InvalidArgumentError(f"block must be an integer >= 1, got {block}")
+        if block is not None:
+            warnings.warn(
+                "StoreKVCache(block=) is deprecated and will be removed in the next release; "
+                "use block_size=",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            block_size = block
+        if isinstance(block_size, bool) or int(block_size) != block_size or block_size < 1:
+            raise InvalidArgumentError(f"block must be an integer >= 1, got {block_size}")
         if store is None:
-            raise InvalidArgumentError("a PagedKVCache needs a store (use KVCache without one)")
+            raise InvalidArgumentError("a StoreKVCache needs a store (use KVCache without one)")
         self.capacity = int(capacity)
         self.length = 0
-        self.block = int(block)
+        self.block_size = int(block_size)
         self.store = store
         self.tier = tier
         self.prefix = f"kv#{next(_ids)}/"
-        pages = max(1, -(-self.capacity // self.block))
-        self.layers: list[_PagedKVCache] = []
+        blocks = max(1, -(-self.capacity // self.block_size))
+        self.layers: list[PagedKVCache] = []
         try:
             for i in range(layers):
                 self.layers.append(
-                    _PagedKVCache(
-                        pages,
-                        self.block,
+                    PagedKVCache(
+                        blocks,
+                        self.block_size,
                         kv_heads,
                         head_dim,
                         1,
@@ -133,8 +147,8 @@ class PagedKVCache:
 
     def attend(self, layer: int, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
         """Append ``k``, ``v`` and return the causal attention of ``q`` ``(1, H, S_new, D)``
-        over every cached position: one query row by the paged decode kernel on the pages in
-        the store, several rows by gathering the pages for the attention kernel."""
+        over every cached position: one query row by the paged decode kernel on the blocks in
+        the store, several rows by gathering the blocks for the attention kernel."""
         if q.shape[2] != 1:
             k_all, v_all = self.update(layer, k, v)
             return ops.attention(q, k_all, v_all, causal=True)
@@ -143,14 +157,30 @@ class PagedKVCache:
         c.append(k, v)
         return c.attention(q)
 
+    @property
+    def block(self) -> int:
+        """Deprecated name of :attr:`block_size` (kept for one release)."""
+        warnings.warn(
+            "StoreKVCache.block is deprecated and will be removed in the next release; "
+            "use block_size",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.block_size
+
     def advance(self, n: int) -> None:
         self.length += n
 
     def names(self) -> list[str]:
-        """Store names of the full pages, all layers."""
+        """Store names of the full blocks, all layers."""
         return [n for c in self.layers for n in c.names()]
 
     def close(self) -> None:
-        """Delete this cache's pages from the store. Idempotent."""
+        """Delete this cache's blocks from the store. Idempotent."""
         for c in self.layers:
             c.close()
+
+
+__getattr__ = renamed(
+    __name__, {"PagedKVCache": ("tierflow.models.kvcache.StoreKVCache", lambda: StoreKVCache)}
+)  # the old name of StoreKVCache, kept for one release

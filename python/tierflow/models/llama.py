@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _ops as ops
 from ._base import CausalLM
-from .kvcache import KVCache, PagedKVCache
+from .kvcache import KVCache, StoreKVCache
 
 __all__ = ["LlamaForCausalLM", "Qwen2ForCausalLM"]
 
@@ -25,7 +25,7 @@ class LlamaForCausalLM(CausalLM):
     """Llama 2/3 and Mistral (RMSNorm, RoPE, grouped-query attention, SwiGLU)."""
 
     def forward(
-        self, ids: np.ndarray, cache: KVCache | PagedKVCache, last_only: bool = False
+        self, ids: np.ndarray, cache: KVCache | StoreKVCache, last_only: bool = False
     ) -> np.ndarray:
         cfg, w = self.config, self.weights
         s, pos0 = ids.size, cache.length

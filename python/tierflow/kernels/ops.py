@@ -1,0 +1,650 @@
+"""Kernels: matmul on float and quantised weights, attention, and fused transformer ops.
+
+Every function checks its arguments here (clear ``ShapeError`` / ``DTypeError`` /
+``InvalidArgumentError``), normalises them (float16 and bfloat16 inputs are widened to float32,
+non-contiguous arrays are copied), and calls the native core with the GIL released. The
+instruction-set path is chosen once per process (``tierflow.info()["isa_selected"]``;
+``TIERFLOW_ISA`` forces one); the private ``_isa=`` argument forces one per call (tests).
+
+Example:
+    >>> import numpy as np, tierflow
+    >>> x = np.ones((2, 64), np.float32); w = np.full((64, 3), 0.5, np.float32)
+    >>> tierflow.matmul(x, w).tolist()
+    [[32.0, 32.0, 32.0], [32.0, 32.0, 32.0]]
+    >>> q = tierflow.quantize(w, "q8_0")
+    >>> (q.format, q.shape, q.nbytes)
+    ('q8_0', (64, 3), 204)
+    >>> round(float(tierflow.matmul(x, q)[0, 0]), 2)
+    32.0
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .. import _tierflow
+from ..errors import CorruptFileError, DTypeError, InvalidArgumentError, ShapeError
+from ..store import BlockTensor, TensorRef, register_block_format
+
+__all__ = [
+    "FORMATS",
+    "ROUNDED_ACTIVATIONS_MAX_M",
+    "QuantizedTensor",
+    "attention",
+    "dequantize",
+    "gelu",
+    "layer_norm",
+    "matmul",
+    "mlp",
+    "pack",
+    "quantize",
+    "rms_norm",
+    "rope",
+    "silu",
+    "softmax",
+]
+
+#: Weight formats of :func:`quantize` (GGUF block layouts, see :class:`QuantizedTensor`).
+FORMATS = ("f32", "f16", "bf16", "q8_0", "q4_0")
+
+#: Up to this many rows of ``x`` (decode shapes), :func:`matmul` takes the weight-streaming
+#: kernels: a ``q8_0`` / ``q4_0`` weight multiplies activations rounded to Q8 blocks with integer
+#: dot products, and a plain float weight in a store is streamed (see :func:`matmul`).
+ROUNDED_ACTIVATIONS_MAX_M = 32
+_DECODE_MAX_M = ROUNDED_ACTIVATIONS_MAX_M
+
+_MAX_BYTES = sys.maxsize
+
+
+def _is_bf16(dt: np.dtype) -> bool:
+    return dt.name == "bfloat16"
+
+
+def _check_size(shape: tuple[int, ...], itemsize: int, what: str) -> None:
+    total = itemsize
+    for s in shape:
+        total *= int(s)
+        if total > _MAX_BYTES:
+            raise ShapeError(f"{what} of shape {tuple(shape)} overflows the address space")
+
+
+def _as_f32(a: Any, what: str) -> np.ndarray:
+    """A C-contiguous float32 copy or view of ``a`` (float32, float16 or bfloat16)."""
+    if not isinstance(a, np.ndarray):
+        a = np.asarray(a)
+        if a.dtype == np.float64:
+            a = a.astype(np.float32)
+    if a.dtype == np.float32:
+        _check_size(a.shape, 4, what)
+        return np.ascontiguousarray(a)
+    if a.dtype == np.float16:
+        _check_size(a.shape, 4, what)
+        return np.ascontiguousarray(a, dtype=np.float32)
+    if _is_bf16(a.dtype):
+        _check_size(a.shape, 4, what)
+        bits = np.ascontiguousarray(a).view(np.uint16).astype(np.uint32) << 16
+        return bits.view(np.float32)
+    raise DTypeError(f"{what} must be float32, float16 or bfloat16, got {a.dtype}")
+
+
+class QuantizedTensor(BlockTensor):
+    """A weight ``W`` of logical shape ``(K, N)`` (used as ``x @ W``) in a block format.
+
+    The data are GGUF tensor data byte for byte: ``N`` rows (one per output column) of ``K``
+    elements, each row a run of blocks along ``K``:
+
+    - ``f32`` / ``f16`` / ``bf16``: plain elements (``f32`` is the prepacked form of
+      :func:`pack`);
+    - ``q8_0``: 34-byte blocks of 32: an f16 scale ``d`` then 32 int8 ``q``; value ``d * q``;
+    - ``q4_0``: 18-byte blocks of 32: an f16 scale ``d`` then 16 bytes, byte ``j`` holding element
+      ``j`` in its low nibble and element ``j + 16`` in its high nibble; value ``d * (nibble - 8)``.
+
+    Attributes:
+        format: one of :data:`FORMATS`.
+        shape: ``(K, N)``.
+        data: the block bytes, a read-only 1-D uint8 array (checked at construction: length
+            and finite scales, ``CorruptFileError`` otherwise; a tensor read back from a store
+            has its scales checked the first time a result computed from it is not finite, so
+            that every ``store.get`` is not a pass over the whole weight).
+    """
+
+    def __init__(
+        self, format: str, shape: tuple[int, int], data: np.ndarray, *, _checked: bool = True
+    ) -> None:
+        fmt = str(format).lower()
+        if fmt not in FORMATS:
+            raise DTypeError(f"unknown weight format {format!r} (expected one of {FORMATS})")
+        if len(shape) != 2 or any(int(s) < 0 for s in shape):
+            raise ShapeError(f"a quantized weight has a 2-D shape (K, N), got {tuple(shape)}")
+        k, n = (int(s) for s in shape)
+        _tierflow._format_nbytes(fmt, k, n)  # ShapeError on partial blocks or overflow
+        arr = np.ascontiguousarray(np.asarray(data)).reshape(-1)
+        if arr.dtype != np.uint8:
+            raise DTypeError(f"block data must be uint8, got {arr.dtype}")
+        if _checked:
+            _tierflow._check_blocks(fmt, k, n, arr)  # CorruptFileError: wrong length / bad scales
+        elif arr.size != _tierflow._format_nbytes(fmt, k, n):
+            raise CorruptFileError(f"{fmt} block data of {arr.size} bytes for {(k, n)}")
+        # Checked once (matmul does not re-read every scale): a read-only view guards it.
+        arr = arr.view()
+        arr.flags.writeable = False
+        self.format = fmt
+        self.shape = (k, n)
+        self.data = arr
+        self._scales_checked = _checked
+
+    def _check_scales(self) -> None:
+        """Check every block scale (once): CorruptFileError names the first non-finite one."""
+        if not self._scales_checked:
+            _tierflow._check_blocks(self.format, self.shape[0], self.shape[1], self.data)
+            self._scales_checked = True
+
+    def _after(self, result: np.ndarray) -> np.ndarray:
+        """A tensor from the store has its scales checked lazily: a non-finite scale always
+        makes results non-finite, so they are checked the first time a result is not finite
+        (rather than at every ``store.get``, a full pass over the weight)."""
+        if not self._scales_checked and not np.isfinite(result).all():
+            self._check_scales()
+        return result
+
+    @classmethod
+    def _from_blocks(cls, format: str, shape: Sequence[int], data: np.ndarray) -> QuantizedTensor:
+        """Rebuild from stored block data (the store's opaque typed byte blocks); the length is
+        checked now, the scales lazily (see :meth:`_after`)."""
+        return cls(format, (int(shape[0]), int(shape[1])), data, _checked=False)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of block data."""
+        return int(self.data.nbytes)
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    def dequantize(self) -> np.ndarray:
+        """The float32 ``(K, N)`` array the blocks encode."""
+        k, n = self.shape
+        return self._after(_tierflow._dequantize(self.format, k, n, self.data))
+
+    def __repr__(self) -> str:
+        return f"QuantizedTensor(format={self.format!r}, shape={self.shape}, nbytes={self.nbytes})"
+
+
+for _fmt in FORMATS:
+    register_block_format(_fmt, QuantizedTensor)
+
+
+def quantize(w: Any, fmt: str) -> QuantizedTensor:
+    """Quantise a ``(K, N)`` weight into ``fmt`` (one of :data:`FORMATS`).
+
+    Q8_0 / Q4_0 follow ggml's reference quantisers; their per-element error is at most ``d / 2``
+    (Q8_0) and ``d`` (Q4_0) with ``d`` the block's scale (``max|w| / 127`` and ``max|w| / 8``).
+
+    Raises:
+        DTypeError: unknown format or non-float input.
+        ShapeError: ``w`` not 2-D, or K not a multiple of 32 for a block format.
+    """
+    fmt = str(fmt).lower()
+    if fmt not in FORMATS:
+        raise DTypeError(f"unknown weight format {fmt!r} (expected one of {FORMATS})")
+    if isinstance(w, QuantizedTensor):
+        w = w.dequantize()
+    arr = np.asarray(w)
+    if arr.dtype == np.float64:
+        arr = arr.astype(np.float32)
+    w32 = _as_f32(arr, "w")
+    if w32.ndim != 2:
+        raise ShapeError(f"a weight is 2-D (K, N), got shape {w32.shape}")
+    k, n = w32.shape
+    _tierflow._format_nbytes(fmt, k, n)
+    return QuantizedTensor(fmt, (k, n), _tierflow._quantize(w32, fmt))
+
+
+def dequantize(q: QuantizedTensor) -> np.ndarray:
+    """``q.dequantize()``."""
+    return q.dequantize()
+
+
+def pack(w: Any, fmt: str = "f32") -> QuantizedTensor:
+    """Lay a static weight out once for the decode kernels (rows along K, see
+    :class:`QuantizedTensor`), so repeated ``matmul`` calls read it front to back. The packed
+    form is an ordinary :class:`QuantizedTensor` (``format="f32"`` by default) and can be stored.
+    A weight that is already a ``QuantizedTensor`` is returned as it is."""
+    if isinstance(w, QuantizedTensor):
+        return w
+    return quantize(w, fmt)
+
+
+def _prep_out(out: Any, shape: tuple[int, ...]) -> np.ndarray:
+    if out is None:
+        return np.empty(shape, np.float32)
+    if not isinstance(out, np.ndarray):
+        raise InvalidArgumentError(f"out must be a NumPy array, got {type(out).__name__}")
+    if out.dtype != np.float32:
+        raise DTypeError(f"out must be float32, got {out.dtype}")
+    if out.shape != shape:
+        raise ShapeError(f"out has shape {out.shape}, expected {shape}")
+    if not out.flags.writeable:
+        raise InvalidArgumentError("out is read-only")
+    if not out.flags.c_contiguous:
+        raise InvalidArgumentError("out must be C-contiguous")
+    return out
+
+
+def _weight_shape(w: Any) -> tuple[int, int]:
+    if isinstance(w, (QuantizedTensor, TensorRef)):
+        shape = tuple(w.shape)
+        if len(shape) != 2:
+            raise ShapeError(f"matmul weight must be 2-D (K, N), got shape {shape}")
+        return int(shape[0]), int(shape[1])
+    shape = tuple(np.shape(w))
+    if len(shape) != 2:
+        raise ShapeError(f"matmul weight must be 2-D (K, N), got shape {shape}")
+    return int(shape[0]), int(shape[1])
+
+
+def matmul(
+    x: Any,
+    w: Any,
+    out: np.ndarray | None = None,
+    bias: Any = None,
+    *,
+    panel_bytes: int = 8 << 20,
+    _isa: str | None = None,
+) -> np.ndarray:
+    """``x @ w (+ bias)`` in float32.
+
+    Args:
+        x: ``(..., K)`` float32, float16 or bfloat16, any strides.
+        w: ``(K, N)`` float32 / float16 / bfloat16 array, a :class:`QuantizedTensor`, or a
+            store's ``TensorRef`` (``store["layer0.w"]``). A stored ``QuantizedTensor`` (any
+            format, including the packed ``f32`` of :func:`pack`) is streamed: it stays in its
+            tier and is pulled in panels of about ``panel_bytes`` through a double buffer (the
+            next panel is read while the current one is multiplied), bit-identical to the
+            in-memory result; the store's statistics count the bytes. A stored plain float32 /
+            float16 / bfloat16 ``(K, N)`` array streams the same way (panels of whole rows of
+            K) when ``x`` has at most :data:`ROUNDED_ACTIVATIONS_MAX_M` rows (decode shapes); with
+            more rows it is loaded whole (store it packed with :func:`pack` to stream it at any
+            size: the large-``x`` kernel works on panels of the packed form). The transpose of a
+            stored ``(N, K)`` float tensor (``store["fc.weight"].T``, a PyTorch ``Linear``
+            weight) is that packed form already, and streams at any size.
+        out: optional float32 C-contiguous writable ``(..., N)`` array to write into.
+        bias: optional ``(N,)`` added to every row.
+        panel_bytes: the streaming panel size (two such buffers are the whole fast-memory use).
+
+    Returns:
+        float32 ``(..., N)`` (``out`` when given). Rounding: a sum of K float32 products, so
+        ``|err| <= ~K * eps32 * sum|x||w|``; a quantised weight adds its quantisation error.
+        With a ``q8_0`` / ``q4_0`` weight and at most :data:`ROUNDED_ACTIVATIONS_MAX_M` rows of
+        ``x`` (decode shapes), ``x`` is rounded to Q8 blocks of 32 along K (``dx = max|x| / 127``,
+        ``qx = round_half_even(x * (127 / max|x|))`` in float32) and each block's dot product is
+        an exact integer sum, as ggml does; that adds at most ``sum_blocks dx / 2 * sum_block |w|`` (about 0.4% of
+        ``sum|x||w|``). An ``x`` holding an Inf or NaN is not rounded (IEEE 754 propagation), and
+        more rows than that take the exact dequantised path (as ggml does with BLAS).
+
+    Raises:
+        ShapeError: K of ``x`` and ``w`` differ (the message names both shapes), bad bias/out
+            shape, or sizes that overflow. DTypeError: unsupported dtypes.
+            CorruptFileError: corrupt block data.
+    """
+    k, n = _weight_shape(w)
+    xshape = tuple(np.shape(x))
+    if len(xshape) == 0:
+        raise ShapeError("matmul input must have at least one dimension")
+    if xshape[-1] != k:
+        raise ShapeError(f"matmul shapes do not match: x {xshape} and w {(k, n)} (K differs)")
+    lead = xshape[:-1]
+    _check_size((*lead, n), 4, "the result")
+    xa = _as_f32(x, "x")
+    m = math.prod(lead)  # the size check above bounds it
+    res = _prep_out(out, (*lead, n))
+    b = None
+    if bias is not None:
+        b = _as_f32(bias, "bias")
+        if b.shape != (n,):
+            raise ShapeError(f"bias has shape {b.shape}, expected {(n,)} for w {(k, n)}")
+    x2 = xa.reshape(m, k)
+    r2 = res.reshape(m, n)
+    if isinstance(w, TensorRef):
+        if _matmul_stored(x2, w, r2, b, panel_bytes, _isa):
+            return res
+        w = w.numpy()
+    _matmul_in_memory(x2, w, r2, b, _isa)
+    return res
+
+
+def _matmul_stored(
+    x2: np.ndarray,
+    w: TensorRef,
+    r2: np.ndarray,
+    b: np.ndarray | None,
+    panel_bytes: int,
+    _isa: str | None,
+) -> bool:
+    """Stream a stored weight through the kernels' double buffer when its layout allows (see
+    :func:`matmul`); False: the caller loads it whole."""
+    (m, k), n = x2.shape, r2.shape[1]
+    dt = w.dtype
+    kind = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}.get(str(dt))
+    plain = False
+    if w._transposed and kind is not None:
+        fmt = kind  # (N, K) rows of K as stored: exactly the row-stored layout of the formats
+    elif isinstance(dt, str) and dt.startswith("block:"):
+        fmt = dt[len("block:") :]
+        if fmt not in FORMATS:
+            raise DTypeError(f"stored tensor {w.name!r} has block format {fmt!r}, not a weight")
+    elif kind is not None and m <= _DECODE_MAX_M:
+        fmt, plain = kind, True
+    else:
+        return False
+    if panel_bytes < 1:
+        raise InvalidArgumentError(f"panel_bytes must be positive, got {panel_bytes}")
+    native = w.store._s
+    if plain:
+        _tierflow._matmul_streamed(
+            x2, native, w.name, fmt, k, n, r2, b, int(panel_bytes), _isa, plain=True
+        )
+    else:
+        _tierflow._matmul_streamed(x2, native, w.name, fmt, k, n, r2, b, int(panel_bytes), _isa)
+    return True
+
+
+def _matmul_in_memory(
+    x2: np.ndarray, w: Any, r2: np.ndarray, b: np.ndarray | None, _isa: str | None
+) -> None:
+    """``r2 = x2 @ w (+ b)`` for a weight in memory: a QuantizedTensor or a float array."""
+    if isinstance(w, QuantizedTensor):
+        _tierflow._matmul_blocks(x2, w.format, x2.shape[1], r2.shape[1], w.data, r2, b, _isa)
+        w._after(r2)
+        return
+    wa = w if isinstance(w, np.ndarray) else np.asarray(w)
+    if wa.dtype == np.float32:
+        _tierflow._matmul_plain(x2, np.ascontiguousarray(wa), None, "f32", r2, b, _isa)
+    elif wa.dtype == np.float16 or _is_bf16(wa.dtype):
+        bits = np.ascontiguousarray(wa).view(np.uint16)
+        kind = "f16" if wa.dtype == np.float16 else "bf16"
+        _tierflow._matmul_plain(x2, None, bits, kind, r2, b, _isa)
+    else:
+        raise DTypeError(
+            f"w must be float32, float16, bfloat16 or a QuantizedTensor, got {wa.dtype}"
+        )
+
+
+def _float_array(x: Any, what: str) -> np.ndarray:
+    return _as_f32(x, what)
+
+
+def attention(
+    q: Any,
+    k: Any,
+    v: Any,
+    causal: bool = False,
+    scale: float | None = None,
+    mask: Any = None,
+    *,
+    _isa: str | None = None,
+) -> np.ndarray:
+    """``softmax(q k^T * scale + mask) v`` per batch and head, flash style (blocked online
+    softmax; extra memory O(S * D), never the ``S x S`` scores).
+
+    Args:
+        q: ``(B, H, Sq, D)``; k, v: ``(B, Hkv, Skv, D)`` with ``Hkv`` dividing ``H`` (grouped
+            query attention: query head ``h`` uses key/value head ``h // (H // Hkv)``).
+        causal: query ``i`` sees keys ``j <= i + Skv - Sq`` (bottom-right aligned, so a decode
+            step's single query sees the whole KV cache).
+        scale: default ``1 / sqrt(D)``.
+        mask: boolean (True = may attend) or additive float, broadcastable to
+            ``(B, H, Sq, Skv)``.
+
+    A query row that can see no key returns NaN (as ``softmax`` of an all ``-inf`` row). With
+    one query row (``Sq = 1``, a decode step) and no mask, the decode kernel of
+    :class:`PagedKVCache` runs, reading each key and value once (K and V as one page each).
+
+    Raises:
+        ShapeError: mismatched shapes (named). DTypeError: non-float inputs.
+    """
+    qa, ka, va = (_float_array(a, n) for a, n in ((q, "q"), (k, "k"), (v, "v")))
+    if qa.ndim != 4 or ka.ndim != 4 or va.ndim != 4:
+        raise ShapeError(
+            f"attention takes (B, H, S, D) arrays, got q {qa.shape}, k {ka.shape}, v {va.shape}"
+        )
+    b, h, sq, d = qa.shape
+    bk, hkv, skv, dk = ka.shape
+    if ka.shape != va.shape or bk != b or dk != d or (hkv == 0 and h > 0) or (hkv and h % hkv):
+        raise ShapeError(
+            f"attention shapes do not match: q {qa.shape}, k {ka.shape}, v {va.shape} "
+            "(need the same B and D, k and v alike, and H a multiple of Hkv)"
+        )
+    if scale is None:
+        scale = 1.0 / float(np.sqrt(d)) if d else 1.0
+    out = np.empty((b, h, sq, d), np.float32)
+    mflat = None
+    mbh = (1, 1)
+    if mask is not None:
+        ma = np.asarray(mask)
+        if ma.dtype == np.bool_:
+            ma = np.where(ma, np.float32(0), np.float32(-np.inf))
+        else:
+            ma = _as_f32(ma, "mask")
+        if ma.ndim > 4:
+            raise ShapeError(f"mask {ma.shape} does not broadcast to {(b, h, sq, skv)}")
+        ma = ma.reshape((1,) * (4 - ma.ndim) + tuple(ma.shape))
+        mshape: tuple[int, ...] = ma.shape
+        mb = b if mshape[0] == b else 1
+        mh = h if mshape[1] == h else 1
+        try:
+            ma = np.broadcast_to(ma, (mb, mh, sq, skv))
+        except ValueError:
+            raise ShapeError(
+                f"mask {np.shape(mask)} does not broadcast to {(b, h, sq, skv)}"
+            ) from None
+        mflat = np.ascontiguousarray(ma, dtype=np.float32).reshape(-1)
+        mbh = (mb, mh)
+    if out.size == 0:
+        return out
+    if sq == 1 and mflat is None and skv > 0:
+        # One query row per head (decode): the decode kernel reads each key and value once,
+        # where the blocked kernel would work on a whole block of query rows for this one.
+        # With one query row ``causal`` lets it see every key. K and V are its page pools,
+        # one page of ``Skv`` slots per sequence.
+        _tierflow._paged_decode(
+            qa.reshape(-1),
+            np.ascontiguousarray(ka).reshape(-1),
+            np.ascontiguousarray(va).reshape(-1),
+            (b, h, hkv, d, b, skv, 1),
+            np.arange(b, dtype=np.int64),
+            [skv] * b,
+            float(scale),
+            out.reshape(-1),
+            _isa,
+        )
+        return out
+    _tierflow._attention(
+        qa.reshape(-1),
+        np.ascontiguousarray(ka).reshape(-1),
+        np.ascontiguousarray(va).reshape(-1),
+        (b, h, hkv, sq, skv, d),
+        bool(causal),
+        float(scale),
+        out.reshape(-1),
+        mflat,
+        mbh,
+        _isa,
+    )
+    return out
+
+
+def _rowwise(
+    op: str,
+    x: Any,
+    *,
+    w: Any = None,
+    b: Any = None,
+    aux: Any = None,
+    eps: float = 1e-6,
+    _isa: str | None = None,
+) -> np.ndarray:
+    xa = _as_f32(x, "x")
+    if xa.ndim == 0:
+        xa = xa.reshape(1)
+    d = xa.shape[-1]
+    out = np.empty(xa.shape, np.float32)
+    params: list[np.ndarray | None] = []
+    for arr, name in ((w, "weight"), (b, "bias")):
+        if arr is None:
+            params.append(None)
+            continue
+        pa = _as_f32(arr, name)
+        if pa.shape != (d,):
+            raise ShapeError(f"{name} has shape {pa.shape}, expected {(d,)} for x {xa.shape}")
+        params.append(pa)
+    ua = None
+    if aux is not None:
+        ua = _as_f32(aux, "up")
+        if ua.shape != xa.shape:
+            raise ShapeError(f"gate {xa.shape} and up {ua.shape} differ")
+        ua = ua.reshape(-1)
+    if out.size:
+        _tierflow._rowwise(
+            op, xa.reshape(-1), d, out.reshape(-1), params[0], params[1], ua, eps, _isa
+        )
+    return out
+
+
+def rms_norm(
+    x: Any, weight: Any = None, eps: float = 1e-6, *, _isa: str | None = None
+) -> np.ndarray:
+    """``x / sqrt(mean(x**2, -1) + eps) * weight`` over the last axis."""
+    return _rowwise("rms_norm", x, w=weight, eps=eps, _isa=_isa)
+
+
+def layer_norm(
+    x: Any, weight: Any = None, bias: Any = None, eps: float = 1e-5, *, _isa: str | None = None
+) -> np.ndarray:
+    """``(x - mean) / sqrt(var + eps) * weight + bias`` over the last axis."""
+    return _rowwise("layer_norm", x, w=weight, b=bias, eps=eps, _isa=_isa)
+
+
+def silu(x: Any, *, _isa: str | None = None) -> np.ndarray:
+    """``x * sigmoid(x)``."""
+    return _rowwise("silu", x, _isa=_isa)
+
+
+def gelu(x: Any, approximate: str = "none", *, _isa: str | None = None) -> np.ndarray:
+    """``x * Phi(x)`` with the exact erf form (``approximate="none"``) or the tanh form
+    (``"tanh"``), as ``torch.nn.functional.gelu``."""
+    if approximate not in ("none", "tanh"):
+        raise InvalidArgumentError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+    return _rowwise("gelu_erf" if approximate == "none" else "gelu_tanh", x, _isa=_isa)
+
+
+def softmax(x: Any, axis: int = -1, *, _isa: str | None = None) -> np.ndarray:
+    """``exp(x - max) / sum(exp(x - max))`` along ``axis``."""
+    xa = _as_f32(x, "x")
+    if xa.ndim == 0:
+        raise ShapeError("softmax needs at least one dimension")
+    moved = np.moveaxis(xa, axis, -1)
+    return np.moveaxis(_rowwise("softmax", moved, _isa=_isa), -1, axis)
+
+
+def rope(
+    x: Any,
+    positions: Any = None,
+    base: float = 10000.0,
+    interleaved: bool = False,
+    *,
+    _isa: str | None = None,
+) -> np.ndarray:
+    """Rotary position embedding over the last axis of ``x`` ``(..., S, D)`` (D even).
+
+    Pairs ``(i, i + D/2)`` (Llama / GPT-NeoX half split, the default) or ``(2i, 2i + 1)``
+    (``interleaved=True``) are rotated by ``positions[s] * base**(-2i / D)``; ``positions``
+    defaults to ``arange(S)``.
+    """
+    xa = _as_f32(x, "x")
+    if xa.ndim < 2 or xa.shape[-1] % 2:
+        raise ShapeError(f"rope takes (..., S, D) with D even, got {xa.shape}")
+    s, d = xa.shape[-2:]
+    pos = np.arange(s, dtype=np.float64) if positions is None else np.asarray(positions, np.float64)
+    if pos.shape != (s,):
+        raise ShapeError(f"positions has shape {pos.shape}, expected {(s,)} for x {xa.shape}")
+    out = np.empty(xa.shape, np.float32)
+    if out.size:
+        _tierflow._rope(
+            xa.reshape(-1),
+            s,
+            d,
+            np.ascontiguousarray(pos),
+            float(base),
+            bool(interleaved),
+            out.reshape(-1),
+            _isa,
+        )
+    return out
+
+
+_ACTS = {"silu": "silu", "gelu": "gelu_erf", "gelu_tanh": "gelu_tanh"}
+
+
+def mlp(
+    x: Any,
+    w1: Any,
+    w2: Any,
+    w3: Any = None,
+    *,
+    activation: str | None = None,
+    _isa: str | None = None,
+) -> np.ndarray:
+    """A transformer MLP with weights in any format (arrays or :class:`QuantizedTensor`).
+
+    - ``mlp(x, w_gate, w_up, w_down)``: gated (SwiGLU, ``activation="silu"`` by default;
+      ``"gelu"``/``"gelu_tanh"`` give GeGLU): ``(act(x w_gate) * (x w_up)) w_down``.
+    - ``mlp(x, w1, w2, activation="gelu")``: ``act(x w1) w2`` (default ``"gelu"``, exact erf).
+
+    The activation and gating product are one fused pass over the ``(M, I)`` intermediates,
+    which stay in cache between the decode matmuls (``M * I * 4`` bytes each: 352 KiB at
+    ``M = 8, I = 11008``). Not fused further: the three weight products are separate streaming
+    matmul calls.
+    """
+    act = activation or ("silu" if w3 is not None else "gelu")
+    if act not in _ACTS:
+        raise InvalidArgumentError(f"activation must be one of {sorted(_ACTS)}, got {act!r}")
+    if w3 is not None:
+        kg, ig = _weight_shape(w1)
+        ku, iu = _weight_shape(w2)
+        idn, nd = _weight_shape(w3)
+        if (kg, ig) != (ku, iu) or idn != ig:
+            raise ShapeError(
+                f"mlp weights do not chain: gate {(kg, ig)}, up {(ku, iu)}, down {(idn, nd)}"
+            )
+        g = matmul(x, w1, _isa=_isa)
+        u = matmul(x, w2, _isa=_isa)
+        kind = {"silu": "swiglu", "gelu": "geglu_erf", "gelu_tanh": "geglu_tanh"}[act]
+        hid = g if g.size == 0 else _glu(kind, g, u, _isa)
+        return matmul(hid, w3, _isa=_isa)
+    k1, i1 = _weight_shape(w1)
+    i2, _n2 = _weight_shape(w2)
+    if i1 != i2:
+        raise ShapeError(f"mlp weights do not chain: w1 {(k1, i1)}, w2 {_weight_shape(w2)}")
+    pre = matmul(x, w1, _isa=_isa)
+    hmid = np.empty_like(pre)
+    if pre.size:
+        d = pre.shape[-1]
+        _tierflow._rowwise(
+            _ACTS[act], pre.reshape(-1), d, hmid.reshape(-1), None, None, None, 0.0, _isa
+        )
+    return matmul(hmid, w2, _isa=_isa)
+
+
+def _glu(kind: str, g: np.ndarray, u: np.ndarray, _isa: str | None) -> np.ndarray:
+    h = np.empty_like(g)
+    _tierflow._rowwise(
+        kind, g.reshape(-1), g.shape[-1], h.reshape(-1), None, None, u.reshape(-1), 0.0, _isa
+    )
+    return h
