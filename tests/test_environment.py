@@ -19,6 +19,8 @@ def test_ci_has_every_test_dependency():
             "ml_dtypes",
             "hypothesis",
             "ray",
+            "optuna",
+            "yaml",
         )
         if importlib.util.find_spec(m) is None
     ]

@@ -21,9 +21,11 @@ Every module under ``python/tierflow`` is parsed with :mod:`ast`; every ``import
    4     ``sim`` (the simulator: CoE graphs, devices, traces, policies, reports, the
          capacity sweep, the paper's configurations)
    5     ``serving`` (CoE plans served on this host; uses the simulator's types)
-   6     ``demos`` (every demo)
-   7     ``cli`` and ``__main__`` (argument parsing only)
-   8     the package root ``tierflow`` (re-exports) and the deprecated old module paths
+   6     ``search`` (architecture search: measures candidates on this host, predicts them
+         with the simulator)
+   7     ``demos`` (every demo)
+   8     ``cli`` and ``__main__`` (argument parsing only)
+   9     the package root ``tierflow`` (re-exports) and the deprecated old module paths
          (``tierflow.coe``, ``tierflow.runtime``, ...): nothing inside the package may
          import them
    ====  ==========================================================================
@@ -48,11 +50,12 @@ PILLARS: list[tuple[int, tuple[str, ...]]] = [
     (3, ("tierflow.models", "tierflow.routers")),
     (4, ("tierflow.sim",)),
     (5, ("tierflow.serving",)),
-    (6, ("tierflow.demos",)),
-    (7, ("tierflow.cli", "tierflow.__main__")),
+    (6, ("tierflow.search",)),
+    (7, ("tierflow.demos",)),
+    (8, ("tierflow.cli", "tierflow.__main__")),
 ]
 NATIVE = "tierflow._tierflow"  # the compiled module: imports nothing of the package
-TOP = 8
+TOP = 9
 
 
 def module_name(path: Path) -> str:

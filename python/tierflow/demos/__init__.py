@@ -4,7 +4,9 @@
   measured, and set against the simulator's prediction;
 - :mod:`tierflow.demos.coe_files`: the demo CoE written to and read from disk;
 - :mod:`tierflow.demos.store`: the tiered-store demo (``tierflow demo --store``);
-- :mod:`tierflow.demos.experts`: real models as experts behind an embedding router.
+- :mod:`tierflow.demos.experts`: real models as experts behind an embedding router;
+- :mod:`tierflow.demos.search`: one space searched for this host, an SN40L node and a DGX H100
+  (``tierflow demo --search``).
 """
 
 from __future__ import annotations

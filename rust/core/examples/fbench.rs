@@ -16,7 +16,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let threads: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1);
     let m: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(8);
-    tierflow_core::runtime::set_num_threads(Some(threads)).unwrap();
+    tierflow_core::pool::set_num_threads(Some(threads)).unwrap();
     let isa = Isa::detect();
     for &(k, n) in &[(256usize, 256usize), (4096, 4096), (8192, 8192)] {
         let w: Vec<f32> = (0..k * n).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();

@@ -13,7 +13,7 @@ impl Clock {
         Clock(Instant::now(), cpu_time())
     }
     fn elapsed(&self) -> f64 {
-        if tierflow_core::runtime::num_threads() == 1 {
+        if tierflow_core::pool::num_threads() == 1 {
             cpu_time() - self.1
         } else {
             self.0.elapsed().as_secs_f64()
@@ -31,7 +31,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let threads: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1);
     let m: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1);
-    tierflow_core::runtime::set_num_threads(Some(threads)).unwrap();
+    tierflow_core::pool::set_num_threads(Some(threads)).unwrap();
     let isa = Isa::detect();
     for &(k, n, copies) in
         &[(4096usize, 64usize, 1usize), (2048, 2048, 24), (5632, 2048, 8), (4096, 4096, 4)]

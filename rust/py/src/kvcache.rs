@@ -1,5 +1,5 @@
 //! Bindings of the paged KV cache's decode kernel over pages that live in a store
-//! (`tierflow_core::kernels::paged::paged_decode_store`; mirrors `python/tierflow/kvcache.py`,
+//! (`tierflow_core::store::paged_kv::paged_decode_store`; mirrors `python/tierflow/kvcache.py`,
 //! which checks shapes and builds the page list). The pool form, `_paged_decode`, is in
 //! `kernels.rs`.
 
@@ -10,7 +10,8 @@ use crate::utils::run;
 use numpy::{PyReadonlyArray1, PyReadwriteArray1};
 use pyo3::prelude::*;
 use pyo3::types::PyString;
-use tierflow_core::kernels::paged::{paged_decode_store, PageList, PageRef};
+use tierflow_core::kernels::paged::PageList;
+use tierflow_core::store::paged_kv::{paged_decode_store, PageRef};
 
 /// One entry of the page list as Python gave it.
 enum Src<'py> {

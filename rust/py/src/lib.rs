@@ -25,7 +25,7 @@ fn build_info(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
     let avail: Vec<&str> = Isa::available().into_iter().map(Isa::name).collect();
     d.set_item("isa_available", avail)?;
     d.set_item("isa_selected", Isa::detect().name())?;
-    d.set_item("num_threads", tierflow_core::runtime::num_threads())?;
+    d.set_item("num_threads", tierflow_core::pool::num_threads())?;
     Ok(d)
 }
 
@@ -43,13 +43,13 @@ fn set_num_threads(n: Option<i64>) -> PyResult<()> {
         Some(v) => Some(v as usize),
         None => None,
     };
-    utils::guard(|| tierflow_core::runtime::set_num_threads(n))
+    utils::guard(|| tierflow_core::pool::set_num_threads(n))
 }
 
 /// The number of worker threads in use.
 #[pyfunction]
 fn get_num_threads() -> usize {
-    tierflow_core::runtime::num_threads()
+    tierflow_core::pool::num_threads()
 }
 
 /// Panic inside the GIL-releasing call helper: tests check that a panic reaches Python as

@@ -47,8 +47,9 @@
 //! One thread (CPU time): 60-71 GFLOP/s at D = 64 and 64-73 at D = 128 for S >= 2048.
 //!
 //! One driver ([`run`]) over a [`Micro`] kernel set: [`Scalar`] (portable Rust, the reference,
-//! always compiled) and `attention_avx2::Avx2` (AVX2+FMA intrinsics).
+//! always compiled) and `x86::avx2::attention::Avx2` (AVX2+FMA intrinsics).
 
+use super::backend::{dispatch, Backend};
 use super::dot::SendPtr;
 use super::vmath::exp;
 use crate::cpu::Isa;
@@ -125,7 +126,7 @@ pub fn attention(
     let op = SendPtr(out.as_mut_ptr());
     // K and V packed once per key/value head (see [`pack_kv`]).
     let nkb = skv.div_ceil(BC);
-    crate::runtime::install(|| {
+    crate::pool::install(|| {
         let (kt, vp) = pack_kv(k, v, b * hkv, skv, d)?;
         let (kt, vp) = (&kt, &vp);
         (0..b * h * nqb).into_par_iter().for_each_init(
@@ -138,13 +139,7 @@ pub fn attention(
                 let task = Task { q, kt, vp, nkb, dims, causal, scale, mask, bi, hi, r0: qb * BR };
                 // SAFETY: the task writes only rows r0..r0+BR of head (bi, hi) of `out`, and the
                 // AVX2 path runs only when the CPU has AVX2 and FMA (`isa` says so).
-                unsafe {
-                    #[cfg(target_arch = "x86_64")]
-                    if isa >= Isa::Avx2 {
-                        return super::attention_avx2::run_avx2(&task, bufs, op.get());
-                    }
-                    run::<Scalar>(&task, bufs, op.get());
-                }
+                dispatch!(isa, B => unsafe { B::attention_task(&task, bufs, op.get()) })
             },
         );
         Ok(())

@@ -12,6 +12,7 @@
 //! hold a `4 x 16` tile in 8 registers across the 8 rows of the block, so the accumulator (in
 //! L1/L2) is loaded and stored once per 8 weight rows.
 
+use super::backend::{dispatch, Backend};
 use super::dot::SendPtr;
 use crate::cpu::Isa;
 use half::f16;
@@ -45,7 +46,7 @@ impl ColW<'_> {
 }
 
 /// Rows of `K` per block (the number of concurrent weight-row streams).
-const KB: usize = 8;
+pub(crate) const KB: usize = 8;
 
 /// `C = X W (+ bias)`: `X` `(m, k)`, `W` `(k, n)`, `C` rows of stride `ldc`.
 pub fn matmul_cols(
@@ -93,7 +94,7 @@ impl ColsAcc {
         c: &mut [f32],
         ldc: usize,
     ) -> ColsAcc {
-        let threads = crate::runtime::num_threads().max(1);
+        let threads = crate::pool::num_threads().max(1);
         // Columns per task: one run per thread (long contiguous row segments), capped so that
         // the task's accumulator (m x columns floats) stays within 256 KiB of L2.
         let cap = (65536 / m.max(1)).max(64);
@@ -105,7 +106,7 @@ impl ColsAcc {
                 None => row.fill(0.0),
             }
         }
-        let simd = cfg!(target_arch = "x86_64") && isa >= Isa::Avx2;
+        let simd = dispatch!(isa, B => B::COLS_SIMD);
         let bufs = (0..n.div_ceil(per.max(1)))
             .map(|t| {
                 let width = if simd { (per.min(n - t * per)) / 16 * 16 } else { 0 };
@@ -133,7 +134,7 @@ impl ColsAcc {
         let cp = SendPtr(c.as_mut_ptr());
         let bp = SendPtr(self.bufs.as_mut_ptr());
         let bytes = kb * n * w.elem_bytes();
-        crate::runtime::for_tasks(self.bufs.len(), bytes, |t| {
+        crate::pool::for_tasks(self.bufs.len(), bytes, |t| {
             let n0 = t * per;
             let n1 = (n0 + per).min(n);
             // SAFETY: task t writes only columns n0..n1 of C and its own buffer bufs[t].
@@ -178,27 +179,15 @@ unsafe fn feed_task(
     n0: usize,
     n1: usize,
 ) {
-    let full = if buf.is_empty() { n0 } else { n0 + (n1 - n0) / 16 * 16 };
-    #[cfg(target_arch = "x86_64")]
-    if full > n0 {
-        // AVX-512 machines run the AVX2 kernel (no AVX-512 machine to test one on).
-        let lda = buf.len() / m;
-        let a = buf.as_mut_ptr();
-        unsafe {
-            match w {
-                ColW::F32(p) => {
-                    avx2::task::<avx2::F32>(x, m, k, k0, kb, p.as_ptr() as _, n, a, lda, n0, full)
-                }
-                ColW::F16(p) => {
-                    avx2::task::<avx2::F16>(x, m, k, k0, kb, p.as_ptr() as _, n, a, lda, n0, full)
-                }
-                ColW::Bf16(p) => {
-                    avx2::task::<avx2::Bf16>(x, m, k, k0, kb, p.as_ptr() as _, n, a, lda, n0, full)
-                }
-            }
-        }
-    }
-    let _ = isa;
+    // Whole 16-column groups go to the backend's accumulator (a task has one only when the
+    // backend has column groups), the rest to the scalar reference, straight into C.
+    let full = if buf.is_empty() {
+        n0
+    } else {
+        let (lda, a) = (buf.len() / m, buf.as_mut_ptr());
+        // SAFETY: the CPU runs `isa`; `a` is this task's `m x lda` accumulator.
+        dispatch!(isa, B => unsafe { B::cols(x, m, k, k0, kb, w, n, a, lda, n0, n1) })
+    };
     unsafe { scalar_task(x, m, k, k0, kb, w, n, c, ldc, full, n1) }
 }
 
@@ -223,142 +212,6 @@ unsafe fn scalar_task(
                 unsafe { *c.add(i * ldc + j) += a * w.get(kk * n + j) };
             }
         }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use std::arch::x86_64::*;
-
-    pub trait Fmt {
-        const SIZE: usize;
-        /// Eight consecutive elements starting at element `i` of `p`.
-        unsafe fn load8(p: *const u8, i: usize) -> __m256;
-    }
-    pub struct F32;
-    pub struct F16;
-    pub struct Bf16;
-    impl Fmt for F32 {
-        const SIZE: usize = 4;
-        #[inline(always)]
-        unsafe fn load8(p: *const u8, i: usize) -> __m256 {
-            unsafe { _mm256_loadu_ps((p as *const f32).add(i)) }
-        }
-    }
-    impl Fmt for F16 {
-        const SIZE: usize = 2;
-        #[inline(always)]
-        unsafe fn load8(p: *const u8, i: usize) -> __m256 {
-            unsafe { _mm256_cvtph_ps(_mm_loadu_si128((p as *const u16).add(i) as *const __m128i)) }
-        }
-    }
-    impl Fmt for Bf16 {
-        const SIZE: usize = 2;
-        #[inline(always)]
-        unsafe fn load8(p: *const u8, i: usize) -> __m256 {
-            unsafe {
-                let h = _mm_loadu_si128((p as *const u16).add(i) as *const __m128i);
-                _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
-            }
-        }
-    }
-
-    /// `acc[i..i+MR, j..j+16] += xk[.., i..i+MR]^T W[k0..k0+kb, j..j+16]`, where `xk` is the
-    /// `(kb, m)` transposed block of `X` and `acc` the task's padded accumulator (row stride `lda`).
-    #[inline(always)]
-    unsafe fn tile<F: Fmt, const MR: usize>(
-        xk: *const f32,
-        m: usize,
-        kb: usize,
-        w: *const u8,
-        n: usize,
-        acc: *mut f32,
-        lda: usize,
-        i: usize,
-        j: usize,
-        wj: usize,
-        k0: usize,
-    ) {
-        unsafe {
-            let mut a = [[_mm256_setzero_ps(); 2]; MR];
-            for t in 0..MR {
-                let cp = acc.add((i + t) * lda + j);
-                a[t] = [_mm256_loadu_ps(cp), _mm256_loadu_ps(cp.add(8))];
-            }
-            for kk in 0..kb {
-                let w0 = F::load8(w, (k0 + kk) * n + wj);
-                let w1 = F::load8(w, (k0 + kk) * n + wj + 8);
-                for t in 0..MR {
-                    let b = _mm256_broadcast_ss(&*xk.add(kk * m + i + t));
-                    a[t][0] = _mm256_fmadd_ps(b, w0, a[t][0]);
-                    a[t][1] = _mm256_fmadd_ps(b, w1, a[t][1]);
-                }
-            }
-            for t in 0..MR {
-                let cp = acc.add((i + t) * lda + j);
-                _mm256_storeu_ps(cp, a[t][0]);
-                _mm256_storeu_ps(cp.add(8), a[t][1]);
-            }
-        }
-    }
-
-    /// Full 16-column groups of `n0..n1` (`n1 - n0` a multiple of 16): the task's accumulator
-    /// `acc` (row stride `lda = n1 - n0 + 16`) gets `X[:, k0..k0+kb] W[k0..k0+kb, n0..n1]`,
-    /// `w` pointing at row `k0` of `W`.
-    ///
-    /// The accumulator is private, with a row stride padded by 16 floats, and the block of `X`
-    /// is transposed into a small buffer: with `C`, `X` and `W` rows all a multiple of 4 KiB
-    /// apart (N, K powers of two) their lines would otherwise share one L1 set and evict each
-    /// other on every step.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn task<F: Fmt>(
-        x: &[f32],
-        m: usize,
-        k: usize,
-        k0: usize,
-        kb_total: usize,
-        w: *const u8,
-        n: usize,
-        ap: *mut f32,
-        lda: usize,
-        n0: usize,
-        n1: usize,
-    ) {
-        let width = n1 - n0;
-        if width == 0 {
-            return;
-        }
-        let mut xk = vec![0f32; super::KB * m];
-        let mut r0 = 0;
-        while r0 < kb_total {
-            let kb = super::KB.min(kb_total - r0);
-            for kk in 0..kb {
-                for i in 0..m {
-                    xk[kk * m + i] = x[i * k + k0 + r0 + kk];
-                }
-            }
-            let xp = xk.as_ptr();
-            let mut j = 0;
-            while j < width {
-                let mut i = 0;
-                unsafe {
-                    while i + 4 <= m {
-                        tile::<F, 4>(xp, m, kb, w, n, ap, lda, i, j, n0 + j, r0);
-                        i += 4;
-                    }
-                    if i + 2 <= m {
-                        tile::<F, 2>(xp, m, kb, w, n, ap, lda, i, j, n0 + j, r0);
-                        i += 2;
-                    }
-                    if i < m {
-                        tile::<F, 1>(xp, m, kb, w, n, ap, lda, i, j, n0 + j, r0);
-                    }
-                }
-                j += 16;
-            }
-            r0 += kb;
-        }
-        let _ = F::SIZE;
     }
 }
 

@@ -10,8 +10,8 @@ use rayon::prelude::*;
 /// Bytes per second read over `bytes` (rounded down to 64-byte lines), the best of `reps` passes.
 pub fn read_bandwidth(bytes: usize, reps: usize) -> f64 {
     let words = (bytes / 64).max(1) * 8;
-    let threads = crate::runtime::num_threads().max(1);
-    crate::runtime::install(|| {
+    let threads = crate::pool::num_threads().max(1);
+    crate::pool::install(|| {
         // Ask for transparent huge pages, as NumPy does for its large arrays (otherwise the
         // probe pays TLB misses that the kernels reading NumPy-allocated weights do not), then
         // first-touch in parallel.

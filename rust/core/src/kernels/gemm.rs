@@ -25,10 +25,10 @@
 //! Layouts: `X` row-major `(M, K)`, `C` row-major with row stride `ldc >= N`, no aliasing.
 
 use super::axpy::{matmul_cols, ColW};
+use super::backend::{dispatch, Backend};
 use super::dot::{matmul_rows, SendPtr};
 use super::qdot::{is_int_format, matmul_q, quantize_acts};
 use super::quant::{dequantize_row, QWeight};
-use super::sgemm;
 use crate::cpu::Isa;
 use crate::{CoreError, Result};
 use rayon::prelude::*;
@@ -112,7 +112,7 @@ pub fn matmul(
         Weight::Plain { w: ColW::F32(wf), .. } => gemm_f32(isa, x, m, k, wf, n, bias, c, ldc),
         Weight::Plain { w, .. } => {
             let mut wf = vec![0f32; k * n];
-            crate::runtime::install(|| {
+            crate::pool::install(|| {
                 wf.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
                     for (j, v) in row.iter_mut().enumerate() {
                         *v = match w {
@@ -157,22 +157,23 @@ fn gemm_f32(
     if bias.is_some() {
         fill_bias(c, m, n, ldc, bias);
     }
-    let threads = crate::runtime::num_threads();
+    let threads = crate::pool::num_threads();
     // Small square-ish products on 2+ threads (128^3, 256^3): the `gemm` crate threads them
     // better (gb scratch bench, 2 threads: 61-85 vs 52-56 GFLOP/s at 128^3, 97-149 vs 104-118 at
     // 256^3); `sgemm.rs` wins at M = 48-96 and from 384^3 on.
     let small_square = threads > 1 && m >= 128 && m * n * k <= 256 * 256 * 256;
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 && !small_square && sgemm::avx2_available() {
+    // A forced AVX-512 path leaves these to the `gemm` crate (its own AVX-512 kernels).
+    if isa != Isa::Avx512 && !small_square {
         let acc = bias.is_some();
-        crate::runtime::install(|| {
-            sgemm::sgemm_avx2(m, n, k, x, k, 1, w, n, 1, c, ldc, acc, threads);
-        });
-        return;
+        let done = crate::pool::install(
+            || dispatch!(isa, B => B::sgemm(m, n, k, x, w, c, ldc, acc, threads)),
+        );
+        if done {
+            return;
+        }
     }
-    let _ = (isa, small_square);
     let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    crate::runtime::install(|| unsafe {
+    crate::pool::install(|| unsafe {
         // SAFETY: the slices cover (m, k), (k, n) and (m, ldc) row-major (checked by `matmul`);
         // gemm computes dst = alpha * dst + beta * lhs * rhs.
         gemm::gemm(
@@ -211,7 +212,7 @@ fn gemm_rows(
     let (k, n) = (q.k, q.n);
     fill_bias(c, m, n, ldc, bias);
     let cp = SendPtr(c.as_mut_ptr());
-    crate::runtime::install(|| {
+    crate::pool::install(|| {
         (0..n.div_ceil(NB)).into_par_iter().for_each_init(
             || vec![0f32; NB * k],
             |buf, p| {
@@ -292,7 +293,7 @@ mod tests {
         matmul(Isa::Scalar, &x, m, pw, Some(&bias), &mut want, ldc).unwrap();
         for threads in [1, 2] {
             let mut got = vec![9f32; m * ldc];
-            crate::runtime::with_threads(threads, || {
+            crate::pool::with_threads(threads, || {
                 matmul(Isa::detect(), &x, m, pw, Some(&bias), &mut got, ldc).unwrap()
             });
             for i in 0..m {

@@ -3,17 +3,31 @@
 //! for small square-ish products, where it measured faster), attention, and fused transformer
 //! ops.
 //!
-//! Every SIMD kernel has one function per instruction set and a scalar reference that is always
-//! compiled; the path is picked by the caller from [`crate::cpu::Isa::detect`] (`TIERFLOW_ISA`
-//! forces one). This crate has no AVX-512 kernels of its own: an AVX-512 machine runs the AVX2
-//! kernels (the build machine has no AVX-512 to test one on); the `gemm` crate picks its own
+//! Layout, as matrixmultiply and ggml-cpu arrange theirs:
+//!
+//! - one module per operation (`dot.rs`, `qdot.rs`, `axpy.rs`, `paged.rs`, `attention.rs`,
+//!   `sgemm.rs`, `rows.rs` with `act.rs` / `norm.rs` / `rope.rs`, ...): its API, the driver that
+//!   splits work over [`crate::pool`], the scalar reference (always compiled) and the tests that
+//!   run every [`crate::cpu::Isa::available`] path against that reference;
+//! - `x86/avx2/` (and `x86/mod.rs`, helpers shared by x86 instruction sets): intrinsics only,
+//!   one file per operation;
+//! - `backend.rs`: the instruction-set x weight-format dispatch, written once: a `Backend`
+//!   trait with one impl per instruction set (`backend::Scalar`, `x86::avx2::Avx2`) and the
+//!   `dispatch!` macro mapping an `Isa` to its impl. Adding an instruction set (`x86/avx512`
+//!   next) is adding its folder, one `impl Backend` and one arm of `dispatch!`.
+//!
+//! The path is picked by the caller from [`crate::cpu::Isa::detect`] (`TIERFLOW_ISA` forces
+//! one). This crate has no AVX-512 kernels of its own yet: an AVX-512 machine runs the AVX2
+//! backend (the build machine has no AVX-512 to test one on); the `gemm` crate picks its own
 //! AVX-512 micro-kernels there for the products it takes.
+//!
+//! The kernels use only [`crate::cpu`], [`crate::error`] and [`crate::pool`] (see the crate
+//! docs); tensors held by the store reach them as slices (`store::paged_kv`).
 
 pub mod act;
 pub mod attention;
-#[cfg(target_arch = "x86_64")]
-pub mod attention_avx2;
 pub mod axpy;
+pub(crate) mod backend;
 pub mod bandwidth;
 pub mod dot;
 pub mod gemm;

@@ -6,9 +6,8 @@
 //! - [`paged_decode`]: pages of two shared pools `(NB, Hkv, P, D)` (page `blk`, kv head `g`,
 //!   slot `j`), found through a block table `(B, max_blocks)` of page ids;
 //! - [`paged_decode_pages`]: a list of separate pages, each `(2, Hkv, P, D)` (keys then values),
-//!   sequence `b` owning the next `counts[b]` entries; [`paged_decode_store`] fills that list
-//!   from a [`Store`] (each page a stored tensor, read once per call wherever it lives: a view of
-//!   a memory tier's buffer, or a read from a file tier that the store counts in its statistics).
+//!   sequence `b` owning the next `counts[b]` entries (`store::paged_kv` fills that list from
+//!   tensors of the tiered store).
 //!
 //! `q`, `o` are `(B, H, D)`; `lens` `(B)`. Query head `h` reads kv head `h / (H / Hkv)`. Per
 //! (sequence, head) the pages are visited in order with an online softmax (`m`, `l`, `o`
@@ -16,14 +15,15 @@
 //! length 0 gives NaN (`0 / 0`, as softmax over no keys). One generic body (see `vmath.rs`) for
 //! the scalar reference and the AVX2+FMA path.
 
+use super::backend::{dispatch, Backend};
 use super::dot::SendPtr;
 use super::rows::{lanes_max, lanes_sum};
 use super::vmath::{exp, fma};
+#[cfg(target_arch = "x86_64")]
+use super::x86::avx2::paged as avx2;
 use crate::cpu::Isa;
-use crate::store::{AlignedBuf, Store};
 use crate::{CoreError, Result};
 use rayon::prelude::*;
-use std::sync::Arc;
 
 /// Sizes of a paged decode call.
 #[derive(Clone, Copy, Debug)]
@@ -51,7 +51,7 @@ pub struct PageList {
 }
 
 /// The keys and values of one page for one kv head: `P * D` floats each, slot-major.
-trait PageSource: Sync {
+pub(crate) trait PageSource: Sync {
     fn kv(&self, bi: usize, pg: usize, g: usize) -> (&[f32], &[f32]);
 }
 
@@ -205,106 +205,12 @@ pub fn paged_decode_pages(
     Ok(())
 }
 
-/// One page for [`paged_decode_store`]: a slice the caller holds, or a tensor of the store.
-#[derive(Clone, Copy, Debug)]
-pub enum PageRef<'a> {
-    Slice(&'a [f32]),
-    Stored(&'a str),
-}
-
-/// [`paged_decode_pages`] with pages that may be tensors of `store` (each a float32
-/// `(2, Hkv, P, D)` tensor). Every stored page is fetched once with [`Store::get`]: from a memory
-/// tier a shared view (no copy); from a file tier a read (counted in the store's statistics;
-/// these run in parallel) that, with `promote`, also moves the page up into the default tier.
-/// Read pages are held only for the call.
-///
-/// Errors: a missing page (`NotFound`), a page of another dtype (`DType`) or shape (`Shape`),
-/// stored pages without a store (`Value`), and whatever the store's read reports.
-pub fn paged_decode_store(
-    isa: Isa,
-    store: Option<&Store>,
-    q: &[f32],
-    pages: &[PageRef<'_>],
-    counts: &[usize],
-    p: PageList,
-    lens: &[usize],
-    scale: f32,
-    promote: bool,
-    out: &mut [f32],
-) -> Result<()> {
-    let shape = [2, p.hkv, p.page, p.d];
-    let fetch = |r: &PageRef<'_>| -> Result<Option<Arc<AlignedBuf>>> {
-        let PageRef::Stored(name) = *r else { return Ok(None) };
-        let st = store.ok_or_else(|| {
-            CoreError::Value(format!("page {name:?} is a store tensor, but no store was given"))
-        })?;
-        let (meta, buf) = st.get(name, promote)?;
-        if meta.dtype != "float32" {
-            return Err(CoreError::DType(format!(
-                "KV page {name:?} is {}, pages are float32",
-                meta.dtype
-            )));
-        }
-        if meta.shape != shape {
-            return Err(CoreError::Shape(format!(
-                "KV page {name:?} has shape {:?}, the cache's pages are {shape:?}",
-                meta.shape
-            )));
-        }
-        Ok(Some(buf))
-    };
-    // Pages in a memory tier are shared views (a lookup each): fetched in turn. Pages in a file
-    // tier are reads: fetched in parallel.
-    let mut bufs: Vec<Option<Arc<AlignedBuf>>> = vec![None; pages.len()];
-    let mut slow = Vec::new();
-    if let Some(st) = store {
-        let file_tier: Vec<bool> = st.tiers().iter().map(|t| t.path.is_some()).collect();
-        for (i, r) in pages.iter().enumerate() {
-            if let PageRef::Stored(name) = r {
-                if file_tier.get(st.meta(name)?.tier_index).copied().unwrap_or(true) {
-                    slow.push(i);
-                } else {
-                    bufs[i] = fetch(r)?;
-                }
-            }
-        }
-    } else if let Some(r) = pages.iter().find(|r| matches!(r, PageRef::Stored(_))) {
-        fetch(r)?; // the error: a stored page without a store
-    }
-    let read: Vec<Option<Arc<AlignedBuf>>> = crate::runtime::install(|| {
-        slow.par_iter().map(|&i| fetch(&pages[i])).collect::<Result<_>>()
-    })?;
-    for (i, b) in slow.into_iter().zip(read) {
-        bufs[i] = b;
-    }
-    let slices: Vec<&[f32]> = pages
-        .iter()
-        .zip(&bufs)
-        .map(|(r, b)| match (r, b) {
-            (_, Some(buf)) => as_f32(buf.as_slice()),
-            (PageRef::Slice(s), None) => Ok(*s),
-            (PageRef::Stored(n), None) => Err(CoreError::Internal(format!("page {n:?} not read"))),
-        })
-        .collect::<Result<_>>()?;
-    paged_decode_pages(isa, q, &slices, counts, p, lens, scale, out)
-}
-
-/// The float32 values of a store buffer (64-byte aligned, so the cast never shifts).
-fn as_f32(bytes: &[u8]) -> Result<&[f32]> {
-    // SAFETY: every bit pattern is a valid f32; `align_to` returns only whole, aligned elements.
-    let (pre, mid, post) = unsafe { bytes.align_to::<f32>() };
-    if !pre.is_empty() || !post.is_empty() {
-        return Err(CoreError::Internal("a store buffer is not float32-aligned".into()));
-    }
-    Ok(mid)
-}
-
 /// Query heads per task: the whole GQA group (`H / Hkv` heads that read the same kv head), so
 /// each page is read once per (sequence, kv head) and every key/value row is reused by all the
 /// group's heads while it is in L1; halved while that leaves fewer tasks than threads. The
 /// arithmetic of each head is the same whatever the grouping (same order), so results are too.
 fn heads_per_task(b: usize, h: usize, hkv: usize) -> usize {
-    let threads = crate::runtime::num_threads().max(1);
+    let threads = crate::pool::num_threads().max(1);
     let mut gsz = h / hkv;
     while gsz % 2 == 0 && b * (h / gsz) < threads {
         gsz /= 2;
@@ -340,7 +246,7 @@ fn decode_grouped<S: PageSource>(
 ) {
     let (h, _, d, page) = dims;
     let op = SendPtr(out.as_mut_ptr());
-    crate::runtime::install(|| {
+    crate::pool::install(|| {
         (0..lens.len() * (h / gsz)).into_par_iter().for_each_init(
             || Scratch {
                 s: vec![0f32; gsz * page],
@@ -352,12 +258,10 @@ fn decode_grouped<S: PageSource>(
                 // SAFETY: task t writes only out[t * gsz * d..(t + 1) * gsz * d] (its heads).
                 let dst =
                     unsafe { std::slice::from_raw_parts_mut(op.get().add(t * gsz * d), gsz * d) };
-                #[cfg(target_arch = "x86_64")]
-                if isa >= Isa::Avx2 {
-                    // SAFETY: the Avx2 path is chosen only on CPUs with AVX2 and FMA.
-                    return unsafe { avx2(src, q, dims, gsz, lens, scale, t, sc, dst) };
-                }
-                one::<false, S>(src, q, dims, gsz, lens, scale, t, sc, dst)
+                // SAFETY: the CPU runs `isa`.
+                dispatch!(isa, B => unsafe {
+                    B::paged_task(src, q, dims, gsz, lens, scale, t, sc, dst)
+                })
             },
         )
     });
@@ -365,27 +269,11 @@ fn decode_grouped<S: PageSource>(
 
 /// Per-thread buffers of a task: scores `(gsz, P)`, accumulators `(gsz, D)`, running max and
 /// sum per head.
-struct Scratch {
+pub(crate) struct Scratch {
     s: Vec<f32>,
     o: Vec<f32>,
     m: Vec<f32>,
     l: Vec<f32>,
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn avx2<S: PageSource>(
-    src: &S,
-    q: &[f32],
-    dims: (usize, usize, usize, usize),
-    gsz: usize,
-    lens: &[usize],
-    scale: f32,
-    t: usize,
-    sc: &mut Scratch,
-    dst: &mut [f32],
-) {
-    one::<true, S>(src, q, dims, gsz, lens, scale, t, sc, dst)
 }
 
 /// `q . k` over 16 lanes (fixed-size chunks, so no bounds checks stop the vectorizer), the lanes
@@ -426,7 +314,7 @@ fn tree_sum(mut acc: [f32; 16]) -> f32 {
 /// Task `t` = (sequence `t / (H / gsz)`, query heads `h0 .. h0 + gsz`): the online softmax of
 /// each head over the sequence's pages, which are read once for all `gsz` heads.
 #[inline(always)]
-fn one<const F: bool, S: PageSource>(
+pub(crate) fn one<const F: bool, S: PageSource>(
     src: &S,
     q: &[f32],
     (h, hkv, d, page): (usize, usize, usize, usize),
@@ -452,7 +340,7 @@ fn one<const F: bool, S: PageSource>(
         #[cfg(target_arch = "x86_64")]
         if F {
             // SAFETY: F (FMA) is only set on the AVX2+FMA path.
-            unsafe { x86::scores(qs, &kp[..n * d], d, scale, s, page) };
+            unsafe { avx2::scores(qs, &kp[..n * d], d, scale, s, page) };
         }
         if !F || cfg!(not(target_arch = "x86_64")) {
             for j in 0..n {
@@ -479,7 +367,7 @@ fn one<const F: bool, S: PageSource>(
         #[cfg(target_arch = "x86_64")]
         if F {
             // SAFETY: F (FMA) is only set on the AVX2+FMA path.
-            unsafe { x86::accumulate(o, s, &vp[..n * d], d, page) };
+            unsafe { avx2::accumulate(o, s, &vp[..n * d], d, page) };
         }
         if !F || cfg!(not(target_arch = "x86_64")) {
             for j in 0..n {
@@ -501,146 +389,6 @@ fn one<const F: bool, S: PageSource>(
     }
 }
 
-/// The scores of the AVX2 path with explicit intrinsics (the compiler did not vectorise
-/// [`dot`] well: 2-lane loads).
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::super::x86::hsum;
-    use std::arch::x86_64::*;
-
-    /// `s[hh * page + j] = (q_hh . k_j) * scale` for every head `hh` of `qs` (`gsz x d`) and
-    /// key row `j` of `k` (`n x d`): eight lanes of `d` per FMA (each head's lanes summed by
-    /// [`hsum`]), the last `d mod 8` in order; a key row is loaded once for up to 8 heads.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn scores(qs: &[f32], k: &[f32], d: usize, scale: f32, s: &mut [f32], page: usize) {
-        let gsz = qs.len() / d;
-        let mut h0 = 0;
-        unsafe {
-            while h0 < gsz {
-                match gsz - h0 {
-                    8.. => heads::<8>(qs, k, d, scale, s, page, h0),
-                    4..=7 => heads::<4>(qs, k, d, scale, s, page, h0),
-                    2..=3 => heads::<2>(qs, k, d, scale, s, page, h0),
-                    _ => heads::<1>(qs, k, d, scale, s, page, h0),
-                }
-                h0 += match gsz - h0 {
-                    8.. => 8,
-                    4..=7 => 4,
-                    2..=3 => 2,
-                    _ => 1,
-                };
-            }
-        }
-    }
-
-    /// `o[hh, :] += sum_j s[hh * page + j] * v[j, :]` for every head `hh` of `o` (`gsz x d`) and
-    /// row `j` of `v` (`n x d`): per element one FMA per `j` in order, as the generic body, so
-    /// the result is the same bit for bit; blocks of 32 value rows (8 KiB at D = 64, in L1)
-    /// are swept once per head with that head's accumulators in registers.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn accumulate(o: &mut [f32], s: &[f32], v: &[f32], d: usize, page: usize) {
-        const JB: usize = 32;
-        let (gsz, n) = (o.len() / d, v.len() / d);
-        let mut j0 = 0;
-        unsafe {
-            while j0 < n {
-                let j1 = (j0 + JB).min(n);
-                for hh in 0..gsz {
-                    let oh = o.as_mut_ptr().add(hh * d);
-                    let ph = s.as_ptr().add(hh * page);
-                    let vp = v.as_ptr();
-                    let mut c = 0;
-                    while c + 64 <= d {
-                        cols::<8>(oh.add(c), ph, vp.add(c), j0, j1, d);
-                        c += 64;
-                    }
-                    while c + 32 <= d {
-                        cols::<4>(oh.add(c), ph, vp.add(c), j0, j1, d);
-                        c += 32;
-                    }
-                    while c + 8 <= d {
-                        cols::<1>(oh.add(c), ph, vp.add(c), j0, j1, d);
-                        c += 8;
-                    }
-                    for cc in c..d {
-                        let mut x = *oh.add(cc);
-                        for j in j0..j1 {
-                            x = (*ph.add(j)).mul_add(*vp.add(j * d + cc), x);
-                        }
-                        *oh.add(cc) = x;
-                    }
-                }
-                j0 = j1;
-            }
-        }
-    }
-
-    /// `R` vectors of 8 accumulator columns at `o`, over value rows `j0..j1`.
-    #[inline(always)]
-    unsafe fn cols<const R: usize>(
-        o: *mut f32,
-        p: *const f32,
-        v: *const f32,
-        j0: usize,
-        j1: usize,
-        d: usize,
-    ) {
-        unsafe {
-            let mut acc = [_mm256_setzero_ps(); R];
-            for (r, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_loadu_ps(o.add(8 * r));
-            }
-            for j in j0..j1 {
-                let pj = _mm256_set1_ps(*p.add(j));
-                let vr = v.add(j * d);
-                for (r, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr.add(8 * r)), *a);
-                }
-            }
-            for (r, a) in acc.iter().enumerate() {
-                _mm256_storeu_ps(o.add(8 * r), *a);
-            }
-        }
-    }
-
-    #[inline(always)]
-    unsafe fn heads<const G: usize>(
-        qs: &[f32],
-        k: &[f32],
-        d: usize,
-        scale: f32,
-        s: &mut [f32],
-        page: usize,
-        h0: usize,
-    ) {
-        let n = k.len() / d.max(1);
-        let full = d / 8 * 8;
-        let q = qs.as_ptr();
-        unsafe {
-            for j in 0..n {
-                let kr = k.as_ptr().add(j * d);
-                let mut acc = [_mm256_setzero_ps(); G];
-                let mut c = 0;
-                while c < full {
-                    let kv = _mm256_loadu_ps(kr.add(c));
-                    for (h, a) in acc.iter_mut().enumerate() {
-                        let qv = _mm256_loadu_ps(q.add((h0 + h) * d + c));
-                        *a = _mm256_fmadd_ps(qv, kv, *a);
-                    }
-                    c += 8;
-                }
-                for (h, a) in acc.iter().enumerate() {
-                    let mut t = hsum(*a);
-                    for cc in full..d {
-                        t = (*q.add((h0 + h) * d + cc)).mul_add(*kr.add(cc), t);
-                    }
-                    s[(h0 + h) * page + j] = t * scale;
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 #[path = "paged_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -1,11 +1,10 @@
 //! Tests of `paged.rs`: the pool and page-list paths against each other and a float64
-//! reference on every instruction-set path, pages read from a store in each tier, errors.
+//! reference on every instruction-set path, errors (pages read from the store: `store/paged_kv.rs`).
 
 use super::*;
-use crate::store::{DType, Policy, StoreConfig, TierSpec};
 
 /// A deterministic pseudo-random float in [-1, 1).
-fn rnd(i: usize, seed: u64) -> f32 {
+pub(crate) fn rnd(i: usize, seed: u64) -> f32 {
     let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed;
     x ^= x >> 31;
     x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -14,7 +13,7 @@ fn rnd(i: usize, seed: u64) -> f32 {
 }
 
 /// Contiguous keys/values of every sequence: `kv[b][0 or 1][g][pos][c]`, lengths `lens`.
-fn data(lens: &[usize], hkv: usize, d: usize) -> Vec<[Vec<Vec<Vec<f32>>>; 2]> {
+pub(crate) fn data(lens: &[usize], hkv: usize, d: usize) -> Vec<[Vec<Vec<Vec<f32>>>; 2]> {
     let mut i = 0;
     let mut gen = |n: usize| {
         (0..hkv)
@@ -36,7 +35,7 @@ fn data(lens: &[usize], hkv: usize, d: usize) -> Vec<[Vec<Vec<Vec<f32>>>; 2]> {
 }
 
 /// The float64 reference: softmax(q . k * scale) v per (sequence, head).
-fn reference(
+pub(crate) fn reference(
     q: &[f32],
     kv: &[[Vec<Vec<Vec<f32>>>; 2]],
     h: usize,
@@ -68,7 +67,7 @@ fn reference(
 }
 
 /// One `(2, Hkv, P, D)` page: positions `pg * P ..` of sequence `kv` (zeros past the end).
-fn page_of(kv: &[Vec<Vec<Vec<f32>>>; 2], pg: usize, page: usize) -> Vec<f32> {
+pub(crate) fn page_of(kv: &[Vec<Vec<Vec<f32>>>; 2], pg: usize, page: usize) -> Vec<f32> {
     let (hkv, d) = (kv[0].len(), kv[0][0].first().map_or(0, |r| r.len()));
     let mut p = vec![0f32; 2 * hkv * page * d];
     for (w, t) in kv.iter().enumerate() {
@@ -83,10 +82,10 @@ fn page_of(kv: &[Vec<Vec<Vec<f32>>>; 2], pg: usize, page: usize) -> Vec<f32> {
     p
 }
 
-const LENS: [usize; 4] = [37, 0, 16, 1];
-const P: usize = 16;
+pub(crate) const LENS: [usize; 4] = [37, 0, 16, 1];
+pub(crate) const P: usize = 16;
 
-fn setup(d: usize) -> (Vec<[Vec<Vec<Vec<f32>>>; 2]>, Vec<Vec<f32>>, Vec<usize>) {
+pub(crate) fn setup(d: usize) -> (Vec<[Vec<Vec<Vec<f32>>>; 2]>, Vec<Vec<f32>>, Vec<usize>) {
     let kv = data(&LENS, 2, d);
     let mut pages = vec![];
     let mut counts = vec![];
@@ -142,117 +141,6 @@ fn pages_match_pool_and_reference_on_every_path() {
             }
         }
     }
-}
-
-#[test]
-fn pages_from_a_store_in_every_tier() {
-    let dir = tempfile::tempdir().unwrap();
-    let (h, hkv, d) = (4, 2, 16);
-    let (kv, pages, counts) = setup(d);
-    let b = LENS.len();
-    let page_bytes = (2 * hkv * P * d * 4) as u64;
-    let s = Store::create(StoreConfig {
-        root: Some(dir.path().to_owned()),
-        tiers: vec![
-            TierSpec { name: "ram".into(), capacity: Some(2 * page_bytes), path: None },
-            TierSpec { name: "disk".into(), capacity: None, path: Some("disk".into()) },
-        ],
-        policy: Policy::Lru,
-        default_tier: None,
-        verify_reads: true,
-    })
-    .unwrap();
-    let names: Vec<String> = (0..pages.len()).map(|i| format!("kv/p{i}")).collect();
-    for (n, pg) in names.iter().zip(&pages) {
-        let bytes: Vec<u8> = pg.iter().flat_map(|x| x.to_le_bytes()).collect();
-        s.put(n, DType::F32, &[2, hkv, P, d], &bytes, None, false).unwrap();
-    }
-    // 5 pages, room for 2 in RAM: the first ones spilled to disk.
-    assert_eq!(s.meta("kv/p0").unwrap().tier, "disk");
-    let last = names.len() - 1;
-    assert_eq!(s.meta(&names[last]).unwrap().tier, "ram");
-    // The last page is passed as a slice (a page being filled, outside the store).
-    let mut refs: Vec<PageRef> = names.iter().map(|n| PageRef::Stored(n)).collect();
-    refs[last] = PageRef::Slice(&pages[last]);
-    let q: Vec<f32> = (0..b * h * d).map(|i| rnd(i, 5)).collect();
-    let scale = 1.0 / (d as f32).sqrt();
-    let pl = PageList { b, h, hkv, d, page: P };
-    let slices: Vec<&[f32]> = pages.iter().map(|p| p.as_slice()).collect();
-    let mut want = vec![0f32; b * h * d];
-    paged_decode_pages(Isa::Scalar, &q, &slices, &counts, pl, &LENS, scale, &mut want).unwrap();
-    s.reset_stats();
-    let mut got = vec![0f32; b * h * d];
-    paged_decode_store(
-        Isa::Scalar,
-        Some(&s),
-        &q,
-        &refs,
-        &counts,
-        pl,
-        &LENS,
-        scale,
-        false,
-        &mut got,
-    )
-    .unwrap();
-    assert_eq!(
-        got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-        want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
-    );
-    let st = s.stats();
-    let disk_pages = names.iter().filter(|n| s.meta(n).unwrap().tier == "disk").count() as u64;
-    assert!(disk_pages >= 2);
-    assert_eq!(st["counters"]["misses"], disk_pages);
-    assert_eq!(st["counters"]["bytes_read"], disk_pages * page_bytes);
-    assert_eq!(s.meta("kv/p0").unwrap().tier, "disk", "promote=false leaves pages in place");
-    let r = reference(&q, &kv, h, hkv, d);
-    assert!(got.iter().zip(&r).all(|(g, w)| g.is_nan() || (*g as f64 - w).abs() < 2e-5));
-    // Errors: a missing page, a wrong shape, stored pages without a store.
-    let gone = [PageRef::Stored("kv/nope")];
-    let pl1 = PageList { b: 1, h, hkv, d, page: P };
-    let mut o = vec![0f32; h * d];
-    let e = paged_decode_store(
-        Isa::Scalar,
-        Some(&s),
-        &q[..h * d],
-        &gone,
-        &[1],
-        pl1,
-        &[3],
-        1.0,
-        false,
-        &mut o,
-    );
-    assert!(matches!(e, Err(CoreError::NotFound(_))), "{e:?}");
-    s.put("kv/odd", DType::F32, &[2, hkv, P, d / 2], &vec![0u8; 2 * hkv * P * d * 2], None, false)
-        .unwrap();
-    let odd = [PageRef::Stored("kv/odd")];
-    let e = paged_decode_store(
-        Isa::Scalar,
-        Some(&s),
-        &q[..h * d],
-        &odd,
-        &[1],
-        pl1,
-        &[3],
-        1.0,
-        false,
-        &mut o,
-    );
-    assert!(matches!(e, Err(CoreError::Shape(_))), "{e:?}");
-    let e = paged_decode_store(
-        Isa::Scalar,
-        None,
-        &q[..h * d],
-        &refs[..1],
-        &[1],
-        pl1,
-        &[3],
-        1.0,
-        false,
-        &mut o,
-    );
-    assert!(matches!(e, Err(CoreError::Value(_))), "{e:?}");
 }
 
 #[test]

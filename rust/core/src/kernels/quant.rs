@@ -275,7 +275,7 @@ pub fn quantize(fmt: Format, w: &[f32], k: usize, n: usize) -> Result<Vec<u8>> {
     if rb == 0 {
         return Ok(out);
     }
-    crate::runtime::install(|| {
+    crate::pool::install(|| {
         out.par_chunks_mut(rb).enumerate().with_min_len(16).for_each_init(
             || vec![0f32; k],
             |col, (j, dst)| {

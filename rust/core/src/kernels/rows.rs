@@ -1,6 +1,7 @@
 //! Shared driver of the row-wise kernels (norms, activations, softmax, rope): split the rows over
 //! the tierflow pool and run one generic body, as the scalar reference or under AVX2+FMA.
 
+use super::backend::{dispatch, Backend};
 use crate::cpu::Isa;
 
 /// Rows per task: about 64 KiB of data, at least one row.
@@ -13,17 +14,17 @@ pub trait RowOp: Sync {
     fn row<const F: bool>(&self, i: usize, x: &[f32], y: &mut [f32]);
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn chunk_avx2<O: RowOp>(op: &O, i0: usize, x: &[f32], y: &mut [f32], d: usize) {
+/// Rows `i0..` of `x` into `y`, `F` as in `vmath.rs` (FMA; the backends instantiate it).
+#[inline(always)]
+pub(crate) fn chunk<const F: bool, O: RowOp>(
+    op: &O,
+    i0: usize,
+    x: &[f32],
+    y: &mut [f32],
+    d: usize,
+) {
     for (r, (xr, yr)) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)).enumerate() {
-        op.row::<true>(i0 + r, xr, yr);
-    }
-}
-
-fn chunk_scalar<O: RowOp>(op: &O, i0: usize, x: &[f32], y: &mut [f32], d: usize) {
-    for (r, (xr, yr)) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)).enumerate() {
-        op.row::<false>(i0 + r, xr, yr);
+        op.row::<F>(i0 + r, xr, yr);
     }
 }
 
@@ -36,18 +37,13 @@ pub fn for_rows<O: RowOp>(isa: Isa, op: &O, x: &[f32], y: &mut [f32], d: usize) 
     let per = rows_per_task(d);
     let rows = x.len() / d;
     let yp = super::dot::SendPtr(y.as_mut_ptr());
-    crate::runtime::for_tasks(rows.div_ceil(per), 8 * x.len(), |t| {
+    crate::pool::for_tasks(rows.div_ceil(per), 8 * x.len(), |t| {
         let (r0, r1) = (t * per, ((t + 1) * per).min(rows));
         let xc = &x[r0 * d..r1 * d];
         // SAFETY: task t writes only rows r0..r1 of y (y has the shape of x).
         let yc = unsafe { std::slice::from_raw_parts_mut(yp.get().add(r0 * d), (r1 - r0) * d) };
-        #[cfg(target_arch = "x86_64")]
-        if isa >= Isa::Avx2 {
-            // SAFETY: the CPU has AVX2 and FMA (isa is only Avx2+ when supported).
-            return unsafe { chunk_avx2(op, r0, xc, yc, d) };
-        }
-        let _ = isa;
-        chunk_scalar(op, r0, xc, yc, d)
+        // SAFETY: the CPU runs `isa` (an `Isa` is only made for a CPU that supports it).
+        dispatch!(isa, B => unsafe { B::rows_chunk(op, r0, xc, yc, d) })
     });
 }
 

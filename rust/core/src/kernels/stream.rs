@@ -27,9 +27,9 @@ pub type ReadFn<'a> = &'a (dyn Fn(u64, &mut [u8]) -> Result<()> + Sync);
 /// Run the panel loop with the kernels on one thread fewer than the pool (at least one), so
 /// the reader thread has a core of its own. The result does not depend on the thread count.
 fn compute_beside_reader<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    let threads = crate::runtime::num_threads();
+    let threads = crate::pool::num_threads();
     if threads >= 2 {
-        crate::runtime::with_threads(threads - 1, f)
+        crate::pool::with_threads(threads - 1, f)
     } else {
         f()
     }

@@ -166,7 +166,8 @@ mod tests {
 
     #[test]
     fn golden_switch_times() {
-        // FACTS.md: 13.5 GB expert: 13.5 ms at 1 TB/s, 0.42 s at 32 GB/s, 0.21 s at 64 GB/s.
+        // docs/sources.md, "The CoE experiment": a 13.5 GB expert copies in 13.5 ms at 1 TB/s,
+        // 0.42 s at 32 GB/s, 0.21 s at 64 GB/s.
         let mut d = test_device(100, 100);
         for (bw, want) in [(1e12, 13.5e-3), (32e9, 0.421875), (64e9, 0.2109375)] {
             d.tiers[0].link_bandwidth = bw;

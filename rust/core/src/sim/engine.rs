@@ -10,9 +10,10 @@
 
 use super::cost::{NodeCost, NodeSpec};
 use super::device::DeviceSpec;
-use super::policy::{place, Batching, Eviction, EvictionKind, Placement};
+use super::policy::{place, Batching, Placement};
 use super::report::{InstanceStats, SimReport};
 use crate::error::{CoreError, Result};
+use crate::eviction::{Eviction, EvictionKind};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 

@@ -4,7 +4,7 @@
 //!
 //! - [`device`]: tiers and device constants, copy times;
 //! - [`cost`]: the pass-time model of a node;
-//! - [`policy`]: eviction / placement / batching, shared with the host runtime;
+//! - [`policy`]: placement / batching (eviction is [`crate::eviction`], shared with the store);
 //! - [`engine`]: the event loop; [`report`]: what it measures.
 
 pub mod cost;

@@ -19,7 +19,7 @@ pub const READ_CHUNK: usize = 8 << 20;
 /// Chunk size for a read of `len` bytes: about four chunks per worker thread, so the threads
 /// stay balanced on mid-sized tensors, between 512 KiB and [`READ_CHUNK`], a multiple of 64 KiB.
 fn chunk_for(len: usize) -> usize {
-    let per = len / (4 * crate::runtime::num_threads()).max(1);
+    let per = len / (4 * crate::pool::num_threads()).max(1);
     (per.clamp(512 << 10, READ_CHUNK) >> 16) << 16
 }
 
@@ -236,7 +236,7 @@ pub fn crc32_par(data: &[u8]) -> u32 {
     if data.len() <= READ_CHUNK {
         return crc32fast::hash(data);
     }
-    let parts: Vec<crc32fast::Hasher> = crate::runtime::install(|| {
+    let parts: Vec<crc32fast::Hasher> = crate::pool::install(|| {
         data.par_chunks(READ_CHUNK)
             .map(|c| {
                 let mut h = crc32fast::Hasher::new();
@@ -351,7 +351,7 @@ pub fn read_into(
         }
     };
     let chunk = chunk_for(out.len());
-    let parts: Vec<Result<crc32fast::Hasher>> = crate::runtime::install(|| {
+    let parts: Vec<Result<crc32fast::Hasher>> = crate::pool::install(|| {
         out.par_chunks_mut(chunk)
             .enumerate()
             .map(|(i, c)| {

@@ -18,6 +18,7 @@ pub mod dtype;
 pub mod fileio;
 pub mod manifest;
 pub mod names;
+pub mod paged_kv;
 pub mod policy;
 mod prefetch;
 mod safetensors_dir;

@@ -1,5 +1,5 @@
 //! The store's eviction policy: a thin adapter from tensor names to the one policy
-//! implementation shared with the simulator and the host runtime ([`crate::sim::policy::Eviction`]).
+//! implementation shared with the simulator ([`crate::eviction::Eviction`]).
 //!
 //! - `lru`: least recently used (a load into a tier counts as a use);
 //! - `lfu`: least frequently used (ties: least recent);
@@ -7,7 +7,7 @@
 //! - `planned`: Belady's MIN: given the future access sequence (`set_future`), evict the tensor
 //!   whose next use is furthest away (never used again first). Optimal in misses for a known future.
 
-use crate::sim::policy::{Eviction, EvictionKind};
+use crate::eviction::{Eviction, EvictionKind};
 use crate::{CoreError, Result};
 use std::collections::HashMap;
 

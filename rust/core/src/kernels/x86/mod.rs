@@ -1,5 +1,7 @@
-//! Small AVX2 helpers shared by the decode kernels (`dot.rs`, `qdot.rs`). Callers are
-//! `#[target_feature(enable = "avx2,fma,f16c")]` functions that inline these.
+//! x86-64 kernels, one folder per instruction set (`avx2/`; `avx512/` next), and small helpers
+//! shared by them. Callers of the helpers are `#[target_feature]` functions that inline them.
+
+pub(crate) mod avx2;
 
 use std::arch::x86_64::*;
 

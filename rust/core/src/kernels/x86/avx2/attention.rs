@@ -1,5 +1,5 @@
 //! AVX2+FMA micro-kernels of flash attention (see `attention.rs` for the algorithm, the blocking
-//! and the buffer layouts); tested against [`super::attention::Scalar`].
+//! and the buffer layouts); tested against [`crate::kernels::attention::Scalar`].
 //!
 //! - scores: register tile `RT = 6` rows x 16 keys, 12 accumulators; per step of the `D` loop
 //!   two loads of the K^T panel and six broadcasts of packed Q (`[tile][c][RT]`, so the six
@@ -9,7 +9,7 @@
 //! - softmax row: `BC / 8` vectors of 8 keys, two passes (max, then `exp` and sum, two
 //!   accumulators each); `exp` by `vmath::exp`'s reduction and a degree-5 minimax polynomial.
 
-use super::attention::{run, Bufs, Micro, Task, BC, RT};
+use crate::kernels::attention::{run, Bufs, Micro, Task, BC, RT};
 use std::arch::x86_64::*;
 
 /// The AVX2+FMA micro-kernels.

@@ -1,0 +1,143 @@
+//! AVX2 + FMA (+ F16C) kernels: intrinsics only, one file per operation (the scalar reference,
+//! the driver and the tests of each operation are in its module under `kernels/`), and the
+//! backend that maps each operation and weight format to its body here.
+
+pub(crate) mod attention;
+pub(crate) mod axpy;
+pub(crate) mod dot;
+pub(crate) mod paged;
+pub(crate) mod qdot;
+pub(crate) mod rows;
+pub(crate) mod sgemm;
+
+use crate::kernels::attention::{Bufs, Task};
+use crate::kernels::axpy::ColW;
+use crate::kernels::backend::Backend;
+use crate::kernels::paged::{PageSource, Scratch};
+use crate::kernels::qdot::QActs;
+use crate::kernels::quant::{Format, QWeight};
+use crate::kernels::rows::RowOp;
+
+/// The AVX2 + FMA backend (also what AVX-512 CPUs run).
+pub(crate) struct Avx2;
+
+impl Backend for Avx2 {
+    const COLS_SIMD: bool = true;
+
+    unsafe fn dot_rows(
+        x: &[f32],
+        m: usize,
+        w: &QWeight<'_>,
+        bias: Option<&[f32]>,
+        c: *mut f32,
+        ldc: usize,
+        n0: usize,
+        n1: usize,
+    ) {
+        use dot::{task, Bf16, F16, F32, Q4, Q8};
+        unsafe {
+            match w.fmt {
+                Format::F32 => task::<F32>(x, m, w, bias, c, ldc, n0, n1),
+                Format::F16 => task::<F16>(x, m, w, bias, c, ldc, n0, n1),
+                Format::Bf16 => task::<Bf16>(x, m, w, bias, c, ldc, n0, n1),
+                Format::Q8_0 => task::<Q8>(x, m, w, bias, c, ldc, n0, n1),
+                Format::Q4_0 => task::<Q4>(x, m, w, bias, c, ldc, n0, n1),
+            }
+        }
+    }
+
+    unsafe fn qdot_rows(
+        a: &QActs,
+        w: &QWeight<'_>,
+        bias: Option<&[f32]>,
+        c: *mut f32,
+        ldc: usize,
+        n0: usize,
+        n1: usize,
+    ) {
+        use qdot::{task, Q4, Q8};
+        unsafe {
+            match w.fmt {
+                Format::Q8_0 => task::<Q8>(a, w, bias, c, ldc, n0, n1),
+                _ => task::<Q4>(a, w, bias, c, ldc, n0, n1),
+            }
+        }
+    }
+
+    unsafe fn round_block(xb: &[f32], qb: &mut [i8], db: &mut f32, sb: &mut [i32]) -> bool {
+        unsafe { qdot::round_block(xb, qb, db, sb) }
+    }
+
+    unsafe fn cols(
+        x: &[f32],
+        m: usize,
+        k: usize,
+        k0: usize,
+        kb: usize,
+        w: ColW<'_>,
+        n: usize,
+        acc: *mut f32,
+        lda: usize,
+        n0: usize,
+        n1: usize,
+    ) -> usize {
+        use axpy::{task, Bf16, F16, F32};
+        let full = n0 + (n1 - n0) / 16 * 16;
+        if full > n0 {
+            unsafe {
+                match w {
+                    ColW::F32(p) => {
+                        task::<F32>(x, m, k, k0, kb, p.as_ptr() as _, n, acc, lda, n0, full)
+                    }
+                    ColW::F16(p) => {
+                        task::<F16>(x, m, k, k0, kb, p.as_ptr() as _, n, acc, lda, n0, full)
+                    }
+                    ColW::Bf16(p) => {
+                        task::<Bf16>(x, m, k, k0, kb, p.as_ptr() as _, n, acc, lda, n0, full)
+                    }
+                }
+            }
+        }
+        full
+    }
+
+    unsafe fn rows_chunk<O: RowOp>(op: &O, i0: usize, x: &[f32], y: &mut [f32], d: usize) {
+        unsafe { rows::chunk(op, i0, x, y, d) }
+    }
+
+    unsafe fn paged_task<S: PageSource>(
+        src: &S,
+        q: &[f32],
+        dims: (usize, usize, usize, usize),
+        gsz: usize,
+        lens: &[usize],
+        scale: f32,
+        t: usize,
+        sc: &mut Scratch,
+        dst: &mut [f32],
+    ) {
+        unsafe { paged::task(src, q, dims, gsz, lens, scale, t, sc, dst) }
+    }
+
+    unsafe fn attention_task(t: &Task<'_>, b: &mut Bufs, out: *mut f32) {
+        unsafe { attention::run_avx2(t, b, out) }
+    }
+
+    fn sgemm(
+        m: usize,
+        n: usize,
+        k: usize,
+        x: &[f32],
+        w: &[f32],
+        c: &mut [f32],
+        ldc: usize,
+        acc: bool,
+        threads: usize,
+    ) -> bool {
+        if !crate::kernels::sgemm::avx2_available() {
+            return false;
+        }
+        sgemm::sgemm_avx2(m, n, k, x, k, 1, w, n, 1, c, ldc, acc, threads);
+        true
+    }
+}
