@@ -1,5 +1,8 @@
 .DEFAULT_GOAL := help
 PY ?= python
+# Ray registers nodes at the machine's interface address: tests, benchmarks and demos that start
+# Ray run in a network namespace with loopback only (needs root)
+LOOPBACK_NS ?= unshare -n sh -c 'ip link set lo up && exec "$$0" "$$@"'
 
 .PHONY: help dev install test test-all test-rust test-py lint fmt bench stubtest mypy clean wheel-check
 
@@ -15,11 +18,11 @@ install: ## install as a user would (pip install .)
 test-rust: ## Rust core unit tests (no Python needed)
 	cargo test -p tierflow-core --release
 
-test-py: ## Python tests and doctests (default run: no benchmarks, no slow tests)
-	$(PY) -m pytest
+test-py: ## Python tests and doctests (default run: no benchmarks, no slow tests), loopback-only network
+	$(LOOPBACK_NS) $(PY) -m pytest
 
 test-all: test-rust ## every test: Rust, Python including the slow ones, doctests (no benchmarks)
-	$(PY) -m pytest -m "not bench"
+	$(LOOPBACK_NS) $(PY) -m pytest -m "not bench"
 
 test: test-rust test-py ## all tests
 
@@ -41,7 +44,7 @@ fmt: ## format Rust and Python
 	ruff check --fix python tests benches
 
 bench: ## benchmarks (pytest-benchmark; ratios against the anchors in the same run)
-	$(PY) -m pytest benches -m bench -s
+	$(LOOPBACK_NS) $(PY) -m pytest benches -m bench -s
 
 # --- wheels: build, install in fresh virtualenvs, test the installed package ---------------
 WHEEL_CHECK_ARGS ?=

@@ -18,6 +18,7 @@ def test_ci_has_every_test_dependency():
             "safetensors",
             "ml_dtypes",
             "hypothesis",
+            "ray",
             "optuna",
             "yaml",
         )

@@ -23,6 +23,15 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--workers", type=int, default=1, help="worker threads serving requests")
     p.add_argument("--small", action="store_true", help="tiny experts (for tests)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument(
+        "--cluster",
+        type=int,
+        default=None,
+        metavar="N",
+        help="serve across a local Ray cluster of N nodes, beside the simulator's prediction "
+        "(needs pip install 'tierflow[ray]')",
+    )
+    p.add_argument("--policy", default="lru", help="--cluster: the policy (default lru)")
     r = p.add_argument_group("real-expert CoE (Llama, Qwen2, GPT-2 checkpoints routed by MiniLM)")
     r.add_argument(
         "--real",
@@ -82,6 +91,22 @@ def run(args: argparse.Namespace) -> int:
 
     if args.requests < 1 or args.workers < 1:
         raise InvalidArgumentError("--requests and --workers must be at least 1")
+    if args.cluster is not None:
+        from ..demos.cluster import run_cluster_demo
+
+        if args.cluster < 1:
+            raise InvalidArgumentError("--cluster must be at least 1 node")
+        console.rule(f"tierflow demo --cluster {args.cluster}: the demo CoE across Ray nodes")
+        res = run_cluster_demo(
+            args.cluster,
+            args.dir,
+            requests=args.requests,
+            ram_budget=parse_size(args.ram) if args.ram else None,
+            config=SMALL_CONFIG if args.small else None,
+            policy=args.policy,
+            console=console,
+        )
+        return 0 if res["outputs_equal_serial"] else 3
     console.rule("tierflow demo: a Composition of Experts larger than RAM, served on this host")
     run_demo(
         args.dir,

@@ -405,7 +405,10 @@ def schedule(
     g.validate()
     devs = list(devices) if devices is not None else []
     if len(devs) > 1:
-        raise InvalidArgumentError("schedule: the host runtime runs on one device (this host)")
+        raise InvalidArgumentError(
+            "schedule: the host runtime runs on one device (this host); for several nodes pass "
+            "devices=tierflow.devices.ray_cluster()"
+        )
     pol = Policy.parse(policy, **overrides)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise InvalidArgumentError(f"schedule: workers must be an integer >= 1, got {workers!r}")

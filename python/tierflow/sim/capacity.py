@@ -99,16 +99,42 @@ class CapacitySweep:
         }
 
 
-def _p99(g: CoE, d: Device, t: Trace, pol: Policy) -> float:
+def _p99(g: CoE, d: Device | list[Device], t: Trace, pol: Policy, links: Any = None) -> float:
     try:
+        if isinstance(d, list):
+            return float(
+                np.percentile(simulate(g, devices=d, trace=t, policy=pol, links=links).latency, 99)
+            )
         return float(np.percentile(simulate(g, d, t, pol).latency, 99))
     except ScheduleError:
         return float("nan")
 
 
+class _Scaled:
+    """Several devices whose exec tiers scale together: ``at(c)`` gives each device its share
+    (by its full room for experts, at least the largest expert) of ``c`` bytes for experts."""
+
+    def __init__(self, g: CoE, devices: Sequence[Device]) -> None:
+        self.devs = list(devices)
+        router = g.router_node.nbytes if g.router_node else 0
+        self.over = [d.reserved + (router if k == 0 else 0) for k, d in enumerate(self.devs)]
+        room = [max(d.exec.capacity - o, 1) for d, o in zip(self.devs, self.over, strict=True)]
+        self.share = [r / sum(room) for r in room]
+        self.big = max(g.nodes[e].nbytes for e in g.experts)
+
+    def rooms(self, c: int) -> list[int]:
+        return [max(self.big, int(c * s)) for s in self.share]
+
+    def at(self, c: int) -> list[Device]:
+        return [
+            d.with_exec_capacity(r + o)
+            for d, r, o in zip(self.devs, self.rooms(c), self.over, strict=True)
+        ]
+
+
 def sweep_capacity(
     g: CoE,
-    device: Device,
+    device: Device | Sequence[Device],
     trace: Trace,
     *,
     target_p99: float,
@@ -116,26 +142,56 @@ def sweep_capacity(
     steps: int = 10,
     refine: int = 6,
     progress: Callable[[], None] | None = None,
+    links: Any = None,
 ) -> CapacitySweep:
     """Sweep ``steps`` capacities (geometric) from one expert to the whole CoE for each policy; recommend the
     policy needing the least capacity for ``p99 <= target_p99`` and bisect its capacity
-    ``refine`` times. ``progress()`` is called after each simulation."""
+    ``refine`` times. ``progress()`` is called after each simulation.
+
+    ``device`` may be a list of devices (joined by ``links``, see :mod:`tierflow.sim.placement`):
+    their exec tiers then scale together, each by its share of the capacity (at least one
+    expert each), and the capacities are aggregates over the devices."""
     if not (isinstance(target_p99, (int, float)) and target_p99 > 0):
         raise InvalidArgumentError(f"plan: target_p99 must be > 0 seconds, got {target_p99!r}")
     if steps < 2:
         raise InvalidArgumentError("plan: steps must be at least 2")
     pols = [Policy.parse(p) for p in policies]
     router = g.router_node.nbytes if g.router_node else 0
-    overhead = device.reserved + router
     sizes = [g.nodes[e].nbytes for e in g.experts]
     lo, hi = max(sizes), sum(sizes)
-    caps = sorted({int(c) for c in np.geomspace(lo, hi, steps)})  # dense near the knee
+    if isinstance(device, (list, tuple)):
+        scaled = _Scaled(g, device)
+        lo = sum(scaled.rooms(0))
+        hi = max(hi, lo)
+        overhead = 0
+
+        def at(c: int) -> Any:
+            return scaled.at(c)
+
+        def actual(c: int) -> int:
+            return sum(scaled.rooms(c))
+
+    else:
+        if not isinstance(device, Device):
+            raise InvalidArgumentError(
+                f"plan: device must be a tierflow.Device or a list of them, got {type(device).__name__}"
+            )
+        one = device
+        overhead = one.reserved + router
+
+        def at(c: int) -> Any:
+            return one.with_exec_capacity(c + overhead)
+
+        def actual(c: int) -> int:
+            return c
+
+    caps = sorted({actual(int(c)) for c in np.geomspace(lo, hi, steps)})  # dense near the knee
     tick = progress or (lambda: None)
     table: dict[str, list[float]] = {p.name: [] for p in pols}
     for c in caps:
-        d = device.with_exec_capacity(c + overhead)
+        d = at(c)
         for p in pols:
-            table[p.name].append(_p99(g, d, trace, p))
+            table[p.name].append(_p99(g, d, trace, p, links))
             tick()
     best: tuple[int, float, str] | None = None
     for p in pols:
@@ -157,7 +213,7 @@ def sweep_capacity(
         a, b = caps[i - 1], cap  # a fails, b passes
         for _ in range(refine):
             m = (a + b) // 2
-            v = _p99(g, device.with_exec_capacity(m + overhead), trace, pol)
+            v = _p99(g, at(m), trace, pol, links)
             tick()
             if v <= target_p99:
                 b = m

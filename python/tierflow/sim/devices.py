@@ -26,9 +26,20 @@ from pathlib import Path
 from typing import Any
 
 from .._deprecated import renamed
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, TierflowError
 
-__all__ = ["Device", "MemoryTier", "dgx_a100", "dgx_h100", "host", "host_cache_path", "sn40l"]
+__all__ = [
+    "Device",
+    "MemoryTier",
+    "RayMissingError",
+    "dgx_a100",
+    "dgx_h100",
+    "host",
+    "host_cache_path",
+    "import_ray",
+    "ray_cluster",
+    "sn40l",
+]
 
 GiB = 1 << 30
 TiB = 1 << 40
@@ -511,3 +522,84 @@ def host(*, refresh: bool = False) -> Device:
 __getattr__ = renamed(
     __name__, {"Tier": ("tierflow.sim.devices.MemoryTier", lambda: MemoryTier)}
 )  # the old name of MemoryTier, kept for one release
+
+
+# --- the nodes of a Ray cluster ---------------------------------------------------------------
+RAY_NODE_PREFIX = "ray:"
+_RAY_PROBES: dict[str, dict[str, Any]] = {}
+
+
+class RayMissingError(TierflowError, ImportError):
+    """Ray is not installed."""
+
+
+def import_ray() -> Any:
+    """The ``ray`` module, or :class:`RayMissingError` saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise RayMissingError(
+            "tierflow's cluster runtime needs Ray: pip install 'tierflow[ray]'"
+        ) from None
+    return ray
+
+
+def _ray_probe() -> dict[str, Any]:
+    """Runs on a node: the host probe (cached on that node) and the node's id."""
+    import ray
+
+    return {"node": ray.get_runtime_context().get_node_id(), "device": host().to_dict()}
+
+
+def ray_cluster(address: str | None = None, *, refresh: bool = False) -> list[Device]:
+    """One :class:`Device` per alive node of the Ray cluster at ``address`` (connects if Ray is
+    not initialised; None: the running cluster or a new local one). Each is :func:`host` run as
+    a Ray task pinned to that node, named ``ray:<node id>``, with its RAM tier set to the memory
+    Ray gives the node and the probe's file tier. Probes are cached per node id
+    (``refresh=True`` measures again). Needs ``pip install 'tierflow[ray]'``."""
+    ray = import_ray()
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, logging_level="warning")
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    todo = [n for n in nodes if refresh or n["NodeID"] not in _RAY_PROBES]
+    task = ray.remote(num_cpus=0)(_ray_probe)
+    refs = [
+        task.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote()
+        for n in todo
+    ]
+    for n, r in zip(todo, ray.get(refs, timeout=120), strict=True):
+        _RAY_PROBES[n["NodeID"]] = r
+    out = []
+    for n in nodes:
+        d = Device.from_dict(_RAY_PROBES[n["NodeID"]]["device"])
+        mem = int(n.get("Resources", {}).get("memory", 0)) or d.exec.capacity
+        d.tiers = [
+            MemoryTier(
+                t.name,
+                min(t.capacity, mem) if t.name == "ram" else t.capacity,
+                t.bandwidth,
+                t.latency,
+            )
+            for t in d.tiers
+        ]
+        d.name = RAY_NODE_PREFIX + n["NodeID"][:12]
+        d.reserved = 0
+        d.sources = {
+            **d.sources,
+            "ray_node_id": n["NodeID"],
+            "ray_address": n.get("NodeManagerAddress", ""),
+            "ram": "Ray's memory resource of the node; probe: tierflow.devices.host() on it",
+        }
+        out.append(d)
+    return out
+
+
+def is_ray_device(d: Any) -> bool:
+    """A device of :func:`ray_cluster`."""
+    return (
+        isinstance(d, Device) and d.name.startswith(RAY_NODE_PREFIX) and "ray_node_id" in d.sources
+    )

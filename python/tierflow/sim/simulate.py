@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from .. import _tierflow
@@ -30,10 +31,14 @@ __all__ = ["simulate"]
 
 def simulate(
     g: CoE,
-    device: Device,
-    trace: Trace,
+    device: Device | Sequence[Device] | None = None,
+    trace: Trace | None = None,
     policy: str | Policy | None = "lru",
     *,
+    devices: Sequence[Device] | None = None,
+    links: Any = None,
+    entry: int = 0,
+    homes: dict[str, list[int]] | None = None,
     popularity: dict[str, float] | None = None,
     **overrides: Any,
 ) -> Report:
@@ -42,6 +47,13 @@ def simulate(
     Args:
         g: the graph (validated first).
         device: the device (``policy.instances`` copies of it share the traffic).
+        devices: several devices, possibly different, joined by network links (or a list as
+            ``device``): experts are placed across them and the result is a
+            :class:`~tierflow.sim.placement.ClusterReport` (see :mod:`tierflow.sim.placement`).
+        links: with ``devices``, a :class:`~tierflow.sim.placement.Link` for every pair or
+            ``{(i, j): Link}`` (default: each device kind's interconnect preset).
+        entry: with ``devices``, the index of the device where requests arrive (the router).
+        homes: with ``devices``, a given placement ``{expert: [device index, ...]}``.
         trace: requests; its expert names must all be nodes of ``g``.
         policy: a :class:`Policy` or a name such as ``"lru"``, ``"static+belady"``, ``"prefetch"``.
         popularity: per-expert weights for placement (default: counted from the trace).
@@ -56,6 +68,27 @@ def simulate(
     """
     if not isinstance(g, CoE):
         raise InvalidArgumentError(f"simulate: g must be a tierflow.CoE, got {type(g).__name__}")
+    if devices is not None and device is not None:
+        raise InvalidArgumentError("simulate: give device or devices, not both")
+    if devices is None and isinstance(device, (list, tuple)):
+        devices = device
+    if devices is not None:
+        from .placement import simulate_many
+
+        if trace is None:
+            raise InvalidArgumentError("simulate: no trace")
+        return simulate_many(
+            g,
+            list(devices),
+            trace,
+            policy,
+            popularity=popularity,
+            links=links,
+            entry=entry,
+            homes=homes,
+            one=simulate,
+            **overrides,
+        )
     if not isinstance(device, Device):
         raise InvalidArgumentError(
             f"simulate: device must be a tierflow.Device, got {type(device).__name__}"
