@@ -289,16 +289,17 @@ def test_weights_served_from_each_tier(shared, tier):
 @pytest.mark.parametrize("fmt", [None, "q8_0"])
 def test_ram_budget_below_model_size(tmp_path, read, fmt):
     """A RAM tier of half the model. Through the store: every step reads the weights
-    from the file tier again (counted), evicting. Streamed (what "auto" picks here): the
-    kernels pull every weight from the file tier at every step (counted as streamed traffic),
-    none passes through the RAM tier. Read in place: none passes through the store at all.
+    from the file tier again (counted), evicting. Streamed: the kernels pull every weight from
+    the file tier at every step (counted as streamed traffic), none passes through the RAM tier.
+    Resident (what "auto" picks here): a fixed set is pinned in the RAM tier, only the rest is
+    streamed. Read in place: none passes through the store at all.
     The results are bit-identical every way."""
     r = _ref_data("tiny-llama")
     ram = (1 << 20) if fmt is None else (192 << 10)  # about half the weights
     tiers = [tierflow.Tier("ram", ram), tierflow.Tier("disk", None, path="disk")]
     with tierflow.TieredStore(tmp_path / "store", tiers=tiers) as store:
         model = tm.load(DATA / "tiny-llama", store=store, dtype=fmt, read=read)
-        assert model.weights.read == ("stream" if read == "auto" else read)
+        assert model.weights.read == ("resident" if read == "auto" else read)
         base = tm.load(DATA / "tiny-llama", dtype=fmt, tier="ram")
         store.reset_stats()
         ids = r["input_ids_1"]
@@ -314,8 +315,19 @@ def test_ram_budget_below_model_size(tmp_path, read, fmt):
             assert store.stats()["counters"]["evictions"] > 0
         else:
             assert moved < per_step  # only norms went through the store
-        if read in ("auto", "stream"):
+        if read == "stream":
             assert streamed >= 25 * per_step * 0.95  # prefill + 24 steps, every matmul weight
+        if read == "auto":  # resident: a fixed set pinned in RAM, only the rest streamed
+            w = model.weights
+            pinned = w.resident_bytes()
+            assert 0 < pinned <= ram and w.resident
+            assert all(store.info(w.prefix + n)["pinned"] for n in w.resident)
+            assert all(store.tier_of(w.prefix + n) == "ram" for n in w.resident)
+            # prefill + 24 steps read exactly the non-resident weights, every step; the only
+            # other streamed bytes are the embedding rows of the tokens in play (row by row)
+            rows = streamed - 25 * (per_step - pinned)
+            row_bytes = model.config.hidden_size * 4
+            assert rows % row_bytes == 0 and 0 <= rows <= 64 * row_bytes
     # A model that fits the memory tiers is cached there ("auto" -> "store").
     assert tm.load(DATA / "tiny-llama").weights.read == "store"
 
