@@ -351,3 +351,45 @@ def test_docstring_examples():
 
     res = doctest.testmod(tierflow.models, optionflags=doctest.ELLIPSIS)
     assert res.attempted >= 4 and res.failed == 0
+
+
+def test_resident_drops_page_cache_when_memory_is_short(tmp_path, monkeypatch):
+    """In a memory cgroup too small for the model, "resident" advises the OS to drop the file
+    pages of the pinned weights once (they are held in the RAM tier) and of each streamed weight
+    after its use; the logits stay bit-identical. Outside a cgroup with plenty of memory nothing
+    is dropped (the page cache may keep the streamed part warm)."""
+    import tierflow.models._weights as wmod
+
+    calls: list[tuple[str, int, int]] = []
+    real = os.posix_fadvise
+
+    def spy(fd, offset, length, advice):
+        calls.append((os.readlink(f"/proc/self/fd/{fd}"), offset, length))
+        return real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", spy)
+    r = _ref_data("tiny-llama")
+    base = tm.load(DATA / "tiny-llama", tier="ram")
+    tiers = [tierflow.Tier("ram", 1 << 20), tierflow.Tier("disk", None, path="disk")]
+    monkeypatch.setattr(wmod, "cgroup_memory_limit", lambda: None)
+    with tierflow.TieredStore(tmp_path / "a", tiers=tiers) as store:
+        model = tm.load(DATA / "tiny-llama", store=store)
+        assert model.weights.read == "resident" and not model.weights._drop_cache
+        model(r["input_ids_1"])
+    assert calls == []
+    model_bytes = os.path.getsize(DATA / "tiny-llama" / "model.safetensors")
+    monkeypatch.setattr(wmod, "cgroup_memory_limit", lambda: model_bytes // 2)
+    with tierflow.TieredStore(tmp_path / "b", tiers=tiers) as store:
+        model = tm.load(DATA / "tiny-llama", store=store)
+        w = model.weights
+        assert w._drop_cache and w.resident
+        pinned_calls = len(calls)
+        assert pinned_calls == len(w.resident)
+        np.testing.assert_array_equal(model(r["input_ids_1"]), base(r["input_ids_1"]))
+        streamed = [n for n in w.layouts if n not in w.resident]
+        # every streamed weight but the last of the step is dropped once per step
+        assert len(calls) - pinned_calls >= len(streamed) - 1
+        ck = os.path.realpath(DATA / "tiny-llama" / "model.safetensors")
+        assert all(os.path.realpath(p) == ck and n > 0 for p, _, n in calls)
+        w.release()
+        assert not any(store.info(w.prefix + n)["pinned"] for n in w.layouts)

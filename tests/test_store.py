@@ -493,4 +493,6 @@ def test_default_ram_tier_follows_the_cgroup_limit(monkeypatch):
     ram = tiered._default_tiers(None)[1].capacity
     assert ram == min(phys // 4, limit - limit // 4)
     monkeypatch.setattr(tiered, "cgroup_memory_limit", lambda: 300 << 20)
-    assert tiered._default_tiers(None)[1].capacity == min(phys // 4, (300 - 256) << 20)
+    assert tiered._default_tiers(None)[1].capacity == min(phys // 4, (300 - 128) << 20)
+    monkeypatch.setattr(tiered, "cgroup_memory_limit", lambda: 64 << 20)
+    assert tiered._default_tiers(None)[1].capacity == 16 << 20  # the floor

@@ -17,7 +17,7 @@ in the same tier. The forward pass asks for each weight when it needs it (``Weig
     ``"store"`` mode) evicts each weight just before it is needed again and re-reads the whole
     model per step, whereas the optimal (Belady) policy keeps a fixed set resident and reads only
     the rest: ``model - budget`` bytes per step instead of ``model``. When the memory is short
-    (the streamed bytes do not fit the memory the process may use: its cgroup's limit, else
+    (the model does not fit its memory cgroup's limit, or without one the streamed bytes exceed
     ``MemAvailable``), the file pages of both parts are dropped from the OS page cache
     (``posix_fadvise(DONTNEED)``) once read, so the data are not held twice and the page cache
     does not evict the pinned weights' room;
@@ -273,7 +273,7 @@ class Weights:
                 room -= size
             else:
                 streamed += size
-        self._drop_cache = streamed > 0 and streamed > _memory_available()
+        self._drop_cache = streamed > 0 and _memory_short(streamed, self.resident_bytes())
         if self._drop_cache:
             for n in self.resident:
                 self._drop_file_pages(n)
@@ -451,21 +451,22 @@ def _groups(names: list[str]) -> list[list[str]]:
     return [layers[i] for i in sorted(layers)] + ([rest] if rest else [])
 
 
-def _memory_available() -> int:
-    """Bytes this process may still fill: the smaller of its cgroup's memory limit (when it is
-    in one) and ``MemAvailable`` (reclaimable page cache included)."""
+def _memory_short(streamed: int, pinned: int) -> bool:
+    """Whether the page cache cannot keep the streamed weights from one step to the next:
+    in a memory cgroup (which charges page cache to the group) when pinned + streamed bytes
+    exceed its limit, else when the streamed bytes exceed ``MemAvailable`` (measured after
+    pinning, so the pinned bytes are already out of it)."""
     limit = cgroup_memory_limit()
-    avail = None
+    if limit is not None:
+        return streamed + pinned > limit
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    avail = int(line.split()[1]) * 1024
+                    return streamed > int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    if limit is not None:
-        return limit if avail is None else min(limit, avail)
-    return avail if avail is not None else 1 << 62
+    return False
 
 
 def _is_file_tier(store: TieredStore, tier: str) -> bool:

@@ -197,7 +197,7 @@ def cgroup_memory_limit(root: str | os.PathLike[str] = "/") -> int | None:
 def _default_tiers(path: Path | None) -> list[Tier]:
     """fast: the largest CPU cache (a staging buffer for kernels); ram: a quarter of physical
     memory, or, in a memory cgroup, its limit less a quarter (at least 256 MiB) when that is
-    smaller; disk: file-backed, unbounded, in ``<path>/disk`` (only with a path)."""
+    smaller (a quarter is left, at least 128 MiB); disk: file-backed, unbounded, in ``<path>/disk`` (only with a path)."""
     cache = 32 << 20
     try:
         sizes = []
@@ -217,8 +217,8 @@ def _default_tiers(path: Path | None) -> list[Tier]:
     limit = cgroup_memory_limit()
     if limit is not None:
         # in a memory cgroup (a container, a batch job) the limit, not the machine, is the RAM:
-        # keep a quarter of it (at least 256 MiB) for the process, its buffers and page cache
-        ram = max(min(ram, limit - max(256 << 20, limit // 4)), 16 << 20)
+        # keep a quarter of it (at least 128 MiB) for the process, its buffers and page cache
+        ram = max(min(ram, limit - max(128 << 20, limit // 4)), 16 << 20)
     tiers = [Tier("fast", cache), Tier("ram", ram)]
     if path is not None:
         tiers.append(Tier("disk", None, path="disk"))
