@@ -137,7 +137,7 @@ def files(tmp_path_factory):
 
 
 @pytest.mark.parametrize("fmt", ["F32", "Q8_0"])
-def test_decode_in_a_cgroup_smaller_than_the_model(benchmark, files, fmt):
+def test_decode_in_a_cgroup_smaller_than_the_model(benchmark, ratios, files, fmt):
     path = files[fmt]
     size = os.path.getsize(path)
     limit = int(size * LIMIT)
@@ -160,13 +160,13 @@ def test_decode_in_a_cgroup_smaller_than_the_model(benchmark, files, fmt):
     for k, v in runs.items():
         print(f"  {k}: " + ", ".join(f"{1 / r['decode']:.2f}" for r in v) + " tok/s")
     record(
-        f"outofcore_{fmt}",
-        {
-            "limit_bytes": limit,
-            "file_bytes": size,
-            "tierflow_tok_s": tps["tierflow"],
-            "llamacpp_tok_s": tps["llama.cpp"],
-            "ratio": ratio,
-            "runs": runs,
-        },
+        ratios,
+        f"outofcore_decode_{fmt}",
+        ratio,
+        1.6,
+        limit_bytes=limit,
+        file_bytes=size,
+        tierflow_tok_s=round(tps["tierflow"], 3),
+        llamacpp_tok_s=round(tps["llama.cpp"], 3),
+        pinned_bytes=t["resident_bytes"],
     )
