@@ -289,16 +289,17 @@ def test_weights_served_from_each_tier(shared, tier):
 @pytest.mark.parametrize("fmt", [None, "q8_0"])
 def test_ram_budget_below_model_size(tmp_path, read, fmt):
     """A RAM tier of half the model. Through the store: every step reads the weights
-    from the file tier again (counted), evicting. Streamed (what "auto" picks here): the
-    kernels pull every weight from the file tier at every step (counted as streamed traffic),
-    none passes through the RAM tier. Read in place: none passes through the store at all.
+    from the file tier again (counted), evicting. Streamed: the kernels pull every weight from
+    the file tier at every step (counted as streamed traffic), none passes through the RAM tier.
+    Resident (what "auto" picks here): a fixed set is pinned in the RAM tier, only the rest is
+    streamed. Read in place: none passes through the store at all.
     The results are bit-identical every way."""
     r = _ref_data("tiny-llama")
     ram = (1 << 20) if fmt is None else (192 << 10)  # about half the weights
     tiers = [tierflow.Tier("ram", ram), tierflow.Tier("disk", None, path="disk")]
     with tierflow.TieredStore(tmp_path / "store", tiers=tiers) as store:
         model = tm.load(DATA / "tiny-llama", store=store, dtype=fmt, read=read)
-        assert model.weights.read == ("stream" if read == "auto" else read)
+        assert model.weights.read == ("resident" if read == "auto" else read)
         base = tm.load(DATA / "tiny-llama", dtype=fmt, tier="ram")
         store.reset_stats()
         ids = r["input_ids_1"]
@@ -314,8 +315,19 @@ def test_ram_budget_below_model_size(tmp_path, read, fmt):
             assert store.stats()["counters"]["evictions"] > 0
         else:
             assert moved < per_step  # only norms went through the store
-        if read in ("auto", "stream"):
+        if read == "stream":
             assert streamed >= 25 * per_step * 0.95  # prefill + 24 steps, every matmul weight
+        if read == "auto":  # resident: a fixed set pinned in RAM, only the rest streamed
+            w = model.weights
+            pinned = w.resident_bytes()
+            assert 0 < pinned <= ram and w.resident
+            assert all(store.info(w.prefix + n)["pinned"] for n in w.resident)
+            assert all(store.tier_of(w.prefix + n) == "ram" for n in w.resident)
+            # prefill + 24 steps read exactly the non-resident weights, every step; the only
+            # other streamed bytes are the embedding rows of the tokens in play (row by row)
+            rows = streamed - 25 * (per_step - pinned)
+            row_bytes = model.config.hidden_size * 4
+            assert rows % row_bytes == 0 and 0 <= rows <= 64 * row_bytes
     # A model that fits the memory tiers is cached there ("auto" -> "store").
     assert tm.load(DATA / "tiny-llama").weights.read == "store"
 
@@ -339,3 +351,45 @@ def test_docstring_examples():
 
     res = doctest.testmod(tierflow.models, optionflags=doctest.ELLIPSIS)
     assert res.attempted >= 4 and res.failed == 0
+
+
+def test_resident_drops_page_cache_when_memory_is_short(tmp_path, monkeypatch):
+    """In a memory cgroup too small for the model, "resident" advises the OS to drop the file
+    pages of the pinned weights once (they are held in the RAM tier) and of each streamed weight
+    after its use; the logits stay bit-identical. Outside a cgroup with plenty of memory nothing
+    is dropped (the page cache may keep the streamed part warm)."""
+    import tierflow.models._weights as wmod
+
+    calls: list[tuple[str, int, int]] = []
+    real = os.posix_fadvise
+
+    def spy(fd, offset, length, advice):
+        calls.append((os.readlink(f"/proc/self/fd/{fd}"), offset, length))
+        return real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", spy)
+    r = _ref_data("tiny-llama")
+    base = tm.load(DATA / "tiny-llama", tier="ram")
+    tiers = [tierflow.Tier("ram", 1 << 20), tierflow.Tier("disk", None, path="disk")]
+    monkeypatch.setattr(wmod, "cgroup_memory_limit", lambda: None)
+    with tierflow.TieredStore(tmp_path / "a", tiers=tiers) as store:
+        model = tm.load(DATA / "tiny-llama", store=store)
+        assert model.weights.read == "resident" and not model.weights._drop_cache
+        model(r["input_ids_1"])
+    assert calls == []
+    model_bytes = os.path.getsize(DATA / "tiny-llama" / "model.safetensors")
+    monkeypatch.setattr(wmod, "cgroup_memory_limit", lambda: model_bytes // 2)
+    with tierflow.TieredStore(tmp_path / "b", tiers=tiers) as store:
+        model = tm.load(DATA / "tiny-llama", store=store)
+        w = model.weights
+        assert w._drop_cache and w.resident
+        pinned_calls = len(calls)
+        assert pinned_calls == len(w.resident)
+        np.testing.assert_array_equal(model(r["input_ids_1"]), base(r["input_ids_1"]))
+        streamed = [n for n in w.layouts if n not in w.resident]
+        # every streamed weight but the last of the step is dropped once per step
+        assert len(calls) - pinned_calls >= len(streamed) - 1
+        ck = os.path.realpath(DATA / "tiny-llama" / "model.safetensors")
+        assert all(os.path.realpath(p) == ck and n > 0 for p, _, n in calls)
+        w.release()
+        assert not any(store.info(w.prefix + n)["pinned"] for n in w.layouts)

@@ -441,3 +441,58 @@ def test_two_file_tiers_cascade(tmp_path):
         assert {s2.tier_of(n) for n in vals} == {"hdd"}
         for n, v in vals.items():
             np.testing.assert_array_equal(s2.get(n), v)
+
+
+def _fake_cgroup(root, proc: str, files: dict[str, str]):
+    (root / "proc/self").mkdir(parents=True)
+    (root / "proc/self/cgroup").write_text(proc)
+    for rel, text in files.items():
+        f = root / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+    return root
+
+
+def test_cgroup_memory_limit_v1_v2_and_none(tmp_path):
+    from tierflow.store import cgroup_memory_limit
+
+    v1 = _fake_cgroup(
+        tmp_path / "v1",
+        "12:pids:/x\n4:memory:/job/a\n0::/\n",
+        {"sys/fs/cgroup/memory/job/a/memory.limit_in_bytes": "1288490188\n"},
+    )
+    assert cgroup_memory_limit(v1) == 1288490188
+    v2 = _fake_cgroup(
+        tmp_path / "v2", "0::/user/b\n", {"sys/fs/cgroup/user/b/memory.max": "536870912\n"}
+    )
+    assert cgroup_memory_limit(v2) == 512 << 20
+    unlimited = _fake_cgroup(
+        tmp_path / "u",
+        "4:memory:/\n0::/c\n",
+        {
+            "sys/fs/cgroup/memory/memory.limit_in_bytes": str(2**63 - 4096),
+            "sys/fs/cgroup/c/memory.max": "max",
+        },
+    )
+    assert cgroup_memory_limit(unlimited) is None
+    assert cgroup_memory_limit(tmp_path / "nothing-here") is None
+    garbage = _fake_cgroup(
+        tmp_path / "g", "4:memory:/z\n", {"sys/fs/cgroup/memory/z/memory.limit_in_bytes": "lots"}
+    )
+    assert cgroup_memory_limit(garbage) is None
+
+
+def test_default_ram_tier_follows_the_cgroup_limit(monkeypatch):
+    import tierflow.store.tiered as tiered
+
+    phys = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    monkeypatch.setattr(tiered, "cgroup_memory_limit", lambda: None)
+    assert tiered._default_tiers(None)[1].capacity == phys // 4
+    limit = 1200 << 20
+    monkeypatch.setattr(tiered, "cgroup_memory_limit", lambda: limit)
+    ram = tiered._default_tiers(None)[1].capacity
+    assert ram == min(phys // 4, limit - limit // 4)
+    monkeypatch.setattr(tiered, "cgroup_memory_limit", lambda: 300 << 20)
+    assert tiered._default_tiers(None)[1].capacity == min(phys // 4, (300 - 128) << 20)
+    monkeypatch.setattr(tiered, "cgroup_memory_limit", lambda: 64 << 20)
+    assert tiered._default_tiers(None)[1].capacity == 16 << 20  # the floor

@@ -8,7 +8,19 @@ memory tier; ``dtype`` converts the matmul weights (``tierflow.quantize``) and s
 in the same tier. The forward pass asks for each weight when it needs it (``Weights.mat``):
 
 - a weight in a memory tier comes from ``store.get`` (zero copy);
-- a weight in a file tier is read in one of three ways (``read=``):
+- a weight in a file tier is read in one of these ways (``read=``):
+
+  - ``"resident"``: a fixed part of the matmul weights, as much as fits the store's default
+    memory tier, is moved there once and pinned; the rest is streamed from the file tier by the
+    kernels (as ``"stream"``) at every step. A decode step reads the layers in the same order
+    every time (a cyclic scan); for such a scan an LRU cache (the OS page cache, or the store's
+    ``"store"`` mode) evicts each weight just before it is needed again and re-reads the whole
+    model per step, whereas the optimal (Belady) policy keeps a fixed set resident and reads only
+    the rest: ``model - budget`` bytes per step instead of ``model``. When the memory is short
+    (the model does not fit its memory cgroup's limit, or without one the streamed bytes exceed
+    ``MemAvailable``), the file pages of both parts are dropped from the OS page cache
+    (``posix_fadvise(DONTNEED)``) once read, so the data are not held twice and the page cache
+    does not evict the pinned weights' room;
 
   - ``"stream"``: the kernel streams it from its tier (``tierflow.matmul(x, store[name])``):
     panels ``pread`` into a double buffer while the previous panel is multiplied, the weight
@@ -20,8 +32,8 @@ in the same tier. The forward pass asks for each weight when it needs it (``Weig
     weight) is memory-mapped and handed to the kernel (one pass through the OS page cache; a
     file truncated while mapped kills the process with SIGBUS: only for files nobody rewrites
     while the model runs);
-  - ``"auto"`` (the default): ``"stream"`` when the matmul weights are larger than the store's
-    memory tiers (caching them there could only thrash), else ``"store"``.
+  - ``"auto"`` (the default): ``"resident"`` when the matmul weights are larger than the store's
+    memory tiers (caching them all there could only thrash), else ``"store"``.
 
   ``stream`` and ``store`` read with ``pread``, so a file changed on disk is an error, never a
   crash.
@@ -44,7 +56,7 @@ import numpy as np
 
 from ..errors import DTypeError, InvalidArgumentError, ShapeError, TensorNotFoundError
 from ..kernels import QuantizedTensor, quantize
-from ..store import TieredStore
+from ..store import TieredStore, cgroup_memory_limit
 from ..store.dtypes import SAFETENSORS_NUMPY
 from . import _checkpoint as ck
 from .config import ModelConfig, matmul_layouts
@@ -52,7 +64,10 @@ from .config import ModelConfig, matmul_layouts
 __all__ = ["READ_MODES", "WEIGHT_FORMATS", "Weights"]
 
 #: how matmul weights in a file tier are read (see the module docs)
-READ_MODES = ("auto", "stream", "store", "mmap")
+READ_MODES = ("auto", "resident", "stream", "store", "mmap")
+#: share of the default memory tier's free room that ``read="resident"`` fills with pinned
+#: weights (the rest is room for the small weights read through the store and other tensors)
+RESIDENT_FILL = 0.95
 #: formats a checkpoint may be converted to on load (None keeps the stored dtype)
 WEIGHT_FORMATS = (None, "f32", "bf16", "q8_0", "q4_0")
 _FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
@@ -118,6 +133,10 @@ class Weights:
         self._refs: dict[str, Any] = {}
         self._direct: dict[str, tuple[str, Any]] = {}
         self._file_tiers = {t.name for t in store.tiers if t.file_backed}
+        #: weights pinned in a memory tier by ``read="resident"`` (the rest stream)
+        self.resident: list[str] = []
+        self._drop_cache = False
+        self._last_streamed: str | None = None
 
     @classmethod
     def open(
@@ -164,6 +183,8 @@ class Weights:
             if dtype is not None and dtype != "f32":
                 w._convert(dtype, tier)
             w.read = w._auto_read() if read == "auto" else read
+            if w.read == "resident":
+                w._make_resident()
         except BaseException:
             if private is not None:
                 _close_private_store(store, private)
@@ -198,9 +219,11 @@ class Weights:
             op = self._direct_operand(name)
             if op is not None:
                 return op
-        elif self.read == "stream":
+        elif self.read in ("stream", "resident"):
             ref = self._streamed_operand(name)
             if ref is not None:
+                if self._drop_cache:
+                    self._drop_previous(name)
                 return ref
         a = self.store.get(self.prefix + name)
         if isinstance(a, QuantizedTensor):
@@ -212,13 +235,89 @@ class Weights:
         return QuantizedTensor(fmt, (k, n), np.ascontiguousarray(a).reshape(-1).view(np.uint8))
 
     def _auto_read(self) -> str:
-        """``"stream"`` when the matmul weights exceed the memory tiers' capacity, else
+        """``"resident"`` when the matmul weights exceed the memory tiers' capacity, else
         ``"store"``."""
         caps = [t.capacity for t in self.store.tiers if not t.file_backed]
         if not caps or any(c is None for c in caps):
             return "store"
         total = sum(self.nbytes(n) for n in self.layouts)
-        return "stream" if total > sum(int(c or 0) for c in caps) else "store"
+        return "resident" if total > sum(int(c or 0) for c in caps) else "store"
+
+    def _make_resident(self) -> None:
+        """Pin a fixed set of matmul weights in the store's default memory tier (the largest
+        one), filling up to :data:`RESIDENT_FILL` of its free room after leaving space for the
+        weights the forward pass reads through the store (norms, biases); the rest stay in their
+        file tier and are streamed. Weights are taken in execution order, skipping any that no
+        longer fit. Without a bounded memory tier nothing moves."""
+        mem = [t for t in self.store.tiers if not t.file_backed and t.capacity is not None]
+        if not mem:
+            return
+        tier = max(mem, key=lambda t: int(t.capacity or 0))
+        used = int(self.store.stats().tier(tier.name)["used"])
+        small = sum(
+            self.nbytes(n) for n in self.infos if n not in self.layouts and n not in self._emb
+        )
+        room = int((int(tier.capacity or 0) - used - small) * RESIDENT_FILL)
+        ordered = [n for g in self.groups for n in g if n in self.layouts]
+        ordered += [n for n in self.layouts if n not in ordered]
+        streamed = 0
+        for n in ordered:
+            full = self.prefix + n
+            if self.store.tier_of(full) not in self._file_tiers:
+                continue
+            size = self.nbytes(n)
+            if size <= room:
+                self.store.move(full, tier.name)
+                self.store.pin(full)
+                self.resident.append(n)
+                room -= size
+            else:
+                streamed += size
+        self._drop_cache = streamed > 0 and _memory_short(streamed, self.resident_bytes())
+        if self._drop_cache:
+            for n in self.resident:
+                self._drop_file_pages(n)
+
+    def resident_bytes(self) -> int:
+        """Bytes of the weights ``read="resident"`` pinned in memory."""
+        return sum(self.nbytes(n) for n in self.resident)
+
+    def release(self) -> None:
+        """Unpin the weights ``read="resident"`` pinned (the store may then evict them)."""
+        for n in self.resident:
+            full = self.prefix + n
+            if full in self.store:
+                self.store.unpin(full)
+        self.resident = []
+
+    def _drop_previous(self, name: str) -> None:
+        """Drop the OS page-cache pages of the streamed weight read before ``name``."""
+        last, self._last_streamed = self._last_streamed, name
+        if last is not None and last != name:
+            self._drop_file_pages(last)
+
+    def _drop_file_pages(self, name: str) -> None:
+        """``posix_fadvise(DONTNEED)`` the bytes of weight ``name`` in the file backing it (the
+        adopted checkpoint's range, or the whole of the store's own file for a converted
+        weight). Advice only: errors are ignored (the data stay correct either way)."""
+        if not hasattr(os, "posix_fadvise"):
+            return
+        info = self.store.info(self.prefix + name)
+        path = info.get("file")
+        if not path:
+            return
+        t = self.infos.get(name)
+        begin, length = (t.begin, t.end - t.begin) if info.get("adopted") and t else (0, 0)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.posix_fadvise(fd, begin, length, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     def _streamed_operand(self, name: str) -> Any:
         """The store's handle on a matmul weight in a file tier (None elsewhere)."""
@@ -350,6 +449,24 @@ def _groups(names: list[str]) -> list[list[str]]:
         elif n.endswith(("embed_tokens.weight", "wte.weight")) and "lm_head.weight" not in names:
             rest.append(n)  # tied: the table is also the head
     return [layers[i] for i in sorted(layers)] + ([rest] if rest else [])
+
+
+def _memory_short(streamed: int, pinned: int) -> bool:
+    """Whether the page cache cannot keep the streamed weights from one step to the next:
+    in a memory cgroup (which charges page cache to the group) when pinned + streamed bytes
+    exceed its limit, else when the streamed bytes exceed ``MemAvailable`` (measured after
+    pinning, so the pinned bytes are already out of it)."""
+    limit = cgroup_memory_limit()
+    if limit is not None:
+        return streamed + pinned > limit
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return streamed > int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
 
 
 def _is_file_tier(store: TieredStore, tier: str) -> bool:

@@ -43,13 +43,16 @@ def load(
         dtype: convert weights on load: None (as stored), "f32", "bf16", "q8_0" or "q4_0".
         prefix: the store names of the weights are ``prefix + tensor name`` (default: the
             folder's name and a counter, e.g. ``"tiny-llama#1/"``), so many models share a store.
-        read: how matmul weights that sit in a file tier are read at each step: ``"stream"``
+        read: how matmul weights that sit in a file tier are read at each step: ``"resident"``
+            (as many as fit the store's default memory tier are moved there once and pinned,
+            the rest streamed at every step: the optimal policy for the layers' cyclic order,
+            reading ``model - budget`` bytes per step), ``"stream"``
             (the kernels stream them from the tier through a double buffer, overlapping reads
             with arithmetic; they stay in the file tier), ``"store"`` (copied into the store's
             memory tiers by its policy, the next layer prefetched), ``"mmap"`` (read in place,
             memory-mapped: one pass through the OS page cache, but a file truncated while mapped
             kills the process with SIGBUS: only for files nobody rewrites while the model runs),
-            or ``"auto"`` (the default): ``"stream"`` when the matmul weights are larger than the
+            or ``"auto"`` (the default): ``"resident"`` when the matmul weights are larger than the
             store's memory tiers, else ``"store"``. The logits are bit-identical in every mode.
     Raises:
         InvalidArgumentError: an unsupported architecture (lists the supported ones) or option.

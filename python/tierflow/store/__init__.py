@@ -15,6 +15,7 @@ from .tiered import (
     Tier,
     TieredStore,
     bfloat16_dtype,
+    cgroup_memory_limit,
     parse_size,
     register_block_format,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "Tier",
     "TieredStore",
     "bfloat16_dtype",
+    "cgroup_memory_limit",
     "parse_size",
     "register_block_format",
 ]

@@ -43,6 +43,7 @@ __all__ = [
     "Tier",
     "TieredStore",
     "bfloat16_dtype",
+    "cgroup_memory_limit",
     "parse_size",
     "register_block_format",
 ]
@@ -156,9 +157,47 @@ def register_block_format(fmt: str, cls: type[BlockTensor]) -> None:
     _BLOCK_FORMATS[fmt] = cls
 
 
+def cgroup_memory_limit(root: str | os.PathLike[str] = "/") -> int | None:
+    """The memory limit (bytes) of this process's cgroup, or None when there is none.
+
+    cgroup v2: ``memory.max`` of the process's group (``0::/path`` in ``/proc/self/cgroup``);
+    cgroup v1: ``memory.limit_in_bytes`` of its ``memory`` controller group. A value of ``max``
+    or a v1 "unlimited" (>= 2**60) counts as no limit. ``root`` prefixes every path (tests).
+    Page cache is charged to the group, so this is the budget for data *and* cached file pages.
+    """
+    base = Path(root)
+    try:
+        lines = (base / "proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    candidates: list[Path] = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        ctrls, rel = parts[1], parts[2].lstrip("/")
+        if "memory" in ctrls.split(","):
+            candidates.append(base / "sys/fs/cgroup/memory" / rel / "memory.limit_in_bytes")
+        elif parts[0] == "0" and ctrls == "":
+            candidates.append(base / "sys/fs/cgroup" / rel / "memory.max")
+            candidates.append(base / "sys/fs/cgroup/unified" / rel / "memory.max")
+    for c in candidates:
+        try:
+            text = c.read_text().strip()
+        except OSError:
+            continue
+        if text == "max" or not text.isdigit():
+            continue
+        value = int(text)
+        if 0 < value < (1 << 60):
+            return value
+    return None
+
+
 def _default_tiers(path: Path | None) -> list[Tier]:
     """fast: the largest CPU cache (a staging buffer for kernels); ram: a quarter of physical
-    memory; disk: file-backed, unbounded, in ``<path>/disk`` (only with a path)."""
+    memory, or, in a memory cgroup, its limit less a quarter (at least 256 MiB) when that is
+    smaller (a quarter is left, at least 128 MiB); disk: file-backed, unbounded, in ``<path>/disk`` (only with a path)."""
     cache = 32 << 20
     try:
         sizes = []
@@ -175,6 +214,11 @@ def _default_tiers(path: Path | None) -> list[Tier]:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
     except (OSError, ValueError, AttributeError):
         ram = 4 << 30
+    limit = cgroup_memory_limit()
+    if limit is not None:
+        # in a memory cgroup (a container, a batch job) the limit, not the machine, is the RAM:
+        # keep a quarter of it (at least 128 MiB) for the process, its buffers and page cache
+        ram = max(min(ram, limit - max(128 << 20, limit // 4)), 16 << 20)
     tiers = [Tier("fast", cache), Tier("ram", ram)]
     if path is not None:
         tiers.append(Tier("disk", None, path="disk"))
@@ -407,7 +451,8 @@ class TieredStore:
         path: the store's folder (created if needed; an existing store there is reopened and
             verified). None: memory tiers only, nothing persisted.
         tiers: the tiers, fastest first (default: ``fast`` = the largest CPU cache, ``ram`` = a
-            quarter of physical memory, and with a path ``disk`` = file-backed, unbounded).
+            quarter of physical memory (less in a memory cgroup, see
+            :func:`cgroup_memory_limit`), and with a path ``disk`` = file-backed, unbounded).
         policy: eviction policy: ``"lru"``, ``"lfu"``, ``"fifo"`` or ``"planned"`` (Belady: evicts
             the tensor needed furthest in the future; give the future with :meth:`plan`).
         default_tier: the tier ``put`` uses and ``get`` promotes into (name or index; default:
