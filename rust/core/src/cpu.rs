@@ -50,12 +50,10 @@ impl Isa {
         }
     }
 
-    /// Every kernel path this CPU can run, fastest last. AVX-512 is detected (see [`features`])
-    /// but not yet a kernel path of its own: no machine tierflow is tested on has it, and a path
-    /// is only offered once it is tested against the scalar reference. On AVX-512 CPUs the AVX2
-    /// kernels run (and the `gemm` crate picks AVX-512 itself for large products).
+    /// Every kernel path this CPU can run, fastest last. Within the AVX-512 path, VNNI and BF16
+    /// bodies are chosen per call from [`features`] (see `kernels/x86/avx512/`).
     pub fn available() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Avx2].into_iter().filter(|i| i.supported()).collect()
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512].into_iter().filter(|i| i.supported()).collect()
     }
 
     /// The best supported path, or the one `TIERFLOW_ISA` forces (falling back to the best one

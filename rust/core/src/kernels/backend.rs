@@ -195,14 +195,18 @@ impl Backend for Scalar {
 }
 
 /// `dispatch!(isa, B => expr)`: evaluates `expr` with the type `B` naming the [`Backend`] of
-/// `isa`. The only mapping from an instruction set to its kernels. AVX-512 CPUs run the AVX2
-/// backend until an `x86/avx512` one is written and tested.
+/// `isa`. The only mapping from an instruction set to its kernels.
 macro_rules! dispatch {
     ($isa:expr, $b:ident => $body:expr) => {
         match $isa {
             #[cfg(target_arch = "x86_64")]
-            $crate::cpu::Isa::Avx2 | $crate::cpu::Isa::Avx512 => {
+            $crate::cpu::Isa::Avx2 => {
                 type $b = $crate::kernels::x86::avx2::Avx2;
+                $body
+            }
+            #[cfg(target_arch = "x86_64")]
+            $crate::cpu::Isa::Avx512 => {
+                type $b = $crate::kernels::x86::avx512::Avx512;
                 $body
             }
             _ => {

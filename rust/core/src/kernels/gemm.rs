@@ -200,8 +200,7 @@ fn gemm_f32(
     // better (gb scratch bench, 2 threads: 61-85 vs 52-56 GFLOP/s at 128^3, 97-149 vs 104-118 at
     // 256^3); `sgemm.rs` wins at M = 48-96 and from 384^3 on.
     let small_square = threads > 1 && m >= 128 && m * n * k <= 256 * 256 * 256;
-    // A forced AVX-512 path leaves these to the `gemm` crate (its own AVX-512 kernels).
-    if isa != Isa::Avx512 && !small_square {
+    if !small_square {
         let acc = bias.is_some();
         let done = crate::pool::install(
             || dispatch!(isa, B => B::sgemm(m, n, k, x, w, c, ldc, acc, threads)),

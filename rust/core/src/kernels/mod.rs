@@ -12,14 +12,13 @@
 //! - `x86/avx2/` (and `x86/mod.rs`, helpers shared by x86 instruction sets): intrinsics only,
 //!   one file per operation;
 //! - `backend.rs`: the instruction-set x weight-format dispatch, written once: a `Backend`
-//!   trait with one impl per instruction set (`backend::Scalar`, `x86::avx2::Avx2`) and the
-//!   `dispatch!` macro mapping an `Isa` to its impl. Adding an instruction set (`x86/avx512`
-//!   next) is adding its folder, one `impl Backend` and one arm of `dispatch!`.
+//!   trait with one impl per instruction set (`backend::Scalar`, `x86::avx2::Avx2`,
+//!   `x86::avx512::Avx512`) and the `dispatch!` macro mapping an `Isa` to its impl. Adding an
+//!   instruction set is adding its folder, one `impl Backend` and one arm of `dispatch!`.
 //!
 //! The path is picked by the caller from [`crate::cpu::Isa::detect`] (`TIERFLOW_ISA` forces
-//! one). This crate has no AVX-512 kernels of its own yet: an AVX-512 machine runs the AVX2
-//! backend (the build machine has no AVX-512 to test one on); the `gemm` crate picks its own
-//! AVX-512 micro-kernels there for the products it takes.
+//! one). Within a backend, optional extensions (AVX-512-VNNI, AVX-512-BF16, AVX-VNNI) are
+//! checked per call from the CPU's features, never assumed from the instruction set.
 //!
 //! The kernels use only [`crate::cpu`], [`crate::error`] and [`crate::pool`] (see the crate
 //! docs); tensors held by the store reach them as slices (`store::paged_kv`).

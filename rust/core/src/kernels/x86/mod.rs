@@ -1,7 +1,8 @@
-//! x86-64 kernels, one folder per instruction set (`avx2/`; `avx512/` next), and small helpers
+//! x86-64 kernels, one folder per instruction set (`avx2/`, `avx512/`), and small helpers
 //! shared by them. Callers of the helpers are `#[target_feature]` functions that inline them.
 
 pub(crate) mod avx2;
+pub(crate) mod avx512;
 
 use std::arch::x86_64::*;
 

@@ -1,0 +1,102 @@
+//! AVX-512 F/BW/VL/DQ kernels (Skylake-SP and later, Zen 4), with the optional extensions
+//! chosen per call at run time: AVX-512-VNNI (`vpdpbusd`) for the Q8_0 / Q4_0 integer dot
+//! products and AVX-512-BF16 (`vdpbf16ps`) for bf16 weights. Intrinsics only, one file per
+//! operation, as in `avx2/`; an operation without an AVX-512 body of its own yet runs the AVX2
+//! body (every AVX-512 CPU has AVX2 + FMA).
+
+use crate::kernels::attention::{Bufs, Task};
+use crate::kernels::axpy::ColW;
+use crate::kernels::backend::Backend;
+use crate::kernels::paged::{PageSource, Scratch};
+use crate::kernels::qdot::QActs;
+use crate::kernels::quant::QWeight;
+use crate::kernels::rows::RowOp;
+use crate::kernels::x86::avx2::Avx2;
+
+/// The AVX-512 backend.
+pub(crate) struct Avx512;
+
+impl Backend for Avx512 {
+    const COLS_SIMD: bool = true;
+
+    unsafe fn dot_rows(
+        x: &[f32],
+        m: usize,
+        w: &QWeight<'_>,
+        bias: Option<&[f32]>,
+        c: *mut f32,
+        ldc: usize,
+        n0: usize,
+        n1: usize,
+    ) {
+        unsafe { Avx2::dot_rows(x, m, w, bias, c, ldc, n0, n1) }
+    }
+
+    unsafe fn qdot_rows(
+        a: &QActs,
+        w: &QWeight<'_>,
+        bias: Option<&[f32]>,
+        c: *mut f32,
+        ldc: usize,
+        n0: usize,
+        n1: usize,
+    ) {
+        unsafe { Avx2::qdot_rows(a, w, bias, c, ldc, n0, n1) }
+    }
+
+    unsafe fn round_block(xb: &[f32], qb: &mut [i8], db: &mut f32, sb: &mut [i32]) -> bool {
+        unsafe { Avx2::round_block(xb, qb, db, sb) }
+    }
+
+    unsafe fn cols(
+        x: &[f32],
+        m: usize,
+        k: usize,
+        k0: usize,
+        kb: usize,
+        w: ColW<'_>,
+        n: usize,
+        acc: *mut f32,
+        lda: usize,
+        n0: usize,
+        n1: usize,
+    ) -> usize {
+        unsafe { Avx2::cols(x, m, k, k0, kb, w, n, acc, lda, n0, n1) }
+    }
+
+    unsafe fn rows_chunk<O: RowOp>(op: &O, i0: usize, x: &[f32], y: &mut [f32], d: usize) {
+        unsafe { Avx2::rows_chunk(op, i0, x, y, d) }
+    }
+
+    unsafe fn paged_task<S: PageSource>(
+        src: &S,
+        q: &[f32],
+        dims: (usize, usize, usize, usize),
+        gsz: usize,
+        lens: &[usize],
+        scale: f32,
+        t: usize,
+        sc: &mut Scratch,
+        dst: &mut [f32],
+    ) {
+        unsafe { Avx2::paged_task(src, q, dims, gsz, lens, scale, t, sc, dst) }
+    }
+
+    unsafe fn attention_task(t: &Task<'_>, b: &mut Bufs, out: *mut f32) {
+        unsafe { Avx2::attention_task(t, b, out) }
+    }
+
+    fn sgemm(
+        m: usize,
+        n: usize,
+        k: usize,
+        x: &[f32],
+        w: &[f32],
+        c: &mut [f32],
+        ldc: usize,
+        acc: bool,
+        threads: usize,
+    ) -> bool {
+        Avx2::sgemm(m, n, k, x, w, c, ldc, acc, threads)
+    }
+}
