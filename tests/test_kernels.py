@@ -50,6 +50,16 @@ def test_expected_isa_selected():
     assert tierflow.info()["isa_selected"] == want
 
 
+def test_expected_extensions_used():
+    """CI sets TIERFLOW_EXPECT_EXT to the VNNI / BF16 extensions this CPU has (from
+    /proc/cpuinfo): each must have its kernel bodies running here, not silently skipped."""
+    if os.environ.get("TIERFLOW_EXPECT_EXT") is None:
+        pytest.skip("TIERFLOW_EXPECT_EXT not set")
+    want = os.environ["TIERFLOW_EXPECT_EXT"].split()
+    got = tierflow.info()["isa_extensions"]
+    assert set(want) <= set(got), f"extensions without kernels here: {set(want) - set(got)}"
+
+
 @pytest.mark.parametrize("isa", ISAS)
 @settings(max_examples=25, deadline=None)
 @given(

@@ -12,6 +12,9 @@ __all__ = ["get_num_threads", "info", "set_num_threads"]
 def info() -> dict[str, Any]:
     """Version, CPU features found at run time, and kernel paths available and selected.
 
+    ``isa_extensions`` lists the optional extensions (``avx512vnni``, ``avx512bf16``,
+    ``avxvnni``) whose kernel bodies run on this CPU.
+
     Example:
         >>> import tierflow
         >>> "scalar" in tierflow.info()["isa_available"]

@@ -36,4 +36,5 @@ def run(args: argparse.Namespace) -> int:
     c.print(
         f"kernel paths available: {', '.join(d['isa_available'])}; selected: [bold]{d['isa_selected']}[/bold]"
     )
+    c.print(f"extension kernels in use: {', '.join(d['isa_extensions']) or 'none'}")
     return 0

@@ -67,6 +67,68 @@ impl Isa {
     }
 }
 
+/// An optional instruction-set extension with kernel bodies of its own, used by the backends
+/// when the CPU has it (checked per call, cached by `std`'s feature detection).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ext {
+    /// AVX-512-VNNI `vpdpbusd`: Q8_0 / Q4_0 integer dot products in the AVX-512 backend.
+    Avx512Vnni,
+    /// AVX-512-BF16 `vdpbf16ps`: bf16 weight dot products in the AVX-512 backend.
+    Avx512Bf16,
+    /// AVX-VNNI (256-bit `vpdpbusd`, Alder Lake / Zen 5): Q8_0 / Q4_0 in the AVX2 backend.
+    AvxVnni,
+}
+
+impl Ext {
+    /// Every extension, in the order `tierflow.info()["isa_extensions"]` lists them.
+    pub const ALL: [Ext; 3] = [Ext::Avx512Vnni, Ext::Avx512Bf16, Ext::AvxVnni];
+
+    /// The name in `tierflow.info()` and `TIERFLOW_EXPECT_EXT`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Ext::Avx512Vnni => "avx512vnni",
+            Ext::Avx512Bf16 => "avx512bf16",
+            Ext::AvxVnni => "avxvnni",
+        }
+    }
+
+    /// Whether tierflow has kernel bodies for this extension (flipped on as each is written and
+    /// tested against the scalar reference).
+    pub const fn implemented(self) -> bool {
+        match self {
+            Ext::Avx512Vnni => false,
+            Ext::Avx512Bf16 => false,
+            Ext::AvxVnni => false,
+        }
+    }
+
+    /// Whether this CPU has the extension (and the base instruction set its bodies build on).
+    #[inline]
+    pub fn present(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match self {
+                Ext::Avx512Vnni => {
+                    Isa::Avx512.supported() && is_x86_feature_detected!("avx512vnni")
+                }
+                Ext::Avx512Bf16 => {
+                    Isa::Avx512.supported() && is_x86_feature_detected!("avx512bf16")
+                }
+                Ext::AvxVnni => Isa::Avx2.supported() && is_x86_feature_detected!("avxvnni"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// The extensions whose bodies run on this CPU (implemented and present).
+    pub fn active() -> Vec<Ext> {
+        Ext::ALL.into_iter().filter(|e| e.implemented() && e.present()).collect()
+    }
+}
+
 /// CPU features relevant to tierflow, as (name, present) pairs.
 pub fn features() -> Vec<(&'static str, bool)> {
     #[cfg(target_arch = "x86_64")]

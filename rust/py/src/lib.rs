@@ -26,6 +26,8 @@ fn build_info(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
     let avail: Vec<&str> = Isa::available().into_iter().map(Isa::name).collect();
     d.set_item("isa_available", avail)?;
     d.set_item("isa_selected", Isa::detect().name())?;
+    let ext: Vec<&str> = tierflow_core::cpu::Ext::active().into_iter().map(|e| e.name()).collect();
+    d.set_item("isa_extensions", ext)?;
     d.set_item("num_threads", tierflow_core::pool::num_threads())?;
     Ok(d)
 }
