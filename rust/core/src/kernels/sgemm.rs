@@ -91,14 +91,18 @@ pub fn avx2_available() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 pub use super::x86::avx2::sgemm::sgemm_avx2;
+#[cfg(target_arch = "x86_64")]
+pub use super::x86::avx512::sgemm::{avx512_available, sgemm_avx512};
 
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
     use crate::kernels::test_util::lcg;
 
-    /// Runs both paths on one shape and layout and compares within float32 rounding
-    /// (`|err| <= 1e-5 sum_p |A_ip B_pj|` per element, plus the accumulate flag).
+    /// Runs the SIMD paths on one shape and layout and compares them with the scalar reference
+    /// within float32 rounding (`|err| <= 1e-5 sum_p |A_ip B_pj|` per element, plus the
+    /// accumulate flag), and the AVX-512 path with the AVX2 one bit for bit (same sums in the
+    /// same order, see `x86/avx512/sgemm.rs`).
     fn check(m: usize, n: usize, k: usize, a_colmajor: bool, b_colmajor: bool, threads: usize) {
         if !avx2_available() {
             // CI sets TIERFLOW_EXPECT_ISA: a skipped AVX2 test is then a failure.
@@ -111,6 +115,11 @@ mod tests {
         let (rsa, csa) = if a_colmajor { (1, m) } else { (k, 1) };
         let (rsb, csb) = if b_colmajor { (1, k) } else { (n, 1) };
         let ldc = n + 3;
+        let avx512 = avx512_available();
+        if !avx512 {
+            let want = std::env::var("TIERFLOW_EXPECT_ISA").unwrap_or_default();
+            assert!(want != "avx512", "CPU lacks AVX-512F/VL");
+        }
         for accumulate in [false, true] {
             let c0 = lcg(m * ldc, 3);
             let mut want = c0.clone();
@@ -119,6 +128,14 @@ mod tests {
             crate::pool::install(|| {
                 sgemm_avx2(m, n, k, &a, rsa, csa, &b, rsb, csb, &mut got, ldc, accumulate, threads)
             });
+            if avx512 {
+                let mut got512 = c0.clone();
+                crate::pool::install(|| {
+                    let c = &mut got512;
+                    sgemm_avx512(m, n, k, &a, rsa, csa, &b, rsb, csb, c, ldc, accumulate, threads)
+                });
+                assert!(got512 == got, "({m}, {n}, {k}) acc={accumulate}: AVX-512 != AVX2");
+            }
             for i in 0..m {
                 for j in 0..ldc {
                     let (g, w) = (got[i * ldc + j], want[i * ldc + j]);
@@ -151,6 +168,12 @@ mod tests {
             (150, 40, 260),
             (1, 100, 7),
             (100, 1, 7),
+            // AVX-512 tile edges (14 x 32): whole tiles, one past, one short.
+            (14, 32, 1),
+            (15, 33, 3),
+            (13, 31, 257),
+            (28, 64, 8),
+            (29, 65, 300),
         ] {
             check(m, n, k, false, false, 1);
         }
@@ -171,6 +194,10 @@ mod tests {
         check(97, 4100, 9, false, false, 1);
         // B too large to pack whole (N K > WHOLE_B): one parallel region per KC block.
         check(7, 2100, 1100, false, false, 2);
+        // Past the AVX-512 row block (MC = 336) and a column block of 4096.
+        check(350, 70, 260, false, false, 1);
+        check(345, 100, 40, true, false, 2);
+        check(15, 4130, 9, false, true, 1);
     }
 
     #[test]
@@ -182,5 +209,10 @@ mod tests {
         sgemm_avx2(0, 2, 3, &[], 3, 1, &[0.0; 6], 2, 1, &mut c, 2, false, 1);
         sgemm_avx2(2, 0, 3, &[0.0; 6], 3, 1, &[], 0, 1, &mut c, 2, false, 1);
         assert_eq!(c, vec![7f32; 4]);
+        if avx512_available() {
+            sgemm_avx512(0, 2, 3, &[], 3, 1, &[0.0; 6], 2, 1, &mut c, 2, false, 1);
+            sgemm_avx512(2, 0, 3, &[0.0; 6], 3, 1, &[], 0, 1, &mut c, 2, false, 1);
+            assert_eq!(c, vec![7f32; 4]);
+        }
     }
 }

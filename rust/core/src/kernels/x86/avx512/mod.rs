@@ -4,6 +4,8 @@
 //! operation, as in `avx2/`; an operation without an AVX-512 body of its own yet runs the AVX2
 //! body (every AVX-512 CPU has AVX2 + FMA).
 
+pub(crate) mod sgemm;
+
 use crate::kernels::attention::{Bufs, Task};
 use crate::kernels::axpy::ColW;
 use crate::kernels::backend::Backend;
@@ -97,6 +99,10 @@ impl Backend for Avx512 {
         acc: bool,
         threads: usize,
     ) -> bool {
-        Avx2::sgemm(m, n, k, x, w, c, ldc, acc, threads)
+        if !sgemm::avx512_available() {
+            return false;
+        }
+        sgemm::sgemm_avx512(m, n, k, x, k, 1, w, n, 1, c, ldc, acc, threads);
+        true
     }
 }
