@@ -5,15 +5,15 @@
 //!   row-stored (packed or quantised) one, reading each weight byte once.
 //! - larger `M` (compute-bound), float32 `(K, N)` weight: the hand-written BLIS-style kernel of
 //!   `sgemm.rs` (packed panels, tasks balanced over the tierflow pool) with the 6 x 16 AVX2 FMA
-//!   micro-kernel on `Isa::Avx2` and the 14 x 32 AVX-512F one on `Isa::Avx512`; the `gemm`
-//!   crate (its own runtime-dispatched micro-kernels) on other ISAs and, on `Isa::Avx2`, for
-//!   small square-ish products on 2+ threads, where it measured faster (AVX-512 figures in
-//!   BENCHMARKS.md, "AVX-512 GEMM and attention"). AVX2: square float32 GEMM against NumPy
-//!   (OpenBLAS 0.3.31), both on 2 threads, on the shared 2-core Zen 3 build machine
-//!   (`benches/test_kernels.py -k square_gemm`, 5 runs): 512 / 1024 / 2048 / 4096 at 0.53x / 1.07x / 0.85x / 0.83x (medians; ranges 0.37-0.61x,
-//!   0.60-1.23x, 0.72-1.09x, 0.78-0.99x), where the `gemm` crate measured 0.51x / 0.54x / 0.90x
-//!   / 0.78x. In one process against the crate: 0.68-1.43x (median 1.15x) at 512-1024, about
-//!   1.0x at 2048-4096; on one thread 0.88-1.0x OpenBLAS. Details in BENCHMARKS.md.
+//!   micro-kernel on `Isa::Avx2` and the 14 x 32 AVX-512F one on `Isa::Avx512`; the `gemm` crate
+//!   (its own runtime-dispatched micro-kernels) on other ISAs and, on `Isa::Avx2`, for small
+//!   square-ish products on 2+ threads, where it measured faster (AVX-512 figures in BENCHMARKS.md,
+//!   "AVX-512 GEMM and attention"). AVX2: square float32 GEMM against NumPy (OpenBLAS 0.3.31), both
+//!   on 2 threads, on the shared 2-core Zen 3 build machine (`benches/test_kernels.py -k
+//!   square_gemm`, 5 runs): 512 / 1024 / 2048 / 4096 at 0.53x / 1.07x / 0.85x / 0.83x (medians;
+//!   ranges 0.37-0.61x, 0.60-1.23x, 0.72-1.09x, 0.78-0.99x), where the `gemm` crate measured 0.51x
+//!   / 0.54x / 0.90x / 0.78x. In one process against the crate: 0.68-1.43x (median 1.15x) at
+//!   512-1024, about 1.0x at 2048-4096; on one thread 0.88-1.0x OpenBLAS. Details in BENCHMARKS.md.
 //! - a row-stored weight at larger `M` is dequantised in panels of `NB` rows (`NB * K * 4` bytes,
 //!   e.g. 1 MiB at K = 4096) that the `gemm` crate multiplies while they are hot in cache
 //!   (`sgemm.rs` takes a column-major B too, but has not been measured on these 64-column panels,
