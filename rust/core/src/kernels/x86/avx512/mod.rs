@@ -4,6 +4,7 @@
 //! operation, as in `avx2/`; an operation without an AVX-512 body of its own yet runs the AVX2
 //! body (every AVX-512 CPU has AVX2 + FMA).
 
+pub(crate) mod attention;
 pub(crate) mod sgemm;
 
 use crate::kernels::attention::{Bufs, Task};
@@ -85,7 +86,7 @@ impl Backend for Avx512 {
     }
 
     unsafe fn attention_task(t: &Task<'_>, b: &mut Bufs, out: *mut f32) {
-        unsafe { Avx2::attention_task(t, b, out) }
+        unsafe { attention::run_avx512(t, b, out) }
     }
 
     fn sgemm(
