@@ -132,7 +132,13 @@ fn softmax_row(srow: &mut [f32], m: &mut f32, l: &mut f32, orow: &mut [f32]) {
     let len = srow.len();
     let sp = srow.as_mut_ptr();
     // Lanes of vector `i` inside the row: all 16, or 8 for a last half vector.
-    let mask = |i: usize| -> __mmask16 { if len - i * 16 >= 16 { 0xffff } else { 0x00ff } };
+    let mask = |i: usize| -> __mmask16 {
+        if len - i * 16 >= 16 {
+            0xffff
+        } else {
+            0x00ff
+        }
+    };
     let nv = len.div_ceil(16);
     let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
     // `max(x, acc)` returns `acc` when `x` is NaN, so NaN scores are skipped here: each gives a
@@ -186,8 +192,9 @@ fn softmax_row(srow: &mut [f32], m: &mut f32, l: &mut f32, orow: &mut [f32]) {
 unsafe fn pv_tile<const N: usize>(p: *const f32, v: *const f32, bc: usize, dp: usize, o: *mut f32) {
     // SAFETY (whole body): the caller's bounds (see `pv`).
     unsafe {
-        let mut a: [[__m512; N]; RT] =
-            std::array::from_fn(|r| std::array::from_fn(|g| _mm512_loadu_ps(o.add(r * dp + g * 16))));
+        let mut a: [[__m512; N]; RT] = std::array::from_fn(|r| {
+            std::array::from_fn(|g| _mm512_loadu_ps(o.add(r * dp + g * 16)))
+        });
         for j in 0..bc {
             let vv: [__m512; N] =
                 std::array::from_fn(|g| _mm512_loadu_ps(v.add((g * BC + j) * 16)));
@@ -277,9 +284,9 @@ mod tests {
             unsafe {
                 _mm512_storeu_ps(a.as_mut_ptr(), exp16(_mm512_loadu_ps(x.as_ptr())));
                 for h in 0..2 {
-                    let v = crate::kernels::x86::avx2::attention::exp8_for_tests(
-                        _mm256_loadu_ps(x.as_ptr().add(8 * h)),
-                    );
+                    let v = crate::kernels::x86::avx2::attention::exp8_for_tests(_mm256_loadu_ps(
+                        x.as_ptr().add(8 * h),
+                    ));
                     _mm256_storeu_ps(b.as_mut_ptr().add(8 * h), v);
                 }
             }

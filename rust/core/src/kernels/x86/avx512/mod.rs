@@ -5,6 +5,7 @@
 //! body (every AVX-512 CPU has AVX2 + FMA).
 
 pub(crate) mod attention;
+pub(crate) mod paged;
 pub(crate) mod sgemm;
 
 use crate::kernels::attention::{Bufs, Task};
@@ -82,7 +83,7 @@ impl Backend for Avx512 {
         sc: &mut Scratch,
         dst: &mut [f32],
     ) {
-        unsafe { Avx2::paged_task(src, q, dims, gsz, lens, scale, t, sc, dst) }
+        unsafe { paged::task(src, q, dims, gsz, lens, scale, t, sc, dst) }
     }
 
     unsafe fn attention_task(t: &Task<'_>, b: &mut Bufs, out: *mut f32) {
