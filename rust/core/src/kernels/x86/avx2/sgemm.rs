@@ -222,12 +222,15 @@ unsafe fn blocked<T: Tile>(
     let kcb = balanced(k, T::KC, 1);
     let ncb = balanced(n, T::NC, T::NR);
     // Row blocks of at most T::MC; on 2+ threads, small enough for 2 per thread (splitting rows
-    // shares the packed B; splitting columns would pack the same A block once per group).
+    // shares the packed B; splitting columns would pack the same A block once per group), and
+    // as many as a multiple of the threads when that is possible (7 blocks on 2 threads would
+    // leave one thread idle for the last one at every KC block).
     let tasks = 2 * threads;
     let mcb = if threads == 1 {
         balanced(m, T::MC, T::MR)
     } else {
-        balanced(m, T::MC, T::MR).min(m.div_ceil(tasks).div_ceil(T::MR) * T::MR)
+        let blocks = m.div_ceil(T::MC).max(tasks).div_ceil(threads) * threads;
+        m.div_ceil(blocks).div_ceil(T::MR) * T::MR
     };
     let mblocks = m.div_ceil(mcb);
     let kblocks = k.div_ceil(kcb);

@@ -5,15 +5,23 @@
 //! The micro-kernel keeps the `14 x 32` tile of `C` in 28 zmm accumulators (of 32) and per `k`
 //! step does 2 loads of the packed `B` panel and 14 broadcasts of packed `A` (folded into the
 //! FMAs as `{1to16}` memory operands): 28 FMAs of 16 lanes, 896 flops per 16 loads, against
-//! 192 per 8 for the AVX2 `6 x 16` tile. Block sizes for the 48 KiB L1d / 2 MiB L2 of the
-//! Sapphire Rapids class cores this was measured on: a `KC x NR` `B` panel is 32 KiB
-//! (`KC = 256`), the packed `A` block `MC x KC` 336 KiB, the packed `B` block `KC x NC` 4 MiB.
+//! 192 per 8 for the AVX2 `6 x 16` tile.
+//!
+//! Block sizes, measured on the Sapphire Rapids class cores of the build machine (48 KiB L1d,
+//! 2 MiB L2): `KC = 1024`, `MC = 112`, `NC = 1024`. The `KC x NR` `B` panel (128 KiB) then sits in
+//! L2, not L1, but each `C` tile is read and written once per 1024 steps of `k`, not per 256:
+//! single-thread CPU time against OpenBLAS at 4096^3 went from 0.83x (`KC = 256`, `MC = 336`,
+//! `NC = 4096`, the AVX2 path's shape) through 0.90x (`KC = 384`) to 0.99x; 2048^3 from 0.93x to
+//! 1.02x (BENCHMARKS.md, "AVX-512 GEMM and attention"). The packed `A` block is 448 KiB (L2), the
+//! packed `B` block 4 MiB.
 //!
 //! Each element of `C` is summed in `p` order within a `KC` block with one fused multiply-add per
-//! term (the AVX2 path's order and rounding), so the result equals `sgemm_avx2`'s bit for bit and
-//! differs from the scalar reference [`sgemm_ref`](crate::kernels::sgemm::sgemm_ref) (no FMA)
-//! only by rounding: `|err| <= 1e-5 sum_p |A_ip B_pj|` for `k` up to a few thousand (tested in
-//! `kernels/sgemm.rs`).
+//! term. For `k <= 256` (one block on both paths) that is the AVX2 path's order and rounding, so
+//! the result equals `sgemm_avx2`'s bit for bit; longer sums are split at other points. Against
+//! the scalar reference [`sgemm_ref`](crate::kernels::sgemm::sgemm_ref) (no FMA) it differs by
+//! rounding only: `|err| <= 1e-5 sum_p |A_ip B_pj|` (tested in `kernels/sgemm.rs` up to
+//! `k = 1100`; a chain of `k` float32 additions can in the worst case reach `k 2^-24` of that
+//! sum, 6e-5 at `k = 1024`, but random-signed terms stay near `sqrt(k) 2^-24`).
 
 use crate::kernels::x86::avx2::sgemm::{sgemm_with, transpose8, Tile, View};
 use std::arch::x86_64::*;
@@ -36,9 +44,9 @@ struct Avx512Tile;
 impl Tile for Avx512Tile {
     const MR: usize = MR;
     const NR: usize = NR;
-    const KC: usize = 256;
-    const MC: usize = 336;
-    const NC: usize = 4096;
+    const KC: usize = 1024;
+    const MC: usize = 112;
+    const NC: usize = 1024;
 
     #[inline(always)]
     unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, acc: bool) {
