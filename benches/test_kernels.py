@@ -12,6 +12,7 @@ and its target with the shared ``ratios`` fixture (printed, and written to bench
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -201,6 +202,106 @@ def test_attention_causal(benchmark, ratios, s, d):
     t_torch = best_of(lambda: sdpa(tq, tk, tv, is_causal=True), r)
     name = f"attention causal B=1 H=8 S={s} D={d} x torch scaled_dot_product_attention"
     record(benchmark, ratios, name, t_torch / t_tf, 1.0)
+
+
+needs_avx512 = pytest.mark.skipif(
+    "avx512" not in tierflow.info()["isa_available"], reason="the CPU lacks AVX-512"
+)
+
+
+def interleaved_medians(
+    fns: dict[str, Callable[[], object]], rounds: int, clock: Callable[[], float]
+) -> dict[str, float]:
+    """Median time of each function over alternating rounds after one warm-up each, read from
+    `clock` (wall or process CPU time); 0.3 s pause after each NumPy call, as in `interleaved`."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(rounds + 1):
+        for name, f in fns.items():
+            t = clock()
+            f()
+            if r:
+                times[name].append(clock() - t)
+            if name.startswith("numpy"):
+                time.sleep(0.3)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def gemm_isa_fns(size: int) -> dict[str, Callable[[], object]]:
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size)).astype(np.float32)
+    b = rng.standard_normal((size, size)).astype(np.float32)
+    out = np.empty((size, size), np.float32)
+    return {
+        "numpy": lambda: np.matmul(a, b, out=out),
+        "avx2": lambda: tierflow.matmul(a, b, out=out, _isa="avx2"),
+        "avx512": lambda: tierflow.matmul(a, b, out=out, _isa="avx512"),
+    }
+
+
+@needs_avx512
+@pytest.mark.parametrize("size", [1024, 2048, 4096])
+def test_gemm_avx512(benchmark, ratios, size):
+    """Square float32 GEMM on the AVX-512 and AVX2 paths against NumPy, 2 threads each side,
+    interleaved, ratio of medians (wall time)."""
+    fns = gemm_isa_fns(size)
+    med = interleaved_medians(fns, {1024: 9, 2048: 7, 4096: 3}[size], time.perf_counter)
+    benchmark.pedantic(fns["avx512"], rounds=1, iterations=1)
+    gf = {k: round(2 * size**3 / t / 1e9, 1) for k, t in med.items()}
+    name = f"gemm f32 {size}^3 avx512 x NumPy (medians)"
+    record(benchmark, ratios, name, med["numpy"] / med["avx512"], 1.0, gflops=gf)
+    record(benchmark, ratios, f"gemm f32 {size}^3 avx512 x avx2", med["avx2"] / med["avx512"], 1.0)
+
+
+@needs_avx512
+@pytest.mark.parametrize("size", [1024, 2048, 4096])
+def test_gemm_avx512_one_thread_cpu_time(benchmark, ratios, size):
+    """The same on one thread each side, timed in process CPU time (less sensitive than wall
+    time to the other jobs of a shared machine). NumPy's thread count is fixed at import: run
+    with ``OPENBLAS_NUM_THREADS=1`` (skipped otherwise)."""
+    if os.environ.get("OPENBLAS_NUM_THREADS") != "1":
+        pytest.skip("run with OPENBLAS_NUM_THREADS=1 for a one-thread NumPy")
+    tierflow.set_num_threads(1)
+    try:
+        fns = gemm_isa_fns(size)
+        med = interleaved_medians(fns, {1024: 5, 2048: 3, 4096: 3}[size], time.process_time)
+    finally:
+        tierflow.set_num_threads(THREADS)
+    benchmark.pedantic(fns["avx512"], rounds=1, iterations=1)
+    gf = {k: round(2 * size**3 / t / 1e9, 1) for k, t in med.items()}
+    name = f"gemm f32 {size}^3 avx512 x NumPy, 1 thread, CPU time"
+    record(benchmark, ratios, name, med["numpy"] / med["avx512"], 1.0, gflops=gf)
+    record(
+        benchmark,
+        ratios,
+        f"gemm f32 {size}^3 avx512 x avx2, 1 thread, CPU time",
+        med["avx2"] / med["avx512"],
+        1.0,
+    )
+
+
+@needs_avx512
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("s", [1024, 2048])
+def test_attention_avx512(benchmark, ratios, s, d):
+    """Causal attention (B=1, H=8) on the AVX-512 and AVX2 paths, against NumPy's float32
+    softmax(QK^T)V (torch's SDPA is the other anchor of `test_attention_causal` when torch is
+    installed), 2 threads, interleaved, ratio of medians."""
+    rng = np.random.default_rng(3)
+    q, k, v = (rng.standard_normal((1, 8, s, d)).astype(np.float32) for _ in range(3))
+    tril = np.tril(np.ones((s, s), bool))
+    fns = {
+        "numpy": lambda: numpy_attention_causal(q, k, v, tril),
+        "avx2": lambda: tierflow.attention(q, k, v, causal=True, _isa="avx2"),
+        "avx512": lambda: tierflow.attention(q, k, v, causal=True, _isa="avx512"),
+    }
+    med = interleaved_medians(fns, 7 if s <= 1024 else 5, time.perf_counter)
+    benchmark.pedantic(fns["avx512"], rounds=1, iterations=1)
+    flops = 2 * 2 * 8 * s * s * d / 2
+    gf = {k: round(flops / t / 1e9, 1) for k, t in med.items()}
+    name = f"attention causal S={s} D={d} avx512 x avx2 (medians)"
+    record(benchmark, ratios, name, med["avx2"] / med["avx512"], 1.0, gflops=gf)
+    name = f"attention causal S={s} D={d} avx512 x NumPy softmax(QK^T)V (medians)"
+    record(benchmark, ratios, name, med["numpy"] / med["avx512"], 10.0)
 
 
 def test_mlp_swiglu_decode(benchmark, ratios):

@@ -89,6 +89,20 @@ def test_matmul_plain_matches_float64(isa, m, k, n, seed, order, wdt, use_bias):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("m, k, n", [(130, 1030, 1050), (45, 1100, 70), (300, 40, 2100)])
+def test_matmul_past_the_gemm_blocks(isa, m, k, n):
+    """Large-M products past every block of the GEMM kernels (AVX2: MC 144, KC 256, NC 4080;
+    AVX-512: MC 112, KC = NC 1024) and off every tile edge (6 x 16, 14 x 32), with a bias,
+    against float64."""
+    rng = np.random.default_rng(m + k + n)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    got = tierflow.matmul(x, w, bias=bias, _isa=isa)
+    assert np.all(np.abs(got - ref_matmul(x, w, bias)) <= bound(x, w, k) + 1e-6)
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @settings(max_examples=20, deadline=None)
 @given(
     m=MS,

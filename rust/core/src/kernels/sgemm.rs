@@ -30,6 +30,10 @@
 //!
 //! Sums run in `k` order within a `KC` block, in float32; the result differs from the scalar
 //! reference [`sgemm_ref`] only by rounding (tested below).
+//!
+//! AVX-512F ([`sgemm_avx512`], `x86/avx512/sgemm.rs`): the same loops, threading and packing of
+//! `B` with a `14 x 32` micro-kernel (28 zmm accumulators) and its own block sizes
+//! (`KC = NC = 1024`, `MC = 112`, measured there).
 
 // Only the scalar reference is used off x86-64.
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
