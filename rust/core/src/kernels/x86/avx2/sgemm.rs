@@ -58,7 +58,7 @@ impl Tile for Avx2Tile {
 
 /// A pointer that may cross threads (each task writes a disjoint part of `C`).
 #[derive(Clone, Copy)]
-pub(crate) struct Ptr(*mut f32);
+struct Ptr(*mut f32);
 unsafe impl Send for Ptr {}
 unsafe impl Sync for Ptr {}
 
@@ -87,7 +87,7 @@ impl View {
 }
 
 /// Elements a strided `(rows, cols)` view needs in its slice (0 for an empty view).
-pub(crate) fn span(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
+fn span(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
     if rows == 0 || cols == 0 {
         0
     } else {
@@ -326,6 +326,7 @@ unsafe fn macro_block<T: Tile>(
     ldc: usize,
     acc: bool,
 ) {
+    const { assert!(T::MR * T::NR <= TMP && T::NR % 8 == 0 && T::MC % T::MR == 0) };
     let mut tmp = [0f32; TMP];
     for q in q0..q1 {
         let jr = q * T::NR;
