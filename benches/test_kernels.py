@@ -315,6 +315,30 @@ def test_attention_avx512(benchmark, ratios, s, d):
     record(benchmark, ratios, name, med["numpy"] / med["avx512"], 10.0)
 
 
+@needs_avx512
+@pytest.mark.parametrize("d", [64, 128])
+def test_attention_avx512_one_thread_cpu_time(benchmark, ratios, d):
+    """Causal attention S=2048 on one thread, AVX-512 against AVX2 in process CPU time (medians
+    of 5 interleaved rounds): the kernels' rate with the machine's other jobs mostly left out."""
+    s = 2048
+    rng = np.random.default_rng(3)
+    q, k, v = (rng.standard_normal((1, 8, s, d)).astype(np.float32) for _ in range(3))
+    fns = {
+        "avx2": lambda: tierflow.attention(q, k, v, causal=True, _isa="avx2"),
+        "avx512": lambda: tierflow.attention(q, k, v, causal=True, _isa="avx512"),
+    }
+    tierflow.set_num_threads(1)
+    try:
+        med = interleaved_medians(fns, 5, time.process_time)
+    finally:
+        tierflow.set_num_threads(THREADS)
+    benchmark.pedantic(fns["avx512"], rounds=1, iterations=1)
+    flops = 2 * 2 * 8 * s * s * d / 2
+    gf = {k: round(flops / t / 1e9, 1) for k, t in med.items()}
+    name = f"attention causal S={s} D={d} avx512 x avx2, 1 thread, CPU time"
+    record(benchmark, ratios, name, med["avx2"] / med["avx512"], 1.0, gflops=gf)
+
+
 def test_mlp_swiglu_decode(benchmark, ratios):
     rng = np.random.default_rng(4)
     x = rng.standard_normal((8, 4096)).astype(np.float32)
