@@ -1,9 +1,10 @@
 //! AVX-512F intrinsics of `kernels/paged.rs` (paged decode attention): the scores and the `P V`
-//! accumulation on 16 lanes, the tails of `D mod 16` by masked loads and stores.
+//! accumulation on 16 lanes, the tails of `D mod 16` by masked loads and stores; the scores of
+//! up to 8 heads are reduced together (one shuffle tree for 8 dot products).
 //!
 //! The accumulation does one FMA per value row `j`, in order, per output element, as the generic
 //! body and the AVX2 path, so it gives the same bits; a score is a 16-lane dot product summed by
-//! `_mm512_reduce_add_ps` (another order than the AVX2 path's 8 lanes), so scores, and the
+//! [`reduce8`] (another order than the AVX2 path's 8 lanes), so scores, and the
 //! outputs through them, differ from the other paths by float32 rounding (tested against the
 //! float64 reference in `paged_tests.rs`, within `2e-5`).
 
@@ -96,11 +97,30 @@ unsafe fn heads<const G: usize>(
                     *a = _mm512_fmadd_ps(qv, kv, *a);
                 }
             }
-            for (h, a) in acc.iter().enumerate() {
-                s[(h0 + h) * page + j] = _mm512_reduce_add_ps(*a) * scale;
+            let sums = reduce8(std::array::from_fn(|h| if h < G { acc[h] } else { acc[0] }));
+            let mut out = [0f32; 8];
+            _mm256_storeu_ps(out.as_mut_ptr(), _mm256_mul_ps(sums, _mm256_set1_ps(scale)));
+            for (h, o) in out.iter().take(G).enumerate() {
+                s[(h0 + h) * page + j] = *o;
             }
         }
     }
+}
+
+/// The lane sums of 8 vectors, lane `h` of the result for vector `h`, all in one order: lanes
+/// `l + (l + 8)`, then pairs, then quads, then the two halves (so a head's score does not depend
+/// on how many heads share the call, as `paged.rs` requires).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+fn reduce8(v: [__m512; 8]) -> __m256 {
+    let h = v.map(|a| _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps::<1>(a)));
+    let t0 = _mm256_hadd_ps(h[0], h[1]);
+    let t1 = _mm256_hadd_ps(h[2], h[3]);
+    let t2 = _mm256_hadd_ps(h[4], h[5]);
+    let t3 = _mm256_hadd_ps(h[6], h[7]);
+    let u0 = _mm256_hadd_ps(t0, t1);
+    let u1 = _mm256_hadd_ps(t2, t3);
+    _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(u0, u1), _mm256_permute2f128_ps::<0x31>(u0, u1))
 }
 
 /// `o[hh, :] += sum_j s[hh * page + j] * v[j, :]` for every head `hh` of `o` (`gsz x d`) and
