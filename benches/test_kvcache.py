@@ -150,28 +150,3 @@ def test_decode_steps_paged_store_cache_vs_plain(benchmark, ratios, small_llama)
         note=f"median ms/token: paged {t_paged * 1e3:.1f}, plain {t_plain * 1e3:.1f}",
     )
 
-
-@pytest.mark.skipif(
-    "avx512" not in tierflow.info()["isa_available"], reason="the CPU lacks AVX-512"
-)
-def test_paged_decode_avx512_vs_avx2(benchmark, ratios, setup):
-    """The pool decode step above on the AVX-512 and AVX2 bodies (`x86/*/paged.rs`): medians of
-    15 interleaved rounds of 20 calls each, wall time."""
-    s = setup
-    q, pool = s["q"], s["pool"]
-    fns = {isa: (lambda isa=isa: pool.attention(q, _isa=isa)) for isa in ("avx2", "avx512")}
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for r in range(16):
-        for name, f in fns.items():
-            t = time.perf_counter()
-            for _ in range(20):
-                f()
-            if r:
-                times[name].append((time.perf_counter() - t) / 20)
-    med = {k: float(np.median(v)) for k, v in times.items()}
-    benchmark.pedantic(fns["avx512"], rounds=3, iterations=1)
-    shape = f"B=1 H={H} Hkv={HKV} D={D} N={N} page={PAGE}"
-    note = f"ms: avx512 {med['avx512'] * 1e3:.3f}, avx2 {med['avx2'] * 1e3:.3f}"
-    record(
-        ratios, f"paged decode {shape}: avx512 x avx2", med["avx2"] / med["avx512"], 1.0, note=note
-    )

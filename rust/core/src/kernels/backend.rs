@@ -172,7 +172,7 @@ impl Backend for Scalar {
         sc: &mut Scratch,
         dst: &mut [f32],
     ) {
-        paged::one::<false, false, S>(src, q, dims, gsz, lens, scale, t, sc, dst)
+        paged::one::<false, S>(src, q, dims, gsz, lens, scale, t, sc, dst)
     }
 
     unsafe fn attention_task(t: &Task<'_>, b: &mut Bufs, out: *mut f32) {

@@ -21,8 +21,6 @@ use super::rows::{lanes_max, lanes_sum};
 use super::vmath::{exp, fma};
 #[cfg(target_arch = "x86_64")]
 use super::x86::avx2::paged as avx2;
-#[cfg(target_arch = "x86_64")]
-use super::x86::avx512::paged as avx512;
 use crate::cpu::Isa;
 use crate::{CoreError, Result};
 use rayon::prelude::*;
@@ -314,10 +312,9 @@ fn tree_sum(mut acc: [f32; 16]) -> f32 {
 }
 
 /// Task `t` = (sequence `t / (H / gsz)`, query heads `h0 .. h0 + gsz`): the online softmax of
-/// each head over the sequence's pages, which are read once for all `gsz` heads. `F`: with FMA
-/// and the SIMD scores and accumulation, AVX2 ones or, with `Z`, AVX-512 ones.
+/// each head over the sequence's pages, which are read once for all `gsz` heads.
 #[inline(always)]
-pub(crate) fn one<const F: bool, const Z: bool, S: PageSource>(
+pub(crate) fn one<const F: bool, S: PageSource>(
     src: &S,
     q: &[f32],
     (h, hkv, d, page): (usize, usize, usize, usize),
@@ -343,13 +340,7 @@ pub(crate) fn one<const F: bool, const Z: bool, S: PageSource>(
         #[cfg(target_arch = "x86_64")]
         if F {
             // SAFETY: F (FMA) is only set on the AVX2+FMA path.
-            unsafe {
-                if Z {
-                    avx512::scores(qs, &kp[..n * d], d, scale, s, page)
-                } else {
-                    avx2::scores(qs, &kp[..n * d], d, scale, s, page)
-                }
-            };
+            unsafe { avx2::scores(qs, &kp[..n * d], d, scale, s, page) };
         }
         if !F || cfg!(not(target_arch = "x86_64")) {
             for j in 0..n {
@@ -376,13 +367,7 @@ pub(crate) fn one<const F: bool, const Z: bool, S: PageSource>(
         #[cfg(target_arch = "x86_64")]
         if F {
             // SAFETY: F (FMA) is only set on the AVX2+FMA path.
-            unsafe {
-                if Z {
-                    avx512::accumulate(o, s, &vp[..n * d], d, page)
-                } else {
-                    avx2::accumulate(o, s, &vp[..n * d], d, page)
-                }
-            };
+            unsafe { avx2::accumulate(o, s, &vp[..n * d], d, page) };
         }
         if !F || cfg!(not(target_arch = "x86_64")) {
             for j in 0..n {

@@ -18,7 +18,7 @@ pub unsafe fn task<S: PageSource>(
     sc: &mut Scratch,
     dst: &mut [f32],
 ) {
-    one::<true, false, S>(src, q, dims, gsz, lens, scale, t, sc, dst)
+    one::<true, S>(src, q, dims, gsz, lens, scale, t, sc, dst)
 }
 
 /// `s[hh * page + j] = (q_hh . k_j) * scale` for every head `hh` of `qs` (`gsz x d`) and
