@@ -43,6 +43,18 @@ impl VFmt for Q4 {
     }
 }
 
+/// Bytes 0-1 of each dword (the gathered f16 scales), packed by `vpshufb` + `vpermq` into
+/// the low 128 bits.
+#[inline(always)]
+unsafe fn pick() -> __m256i {
+    unsafe {
+        _mm256_setr_epi8(
+            0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 4, 5, 8, 9, 12, 13, -1,
+            -1, -1, -1, -1, -1, -1, -1,
+        )
+    }
+}
+
 /// Bytes ahead of each of the tile's 8 row streams to prefetch.
 const PF: usize = 1024;
 
@@ -69,11 +81,6 @@ unsafe fn tile<F: VFmt, const MR: usize>(
         let p: [*const u8; 8] = rel.map(|r| base.add(r * rb));
         // The tile spans at most 8 rows: its byte offsets fit in i32 (checked by the caller).
         let idx = _mm256_loadu_si256(rel.map(|r| (r * rb) as i32).as_ptr() as *const __m256i);
-        // Bytes 0-1 of each dword: the f16 scales, packed into the low 128 bits.
-        let pick = _mm256_setr_epi8(
-            0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 4, 5, 8, 9, 12, 13, -1,
-            -1, -1, -1, -1, -1, -1, -1,
-        );
         let mut acc = [_mm256_setzero_ps(); MR];
         for b in 0..nb {
             let off = b * F::BB;
@@ -112,7 +119,7 @@ unsafe fn tile<F: VFmt, const MR: usize>(
                 _mm256_permute2x128_si256::<0x31>(s[3], s[7]),
             ];
             let g = _mm256_i32gather_epi32::<1>(base.add(off) as *const i32, idx);
-            let h = _mm256_permute4x64_epi64::<0b1000>(_mm256_shuffle_epi8(g, pick));
+            let h = _mm256_permute4x64_epi64::<0b1000>(_mm256_shuffle_epi8(g, pick()));
             let dw = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
             for (t, at) in acc.iter_mut().enumerate() {
                 let e = (i + t) * nb + b;
@@ -142,8 +149,70 @@ unsafe fn tile<F: VFmt, const MR: usize>(
     }
 }
 
+/// [`tile`] for one activation row: no transposition; per row `vpdpbusd` against the block
+/// of `qx` leaves 8 partial sums, and a tree of `vpunpck*` + adds (14 shuffles per 8 rows,
+/// against the transposition's 24) reduces them to one exact sum per lane.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_m1<F: VFmt>(
+    a: &QActs,
+    w: &QWeight<'_>,
+    bias: Option<&[f32]>,
+    c: *mut f32,
+    ldc: usize,
+    i: usize,
+    j: usize,
+    n1: usize,
+    corr: &[i32],
+) {
+    unsafe {
+        let (k, nb) = (a.k, a.k / QK);
+        let rb = w.row_bytes();
+        let base = w.data.as_ptr().add(j * rb);
+        let rel: [usize; 8] = std::array::from_fn(|r| (j + r).min(n1 - 1) - j);
+        let p: [*const u8; 8] = rel.map(|r| base.add(r * rb));
+        let idx = _mm256_loadu_si256(rel.map(|r| (r * rb) as i32).as_ptr() as *const __m256i);
+        let mut acc = _mm256_setzero_ps();
+        for b in 0..nb {
+            let off = b * F::BB;
+            for &pr in &p {
+                _mm_prefetch::<_MM_HINT_T0>(pr.add(off + PF) as *const i8);
+            }
+            let e = i * nb + b;
+            let xb = _mm256_loadu_si256(a.q.as_ptr().add(i * k + b * QK) as *const __m256i);
+            let pr: [__m256i; 8] = std::array::from_fn(|r| {
+                _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), F::ints(p[r].add(off)), xb)
+            });
+            let h = |u: __m256i, v: __m256i| {
+                _mm256_add_epi32(_mm256_unpacklo_epi32(u, v), _mm256_unpackhi_epi32(u, v))
+            };
+            let qq = [h(pr[0], pr[1]), h(pr[2], pr[3]), h(pr[4], pr[5]), h(pr[6], pr[7])];
+            let g = |u: __m256i, v: __m256i| {
+                _mm256_add_epi32(_mm256_unpacklo_epi64(u, v), _mm256_unpackhi_epi64(u, v))
+            };
+            let (r0, r1) = (g(qq[0], qq[1]), g(qq[2], qq[3]));
+            let sum = _mm256_add_epi32(
+                _mm256_permute2x128_si256::<0x20>(r0, r1),
+                _mm256_permute2x128_si256::<0x31>(r0, r1),
+            );
+            let isum = _mm256_sub_epi32(sum, _mm256_set1_epi32(corr[e]));
+            let gw = _mm256_i32gather_epi32::<1>(base.add(off) as *const i32, idx);
+            let hw = _mm256_permute4x64_epi64::<0b1000>(_mm256_shuffle_epi8(gw, pick()));
+            let dw = _mm256_cvtph_ps(_mm256_castsi256_si128(hw));
+            let d = _mm256_mul_ps(dw, _mm256_set1_ps(*a.d.get_unchecked(e)));
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(d, _mm256_cvtepi32_ps(isum)));
+        }
+        let valid = (n1 - j).min(8);
+        let mut out = [0f32; 8];
+        _mm256_storeu_ps(out.as_mut_ptr(), acc);
+        for (r, &v) in out[..valid].iter().enumerate() {
+            *c.add(i * ldc + j + r) = v + bias.map_or(0.0, |bb| bb[j + r]);
+        }
+    }
+}
+
 /// Columns `n0..n1` of `C = X W^T + bias`: 8 weight rows at a time, activation rows in groups
-/// of 4, 2, 1.
+/// of 4, 2 ([`tile`]) and 1 ([`tile_m1`]).
 ///
 /// # Safety
 /// The CPU has AVX2 + FMA + F16C + AVX-VNNI; `c` holds rows `0..a.m` (stride `ldc`) and
@@ -173,7 +242,7 @@ pub unsafe fn task<F: VFmt>(
                 i += 2;
             }
             if i < a.m {
-                tile::<F, 1>(a, w, bias, c, ldc, i, j, n1, &corr);
+                tile_m1::<F>(a, w, bias, c, ldc, i, j, n1, &corr);
             }
             j += 8;
         }

@@ -164,8 +164,78 @@ unsafe fn tile<F: VFmt, const MR: usize>(
     }
 }
 
+/// [`tile`] for one activation row: no transposition; per pair of rows `vpdpbusd` against
+/// the block of `qx` (broadcast to both halves) leaves 8 partial sums per row, and a tree of
+/// `vpunpck*` + adds (14 shuffles per 16 rows, against the transposition's 24) reduces them to
+/// one exact sum per lane, in the same lane order.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_m1<F: VFmt>(
+    a: &QActs,
+    w: &QWeight<'_>,
+    bias: Option<&[f32]>,
+    c: *mut f32,
+    ldc: usize,
+    i: usize,
+    j: usize,
+    n1: usize,
+    corr: &[i32],
+) {
+    unsafe {
+        let (k, nb) = (a.k, a.k / QK);
+        let rb = w.row_bytes();
+        let base = w.data.as_ptr().add(j * rb);
+        let rel: [usize; 16] = std::array::from_fn(|r| (j + r).min(n1 - 1) - j);
+        let p: [*const u8; 16] = rel.map(|r| base.add(r * rb));
+        let idx = _mm512_loadu_si512(rel.map(|r| (r * rb) as i32).as_ptr() as *const __m512i);
+        let mut acc = _mm512_setzero_ps();
+        for b in 0..nb {
+            let off = b * F::BB;
+            for &pr in &p {
+                _mm_prefetch::<_MM_HINT_T0>(pr.add(off + PF) as *const i8);
+            }
+            let e = i * nb + b;
+            let xb = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                a.q.as_ptr().add(i * k + b * QK) as *const __m256i
+            ));
+            // P_q = [row q | row q + 4] and [row 8 + q | row 12 + q], 8 partial sums each.
+            let pq: [__m512i; 8] = std::array::from_fn(|q| {
+                let r = if q < 4 { q } else { q + 4 };
+                _mm512_dpbusd_epi32(
+                    _mm512_setzero_si512(),
+                    F::pair(p[r].add(off), p[r + 4].add(off)),
+                    xb,
+                )
+            });
+            let h = |u: __m512i, v: __m512i| {
+                _mm512_add_epi32(_mm512_unpacklo_epi32(u, v), _mm512_unpackhi_epi32(u, v))
+            };
+            let qq = [h(pq[0], pq[1]), h(pq[2], pq[3]), h(pq[4], pq[5]), h(pq[6], pq[7])];
+            let g = |u: __m512i, v: __m512i| {
+                _mm512_add_epi32(_mm512_unpacklo_epi64(u, v), _mm512_unpackhi_epi64(u, v))
+            };
+            let (r0, r1) = (g(qq[0], qq[1]), g(qq[2], qq[3]));
+            let sum = _mm512_add_epi32(
+                _mm512_shuffle_i32x4::<0x88>(r0, r1),
+                _mm512_shuffle_i32x4::<0xdd>(r0, r1),
+            );
+            let isum = _mm512_sub_epi32(sum, _mm512_set1_epi32(corr[e]));
+            let gw = _mm512_i32gather_epi32::<1>(idx, base.add(off) as *const i32);
+            let dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(gw));
+            let d = _mm512_mul_ps(dw, _mm512_set1_ps(*a.d.get_unchecked(e)));
+            acc = _mm512_add_ps(acc, _mm512_mul_ps(d, _mm512_cvtepi32_ps(isum)));
+        }
+        let valid = (n1 - j).min(16);
+        let mut out = [0f32; 16];
+        _mm512_storeu_ps(out.as_mut_ptr(), acc);
+        for (r, &v) in out[..valid].iter().enumerate() {
+            *c.add(i * ldc + j + r) = v + bias.map_or(0.0, |bb| bb[j + r]);
+        }
+    }
+}
+
 /// Columns `n0..n1` of `C = X W^T + bias`: 16 weight rows at a time, activation rows in groups
-/// of 8, 4, 2, 1.
+/// of 8, 4, 2 ([`tile`]) and 1 ([`tile_m1`]).
 ///
 /// # Safety
 /// The CPU has AVX-512 F/BW/VL/DQ + VNNI; `c` holds rows `0..a.m` (stride `ldc`) and columns
@@ -199,7 +269,7 @@ pub unsafe fn task<F: VFmt>(
                 i += 2;
             }
             if i < a.m {
-                tile::<F, 1>(a, w, bias, c, ldc, i, j, n1, &corr);
+                tile_m1::<F>(a, w, bias, c, ldc, i, j, n1, &corr);
             }
             j += 16;
         }
