@@ -55,8 +55,9 @@ unsafe fn pick() -> __m256i {
     }
 }
 
-/// Bytes ahead of each of the tile's 8 row streams to prefetch.
-const PF: usize = 1024;
+// No software prefetch: measured at K = N = 8192 with 2 threads, prefetching each row's
+// stream 256 B to 4 KiB ahead, or the next tile while this one runs, was no faster than the
+// hardware prefetcher alone (the next-tile sweep made the 16-row AVX-512 body 2x slower).
 
 /// Weight rows `j..j+8` (those `< n1` stored) against activation rows `i..i+MR`; `corr[e]` is
 /// `OFF * sum(qx)` of activation block `e`.
@@ -84,9 +85,6 @@ unsafe fn tile<F: VFmt, const MR: usize>(
         let mut acc = [_mm256_setzero_ps(); MR];
         for b in 0..nb {
             let off = b * F::BB;
-            for &pr in &p {
-                _mm_prefetch::<_MM_HINT_T0>(pr.add(off + PF) as *const i8);
-            }
             let z: [__m256i; 8] = std::array::from_fn(|r| F::ints(p[r].add(off)));
             let t = [
                 _mm256_unpacklo_epi32(z[0], z[1]),
@@ -175,9 +173,6 @@ unsafe fn tile_m1<F: VFmt>(
         let mut acc = _mm256_setzero_ps();
         for b in 0..nb {
             let off = b * F::BB;
-            for &pr in &p {
-                _mm_prefetch::<_MM_HINT_T0>(pr.add(off + PF) as *const i8);
-            }
             let e = i * nb + b;
             let xb = _mm256_loadu_si256(a.q.as_ptr().add(i * k + b * QK) as *const __m256i);
             let pr: [__m256i; 8] = std::array::from_fn(|r| {

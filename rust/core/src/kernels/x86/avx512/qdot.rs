@@ -17,7 +17,9 @@
 //!   reference), with `dw` the 16 rows' f16 scales (one gather, `vcvtph2ps`).
 //!
 //! Rows past the task's last are computed on a copy of its last row and not stored. The
-//! activation rows are taken in groups of 8, 4, 2, 1, each reusing the transposed weights.
+//! activation rows are taken in groups of 8, 4, 2, each reusing the transposed weights; a single
+//! row (decode at M = 1) skips the transposition and reduces its 16 rows' partial sums instead
+//! ([`tile_m1`]: fewer shuffles for one row, the same exact sums in the same lanes).
 
 use crate::kernels::qdot::{block_corr, QActs};
 use crate::kernels::quant::{QWeight, QK};
@@ -65,8 +67,9 @@ impl VFmt for Q4 {
     }
 }
 
-/// Bytes ahead of each of the tile's 16 row streams to prefetch.
-const PF: usize = 1024;
+// No software prefetch: measured at K = N = 8192 with 2 threads, prefetching each row's
+// stream 256 B to 4 KiB ahead, or the next tile while this one runs, was no faster than the
+// hardware prefetcher alone (and the next-tile sweep was 2x slower with 16 rows).
 
 /// Weight rows `j..j+16` (those `< n1` stored) against activation rows `i..i+MR`; `corr[e]` is
 /// `OFF * sum(qx)` of activation block `e`.
@@ -94,9 +97,6 @@ unsafe fn tile<F: VFmt, const MR: usize>(
         let mut acc = [_mm512_setzero_ps(); MR];
         for b in 0..nb {
             let off = b * F::BB;
-            for &pr in &p {
-                _mm_prefetch::<_MM_HINT_T0>(pr.add(off + PF) as *const i8);
-            }
             // Z_q = [row q | row q + 4], Z_{4+q} = [row 8 + q | row 12 + q]: after the
             // transposition below, lane r of T_k is row r.
             let z: [__m512i; 8] = std::array::from_fn(|q| {
@@ -191,9 +191,6 @@ unsafe fn tile_m1<F: VFmt>(
         let mut acc = _mm512_setzero_ps();
         for b in 0..nb {
             let off = b * F::BB;
-            for &pr in &p {
-                _mm_prefetch::<_MM_HINT_T0>(pr.add(off + PF) as *const i8);
-            }
             let e = i * nb + b;
             let xb = _mm512_broadcast_i64x4(_mm256_loadu_si256(
                 a.q.as_ptr().add(i * k + b * QK) as *const __m256i
