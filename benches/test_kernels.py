@@ -182,8 +182,13 @@ def test_vnni_quantized_decode(benchmark, ratios, fmt, kn):
             )
     times: dict[str, list[float]] = {k: [] for k in fns}
     probe: list[float] = []
+    # Each call starts cold, as the probe does: a 128 MiB sweep first evicts the weight from
+    # the last-level cache (a 4096^2 q8_0 / q4_0 weight, 18 / 9 MB, would otherwise be read
+    # from L3 by whichever path runs right after another).
+    flush = np.ones(32 << 20, np.float32)
     for r in range(10):
         for name, f in fns.items():
+            float(flush.sum())
             t = time.perf_counter()
             f()
             if r:
