@@ -20,6 +20,13 @@
 //! subtracts `8 * sum(qx)` per lane, precomputed with the activations), which are converted and scaled by `dw * dx` with one
 //! FMA into a float accumulator. Register tile: `RN` weight rows x `MR` activation rows, with
 //! `|w|` and `dw` of a weight block computed once per tile and used `MR` times.
+//! Its float sums run per lane, so it matches the reference within the bound above, not bit for
+//! bit.
+//!
+//! With VNNI (`vpdpbusd`: AVX-512-VNNI in `x86/avx512/qdot.rs`, AVX-VNNI in
+//! `x86/avx2/qdot_vnni.rs`, each chosen per call when the CPU has it): one weight row per float
+//! lane, the exact integer block sums reduced per row, and `s += (dw * dx) * isum` in block order
+//! as the reference does: bit-identical to `scalar_task`.
 
 use super::backend::{dispatch, Backend};
 use super::dot::{rows_per_task, SendPtr};
