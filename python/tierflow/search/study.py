@@ -24,6 +24,11 @@ Constraints (``constraints=``): strings ``"<metric> <op> <value>[unit]"`` with `
 ``"p99 <= 50 ms"``, ``"fast_tier <= 512 MiB"``, ``"params >= 10M"``. They go to NSGA-II as
 Optuna's ``constraints_func``; only trials meeting every constraint are on the front.
 
+A simulated device is predicted with its preset's efficiencies scaled by the share of the f32
+rates each weight format keeps on this host (``calibrate=True``, the default; see
+:mod:`tierflow.search.calibrate`); the calibration used is in :attr:`SearchResult.calibration`
+and in the study's ``calibration`` user attribute.
+
 On several devices, a latency metric is the worst over the devices (the design must serve on
 each); per-device figures are kept with each trial.
 
