@@ -211,6 +211,8 @@ def test_calibrated_prediction_follows_the_host_measurements(tmp_path):
         assert x.metrics["decode"] == pytest.approx(want, rel=1e-9)
     with pytest.raises(InvalidArgumentError, match="calibrate"):
         tierflow.search(space, "dgx_h100", trials=1, calibrate="yes", progress=False)
+    with pytest.raises(InvalidArgumentError, match="no figures for"):
+        tierflow.search({**space, "format": ["q8_0"]}, "dgx_h100", trials=1, calibrate=cal)
 
 
 def non_dominated(rows, directions):

@@ -268,6 +268,10 @@ def search(
         calib = calibrate_host(list(sp.dims["format"].values()), meas)
     if not simulated:
         calib = None
+    if calib is not None:
+        missing = [f for f in sp.dims["format"].values() if f not in calib.formats]
+        if missing:
+            raise InvalidArgumentError(f"search: the calibration has no figures for {missing}")
 
     settings = {
         "space": sp.to_dict(),
