@@ -149,4 +149,3 @@ def test_decode_steps_paged_store_cache_vs_plain(benchmark, ratios, small_llama)
         0.9,
         note=f"median ms/token: paged {t_paged * 1e3:.1f}, plain {t_plain * 1e3:.1f}",
     )
-
