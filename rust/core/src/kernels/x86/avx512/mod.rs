@@ -4,12 +4,16 @@
 //! operation, as in `avx2/`; an operation without an AVX-512 body of its own yet runs the AVX2
 //! body (every AVX-512 CPU has AVX2 + FMA).
 
+pub(crate) mod axpy;
+pub(crate) mod dot;
+
+use crate::cpu::Ext;
 use crate::kernels::attention::{Bufs, Task};
 use crate::kernels::axpy::ColW;
 use crate::kernels::backend::Backend;
 use crate::kernels::paged::{PageSource, Scratch};
 use crate::kernels::qdot::QActs;
-use crate::kernels::quant::QWeight;
+use crate::kernels::quant::{Format, QWeight};
 use crate::kernels::rows::RowOp;
 use crate::kernels::x86::avx2::Avx2;
 
@@ -29,7 +33,18 @@ impl Backend for Avx512 {
         n0: usize,
         n1: usize,
     ) {
-        unsafe { Avx2::dot_rows(x, m, w, bias, c, ldc, n0, n1) }
+        use dot::{bf16_dp_task, task, Bf16, BF16_DP_MAX_M, F16, F32};
+        unsafe {
+            match w.fmt {
+                Format::F32 => task::<F32>(x, m, w, bias, c, ldc, n0, n1),
+                Format::F16 => task::<F16>(x, m, w, bias, c, ldc, n0, n1),
+                Format::Bf16 if m <= BF16_DP_MAX_M && Ext::Avx512Bf16.present() => {
+                    bf16_dp_task(x, m, w, bias, c, ldc, n0, n1)
+                }
+                Format::Bf16 => task::<Bf16>(x, m, w, bias, c, ldc, n0, n1),
+                _ => Avx2::dot_rows(x, m, w, bias, c, ldc, n0, n1),
+            }
+        }
     }
 
     unsafe fn qdot_rows(
@@ -61,7 +76,21 @@ impl Backend for Avx512 {
         n0: usize,
         n1: usize,
     ) -> usize {
-        unsafe { Avx2::cols(x, m, k, k0, kb, w, n, acc, lda, n0, n1) }
+        use dot::{Bf16, F16, F32};
+        let full = n0 + (n1 - n0) / 16 * 16;
+        if full > n0 {
+            let task = match w {
+                ColW::F32(_) => axpy::task::<F32>,
+                ColW::F16(_) => axpy::task::<F16>,
+                ColW::Bf16(_) => axpy::task::<Bf16>,
+            };
+            let p = match w {
+                ColW::F32(p) => p.as_ptr() as *const u8,
+                ColW::F16(p) | ColW::Bf16(p) => p.as_ptr() as *const u8,
+            };
+            unsafe { task(x, m, k, k0, kb, p, n, acc, lda, n0, full) }
+        }
+        full
     }
 
     unsafe fn rows_chunk<O: RowOp>(op: &O, i0: usize, x: &[f32], y: &mut [f32], d: usize) {
