@@ -58,6 +58,11 @@ pub fn matmul_rows_f32(
             });
             return true;
         }
+        if isa >= Isa::Avx512 {
+            // AVX-512: the generic row kernel of `dot.rs` has a 512-bit body with a `3 x 8`
+            // tile (`x86/avx512/dot.rs`); the caller takes it.
+            return false;
+        }
         let per = rows_per_task(n, k * 4);
         let cp = SendPtr(c.as_mut_ptr());
         crate::pool::for_tasks(n.div_ceil(per), n * k * 4, |t| {

@@ -93,7 +93,13 @@ unsafe fn cols_all_m<F: Fmt, const NV: usize>(
 
 /// Prefetch into L2 the `16 NV` columns at `wj` of weight rows `r..r+rows`.
 #[inline(always)]
-unsafe fn prefetch<F: Fmt, const NV: usize>(w: *const u8, n: usize, r: usize, rows: usize, wj: usize) {
+unsafe fn prefetch<F: Fmt, const NV: usize>(
+    w: *const u8,
+    n: usize,
+    r: usize,
+    rows: usize,
+    wj: usize,
+) {
     let bytes = 16 * NV * F::SIZE;
     for kk in r..r + rows {
         let mut off = 0;
@@ -187,7 +193,8 @@ mod tests {
                     assert_eq!(got, want, "m {m} k {k} n {n} {cw:?}");
                     for i in 0..m {
                         for j in 0..n {
-                            let prods = (0..k).map(|t| x[i * k + t] as f64 * cw.get(t * n + j) as f64);
+                            let prods =
+                                (0..k).map(|t| x[i * k + t] as f64 * cw.get(t * n + j) as f64);
                             let exact = prods.clone().sum::<f64>() + bias[j] as f64;
                             let mag: f64 = prods.map(f64::abs).sum::<f64>() + bias[j].abs() as f64;
                             let bound = (k as f64 + 2.0) * 2f64.powi(-24) * mag;

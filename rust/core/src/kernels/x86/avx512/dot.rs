@@ -17,13 +17,15 @@
 //! bf16 parts `x = xh + xm + xl` (each part the round-to-nearest-even of the remainder: 8 + 8 + 8
 //! significant bits cover float32's 24), so the result is the float32 dot product of the
 //! unrounded activations, not of activations rounded to bf16 (which is what ggml does, and
-//! would add up to `2^-9 sum_k |x_k w_k|`: 0.2% of the magnitude, more than the weight format's
-//! own conversion from float32 in many layers; rejected). Every bf16 x bf16 product is exact in
+//! would add up to `2^-9 sum_k |x_k w_k|`, 0.2% of the magnitude, as much as the weight's own
+//! rounding to bf16, and results that differ from the other paths' by that much; rejected). Every bf16 x bf16 product is exact in
 //! float32, and the instruction adds the two products of a lane one after the other, rounding
-//! each time, so a lane is a chain of `3 K / 16` float32 additions: `|err| <= (3 K / 16 + 5)
-//! 2^-24 sum_k |x_k w_k| + 6 K 2^-126` (the last term: `vdpbf16ps` and `vcvtneps2bf16` treat
-//! denormals as zero, so activations below `2^-110` in magnitude and products below `2^-126`
-//! lose their tiny parts). An output that is not finite (an Inf or NaN in `x` or the row,
+//! each time; each part has its own accumulators (independent chains: one shared accumulator
+//! measured 5x slower at `M = 2`, latency-bound), added `(xl + xm) + xh` at the end, so a lane
+//! is a chain of at most `K / 16 + 2` float32 additions: `|err| <= (K / 16 + 7) 2^-24 sum_k
+//! |x_k w_k| + 6 K 2^-126` (the last term: `vdpbf16ps` and `vcvtneps2bf16` treat denormals as
+//! zero, so activations below `2^-110` in magnitude and products below `2^-126` lose their
+//! tiny parts). An output that is not finite (an Inf or NaN in `x` or the row,
 //! where `Inf * 0` of a zero part would make a NaN the reference does not) is recomputed by the
 //! FMA body, so non-finite values behave as in the reference.
 
@@ -273,7 +275,7 @@ unsafe fn as_bh(v: __m512i) -> __m512bh {
 /// Weight rows `j..j+RN` (bf16, row stride `rb` bytes) against split activation rows
 /// `i..i+MR` with `vdpbf16ps` (see the module doc); writes `sum + bias` to C.
 #[inline(always)]
-unsafe fn tile_dp<const RN: usize, const MR: usize>(
+unsafe fn tile_dp<const RN: usize, const MR: usize, const NA: usize>(
     xs: *const u16,
     k2: usize,
     k: usize,
@@ -286,7 +288,9 @@ unsafe fn tile_dp<const RN: usize, const MR: usize>(
     j: usize,
 ) {
     unsafe {
-        let mut acc = [[_mm512_setzero_ps(); MR]; RN];
+        // `NA` accumulator sets per (row, activation row): part `p` goes to set `min(p, NA -
+        // 1)`, so the chains are independent (3 sets), or the two small parts share one (2).
+        let mut acc = [[[_mm512_setzero_ps(); MR]; RN]; NA];
         let mut q = 0;
         while q < k {
             let left = k - q;
@@ -302,7 +306,8 @@ unsafe fn tile_dp<const RN: usize, const MR: usize>(
                 for part in 0..3 {
                     let xv = as_bh(_mm512_loadu_si512(xr.byte_add(part * k2 * 2)));
                     for r in 0..RN {
-                        acc[r][t] = _mm512_dpbf16_ps(acc[r][t], as_bh(wv[r]), xv);
+                        let a = part.min(NA - 1);
+                        acc[a][r][t] = _mm512_dpbf16_ps(acc[a][r][t], as_bh(wv[r]), xv);
                     }
                 }
             }
@@ -311,7 +316,12 @@ unsafe fn tile_dp<const RN: usize, const MR: usize>(
         for r in 0..RN {
             let b = bias.map_or(0.0, |b| b[j + r]);
             for t in 0..MR {
-                *c.add((i + t) * ldc + j + r) = hsum512(acc[r][t]) + b;
+                // the small parts first: (xl + xm) + xh
+                let mut s = acc[NA - 1][r][t];
+                for a in (0..NA - 1).rev() {
+                    s = _mm512_add_ps(s, acc[a][r][t]);
+                }
+                *c.add((i + t) * ldc + j + r) = hsum512(s) + b;
             }
         }
     }
@@ -339,20 +349,20 @@ pub unsafe fn bf16_dp_task(
         let mut j = n0;
         if m == 1 {
             while j + 4 <= n1 {
-                tile_dp::<4, 1>(xp, k2, k, wp, rb, bias, c, ldc, 0, j);
+                tile_dp::<4, 1, 3>(xp, k2, k, wp, rb, bias, c, ldc, 0, j);
                 j += 4;
             }
         } else {
             while j + 4 <= n1 {
-                tile_dp::<4, 2>(xp, k2, k, wp, rb, bias, c, ldc, 0, j);
+                tile_dp::<4, 2, 3>(xp, k2, k, wp, rb, bias, c, ldc, 0, j);
                 j += 4;
             }
         }
         while j < n1 {
             if m == 1 {
-                tile_dp::<1, 1>(xp, k2, k, wp, rb, bias, c, ldc, 0, j);
+                tile_dp::<1, 1, 3>(xp, k2, k, wp, rb, bias, c, ldc, 0, j);
             } else {
-                tile_dp::<1, 2>(xp, k2, k, wp, rb, bias, c, ldc, 0, j);
+                tile_dp::<1, 2, 3>(xp, k2, k, wp, rb, bias, c, ldc, 0, j);
             }
             j += 1;
         }
@@ -390,7 +400,7 @@ pub(crate) mod tests {
         let w = QWeight::new(fmt, k, n, &data).unwrap();
         let dq = crate::kernels::quant::dequantize(&w); // (k, n) row-major
         let dp = fmt == Format::Bf16 && m <= super::BF16_DP_MAX_M && Ext::Avx512Bf16.present();
-        let chain = if dp { 3.0 * k as f64 / 16.0 + 5.0 } else { k as f64 / 16.0 + 5.0 };
+        let chain = if dp { k as f64 / 16.0 + 7.0 } else { k as f64 / 16.0 + 5.0 };
         let u = 2f64.powi(-24);
         for i in 0..m {
             for j in 0..n {
@@ -427,7 +437,8 @@ pub(crate) mod tests {
         // K around the 16- and 32-element groups; M over every tile height; N over 8 / 3 rows.
         for fmt in [Format::F32, Format::F16, Format::Bf16] {
             for &k in &[1, 15, 16, 17, 31, 32, 33, 64, 100, 1000] {
-                for &(m, n) in &[(1, 1), (1, 9), (1, 17), (2, 7), (3, 4), (5, 10), (8, 3), (13, 5)] {
+                for &(m, n) in &[(1, 1), (1, 9), (1, 17), (2, 7), (3, 4), (5, 10), (8, 3), (13, 5)]
+                {
                     let x = lcg(m * k, 7 + k as u64);
                     let wf = lcg(k * n, 9 + m as u64);
                     let got = run(Isa::Avx512, fmt, m, k, n, &x, &wf);
@@ -467,7 +478,8 @@ pub(crate) mod tests {
         let want = run(Isa::Scalar, Format::Bf16, m, k, n, &x, &wf);
         let got = run(Isa::Avx512, Format::Bf16, m, k, n, &x, &wf);
         for (g, w) in got.iter().zip(&want) {
-            let same = if w.is_finite() { g.is_finite() } else { g == w || g.is_nan() && w.is_nan() };
+            let same =
+                if w.is_finite() { g.is_finite() } else { g == w || g.is_nan() && w.is_nan() };
             assert!(same, "{got:?} vs {want:?}");
         }
         // the case holds both kinds: a NaN (Inf * 0) and infinities (row 1, column 4)

@@ -6,6 +6,7 @@
 
 pub(crate) mod axpy;
 pub(crate) mod dot;
+pub(crate) mod rows;
 
 use crate::cpu::Ext;
 use crate::kernels::attention::{Bufs, Task};
@@ -94,7 +95,7 @@ impl Backend for Avx512 {
     }
 
     unsafe fn rows_chunk<O: RowOp>(op: &O, i0: usize, x: &[f32], y: &mut [f32], d: usize) {
-        unsafe { Avx2::rows_chunk(op, i0, x, y, d) }
+        unsafe { rows::chunk(op, i0, x, y, d) }
     }
 
     unsafe fn paged_task<S: PageSource>(
