@@ -16,18 +16,23 @@
 //! the weight's bf16 pairs as stored (no widening) by the activations split exactly into three
 //! bf16 parts `x = xh + xm + xl` (each part the round-to-nearest-even of the remainder: 8 + 8 + 8
 //! significant bits cover float32's 24), so the result is the float32 dot product of the
-//! unrounded activations, not of activations rounded to bf16 (which is what ggml does, and
-//! would add up to `2^-9 sum_k |x_k w_k|`, 0.2% of the magnitude, as much as the weight's own
-//! rounding to bf16, and results that differ from the other paths' by that much; rejected). Every bf16 x bf16 product is exact in
-//! float32, and the instruction adds the two products of a lane one after the other, rounding
-//! each time; each part has its own accumulators (independent chains: one shared accumulator
-//! measured 5x slower at `M = 2`, latency-bound), added `(xl + xm) + xh` at the end, so a lane
-//! is a chain of at most `K / 16 + 2` float32 additions: `|err| <= (K / 16 + 7) 2^-24 sum_k
-//! |x_k w_k| + 6 K 2^-126` (the last term: `vdpbf16ps` and `vcvtneps2bf16` treat denormals as
-//! zero, so activations below `2^-110` in magnitude and products below `2^-126` lose their
-//! tiny parts). An output that is not finite (an Inf or NaN in `x` or the row,
-//! where `Inf * 0` of a zero part would make a NaN the reference does not) is recomputed by the
-//! FMA body, so non-finite values behave as in the reference.
+//! unrounded activations. Rounding the activations to bf16 instead (ggml's route: one
+//! instruction per 32 weights, not three) would add up to `2^-9 sum_k |x_k w_k|`, 0.2% of the
+//! magnitude, as much as the weight's own rounding to bf16, and results that differ from the
+//! other paths' by that much: rejected. At decode shapes the three instructions cost nothing
+//! that shows: the time is the weight's memory traffic.
+//!
+//! Every bf16 x bf16 product is exact in float32, and the instruction adds the two products of
+//! a lane one after the other, rounding each time. The parts have their own accumulators
+//! (independent chains: one shared by all three measured 5x slower at `M = 2`): at `M = 1` an
+//! `8 x 1` tile with two per row (`xh`; `xm` then `xl`), at `M = 2` a `4 x 2` tile with three,
+//! added small parts first at the end, so a lane is a chain of at most `K / 8 + 2` float32
+//! additions: `|err| <= (K / 8 + 7) 2^-24 sum_k |x_k w_k| + 6 K 2^-126` (the last term:
+//! `vdpbf16ps` and `vcvtneps2bf16` treat denormals as zero, so activations below `2^-110` in
+//! magnitude and products below `2^-126` lose their tiny parts). An output that is not finite
+//! (an Inf or NaN in `x` or the row, where `Inf * 0` of a zero part would make a NaN the
+//! reference does not) is recomputed by the FMA body, so non-finite values behave as in the
+//! reference.
 
 use crate::kernels::quant::QWeight;
 use crate::kernels::x86::hsum;
@@ -103,6 +108,10 @@ pub unsafe fn widen_bf16(h: __m256i) -> __m512 {
 /// Bytes ahead to prefetch in each weight row (as in the AVX2 body: the hardware prefetcher
 /// alone left the kernel waiting on DRAM).
 const PF: usize = 4096;
+
+/// The same for the `vdpbf16ps` body: not a multiple of 4 KiB, so a row's prefetched line does
+/// not land in the L1 set of the line being read (measured from cache: 26 against 22 GB/s).
+const PF_DP: usize = 1536;
 
 /// Weight rows `j..j+RN` (row stride `rb` bytes from `w`) against activation rows `i..i+MR`;
 /// writes `sum + bias` to C.
@@ -236,7 +245,8 @@ pub unsafe fn task<F: Fmt>(
 /// zero past `K`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 unsafe fn split3(x: &[f32], m: usize, k: usize) -> (Vec<u16>, usize) {
-    let k2 = k.div_ceil(32) * 32;
+    // one spare line per part: parts `2 K` bytes apart would share an L1 set
+    let k2 = k.div_ceil(32) * 32 + 32;
     let mut out = vec![0u16; 3 * m * k2];
     unsafe {
         for i in 0..m {
@@ -275,7 +285,7 @@ unsafe fn as_bh(v: __m512i) -> __m512bh {
 /// Weight rows `j..j+RN` (bf16, row stride `rb` bytes) against split activation rows
 /// `i..i+MR` with `vdpbf16ps` (see the module doc); writes `sum + bias` to C.
 #[inline(always)]
-unsafe fn tile_dp<const RN: usize, const MR: usize, const NA: usize>(
+unsafe fn tile_dp<const RN: usize, const MR: usize, const NA: usize, const PFB: usize>(
     xs: *const u16,
     k2: usize,
     k: usize,
@@ -298,7 +308,7 @@ unsafe fn tile_dp<const RN: usize, const MR: usize, const NA: usize>(
             let mut wv = [_mm512_setzero_si512(); RN];
             for r in 0..RN {
                 let p = w.add((j + r) * rb) as *const i16;
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(q + PF / 2) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(q).byte_add(PFB) as *const i8);
                 wv[r] = _mm512_maskz_loadu_epi16(mask, p.add(q));
             }
             for t in 0..MR {
@@ -348,21 +358,21 @@ pub unsafe fn bf16_dp_task(
         let xp = xs.as_ptr();
         let mut j = n0;
         if m == 1 {
-            while j + 4 <= n1 {
-                tile_dp::<4, 1, 3>(xp, k2, k, wp, rb, bias, c, ldc, 0, j);
-                j += 4;
+            while j + 8 <= n1 {
+                tile_dp::<8, 1, 2, PF_DP>(xp, k2, k, wp, rb, bias, c, ldc, 0, j);
+                j += 8;
             }
         } else {
             while j + 4 <= n1 {
-                tile_dp::<4, 2, 3>(xp, k2, k, wp, rb, bias, c, ldc, 0, j);
+                tile_dp::<4, 2, 3, PF_DP>(xp, k2, k, wp, rb, bias, c, ldc, 0, j);
                 j += 4;
             }
         }
         while j < n1 {
             if m == 1 {
-                tile_dp::<1, 1, 3>(xp, k2, k, wp, rb, bias, c, ldc, 0, j);
+                tile_dp::<1, 1, 3, PF_DP>(xp, k2, k, wp, rb, bias, c, ldc, 0, j);
             } else {
-                tile_dp::<1, 2, 3>(xp, k2, k, wp, rb, bias, c, ldc, 0, j);
+                tile_dp::<1, 2, 3, PF_DP>(xp, k2, k, wp, rb, bias, c, ldc, 0, j);
             }
             j += 1;
         }
@@ -400,7 +410,7 @@ pub(crate) mod tests {
         let w = QWeight::new(fmt, k, n, &data).unwrap();
         let dq = crate::kernels::quant::dequantize(&w); // (k, n) row-major
         let dp = fmt == Format::Bf16 && m <= super::BF16_DP_MAX_M && Ext::Avx512Bf16.present();
-        let chain = if dp { k as f64 / 16.0 + 7.0 } else { k as f64 / 16.0 + 5.0 };
+        let chain = if dp { k as f64 / 8.0 + 7.0 } else { k as f64 / 16.0 + 5.0 };
         let u = 2f64.powi(-24);
         for i in 0..m {
             for j in 0..n {
