@@ -12,22 +12,22 @@
 //! `(8, 1)` at `M = 1` (eight read streams, eight FMA chains), `(3, 8)` / `(3, 4)` / ... above
 //! (a weight vector reused by up to eight rows of `X`: 11 loads per 24 FMAs).
 //!
-//! bfloat16 with AVX-512-BF16 (`bf16_dp_task`, `M <= BF16_DP_MAX_M`): `vdpbf16ps` multiplies
+//! bfloat16 with AVX-512-BF16 (`bf16_dp_task`, `M = 1`): `vdpbf16ps` multiplies
 //! the weight's bf16 pairs as stored (no widening) by the activations split exactly into three
 //! bf16 parts `x = xh + xm + xl` (each part the round-to-nearest-even of the remainder: 8 + 8 + 8
 //! significant bits cover float32's 24), so the result is the float32 dot product of the
 //! unrounded activations. Rounding the activations to bf16 instead (ggml's route: one
 //! instruction per 32 weights, not three) would add up to `2^-9 sum_k |x_k w_k|`, 0.2% of the
 //! magnitude, as much as the weight's own rounding to bf16, and results that differ from the
-//! other paths' by that much: rejected. At decode shapes the three instructions cost nothing
-//! that shows: the time is the weight's memory traffic.
+//! other paths' by that much: rejected. At `M = 1` the three instructions cost nothing that
+//! shows (the time is the weight's memory traffic; see [`BF16_DP_MAX_M`]); it is no faster than
+//! the FMA body either.
 //!
 //! Every bf16 x bf16 product is exact in float32, and the instruction adds the two products of
 //! a lane one after the other, rounding each time. The parts have their own accumulators
-//! (independent chains: one shared by all three measured 5x slower at `M = 2`): at `M = 1` an
-//! `8 x 1` tile with two per row (`xh`; `xm` then `xl`), at `M = 2` a `4 x 2` tile with three,
-//! added small parts first at the end, so a lane is a chain of at most `K / 8 + 2` float32
-//! additions: `|err| <= (K / 8 + 7) 2^-24 sum_k |x_k w_k| + 6 K 2^-126` (the last term:
+//! (independent chains: one shared by all three measured 5x slower at `M = 2`): an `8 x 1` tile
+//! with two per weight row (`xh`; `xm` then `xl`), added at the end, so a lane is a chain of at
+//! most `K / 8 + 2` float32 additions: `|err| <= (K / 8 + 7) 2^-24 sum_k |x_k w_k| + 6 K 2^-126` (the last term:
 //! `vdpbf16ps` and `vcvtneps2bf16` treat denormals as zero, so activations below `2^-110` in
 //! magnitude and products below `2^-126` lose their tiny parts). An output that is not finite
 //! (an Inf or NaN in `x` or the row, where `Inf * 0` of a zero part would make a NaN the
@@ -38,10 +38,12 @@ use crate::kernels::quant::QWeight;
 use crate::kernels::x86::hsum;
 use std::arch::x86_64::*;
 
-/// Largest `M` for the `vdpbf16ps` body: three instructions per 32 weights and activation row
-/// against the FMA body's two (plus a widening shared by all rows), so it pays only while the
-/// weight's memory traffic, not arithmetic, sets the time.
-pub const BF16_DP_MAX_M: usize = 2;
+/// Largest `M` for the `vdpbf16ps` body. At `M = 1` it measured level with the FMA body (2
+/// threads, medians of 31 interleaved calls: 15.7 against 15.5 ms at 8192 x 8192, 1.63 against
+/// 1.56 ms at 4096 x 4096 from cache; noise on this shared machine is larger than the gap); at
+/// `M = 2` it measured 1.5x slower (three instructions per 32 weights and activation row
+/// against two FMAs, the widening shared by the rows), so from 2 rows the FMA body runs.
+pub const BF16_DP_MAX_M: usize = 1;
 
 /// Sum of the sixteen lanes in a fixed order: `(lo8 + hi8)`, then [`hsum`].
 #[inline(always)]
@@ -337,8 +339,8 @@ unsafe fn tile_dp<const RN: usize, const MR: usize, const NA: usize, const PFB: 
     }
 }
 
-/// Columns `n0..n1` of `C = X W^T + bias` for a bf16 row-stored `W` with `vdpbf16ps`, `m` in
-/// `1..=BF16_DP_MAX_M` (see the module doc for the bound); outputs that come out non-finite
+/// Columns `n0..n1` of `C = X W^T + bias` for a bf16 row-stored `W` with `vdpbf16ps`, one row
+/// of `X` (`m` = 1; see the module doc for the bound); outputs that come out non-finite
 /// are recomputed by [`task`]`::<Bf16>`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
 pub unsafe fn bf16_dp_task(
@@ -351,29 +353,18 @@ pub unsafe fn bf16_dp_task(
     n0: usize,
     n1: usize,
 ) {
-    debug_assert!((1..=BF16_DP_MAX_M).contains(&m));
+    debug_assert!(m == 1 && BF16_DP_MAX_M == 1);
     let (k, rb, wp) = (w.k, w.row_bytes(), w.data.as_ptr());
     unsafe {
         let (xs, k2) = split3(x, m, k);
         let xp = xs.as_ptr();
         let mut j = n0;
-        if m == 1 {
-            while j + 8 <= n1 {
-                tile_dp::<8, 1, 2, PF_DP>(xp, k2, k, wp, rb, bias, c, ldc, 0, j);
-                j += 8;
-            }
-        } else {
-            while j + 4 <= n1 {
-                tile_dp::<4, 2, 3, PF_DP>(xp, k2, k, wp, rb, bias, c, ldc, 0, j);
-                j += 4;
-            }
+        while j + 8 <= n1 {
+            tile_dp::<8, 1, 2, PF_DP>(xp, k2, k, wp, rb, bias, c, ldc, 0, j);
+            j += 8;
         }
         while j < n1 {
-            if m == 1 {
-                tile_dp::<1, 1, 3, PF_DP>(xp, k2, k, wp, rb, bias, c, ldc, 0, j);
-            } else {
-                tile_dp::<1, 2, 3, PF_DP>(xp, k2, k, wp, rb, bias, c, ldc, 0, j);
-            }
+            tile_dp::<1, 1, 2, PF_DP>(xp, k2, k, wp, rb, bias, c, ldc, 0, j);
             j += 1;
         }
         // Non-finite outputs: the FMA body, one column at a time, for every row of X.
@@ -479,20 +470,32 @@ pub(crate) mod tests {
         }
         // Inf and NaN behave as in the reference: Inf * w is +-Inf (not NaN from Inf * 0 of a
         // zero part), Inf * 0 is NaN.
-        let (m, k, n) = (2, 40, 6);
-        let mut x = lcg(m * k, 3);
-        x[5] = f32::INFINITY;
+        // Rows of X one at a time (the body's M = 1), N = 11 (an 8-row tile and 3 single rows).
+        let (k, n) = (40, 11);
+        let mut x = lcg(2 * k, 3);
+        x[5] = f32::INFINITY; // row 0
+                              // parts of opposite signs (xh = 1, xm = -2^-12): Inf * xh + -Inf * xm would be NaN
+        x[k + 7] = 1.0 - 2f32.powi(-12);
+        x[k + 9] = 1.0 - 2f32.powi(-12);
         let mut wf = lcg(k * n, 4);
         wf[5 * n + 2] = 0.0; // row 0, column 2: Inf * 0
         wf[7 * n + 4] = f32::NEG_INFINITY; // column 4 of both rows
-        let want = run(Isa::Scalar, Format::Bf16, m, k, n, &x, &wf);
-        let got = run(Isa::Avx512, Format::Bf16, m, k, n, &x, &wf);
-        for (g, w) in got.iter().zip(&want) {
-            let same =
-                if w.is_finite() { g.is_finite() } else { g == w || g.is_nan() && w.is_nan() };
-            assert!(same, "{got:?} vs {want:?}");
+        wf[9 * n + 9] = f32::INFINITY; // column 9 (a single-row tile) of both rows
+        for i in 0..2 {
+            let xi = &x[i * k..(i + 1) * k];
+            let want = run(Isa::Scalar, Format::Bf16, 1, k, n, xi, &wf);
+            let got = run(Isa::Avx512, Format::Bf16, 1, k, n, xi, &wf);
+            for (g, w) in got.iter().zip(&want) {
+                let same =
+                    if w.is_finite() { g.is_finite() } else { g == w || g.is_nan() && w.is_nan() };
+                assert!(same, "{got:?} vs {want:?}");
+            }
+            // both kinds: a NaN (Inf * 0, row 0) and infinities (row 1, columns 4 and 9)
+            assert!(if i == 0 {
+                want[2].is_nan()
+            } else {
+                want[4].is_infinite() && want[9].is_infinite()
+            });
         }
-        // the case holds both kinds: a NaN (Inf * 0) and infinities (row 1, column 4)
-        assert!(want[2].is_nan() && want[n + 4].is_infinite());
     }
 }
