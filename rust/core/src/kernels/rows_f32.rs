@@ -7,7 +7,8 @@
 //! - more rows: the AVX2 GEMM of `sgemm.rs` reading `W` through its strides (row stride 1,
 //!   column stride `K`).
 //!
-//! The AVX2 body of the dot-product kernel is `x86/avx2/rows_f32.rs`.
+//! The AVX2 body of the dot-product kernel is `x86/avx2/rows_f32.rs`. On `Isa::Avx512` the
+//! decode rows go to `dot.rs` instead, whose AVX-512 body has a `3 x 8` tile of 16 lanes.
 //!
 //! One row of `X` stays on `dot.rs`'s kernel (already at the memory limit). Every output element
 //! is one accumulator chain over `K` (eight lanes, then a fixed-order horizontal sum, then the

@@ -40,9 +40,11 @@ use std::arch::x86_64::*;
 
 /// Largest `M` for the `vdpbf16ps` body. At `M = 1` it measured level with the FMA body (2
 /// threads, medians of 31 interleaved calls: 15.7 against 15.5 ms at 8192 x 8192, 1.63 against
-/// 1.56 ms at 4096 x 4096 from cache; noise on this shared machine is larger than the gap); at
-/// `M = 2` it measured 1.5x slower (three instructions per 32 weights and activation row
-/// against two FMAs, the widening shared by the rows), so from 2 rows the FMA body runs.
+/// 1.56 ms at 4096 x 4096 from cache; noise on this shared machine is larger than the gap), and
+/// 0.83-0.91x the AVX2 body in `benches/test_kernels.py -k decode_avx512` (see BENCHMARKS.md:
+/// not understood yet; the AVX2 body prefetches the tile's rows as one run); at `M = 2` it
+/// measured 1.5x slower than the FMA body (three instructions per 32 weights and activation
+/// row against two FMAs, the widening shared by the rows), so from 2 rows the FMA body runs.
 pub const BF16_DP_MAX_M: usize = 1;
 
 /// Sum of the sixteen lanes in a fixed order: `(lo8 + hi8)`, then [`hsum`].
