@@ -6,6 +6,7 @@
 
 pub(crate) mod axpy;
 pub(crate) mod dot;
+pub(crate) mod qdot;
 pub(crate) mod rows;
 
 use crate::cpu::Ext;
@@ -57,7 +58,19 @@ impl Backend for Avx512 {
         n0: usize,
         n1: usize,
     ) {
-        unsafe { Avx2::qdot_rows(a, w, bias, c, ldc, n0, n1) }
+        // Without VNNI, AVX-512 F/BW gain nothing over the AVX2 body (`vpmaddubsw` +
+        // `vpmaddwd` at twice the width, against a memory-bound read of the weights).
+        if !Ext::Avx512Vnni.present() {
+            return unsafe { Avx2::qdot_rows(a, w, bias, c, ldc, n0, n1) };
+        }
+        use qdot::{task, Q4, Q8};
+        // SAFETY: the CPU has AVX-512 (this backend) and VNNI (checked above).
+        unsafe {
+            match w.fmt {
+                Format::Q8_0 => task::<Q8>(a, w, bias, c, ldc, n0, n1),
+                _ => task::<Q4>(a, w, bias, c, ldc, n0, n1),
+            }
+        }
     }
 
     unsafe fn round_block(xb: &[f32], qb: &mut [i8], db: &mut f32, sb: &mut [i32]) -> bool {
