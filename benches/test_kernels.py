@@ -279,11 +279,12 @@ needs_avx512 = pytest.mark.skipif(
 def interleaved_medians(
     fns: dict[str, Callable[[], object]],
     rounds: int,
-    clock: Callable[[], float],
+    clock: Callable[[], float] = time.perf_counter,
     cpu: dict[str, float] | None = None,
 ) -> dict[str, float]:
-    """Median time of each function over alternating rounds after one warm-up each, read from
-    `clock` (wall or process CPU time); 0.3 s pause after each NumPy call, as in `interleaved`.
+    """Median time of each function over `rounds` alternating rounds after one warm-up each, read
+    from `clock` (wall time by default, or process CPU time); 0.3 s pause after each NumPy call,
+    as in `interleaved`.
     With `cpu`, also the median process CPU time of each call, into it."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     cpus: dict[str, list[float]] = {k: [] for k in fns}
@@ -489,3 +490,49 @@ def _timed(f: Callable[[], object]) -> float:
     t = time.perf_counter()
     f()
     return time.perf_counter() - t
+
+
+@pytest.mark.parametrize("kn", [4096, 8192])
+@pytest.mark.parametrize("m", [1, 8])
+@pytest.mark.parametrize("wdt", ["float32", "bfloat16"])
+def test_decode_avx512(benchmark, ratios, bandwidth, wdt, m, kn):
+    """AVX-512 float decode against the AVX2 path and NumPy (float32, OpenBLAS on 2 threads)
+    in one run: medians of interleaved calls. bfloat16 both as a plain `(K, N)` array and as a
+    row-stored `tierflow.quantize(w, "bf16")` weight; NumPy multiplies the float32 weight."""
+    if "avx512" not in tierflow.info()["isa_available"]:
+        pytest.skip("this CPU has no AVX-512")
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((m, kn)).astype(np.float32)
+    w = rng.standard_normal((kn, kn)).astype(np.float32)
+    out = np.empty((m, kn), np.float32)
+    fns: dict[str, Callable[[], object]] = {"numpy": lambda: np.matmul(x, w, out=out)}
+    if wdt == "float32":
+        weights = {"plain": w}
+    else:
+        ml_dtypes = pytest.importorskip("ml_dtypes")
+        weights = {"plain": w.astype(ml_dtypes.bfloat16), "rows": tierflow.quantize(w, "bf16")}
+    for lay, wt in weights.items():
+        for isa in ("avx512", "avx2"):
+            fns[f"{isa} {lay}"] = lambda wt=wt, isa=isa: tierflow.matmul(x, wt, out=out, _isa=isa)
+    with threadpoolctl.threadpool_limits(THREADS):
+        t = interleaved_medians(fns, 9)
+    benchmark.pedantic(fns["avx512 plain"], rounds=1, iterations=1)
+    nbytes = kn * kn * (4 if wdt == "float32" else 2)
+    for lay in weights:
+        name = f"avx512 decode {wdt} {lay} M={m} K=N={kn}"
+        t5, t2 = t[f"avx512 {lay}"], t[f"avx2 {lay}"]
+        gbs = {
+            "ms": round(t5 * 1e3, 3),
+            "avx2_ms": round(t2 * 1e3, 3),
+            "numpy_ms": round(t["numpy"] * 1e3, 3),
+            "GBps": round(nbytes / t5 / 1e9, 2),
+            "avx2_GBps": round(nbytes / t2 / 1e9, 2),
+            "probe_GBps": round(bandwidth / 1e9, 2),
+        }
+        record(benchmark, ratios, f"{name} x NumPy f32", t["numpy"] / t5, 1.0, **gbs)
+        record(benchmark, ratios, f"{name} x avx2", t2 / t5, 0.0)
+        target = 0.8 if (wdt == "bfloat16" and m == 1) else 0.0
+        record(
+            benchmark, ratios, f"{name} fraction of read bandwidth", nbytes / t5 / bandwidth, target
+        )

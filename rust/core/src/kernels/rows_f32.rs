@@ -7,7 +7,8 @@
 //! - more rows: the AVX2 GEMM of `sgemm.rs` reading `W` through its strides (row stride 1,
 //!   column stride `K`).
 //!
-//! The AVX2 body of the dot-product kernel is `x86/avx2/rows_f32.rs`.
+//! The AVX2 body of the dot-product kernel is `x86/avx2/rows_f32.rs`. On `Isa::Avx512` the
+//! decode rows go to `dot.rs` instead, whose AVX-512 body has a `3 x 8` tile of 16 lanes.
 //!
 //! One row of `X` stays on `dot.rs`'s kernel (already at the memory limit). Every output element
 //! is one accumulator chain over `K` (eight lanes, then a fixed-order horizontal sum, then the
@@ -57,6 +58,11 @@ pub fn matmul_rows_f32(
                 sgemm::sgemm_avx2(m, n, k, x, k, 1, w, 1, k, c, ldc, bias.is_some(), threads);
             });
             return true;
+        }
+        if isa >= Isa::Avx512 {
+            // AVX-512: the generic row kernel of `dot.rs` has a 512-bit body with a `3 x 8`
+            // tile (`x86/avx512/dot.rs`); the caller takes it.
+            return false;
         }
         let per = rows_per_task(n, k * 4);
         let cp = SendPtr(c.as_mut_ptr());

@@ -5,7 +5,10 @@
 //! body (every AVX-512 CPU has AVX2 + FMA).
 
 pub(crate) mod attention;
+pub(crate) mod axpy;
+pub(crate) mod dot;
 pub(crate) mod qdot;
+pub(crate) mod rows;
 pub(crate) mod sgemm;
 
 use crate::cpu::Ext;
@@ -34,7 +37,18 @@ impl Backend for Avx512 {
         n0: usize,
         n1: usize,
     ) {
-        unsafe { Avx2::dot_rows(x, m, w, bias, c, ldc, n0, n1) }
+        use dot::{bf16_dp_task, task, Bf16, BF16_DP_MAX_M, F16, F32};
+        unsafe {
+            match w.fmt {
+                Format::F32 => task::<F32>(x, m, w, bias, c, ldc, n0, n1),
+                Format::F16 => task::<F16>(x, m, w, bias, c, ldc, n0, n1),
+                Format::Bf16 if m <= BF16_DP_MAX_M && Ext::Avx512Bf16.present() => {
+                    bf16_dp_task(x, m, w, bias, c, ldc, n0, n1)
+                }
+                Format::Bf16 => task::<Bf16>(x, m, w, bias, c, ldc, n0, n1),
+                _ => Avx2::dot_rows(x, m, w, bias, c, ldc, n0, n1),
+            }
+        }
     }
 
     unsafe fn qdot_rows(
@@ -78,11 +92,25 @@ impl Backend for Avx512 {
         n0: usize,
         n1: usize,
     ) -> usize {
-        unsafe { Avx2::cols(x, m, k, k0, kb, w, n, acc, lda, n0, n1) }
+        use dot::{Bf16, F16, F32};
+        let full = n0 + (n1 - n0) / 16 * 16;
+        if full > n0 {
+            let task = match w {
+                ColW::F32(_) => axpy::task::<F32>,
+                ColW::F16(_) => axpy::task::<F16>,
+                ColW::Bf16(_) => axpy::task::<Bf16>,
+            };
+            let p = match w {
+                ColW::F32(p) => p.as_ptr() as *const u8,
+                ColW::F16(p) | ColW::Bf16(p) => p.as_ptr() as *const u8,
+            };
+            unsafe { task(x, m, k, k0, kb, p, n, acc, lda, n0, full) }
+        }
+        full
     }
 
     unsafe fn rows_chunk<O: RowOp>(op: &O, i0: usize, x: &[f32], y: &mut [f32], d: usize) {
-        unsafe { Avx2::rows_chunk(op, i0, x, y, d) }
+        unsafe { rows::chunk(op, i0, x, y, d) }
     }
 
     unsafe fn paged_task<S: PageSource>(
