@@ -24,7 +24,8 @@ use crate::cpu::Isa;
 /// Rows of `X` from which these kernels take a row-stored float32 weight.
 pub const MIN_M: usize = 2;
 
-/// `C = X W (+ bias)` for a row-stored float32 `W` and `m >= MIN_M` on AVX2 + FMA; false
+/// `C = X W (+ bias)` for a row-stored float32 `W` and `m >= MIN_M` on AVX2 + FMA (above the
+/// decode rows, the GEMM of the selected ISA: AVX-512 where chosen); false
 /// (nothing written) when that does not apply (another format or ISA, fewer rows, data not
 /// 4-byte aligned), and the caller takes its generic path.
 pub fn matmul_rows_f32(
@@ -54,8 +55,15 @@ pub fn matmul_rows_f32(
                 }
             }
             let threads = crate::pool::num_threads();
+            let acc = bias.is_some();
             crate::pool::install(|| {
-                sgemm::sgemm_avx2(m, n, k, x, k, 1, w, 1, k, c, ldc, bias.is_some(), threads);
+                if isa >= Isa::Avx512 {
+                    super::x86::avx512::sgemm::sgemm_avx512(
+                        m, n, k, x, k, 1, w, 1, k, c, ldc, acc, threads,
+                    );
+                } else {
+                    sgemm::sgemm_avx2(m, n, k, x, k, 1, w, 1, k, c, ldc, acc, threads);
+                }
             });
             return true;
         }
