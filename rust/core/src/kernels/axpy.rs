@@ -36,6 +36,14 @@ impl ColW<'_> {
             ColW::Bf16(w) => f32::from_bits((w[i] as u32) << 16),
         }
     }
+    /// The first element, as bytes (the SIMD bodies read it as their format's elements).
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn as_ptr(&self) -> *const u8 {
+        match self {
+            ColW::F32(p) => p.as_ptr() as *const u8,
+            ColW::F16(p) | ColW::Bf16(p) => p.as_ptr() as *const u8,
+        }
+    }
     /// Bytes per element.
     pub fn elem_bytes(&self) -> usize {
         match self {
@@ -138,10 +146,8 @@ impl ColsAcc {
             let n0 = t * per;
             let n1 = (n0 + per).min(n);
             // SAFETY: task t writes only columns n0..n1 of C and its own buffer bufs[t].
-            unsafe {
-                let buf = &mut *bp.get().add(t);
-                feed_task(isa, x, m, k, k0, kb, w, n, buf, cp.get(), ldc, n0, n1)
-            }
+            let o = ColsArgs { x, m, k, k0, kb, w, n, c: cp.get(), ldc };
+            unsafe { feed_task(isa, o, &mut *bp.get().add(t), n0, n1) }
         });
     }
 
@@ -163,48 +169,47 @@ impl ColsAcc {
     }
 }
 
-/// One column task over the rows `k0..k0+kb` of `W` (`w` holds exactly those rows).
-unsafe fn feed_task(
-    isa: Isa,
-    x: &[f32],
-    m: usize,
-    k: usize,
-    k0: usize,
-    kb: usize,
-    w: ColW<'_>,
-    n: usize,
-    buf: &mut [f32],
-    c: *mut f32,
-    ldc: usize,
-    n0: usize,
-    n1: usize,
-) {
+/// The arguments that the column tasks of one `k` block share (the task's columns `n0..n1`
+/// are passed beside it): `X` (`m x k`, row-major), the rows `k0..k0+kb` of `W` (`w` holds
+/// exactly those rows, `n` columns each) and the output the task adds into, `c` with row
+/// stride `ldc`: `C` itself (the scalar reference) or the task's private accumulator (a
+/// backend's column groups, [`Backend::cols`](super::backend::Backend::cols)).
+///
+/// # Safety (of every task that takes it)
+/// `c` must be valid for reads and writes of `(m - 1) * ldc + n1` floats (of the accumulator's
+/// `m x ldc` for the backends' column groups), and no other thread may read or write columns
+/// `n0..n1` of it while the task runs.
+#[derive(Clone, Copy)]
+pub(crate) struct ColsArgs<'a> {
+    pub x: &'a [f32],
+    pub m: usize,
+    pub k: usize,
+    pub k0: usize,
+    pub kb: usize,
+    pub w: ColW<'a>,
+    pub n: usize,
+    pub c: *mut f32,
+    pub ldc: usize,
+}
+
+/// One column task over the rows `k0..k0+kb` of `W` (`w` holds exactly those rows), adding
+/// into `C` (`o.c`, `o.ldc`), through `buf`, the task's accumulator, when it is not empty.
+unsafe fn feed_task(isa: Isa, o: ColsArgs<'_>, buf: &mut [f32], n0: usize, n1: usize) {
     // Whole 16-column groups go to the backend's accumulator (a task has one only when the
     // backend has column groups), the rest to the scalar reference, straight into C.
     let full = if buf.is_empty() {
         n0
     } else {
-        let (lda, a) = (buf.len() / m, buf.as_mut_ptr());
-        // SAFETY: the CPU runs `isa`; `a` is this task's `m x lda` accumulator.
-        dispatch!(isa, B => unsafe { B::cols(x, m, k, k0, kb, w, n, a, lda, n0, n1) })
+        let acc = ColsArgs { c: buf.as_mut_ptr(), ldc: buf.len() / o.m, ..o };
+        // SAFETY: the CPU runs `isa`; `acc.c` is this task's `m x ldc` accumulator.
+        dispatch!(isa, B => unsafe { B::cols(acc, n0, n1) })
     };
-    unsafe { scalar_task(x, m, k, k0, kb, w, n, c, ldc, full, n1) }
+    unsafe { scalar_task(o, full, n1) }
 }
 
 /// The scalar reference: `C[i, j] += X[i, kk] * W[kk, j]` in `kk` order.
-unsafe fn scalar_task(
-    x: &[f32],
-    m: usize,
-    k: usize,
-    k0: usize,
-    kb: usize,
-    w: ColW<'_>,
-    n: usize,
-    c: *mut f32,
-    ldc: usize,
-    n0: usize,
-    n1: usize,
-) {
+unsafe fn scalar_task(o: ColsArgs<'_>, n0: usize, n1: usize) {
+    let ColsArgs { x, m, k, k0, kb, w, n, c, ldc } = o;
     for kk in 0..kb {
         for i in 0..m {
             let a = x[i * k + k0 + kk];

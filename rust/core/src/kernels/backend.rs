@@ -9,10 +9,10 @@
 //! `impl Backend`, and one arm of [`dispatch!`].
 
 use super::attention::{self, Bufs, Task};
-use super::axpy::ColW;
-use super::paged::{self, PageSource, Scratch};
-use super::qdot::{self, QActs};
-use super::quant::QWeight;
+use super::axpy::ColsArgs;
+use super::dot::{self, RowsOut};
+use super::paged::{self, PageSource, PagedArgs, Scratch};
+use super::qdot::{self, QRowsOut};
 use super::rows::{self, RowOp};
 
 /// The per-instruction-set bodies of the kernels.
@@ -27,61 +27,29 @@ pub(crate) trait Backend {
     /// then gives each task an accumulator).
     const COLS_SIMD: bool;
 
-    /// Columns `n0..n1` of `C = X W^T + bias` over weight rows (`dot.rs`).
-    unsafe fn dot_rows(
-        x: &[f32],
-        m: usize,
-        w: &QWeight<'_>,
-        bias: Option<&[f32]>,
-        c: *mut f32,
-        ldc: usize,
-        n0: usize,
-        n1: usize,
-    );
+    /// Columns `n0..n1` of `C = X W^T + bias` over weight rows (`dot.rs`; contract: [`RowsOut`]).
+    unsafe fn dot_rows(o: RowsOut<'_>, n0: usize, n1: usize);
 
-    /// Columns `n0..n1` of `C = X W^T + bias` with Q8-rounded activations (`qdot.rs`).
-    unsafe fn qdot_rows(
-        a: &QActs,
-        w: &QWeight<'_>,
-        bias: Option<&[f32]>,
-        c: *mut f32,
-        ldc: usize,
-        n0: usize,
-        n1: usize,
-    );
+    /// Columns `n0..n1` of `C = X W^T + bias` with Q8-rounded activations (`qdot.rs`; contract:
+    /// [`QRowsOut`]).
+    unsafe fn qdot_rows(o: QRowsOut<'_>, n0: usize, n1: usize);
 
     /// One 32-float block of activations rounded to Q8 (`qdot.rs`); false if it holds an Inf
     /// or NaN.
     unsafe fn round_block(xb: &[f32], qb: &mut [i8], db: &mut f32, sb: &mut [i32]) -> bool;
 
     /// The float decode kernel's column groups (`axpy.rs`): adds `X[:, k0..k0+kb] W[k0.., n0..]`
-    /// into the task accumulator `acc` (row stride `lda`) for as many whole 16-column groups of
-    /// `n0..n1` as this backend handles; returns the first column it left (`n0`: none).
-    unsafe fn cols(
-        x: &[f32],
-        m: usize,
-        k: usize,
-        k0: usize,
-        kb: usize,
-        w: ColW<'_>,
-        n: usize,
-        acc: *mut f32,
-        lda: usize,
-        n0: usize,
-        n1: usize,
-    ) -> usize;
+    /// into the task accumulator `a.c` (row stride `a.ldc`; contract: [`ColsArgs`]) for as many
+    /// whole 16-column groups of `n0..n1` as this backend handles; returns the first column it
+    /// left (`n0`: none).
+    unsafe fn cols(a: ColsArgs<'_>, n0: usize, n1: usize) -> usize;
 
     /// Rows `i0..` of a row-wise kernel (`rows.rs`: norms, activations, softmax, rope).
     unsafe fn rows_chunk<O: RowOp>(op: &O, i0: usize, x: &[f32], y: &mut [f32], d: usize);
 
     /// One (sequence, group of heads) task of paged decode attention (`paged.rs`).
     unsafe fn paged_task<S: PageSource>(
-        src: &S,
-        q: &[f32],
-        dims: (usize, usize, usize, usize),
-        gsz: usize,
-        lens: &[usize],
-        scale: f32,
+        a: PagedArgs<'_, S>,
         t: usize,
         sc: &mut Scratch,
         dst: &mut [f32],
@@ -112,48 +80,19 @@ pub(crate) struct Scalar;
 impl Backend for Scalar {
     const COLS_SIMD: bool = false;
 
-    unsafe fn dot_rows(
-        x: &[f32],
-        m: usize,
-        w: &QWeight<'_>,
-        bias: Option<&[f32]>,
-        c: *mut f32,
-        ldc: usize,
-        n0: usize,
-        n1: usize,
-    ) {
-        unsafe { super::dot::scalar_task(x, m, w, bias, c, ldc, n0, n1) }
+    unsafe fn dot_rows(o: RowsOut<'_>, n0: usize, n1: usize) {
+        unsafe { dot::scalar_task(o, n0, n1) }
     }
 
-    unsafe fn qdot_rows(
-        a: &QActs,
-        w: &QWeight<'_>,
-        bias: Option<&[f32]>,
-        c: *mut f32,
-        ldc: usize,
-        n0: usize,
-        n1: usize,
-    ) {
-        unsafe { qdot::scalar_task(a, w, bias, c, ldc, n0, n1) }
+    unsafe fn qdot_rows(o: QRowsOut<'_>, n0: usize, n1: usize) {
+        unsafe { qdot::scalar_task(o, n0, n1) }
     }
 
     unsafe fn round_block(xb: &[f32], qb: &mut [i8], db: &mut f32, sb: &mut [i32]) -> bool {
         qdot::round_block(xb, qb, db, sb)
     }
 
-    unsafe fn cols(
-        _x: &[f32],
-        _m: usize,
-        _k: usize,
-        _k0: usize,
-        _kb: usize,
-        _w: ColW<'_>,
-        _n: usize,
-        _acc: *mut f32,
-        _lda: usize,
-        n0: usize,
-        _n1: usize,
-    ) -> usize {
+    unsafe fn cols(_a: ColsArgs<'_>, n0: usize, _n1: usize) -> usize {
         n0 // no column groups: `axpy::scalar_task` writes every column into C
     }
 
@@ -162,17 +101,12 @@ impl Backend for Scalar {
     }
 
     unsafe fn paged_task<S: PageSource>(
-        src: &S,
-        q: &[f32],
-        dims: (usize, usize, usize, usize),
-        gsz: usize,
-        lens: &[usize],
-        scale: f32,
+        a: PagedArgs<'_, S>,
         t: usize,
         sc: &mut Scratch,
         dst: &mut [f32],
     ) {
-        paged::one::<false, S>(src, q, dims, gsz, lens, scale, t, sc, dst)
+        paged::one::<false, S>(a, t, sc, dst)
     }
 
     unsafe fn attention_task(t: &Task<'_>, b: &mut Bufs, out: *mut f32) {

@@ -61,39 +61,40 @@ pub fn matmul_rows(
     let per = rows_per_task(n, w.row_bytes());
     let cp = SendPtr(c.as_mut_ptr());
     crate::pool::for_tasks(n.div_ceil(per), w.data.len(), |t| {
+        let o = RowsOut { x, m, w, bias, c: cp.get(), ldc };
         let n0 = t * per;
         let n1 = (n0 + per).min(n);
         // SAFETY: task t writes only columns n0..n1 of C, disjoint from every other task.
-        unsafe { rows_task(isa, x, m, w, bias, cp.get(), ldc, n0, n1) }
+        unsafe { rows_task(isa, o, n0, n1) }
     });
 }
 
-unsafe fn rows_task(
-    isa: Isa,
-    x: &[f32],
-    m: usize,
-    w: &QWeight<'_>,
-    bias: Option<&[f32]>,
-    c: *mut f32,
-    ldc: usize,
-    n0: usize,
-    n1: usize,
-) {
+/// The arguments that every column task of `C = X W^T + bias` over weight rows shares (the
+/// task's columns `n0..n1` are passed beside it): `X` (`m x w.k`, row-major), `W`, the bias
+/// (`w.n` floats) and `C` (`m` rows of stride `ldc`).
+///
+/// # Safety (of every task that takes it)
+/// `c` must be valid for writes of `(m - 1) * ldc + n1` floats, and no other thread may
+/// read or write columns `n0..n1` of `C` while the task runs (tasks over disjoint column
+/// ranges may run at once).
+#[derive(Clone, Copy)]
+pub(crate) struct RowsOut<'a> {
+    pub x: &'a [f32],
+    pub m: usize,
+    pub w: &'a QWeight<'a>,
+    pub bias: Option<&'a [f32]>,
+    pub c: *mut f32,
+    pub ldc: usize,
+}
+
+unsafe fn rows_task(isa: Isa, o: RowsOut<'_>, n0: usize, n1: usize) {
     // SAFETY: the CPU runs `isa`; the caller's contract on `c` and the columns.
-    dispatch!(isa, B => unsafe { B::dot_rows(x, m, w, bias, c, ldc, n0, n1) })
+    dispatch!(isa, B => unsafe { B::dot_rows(o, n0, n1) })
 }
 
 /// The scalar reference: dequantise a row, then one sequential f32 dot product per output.
-pub(crate) unsafe fn scalar_task(
-    x: &[f32],
-    m: usize,
-    w: &QWeight<'_>,
-    bias: Option<&[f32]>,
-    c: *mut f32,
-    ldc: usize,
-    n0: usize,
-    n1: usize,
-) {
+pub(crate) unsafe fn scalar_task(o: RowsOut<'_>, n0: usize, n1: usize) {
+    let RowsOut { x, m, w, bias, c, ldc } = o;
     let k = w.k;
     let mut row = vec![0f32; k];
     for j in n0..n1 {

@@ -245,6 +245,7 @@ fn decode_grouped<S: PageSource>(
     out: &mut [f32],
 ) {
     let (h, _, d, page) = dims;
+    let a = PagedArgs { src, q, dims, gsz, lens, scale };
     let op = SendPtr(out.as_mut_ptr());
     crate::pool::install(|| {
         (0..lens.len() * (h / gsz)).into_par_iter().for_each_init(
@@ -259,13 +260,31 @@ fn decode_grouped<S: PageSource>(
                 let dst =
                     unsafe { std::slice::from_raw_parts_mut(op.get().add(t * gsz * d), gsz * d) };
                 // SAFETY: the CPU runs `isa`.
-                dispatch!(isa, B => unsafe {
-                    B::paged_task(src, q, dims, gsz, lens, scale, t, sc, dst)
-                })
+                dispatch!(isa, B => unsafe { B::paged_task(a, t, sc, dst) })
             },
         )
     });
 }
+
+/// The arguments that every task of one paged decode shares: the pages `src`, the queries
+/// `q` (`B x H x D`), `dims` = `(H, Hkv, D, P)`, `gsz` query heads per task (`gsz` divides
+/// `H / Hkv`), the sequence lengths `lens` (`B`) and the score scale.
+pub(crate) struct PagedArgs<'a, S> {
+    pub src: &'a S,
+    pub q: &'a [f32],
+    pub dims: (usize, usize, usize, usize),
+    pub gsz: usize,
+    pub lens: &'a [usize],
+    pub scale: f32,
+}
+
+// Not derived: a derive would ask `S: Copy`, and only the reference to `S` is copied.
+impl<S> Clone for PagedArgs<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<S> Copy for PagedArgs<'_, S> {}
 
 /// Per-thread buffers of a task: scores `(gsz, P)`, accumulators `(gsz, D)`, running max and
 /// sum per head.
@@ -315,16 +334,12 @@ fn tree_sum(mut acc: [f32; 16]) -> f32 {
 /// each head over the sequence's pages, which are read once for all `gsz` heads.
 #[inline(always)]
 pub(crate) fn one<const F: bool, S: PageSource>(
-    src: &S,
-    q: &[f32],
-    (h, hkv, d, page): (usize, usize, usize, usize),
-    gsz: usize,
-    lens: &[usize],
-    scale: f32,
+    a: PagedArgs<'_, S>,
     t: usize,
     sc: &mut Scratch,
     dst: &mut [f32],
 ) {
+    let PagedArgs { src, q, dims: (h, hkv, d, page), gsz, lens, scale } = a;
     let per_seq = h / gsz;
     let (bi, h0) = (t / per_seq, (t % per_seq) * gsz);
     let g = h0 / (h / hkv);

@@ -186,23 +186,32 @@ pub fn matmul_q(
     crate::pool::for_tasks(n.div_ceil(per), w.data.len(), |t| {
         let n0 = t * per;
         let n1 = (n0 + per).min(n);
+        let o = QRowsOut { a, w, bias, c: cp.get(), ldc };
         // SAFETY: task t writes only columns n0..n1 of C.
-        unsafe { task(isa, a, w, bias, cp.get(), ldc, n0, n1) }
+        unsafe { task(isa, o, n0, n1) }
     });
 }
 
-unsafe fn task(
-    isa: Isa,
-    a: &QActs,
-    w: &QWeight<'_>,
-    bias: Option<&[f32]>,
-    c: *mut f32,
-    ldc: usize,
-    n0: usize,
-    n1: usize,
-) {
+/// The arguments that every column task of `C = X W^T + bias` with Q8-rounded activations
+/// shares (the task's columns `n0..n1` are passed beside it): `X` as [`QActs`] (`a.m` rows of
+/// `a.k`), the Q8_0 / Q4_0 weight `W` (`a.k == w.k`), the bias (`w.n` floats) and `C` (`a.m`
+/// rows of stride `ldc`).
+///
+/// # Safety (of every task that takes it)
+/// `c` must be valid for writes of `(a.m - 1) * ldc + n1` floats, and no other thread may
+/// read or write columns `n0..n1` of `C` while the task runs.
+#[derive(Clone, Copy)]
+pub(crate) struct QRowsOut<'a> {
+    pub a: &'a QActs,
+    pub w: &'a QWeight<'a>,
+    pub bias: Option<&'a [f32]>,
+    pub c: *mut f32,
+    pub ldc: usize,
+}
+
+unsafe fn task(isa: Isa, o: QRowsOut<'_>, n0: usize, n1: usize) {
     // SAFETY: the CPU runs `isa`; the caller's contract on `c` and the columns.
-    dispatch!(isa, B => unsafe { B::qdot_rows(a, w, bias, c, ldc, n0, n1) })
+    dispatch!(isa, B => unsafe { B::qdot_rows(o, n0, n1) })
 }
 
 /// Integer values of weight block `blk` (34 bytes of Q8_0 or 18 of Q4_0).
@@ -222,15 +231,8 @@ fn weight_ints(fmt: Format, blk: &[u8], out: &mut [i32; QK]) {
 }
 
 /// The scalar reference: exact integer block sums, then `s += (dw * dx) * isum` in block order.
-pub(crate) unsafe fn scalar_task(
-    a: &QActs,
-    w: &QWeight<'_>,
-    bias: Option<&[f32]>,
-    c: *mut f32,
-    ldc: usize,
-    n0: usize,
-    n1: usize,
-) {
+pub(crate) unsafe fn scalar_task(o: QRowsOut<'_>, n0: usize, n1: usize) {
+    let QRowsOut { a, w, bias, c, ldc } = o;
     let (k, nb) = (a.k, a.k / QK);
     let bb = w.fmt.block_bytes();
     let mut qw = [0i32; QK];
@@ -274,10 +276,9 @@ pub(crate) mod tests {
 
     /// Runs `body` and the scalar reference over the same columns, in tasks that start and end
     /// off the 16-row tiles, and asserts bit-identical outputs.
-    #[allow(clippy::type_complexity)]
     pub(crate) fn check_bit_identical(
         name: &str,
-        body: &dyn Fn(Format, &QActs, &QWeight<'_>, Option<&[f32]>, *mut f32, usize, usize, usize),
+        body: &dyn Fn(Format, QRowsOut<'_>, usize, usize),
     ) {
         for fmt in [Format::Q8_0, Format::Q4_0] {
             for m in 1..=9 {
@@ -302,10 +303,10 @@ pub(crate) mod tests {
                         let mut got = vec![f32::NAN; m * ldc];
                         let cuts = [0, n / 3, n / 3 + 1, n];
                         for win in cuts.windows(2) {
-                            unsafe {
-                                scalar_task(&a, &w, bias, want.as_mut_ptr(), ldc, win[0], win[1]);
-                            }
-                            body(fmt, &a, &w, bias, got.as_mut_ptr(), ldc, win[0], win[1]);
+                            let (a, w) = (&a, &w);
+                            let o = QRowsOut { a, w, bias, c: want.as_mut_ptr(), ldc };
+                            unsafe { scalar_task(o, win[0], win[1]) };
+                            body(fmt, QRowsOut { c: got.as_mut_ptr(), ..o }, win[0], win[1]);
                         }
                         for (gi, (g, e)) in got.iter().zip(&want).enumerate() {
                             assert_eq!(
@@ -440,10 +441,11 @@ pub(crate) mod tests {
         use crate::kernels::x86::avx2::qdot::{task, Q4, Q8};
         check_against_f64("avx2 (no VNNI)", &|a, w, bias, c, ldc| {
             // SAFETY: the CPU has AVX2; one task over every column of `c`.
+            let o = QRowsOut { a, w, bias, c: c.as_mut_ptr(), ldc };
             unsafe {
                 match w.fmt {
-                    Format::Q8_0 => task::<Q8>(a, w, bias, c.as_mut_ptr(), ldc, 0, w.n),
-                    _ => task::<Q4>(a, w, bias, c.as_mut_ptr(), ldc, 0, w.n),
+                    Format::Q8_0 => task::<Q8>(o, 0, w.n),
+                    _ => task::<Q4>(o, 0, w.n),
                 }
             }
         });
@@ -460,9 +462,7 @@ pub(crate) mod tests {
                 Isa::Avx512 => Ext::Avx512Vnni.present(),
             };
             if exact {
-                check_bit_identical(isa.name(), &|_, a, w, bias, c, ldc, n0, n1| unsafe {
-                    task(isa, a, w, bias, c, ldc, n0, n1)
-                });
+                check_bit_identical(isa.name(), &|_, o, n0, n1| unsafe { task(isa, o, n0, n1) });
             }
         }
     }

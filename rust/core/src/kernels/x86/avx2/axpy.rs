@@ -1,6 +1,7 @@
 //! AVX2+FMA(+F16C) intrinsics of `kernels/axpy.rs` (the scalar reference, the driver and the tests
 //! are there).
 
+use crate::kernels::axpy::ColsArgs;
 use std::arch::x86_64::*;
 
 pub trait Fmt {
@@ -76,27 +77,17 @@ unsafe fn tile<F: Fmt, const MR: usize>(
 }
 
 /// Full 16-column groups of `n0..n1` (`n1 - n0` a multiple of 16): the task's accumulator
-/// `acc` (row stride `lda = n1 - n0 + 16`) gets `X[:, k0..k0+kb] W[k0..k0+kb, n0..n1]`,
-/// `w` pointing at row `k0` of `W`.
+/// `a.c` (row stride `a.ldc = n1 - n0 + 16`) gets `X[:, k0..k0+kb] W[k0..k0+kb, n0..n1]`,
+/// `a.w` holding the rows `k0..k0+kb` of `W` in `F`'s format (contract: [`ColsArgs`]).
 ///
 /// The accumulator is private, with a row stride padded by 16 floats, and the block of `X`
 /// is transposed into a small buffer: with `C`, `X` and `W` rows all a multiple of 4 KiB
 /// apart (N, K powers of two) their lines would otherwise share one L1 set and evict each
 /// other on every step.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn task<F: Fmt>(
-    x: &[f32],
-    m: usize,
-    k: usize,
-    k0: usize,
-    kb_total: usize,
-    w: *const u8,
-    n: usize,
-    ap: *mut f32,
-    lda: usize,
-    n0: usize,
-    n1: usize,
-) {
+pub unsafe fn task<F: Fmt>(a: ColsArgs<'_>, n0: usize, n1: usize) {
+    let ColsArgs { x, m, k, k0, kb: kb_total, w, n, c: ap, ldc: lda } = a;
+    let w = w.as_ptr();
     let width = n1 - n0;
     if width == 0 {
         return;

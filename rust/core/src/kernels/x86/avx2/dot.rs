@@ -1,6 +1,7 @@
 //! AVX2+FMA(+F16C) intrinsics of `kernels/dot.rs` (the scalar reference, the driver and the tests
 //! are there).
 
+use crate::kernels::dot::RowsOut;
 use crate::kernels::quant::{dequantize_row, QWeight};
 use crate::kernels::x86::{f16_scale, hsum};
 use std::arch::x86_64::*;
@@ -212,17 +213,11 @@ unsafe fn rows_all_m<F: Fmt>(
     }
 }
 
+/// Columns `n0..n1` of `C = X W^T + bias` for a row-stored `W` of `F`'s format (`w.fmt`);
+/// the CPU has AVX2 + FMA + F16C, and the contract of [`RowsOut`] holds.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn task<F: Fmt>(
-    x: &[f32],
-    m: usize,
-    w: &QWeight<'_>,
-    bias: Option<&[f32]>,
-    c: *mut f32,
-    ldc: usize,
-    n0: usize,
-    n1: usize,
-) {
+pub unsafe fn task<F: Fmt>(o: RowsOut<'_>, n0: usize, n1: usize) {
+    let RowsOut { x, m, w, bias, c, ldc } = o;
     let k = w.k;
     let xp = x.as_ptr();
     let nb = k / (8 * F::BLK8);

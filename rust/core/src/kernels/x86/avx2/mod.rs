@@ -14,11 +14,12 @@ pub(crate) mod sgemm;
 
 use crate::cpu::Ext;
 use crate::kernels::attention::{Bufs, Task};
-use crate::kernels::axpy::ColW;
+use crate::kernels::axpy::{ColW, ColsArgs};
 use crate::kernels::backend::Backend;
-use crate::kernels::paged::{PageSource, Scratch};
-use crate::kernels::qdot::QActs;
-use crate::kernels::quant::{Format, QWeight};
+use crate::kernels::dot::RowsOut;
+use crate::kernels::paged::{PageSource, PagedArgs, Scratch};
+use crate::kernels::qdot::QRowsOut;
+use crate::kernels::quant::Format;
 use crate::kernels::rows::RowOp;
 
 /// The AVX2 + FMA backend (also what AVX-512 CPUs run).
@@ -27,52 +28,35 @@ pub(crate) struct Avx2;
 impl Backend for Avx2 {
     const COLS_SIMD: bool = true;
 
-    unsafe fn dot_rows(
-        x: &[f32],
-        m: usize,
-        w: &QWeight<'_>,
-        bias: Option<&[f32]>,
-        c: *mut f32,
-        ldc: usize,
-        n0: usize,
-        n1: usize,
-    ) {
+    unsafe fn dot_rows(o: RowsOut<'_>, n0: usize, n1: usize) {
         use dot::{task, Bf16, F16, F32, Q4, Q8};
         unsafe {
-            match w.fmt {
-                Format::F32 => task::<F32>(x, m, w, bias, c, ldc, n0, n1),
-                Format::F16 => task::<F16>(x, m, w, bias, c, ldc, n0, n1),
-                Format::Bf16 => task::<Bf16>(x, m, w, bias, c, ldc, n0, n1),
-                Format::Q8_0 => task::<Q8>(x, m, w, bias, c, ldc, n0, n1),
-                Format::Q4_0 => task::<Q4>(x, m, w, bias, c, ldc, n0, n1),
+            match o.w.fmt {
+                Format::F32 => task::<F32>(o, n0, n1),
+                Format::F16 => task::<F16>(o, n0, n1),
+                Format::Bf16 => task::<Bf16>(o, n0, n1),
+                Format::Q8_0 => task::<Q8>(o, n0, n1),
+                Format::Q4_0 => task::<Q4>(o, n0, n1),
             }
         }
     }
 
-    unsafe fn qdot_rows(
-        a: &QActs,
-        w: &QWeight<'_>,
-        bias: Option<&[f32]>,
-        c: *mut f32,
-        ldc: usize,
-        n0: usize,
-        n1: usize,
-    ) {
+    unsafe fn qdot_rows(o: QRowsOut<'_>, n0: usize, n1: usize) {
         if Ext::AvxVnni.present() {
             use qdot_vnni::{task, Q4, Q8};
             // SAFETY: the CPU has AVX2 (this backend) and AVX-VNNI (checked above).
             return unsafe {
-                match w.fmt {
-                    Format::Q8_0 => task::<Q8>(a, w, bias, c, ldc, n0, n1),
-                    _ => task::<Q4>(a, w, bias, c, ldc, n0, n1),
+                match o.w.fmt {
+                    Format::Q8_0 => task::<Q8>(o, n0, n1),
+                    _ => task::<Q4>(o, n0, n1),
                 }
             };
         }
         use qdot::{task, Q4, Q8};
         unsafe {
-            match w.fmt {
-                Format::Q8_0 => task::<Q8>(a, w, bias, c, ldc, n0, n1),
-                _ => task::<Q4>(a, w, bias, c, ldc, n0, n1),
+            match o.w.fmt {
+                Format::Q8_0 => task::<Q8>(o, n0, n1),
+                _ => task::<Q4>(o, n0, n1),
             }
         }
     }
@@ -81,33 +65,15 @@ impl Backend for Avx2 {
         unsafe { qdot::round_block(xb, qb, db, sb) }
     }
 
-    unsafe fn cols(
-        x: &[f32],
-        m: usize,
-        k: usize,
-        k0: usize,
-        kb: usize,
-        w: ColW<'_>,
-        n: usize,
-        acc: *mut f32,
-        lda: usize,
-        n0: usize,
-        n1: usize,
-    ) -> usize {
+    unsafe fn cols(a: ColsArgs<'_>, n0: usize, n1: usize) -> usize {
         use axpy::{task, Bf16, F16, F32};
         let full = n0 + (n1 - n0) / 16 * 16;
         if full > n0 {
             unsafe {
-                match w {
-                    ColW::F32(p) => {
-                        task::<F32>(x, m, k, k0, kb, p.as_ptr() as _, n, acc, lda, n0, full)
-                    }
-                    ColW::F16(p) => {
-                        task::<F16>(x, m, k, k0, kb, p.as_ptr() as _, n, acc, lda, n0, full)
-                    }
-                    ColW::Bf16(p) => {
-                        task::<Bf16>(x, m, k, k0, kb, p.as_ptr() as _, n, acc, lda, n0, full)
-                    }
+                match a.w {
+                    ColW::F32(_) => task::<F32>(a, n0, full),
+                    ColW::F16(_) => task::<F16>(a, n0, full),
+                    ColW::Bf16(_) => task::<Bf16>(a, n0, full),
                 }
             }
         }
@@ -119,17 +85,12 @@ impl Backend for Avx2 {
     }
 
     unsafe fn paged_task<S: PageSource>(
-        src: &S,
-        q: &[f32],
-        dims: (usize, usize, usize, usize),
-        gsz: usize,
-        lens: &[usize],
-        scale: f32,
+        a: PagedArgs<'_, S>,
         t: usize,
         sc: &mut Scratch,
         dst: &mut [f32],
     ) {
-        unsafe { paged::task(src, q, dims, gsz, lens, scale, t, sc, dst) }
+        unsafe { paged::task(a, t, sc, dst) }
     }
 
     unsafe fn attention_task(t: &Task<'_>, b: &mut Bufs, out: *mut f32) {

@@ -1,24 +1,19 @@
 //! AVX2+FMA intrinsics of `kernels/paged.rs`: the scores and the `P V` accumulation with explicit
 //! intrinsics (the compiler did not vectorise the generic `dot` well: 2-lane loads).
 
-use crate::kernels::paged::{one, PageSource, Scratch};
+use crate::kernels::paged::{one, PageSource, PagedArgs, Scratch};
 use crate::kernels::x86::hsum;
 use std::arch::x86_64::*;
 
 /// One task of [`crate::kernels::paged`]'s decode: its generic body with FMA, under AVX2 + FMA.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn task<S: PageSource>(
-    src: &S,
-    q: &[f32],
-    dims: (usize, usize, usize, usize),
-    gsz: usize,
-    lens: &[usize],
-    scale: f32,
+    a: PagedArgs<'_, S>,
     t: usize,
     sc: &mut Scratch,
     dst: &mut [f32],
 ) {
-    one::<true, S>(src, q, dims, gsz, lens, scale, t, sc, dst)
+    one::<true, S>(a, t, sc, dst)
 }
 
 /// `s[hh * page + j] = (q_hh . k_j) * scale` for every head `hh` of `qs` (`gsz x d`) and

@@ -1,7 +1,7 @@
 //! AVX2+FMA(+F16C) intrinsics of `kernels/qdot.rs` (the scalar reference, the driver and the tests
 //! are there).
 
-use crate::kernels::qdot::{self, QActs};
+use crate::kernels::qdot::{self, QActs, QRowsOut};
 use crate::kernels::quant::{QWeight, QK};
 use crate::kernels::x86::{f16_scale, hsum};
 use std::arch::x86_64::*;
@@ -314,15 +314,8 @@ unsafe fn rows<F: QFmt, const RN: usize, const PAIRS: bool>(
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn task<F: QFmt>(
-    a: &QActs,
-    w: &QWeight<'_>,
-    bias: Option<&[f32]>,
-    c: *mut f32,
-    ldc: usize,
-    n0: usize,
-    n1: usize,
-) {
+pub unsafe fn task<F: QFmt>(o: QRowsOut<'_>, n0: usize, n1: usize) {
+    let QRowsOut { a, w, bias, c, ldc } = o;
     let mut j = n0;
     unsafe {
         if !F::SIGNED && a.k >= 2 * QK {

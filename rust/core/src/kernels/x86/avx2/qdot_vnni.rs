@@ -8,7 +8,7 @@
 //! broadcast(qx[4k..4k+4]))` is the exact `sum u qx` per row, `isum = P - off * sum(qx)` the
 //! reference's integer block sum, and `s += (dw * dx) * float(isum)` with no FMA, in block order.
 
-use crate::kernels::qdot::{block_corr, QActs};
+use crate::kernels::qdot::{block_corr, QActs, QRowsOut};
 use crate::kernels::quant::{QWeight, QK};
 use std::arch::x86_64::*;
 
@@ -210,18 +210,10 @@ unsafe fn tile_m1<F: VFmt>(
 /// of 4, 2 ([`tile`]) and 1 ([`tile_m1`]).
 ///
 /// # Safety
-/// The CPU has AVX2 + FMA + F16C + AVX-VNNI; `c` holds rows `0..a.m` (stride `ldc`) and
-/// columns `n0..n1`; `w.k == a.k`.
+/// The CPU has AVX2 + FMA + F16C + AVX-VNNI; the contract of [`QRowsOut`] for columns `n0..n1`.
 #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-pub unsafe fn task<F: VFmt>(
-    a: &QActs,
-    w: &QWeight<'_>,
-    bias: Option<&[f32]>,
-    c: *mut f32,
-    ldc: usize,
-    n0: usize,
-    n1: usize,
-) {
+pub unsafe fn task<F: VFmt>(o: QRowsOut<'_>, n0: usize, n1: usize) {
+    let QRowsOut { a, w, bias, c, ldc } = o;
     assert!(8 * w.row_bytes() <= i32::MAX as usize, "weight rows too long for the gather");
     let corr = block_corr(a, F::OFF);
     let mut j = n0;
@@ -257,10 +249,10 @@ mod tests {
             eprintln!("skipped: no AVX-VNNI on this CPU");
             return;
         }
-        check_bit_identical("avxvnni", &|fmt, a, w, bias, c, ldc, n0, n1| unsafe {
+        check_bit_identical("avxvnni", &|fmt, o, n0, n1| unsafe {
             match fmt {
-                Format::Q8_0 => task::<Q8>(a, w, bias, c, ldc, n0, n1),
-                _ => task::<Q4>(a, w, bias, c, ldc, n0, n1),
+                Format::Q8_0 => task::<Q8>(o, n0, n1),
+                _ => task::<Q4>(o, n0, n1),
             }
         });
     }

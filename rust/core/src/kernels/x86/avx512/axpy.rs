@@ -15,7 +15,7 @@
 //! too short for the hardware stream prefetcher to ramp up on).
 
 use super::dot::Fmt;
-use crate::kernels::axpy::KB;
+use crate::kernels::axpy::{ColsArgs, KB};
 use std::arch::x86_64::*;
 
 /// `acc[i..i+MR, j..j+16 NV] += xk[.., i..i+MR]^T W[r0..r0+kb, wj..wj+16 NV]`, where `xk` is
@@ -112,22 +112,12 @@ unsafe fn prefetch<F: Fmt, const NV: usize>(
 }
 
 /// Full 16-column groups of `n0..n1` (`n1 - n0` a multiple of 16): the task's accumulator
-/// `ap` (row stride `lda`) gets `X[:, k0..k0+kb] W[k0..k0+kb, n0..n1]`, `w` pointing at row
-/// `k0` of `W`.
+/// `a.c` (row stride `a.ldc`) gets `X[:, k0..k0+kb] W[k0..k0+kb, n0..n1]`, `a.w` holding the
+/// rows `k0..k0+kb` of `W` in `F`'s format (contract: [`ColsArgs`]).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-pub unsafe fn task<F: Fmt>(
-    x: &[f32],
-    m: usize,
-    k: usize,
-    k0: usize,
-    kb_total: usize,
-    w: *const u8,
-    n: usize,
-    ap: *mut f32,
-    lda: usize,
-    n0: usize,
-    n1: usize,
-) {
+pub unsafe fn task<F: Fmt>(a: ColsArgs<'_>, n0: usize, n1: usize) {
+    let ColsArgs { x, m, k, k0, kb: kb_total, w, n, c: ap, ldc: lda } = a;
+    let w = w.as_ptr();
     let width = n1 - n0;
     if width == 0 {
         return;

@@ -34,7 +34,7 @@
 //! reference does not) is recomputed by the FMA body, so non-finite values behave as in the
 //! reference.
 
-use crate::kernels::quant::QWeight;
+use crate::kernels::dot::RowsOut;
 use crate::kernels::x86::hsum;
 use std::arch::x86_64::*;
 
@@ -209,16 +209,8 @@ unsafe fn rows_all_m<F: Fmt, const RN: usize>(
 /// Columns `n0..n1` of `C = X W^T + bias` for a float32 / float16 / bfloat16 row-stored `W`
 /// (`w.fmt` must be `F`'s format).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-pub unsafe fn task<F: Fmt>(
-    x: &[f32],
-    m: usize,
-    w: &QWeight<'_>,
-    bias: Option<&[f32]>,
-    c: *mut f32,
-    ldc: usize,
-    n0: usize,
-    n1: usize,
-) {
+pub unsafe fn task<F: Fmt>(o: RowsOut<'_>, n0: usize, n1: usize) {
+    let RowsOut { x, m, w, bias, c, ldc } = o;
     let (k, rb, xp, wp) = (w.k, w.row_bytes(), x.as_ptr(), w.data.as_ptr());
     let mut j = n0;
     unsafe {
@@ -345,16 +337,8 @@ unsafe fn tile_dp<const RN: usize, const MR: usize, const NA: usize, const PFB: 
 /// of `X` (`m` = 1; see the module doc for the bound); outputs that come out non-finite
 /// are recomputed by [`task`]`::<Bf16>`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
-pub unsafe fn bf16_dp_task(
-    x: &[f32],
-    m: usize,
-    w: &QWeight<'_>,
-    bias: Option<&[f32]>,
-    c: *mut f32,
-    ldc: usize,
-    n0: usize,
-    n1: usize,
-) {
+pub unsafe fn bf16_dp_task(o: RowsOut<'_>, n0: usize, n1: usize) {
+    let RowsOut { x, m, w, bias, c, ldc } = o;
     debug_assert!(m == 1 && BF16_DP_MAX_M == 1);
     let (k, rb, wp) = (w.k, w.row_bytes(), w.data.as_ptr());
     unsafe {
@@ -372,7 +356,7 @@ pub unsafe fn bf16_dp_task(
         // Non-finite outputs: the FMA body, one column at a time, for every row of X.
         for j in n0..n1 {
             if (0..m).any(|i| !(*c.add(i * ldc + j)).is_finite()) {
-                task::<Bf16>(x, m, w, bias, c, ldc, j, j + 1);
+                task::<Bf16>(o, j, j + 1);
             }
         }
     }

@@ -13,11 +13,12 @@ pub(crate) mod sgemm;
 
 use crate::cpu::Ext;
 use crate::kernels::attention::{Bufs, Task};
-use crate::kernels::axpy::ColW;
+use crate::kernels::axpy::{ColW, ColsArgs};
 use crate::kernels::backend::Backend;
-use crate::kernels::paged::{PageSource, Scratch};
-use crate::kernels::qdot::QActs;
-use crate::kernels::quant::{Format, QWeight};
+use crate::kernels::dot::RowsOut;
+use crate::kernels::paged::{PageSource, PagedArgs, Scratch};
+use crate::kernels::qdot::QRowsOut;
+use crate::kernels::quant::Format;
 use crate::kernels::rows::RowOp;
 use crate::kernels::x86::avx2::Avx2;
 
@@ -27,50 +28,33 @@ pub(crate) struct Avx512;
 impl Backend for Avx512 {
     const COLS_SIMD: bool = true;
 
-    unsafe fn dot_rows(
-        x: &[f32],
-        m: usize,
-        w: &QWeight<'_>,
-        bias: Option<&[f32]>,
-        c: *mut f32,
-        ldc: usize,
-        n0: usize,
-        n1: usize,
-    ) {
+    unsafe fn dot_rows(o: RowsOut<'_>, n0: usize, n1: usize) {
         use dot::{bf16_dp_task, task, Bf16, BF16_DP_MAX_M, F16, F32};
         unsafe {
-            match w.fmt {
-                Format::F32 => task::<F32>(x, m, w, bias, c, ldc, n0, n1),
-                Format::F16 => task::<F16>(x, m, w, bias, c, ldc, n0, n1),
-                Format::Bf16 if m <= BF16_DP_MAX_M && Ext::Avx512Bf16.present() => {
-                    bf16_dp_task(x, m, w, bias, c, ldc, n0, n1)
+            match o.w.fmt {
+                Format::F32 => task::<F32>(o, n0, n1),
+                Format::F16 => task::<F16>(o, n0, n1),
+                Format::Bf16 if o.m <= BF16_DP_MAX_M && Ext::Avx512Bf16.present() => {
+                    bf16_dp_task(o, n0, n1)
                 }
-                Format::Bf16 => task::<Bf16>(x, m, w, bias, c, ldc, n0, n1),
-                _ => Avx2::dot_rows(x, m, w, bias, c, ldc, n0, n1),
+                Format::Bf16 => task::<Bf16>(o, n0, n1),
+                _ => Avx2::dot_rows(o, n0, n1),
             }
         }
     }
 
-    unsafe fn qdot_rows(
-        a: &QActs,
-        w: &QWeight<'_>,
-        bias: Option<&[f32]>,
-        c: *mut f32,
-        ldc: usize,
-        n0: usize,
-        n1: usize,
-    ) {
+    unsafe fn qdot_rows(o: QRowsOut<'_>, n0: usize, n1: usize) {
         // Without VNNI, AVX-512 F/BW gain nothing over the AVX2 body (`vpmaddubsw` +
         // `vpmaddwd` at twice the width, against a memory-bound read of the weights).
         if !Ext::Avx512Vnni.present() {
-            return unsafe { Avx2::qdot_rows(a, w, bias, c, ldc, n0, n1) };
+            return unsafe { Avx2::qdot_rows(o, n0, n1) };
         }
         use qdot::{task, Q4, Q8};
         // SAFETY: the CPU has AVX-512 (this backend) and VNNI (checked above).
         unsafe {
-            match w.fmt {
-                Format::Q8_0 => task::<Q8>(a, w, bias, c, ldc, n0, n1),
-                _ => task::<Q4>(a, w, bias, c, ldc, n0, n1),
+            match o.w.fmt {
+                Format::Q8_0 => task::<Q8>(o, n0, n1),
+                _ => task::<Q4>(o, n0, n1),
             }
         }
     }
@@ -79,32 +63,16 @@ impl Backend for Avx512 {
         unsafe { Avx2::round_block(xb, qb, db, sb) }
     }
 
-    unsafe fn cols(
-        x: &[f32],
-        m: usize,
-        k: usize,
-        k0: usize,
-        kb: usize,
-        w: ColW<'_>,
-        n: usize,
-        acc: *mut f32,
-        lda: usize,
-        n0: usize,
-        n1: usize,
-    ) -> usize {
+    unsafe fn cols(a: ColsArgs<'_>, n0: usize, n1: usize) -> usize {
         use dot::{Bf16, F16, F32};
         let full = n0 + (n1 - n0) / 16 * 16;
         if full > n0 {
-            let task = match w {
+            let task = match a.w {
                 ColW::F32(_) => axpy::task::<F32>,
                 ColW::F16(_) => axpy::task::<F16>,
                 ColW::Bf16(_) => axpy::task::<Bf16>,
             };
-            let p = match w {
-                ColW::F32(p) => p.as_ptr() as *const u8,
-                ColW::F16(p) | ColW::Bf16(p) => p.as_ptr() as *const u8,
-            };
-            unsafe { task(x, m, k, k0, kb, p, n, acc, lda, n0, full) }
+            unsafe { task(a, n0, full) }
         }
         full
     }
@@ -114,19 +82,14 @@ impl Backend for Avx512 {
     }
 
     unsafe fn paged_task<S: PageSource>(
-        src: &S,
-        q: &[f32],
-        dims: (usize, usize, usize, usize),
-        gsz: usize,
-        lens: &[usize],
-        scale: f32,
+        a: PagedArgs<'_, S>,
         t: usize,
         sc: &mut Scratch,
         dst: &mut [f32],
     ) {
         // The AVX2 body: an AVX-512 one (16-lane scores and P V, git history of the avx512-gemm
         // branch) measured 0.95-0.97x of it on the kvcache decode bench (BENCHMARKS.md).
-        unsafe { Avx2::paged_task(src, q, dims, gsz, lens, scale, t, sc, dst) }
+        unsafe { Avx2::paged_task(a, t, sc, dst) }
     }
 
     unsafe fn attention_task(t: &Task<'_>, b: &mut Bufs, out: *mut f32) {

@@ -21,7 +21,7 @@
 //! row (decode at M = 1) skips the transposition and reduces its 16 rows' partial sums instead
 //! ([`tile_m1`]: fewer shuffles for one row, the same exact sums in the same lanes).
 
-use crate::kernels::qdot::{block_corr, QActs};
+use crate::kernels::qdot::{block_corr, QActs, QRowsOut};
 use crate::kernels::quant::{QWeight, QK};
 use std::arch::x86_64::*;
 
@@ -235,18 +235,10 @@ unsafe fn tile_m1<F: VFmt>(
 /// of 8, 4, 2 ([`tile`]) and 1 ([`tile_m1`]).
 ///
 /// # Safety
-/// The CPU has AVX-512 F/BW/VL/DQ + VNNI; `c` holds rows `0..a.m` (stride `ldc`) and columns
-/// `n0..n1`; `w.k == a.k`.
+/// The CPU has AVX-512 F/BW/VL/DQ + VNNI; the contract of [`QRowsOut`] for columns `n0..n1`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn task<F: VFmt>(
-    a: &QActs,
-    w: &QWeight<'_>,
-    bias: Option<&[f32]>,
-    c: *mut f32,
-    ldc: usize,
-    n0: usize,
-    n1: usize,
-) {
+pub unsafe fn task<F: VFmt>(o: QRowsOut<'_>, n0: usize, n1: usize) {
+    let QRowsOut { a, w, bias, c, ldc } = o;
     assert!(16 * w.row_bytes() <= i32::MAX as usize, "weight rows too long for the gather");
     let corr = block_corr(a, F::OFF);
     let mut j = n0;
@@ -286,10 +278,10 @@ mod tests {
             eprintln!("skipped: no AVX-512-VNNI on this CPU");
             return;
         }
-        check_bit_identical("avx512vnni", &|fmt, a, w, bias, c, ldc, n0, n1| unsafe {
+        check_bit_identical("avx512vnni", &|fmt, o, n0, n1| unsafe {
             match fmt {
-                Format::Q8_0 => task::<Q8>(a, w, bias, c, ldc, n0, n1),
-                _ => task::<Q4>(a, w, bias, c, ldc, n0, n1),
+                Format::Q8_0 => task::<Q8>(o, n0, n1),
+                _ => task::<Q4>(o, n0, n1),
             }
         });
     }
