@@ -11,6 +11,7 @@
 use super::attention::{self, Bufs, Task};
 use super::axpy::ColsArgs;
 use super::dot::{self, RowsOut};
+use super::gemm::Product;
 use super::paged::{self, PageSource, PagedArgs, Scratch};
 use super::qdot::{self, QRowsOut};
 use super::rows::{self, RowOp};
@@ -58,20 +59,10 @@ pub(crate) trait Backend {
     /// One query block of flash attention (`attention.rs`).
     unsafe fn attention_task(t: &Task<'_>, b: &mut Bufs, out: *mut f32);
 
-    /// A large float32 product `C <- (acc ? C : 0) + X W` (`X` `(m, k)`, `W` `(k, n)`, both
-    /// row-major) on `threads` threads of the current pool; false when this backend has no
-    /// GEMM of its own (the caller then runs the `gemm` crate).
-    fn sgemm(
-        m: usize,
-        n: usize,
-        k: usize,
-        x: &[f32],
-        w: &[f32],
-        c: &mut [f32],
-        ldc: usize,
-        acc: bool,
-        threads: usize,
-    ) -> bool;
+    /// A large float32 product `C <- (acc ? C : 0) + X W` ([`Product`]) on `threads` threads
+    /// of the current pool; false when this backend has no GEMM of its own (the caller then
+    /// runs the `gemm` crate).
+    fn sgemm(p: Product<'_>, c: &mut [f32]) -> bool;
 }
 
 /// The scalar references, compiled for every target.
@@ -113,17 +104,7 @@ impl Backend for Scalar {
         unsafe { attention::run::<attention::Scalar>(t, b, out) }
     }
 
-    fn sgemm(
-        _m: usize,
-        _n: usize,
-        _k: usize,
-        _x: &[f32],
-        _w: &[f32],
-        _c: &mut [f32],
-        _ldc: usize,
-        _acc: bool,
-        _threads: usize,
-    ) -> bool {
+    fn sgemm(_p: Product<'_>, _c: &mut [f32]) -> bool {
         false
     }
 }

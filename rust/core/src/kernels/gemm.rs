@@ -179,6 +179,21 @@ fn fill_bias(c: &mut [f32], m: usize, n: usize, ldc: usize, bias: Option<&[f32]>
     }
 }
 
+/// A float32 product `C <- (acc ? C : 0) + X W` for [`Backend::sgemm`]: `X` `(m, k)` and `W`
+/// `(k, n)`, both row-major and dense, `C` (the slice passed beside it) rows of stride `ldc`,
+/// on `threads` threads of the current pool.
+#[derive(Clone, Copy)]
+pub(crate) struct Product<'a> {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub x: &'a [f32],
+    pub w: &'a [f32],
+    pub ldc: usize,
+    pub acc: bool,
+    pub threads: usize,
+}
+
 /// Large-`M` float32 product on the tierflow pool: the hand-written kernel of `sgemm.rs` on
 /// `Isa::Avx2` (6 x 16 tile) and `Isa::Avx512` (14 x 32 tile), the `gemm` crate for small
 /// square-ish products on 2+ threads on `Isa::Avx2` and on other instruction sets.
@@ -204,10 +219,8 @@ fn gemm_f32(
     // 192^3 / 256^3 (medians of 21 interleaved rounds, 2 threads, BENCHMARKS.md).
     let small_square = isa != Isa::Avx512 && threads > 1 && m >= 128 && m * n * k <= 1 << 24;
     if !small_square {
-        let acc = bias.is_some();
-        let done = crate::pool::install(
-            || dispatch!(isa, B => B::sgemm(m, n, k, x, w, c, ldc, acc, threads)),
-        );
+        let p = Product { m, n, k, x, w, ldc, acc: bias.is_some(), threads };
+        let done = crate::pool::install(|| dispatch!(isa, B => B::sgemm(p, c)));
         if done {
             return;
         }

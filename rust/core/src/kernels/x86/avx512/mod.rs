@@ -16,6 +16,7 @@ use crate::kernels::attention::{Bufs, Task};
 use crate::kernels::axpy::{ColW, ColsArgs};
 use crate::kernels::backend::Backend;
 use crate::kernels::dot::RowsOut;
+use crate::kernels::gemm::Product;
 use crate::kernels::paged::{PageSource, PagedArgs, Scratch};
 use crate::kernels::qdot::QRowsOut;
 use crate::kernels::quant::Format;
@@ -96,20 +97,11 @@ impl Backend for Avx512 {
         unsafe { attention::run_avx512(t, b, out) }
     }
 
-    fn sgemm(
-        m: usize,
-        n: usize,
-        k: usize,
-        x: &[f32],
-        w: &[f32],
-        c: &mut [f32],
-        ldc: usize,
-        acc: bool,
-        threads: usize,
-    ) -> bool {
+    fn sgemm(p: Product<'_>, c: &mut [f32]) -> bool {
         if !sgemm::avx512_available() {
             return false;
         }
+        let Product { m, n, k, x, w, ldc, acc, threads } = p;
         sgemm::sgemm_avx512(m, n, k, x, k, 1, w, n, 1, c, ldc, acc, threads);
         true
     }
