@@ -145,8 +145,8 @@ impl ColsAcc {
         crate::pool::for_tasks(self.bufs.len(), bytes, |t| {
             let n0 = t * per;
             let n1 = (n0 + per).min(n);
-            // SAFETY: task t writes only columns n0..n1 of C and its own buffer bufs[t].
             let o = ColsArgs { x, m, k, k0, kb, w, n, c: cp.get(), ldc };
+            // SAFETY: task t writes only columns n0..n1 of C and its own buffer bufs[t].
             unsafe { feed_task(isa, o, &mut *bp.get().add(t), n0, n1) }
         });
     }
@@ -176,9 +176,10 @@ impl ColsAcc {
 /// backend's column groups, [`Backend::cols`](super::backend::Backend::cols)).
 ///
 /// # Safety (of every task that takes it)
-/// `c` must be valid for reads and writes of `(m - 1) * ldc + n1` floats (of the accumulator's
-/// `m x ldc` for the backends' column groups), and no other thread may read or write columns
-/// `n0..n1` of it while the task runs.
+/// When `c` is `C`: valid for reads and writes of `(m - 1) * ldc + n1` floats, and no other
+/// thread reads or writes its columns `n0..n1` while the task runs. When `c` is a task's
+/// accumulator (task-relative columns: column `j` of `W` at `j - n0`): `m * ldc` floats,
+/// `ldc >= n1 - n0`, used by this task alone.
 #[derive(Clone, Copy)]
 pub(crate) struct ColsArgs<'a> {
     pub x: &'a [f32],
