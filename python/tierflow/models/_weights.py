@@ -16,11 +16,15 @@ in the same tier. The forward pass asks for each weight when it needs it (``Weig
     every time (a cyclic scan); for such a scan an LRU cache (the OS page cache, or the store's
     ``"store"`` mode) evicts each weight just before it is needed again and re-reads the whole
     model per step, whereas the optimal (Belady) policy keeps a fixed set resident and reads only
-    the rest: ``model - budget`` bytes per step instead of ``model``. When the memory is short
-    (the model does not fit its memory cgroup's limit, or without one the streamed bytes exceed
-    ``MemAvailable``), the file pages of both parts are dropped from the OS page cache
-    (``posix_fadvise(DONTNEED)``) once read, so the data are not held twice and the page cache
-    does not evict the pinned weights' room;
+    the rest: ``model - budget`` bytes per step instead of ``model``. The reads of the next
+    streamed weights are started ahead (``posix_fadvise(WILLNEED)``, a window of
+    :data:`PREFETCH_WINDOW` bytes at most), so the disk keeps reading while the pinned weights
+    are multiplied. When the memory is short (the model does not fit its memory cgroup's
+    limit, or without one the streamed bytes exceed ``MemAvailable``), the file pages of both
+    parts are dropped from the OS page cache (``posix_fadvise(DONTNEED)``) once read (the
+    pinned ones at load, the streamed ones by the store right after each panel is read:
+    :attr:`TieredStore.drop_after_read`), so the data are not held twice and the page cache
+    does not take the room the memory limit gives the pinned weights;
 
   - ``"stream"``: the kernel streams it from its tier (``tierflow.matmul(x, store[name])``):
     panels ``pread`` into a double buffer while the previous panel is multiplied, the weight
@@ -68,6 +72,9 @@ READ_MODES = ("auto", "resident", "stream", "store", "mmap")
 #: share of the default memory tier's free room that ``read="resident"`` fills with pinned
 #: weights (the rest is room for the small weights read through the store and other tensors)
 RESIDENT_FILL = 0.95
+#: ``read="resident"``: bytes of the next streamed weights whose reads are started ahead of
+#: the kernels (at most; a sixteenth of the RAM tier when that is less, at least 8 MiB)
+PREFETCH_WINDOW = 64 << 20
 #: formats a checkpoint may be converted to on load (None keeps the stored dtype)
 WEIGHT_FORMATS = (None, "f32", "bf16", "q8_0", "q4_0")
 _FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
@@ -136,7 +143,13 @@ class Weights:
         #: weights pinned in a memory tier by ``read="resident"`` (the rest stream)
         self.resident: list[str] = []
         self._drop_cache = False
-        self._last_streamed: str | None = None
+        self._drop_before = False
+        # read="resident": the streamed weights in execution order, the window of them whose
+        # reads were started ahead (posix_fadvise WILLNEED), its size, and the next to start
+        self._streamed: list[str] = []
+        self._ahead: list[str] = []
+        self._window = 0
+        self._next_ahead = 0
 
     @classmethod
     def open(
@@ -220,10 +233,10 @@ class Weights:
             if op is not None:
                 return op
         elif self.read in ("stream", "resident"):
+            if self._streamed:
+                self._prefetch_streamed(name)
             ref = self._streamed_operand(name)
             if ref is not None:
-                if self._drop_cache:
-                    self._drop_previous(name)
                 return ref
         a = self.store.get(self.prefix + name)
         if isinstance(a, QuantizedTensor):
@@ -273,33 +286,63 @@ class Weights:
                 room -= size
             else:
                 streamed += size
+        self._streamed = [n for n in ordered if n not in self.resident and n not in self._emb]
+        self._streamed = [
+            n for n in self._streamed if self.store.tier_of(self.prefix + n) in self._file_tiers
+        ]
+        self._window = min(PREFETCH_WINDOW, max(8 << 20, int(tier.capacity or 0) // 16))
         self._drop_cache = streamed > 0 and _memory_short(streamed, self.resident_bytes())
         if self._drop_cache:
             for n in self.resident:
-                self._drop_file_pages(n)
+                self._advise(n, getattr(os, "POSIX_FADV_DONTNEED", 0))
+            self._drop_before = self.store.drop_after_read
+            self.store.drop_after_read = True
 
     def resident_bytes(self) -> int:
         """Bytes of the weights ``read="resident"`` pinned in memory."""
         return sum(self.nbytes(n) for n in self.resident)
 
     def release(self) -> None:
-        """Unpin the weights ``read="resident"`` pinned (the store may then evict them)."""
+        """Unpin the weights ``read="resident"`` pinned (the store may then evict them), and
+        stop streaming them ahead."""
         for n in self.resident:
             full = self.prefix + n
             if full in self.store:
                 self.store.unpin(full)
         self.resident = []
+        self._streamed = []
+        if self._drop_cache:
+            self.store.drop_after_read = self._drop_before
+            self._drop_cache = False
 
-    def _drop_previous(self, name: str) -> None:
-        """Drop the OS page-cache pages of the streamed weight read before ``name``."""
-        last, self._last_streamed = self._last_streamed, name
-        if last is not None and last != name:
-            self._drop_file_pages(last)
+    def _prefetch_streamed(self, name: str) -> None:
+        """``read="resident"``: keep the reads of the next streamed weights (in execution
+        order, wrapping to the next step) started ahead of the kernels, about ``_window`` bytes
+        of them (``posix_fadvise(WILLNEED)``: the OS reads them in the background into its page
+        cache, from which the streaming kernel then copies them). So the disk keeps reading while
+        the pinned weights are multiplied, instead of waiting for the next streamed weight's
+        kernel to ask. ``name`` is the weight the forward pass asks for now: if it is a streamed
+        one, it and those before it leave the window."""
+        if name in self._ahead:
+            del self._ahead[: self._ahead.index(name) + 1]
+        elif name in self._streamed:
+            self._ahead.clear()  # out of order (another forward pass began): restart here
+            self._next_ahead = (self._streamed.index(name) + 1) % len(self._streamed)
+        budget = self._window - sum(min(self.nbytes(n), self._window) for n in self._ahead)
+        while budget > 0 and len(self._ahead) < len(self._streamed) - 1:
+            n = self._streamed[self._next_ahead]
+            if n == name or n in self._ahead:
+                break
+            self._advise(n, getattr(os, "POSIX_FADV_WILLNEED", 0), limit=min(budget, self._window))
+            self._ahead.append(n)
+            budget -= min(self.nbytes(n), self._window)
+            self._next_ahead = (self._next_ahead + 1) % len(self._streamed)
 
-    def _drop_file_pages(self, name: str) -> None:
-        """``posix_fadvise(DONTNEED)`` the bytes of weight ``name`` in the file backing it (the
-        adopted checkpoint's range, or the whole of the store's own file for a converted
-        weight). Advice only: errors are ignored (the data stay correct either way)."""
+    def _advise(self, name: str, advice: int, limit: int | None = None) -> None:
+        """``posix_fadvise(advice)`` on the bytes of weight ``name`` in the file backing it (the
+        adopted checkpoint's range, or the store's own file for a converted weight; at most the
+        first ``limit`` bytes). Advice only: errors are ignored (the data stay correct either
+        way)."""
         if not hasattr(os, "posix_fadvise"):
             return
         info = self.store.info(self.prefix + name)
@@ -308,12 +351,14 @@ class Weights:
             return
         t = self.infos.get(name)
         begin, length = (t.begin, t.end - t.begin) if info.get("adopted") and t else (0, 0)
+        if limit is not None:
+            length = min(length, limit) if length else limit
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError:
             return
         try:
-            os.posix_fadvise(fd, begin, length, os.POSIX_FADV_DONTNEED)
+            os.posix_fadvise(fd, begin, length, advice)
         except OSError:
             pass
         finally:

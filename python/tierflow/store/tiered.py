@@ -617,6 +617,20 @@ class TieredStore:
             raise InvalidArgumentError(f"offset must not be negative, got {offset}")
         self._s.read_into(name, int(offset), out)
 
+    @property
+    def drop_after_read(self) -> bool:
+        """Whether bytes that :meth:`read_into` and the streaming kernels read from a file tier
+        are dropped from the OS page cache right after (``posix_fadvise(DONTNEED)`` on the range
+        read; advice only, off by default). For weights streamed once per step under a memory
+        limit that charges the page cache (a memory cgroup): the kernels copy the bytes into
+        their own panel buffers, so a cached copy would only take room the limit needs
+        elsewhere. ``read="resident"`` turns it on when memory is short."""
+        return bool(self._s.drop_after_read)
+
+    @drop_after_read.setter
+    def drop_after_read(self, on: bool) -> None:
+        self._s.drop_after_read = bool(on)
+
     def tier_of(self, name: str) -> str:
         return str(self.info(name)["tier"])
 
