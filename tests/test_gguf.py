@@ -104,7 +104,6 @@ def test_resident_when_larger_than_ram(gguf_dir, fmt, tmp_path):
         assert 0 <= rows <= len(IDS) * 128 * 4
 
 
-
 def test_write_gguf_bad_input(tmp_path, monkeypatch):
     with pytest.raises(tierflow.InvalidArgumentError, match="Q5_K"):
         tm.write_gguf(TINY, tmp_path / "x.gguf", "Q5_K")
@@ -115,6 +114,7 @@ def test_write_gguf_bad_input(tmp_path, monkeypatch):
     with pytest.raises(tierflow.MissingFileError, match="pip install gguf"):
         tm.write_gguf(TINY, tmp_path / "x.gguf")
     assert not (tmp_path / "x.gguf").exists()
+
 
 def test_quantized_token_table(tmp_path, ref_logits):
     """A Q8_0 token table (as llama.cpp writes one) gives its rows dequantised."""

@@ -395,6 +395,7 @@ def test_resident_drops_page_cache_when_memory_is_short(tmp_path, monkeypatch):
     calls.clear()
     model_bytes = os.path.getsize(DATA / "tiny-llama" / "model.safetensors")
     monkeypatch.setattr(wmod, "cgroup_memory_limit", lambda: model_bytes // 2)
+    monkeypatch.setattr(wmod, "_cgroup_room", lambda window: None)
     with tierflow.TieredStore(tmp_path / "b", tiers=tiers) as store:
         model = tm.load(DATA / "tiny-llama", store=store)
         w = model.weights
@@ -407,3 +408,27 @@ def test_resident_drops_page_cache_when_memory_is_short(tmp_path, monkeypatch):
         w.release()
         assert not any(store.info(w.prefix + n)["pinned"] for n in w.layouts)
         assert not store.drop_after_read
+
+
+def test_resident_leaves_the_cgroup_room_for_the_process(tmp_path, monkeypatch):
+    """In a memory cgroup, the pinned weights (anonymous memory: without swap, a cgroup they
+    overfill kills the process) stay within its limit less the process's anonymous memory,
+    the streaming reserve and the prefetch window, however large the RAM tier."""
+    import tierflow.models._weights as wmod
+
+    room = 300 << 10
+    monkeypatch.setattr(
+        wmod,
+        "cgroup_memory_limit",
+        lambda: wmod._anon_now() + wmod.STREAM_RESERVE + (8 << 20) + room,
+    )
+    tiers = [tierflow.Tier("ram", 1 << 20), tierflow.Tier("disk", None, path="disk")]
+    r = _ref_data("tiny-llama")
+    with tierflow.TieredStore(tmp_path / "s", tiers=tiers) as store:
+        model = tm.load(DATA / "tiny-llama", store=store)
+        w = model.weights
+        assert w.read == "resident" and w._window == 8 << 20
+        assert 0 < w.resident_bytes() <= room
+        np.testing.assert_array_equal(
+            model(r["input_ids_1"]), tm.load(DATA / "tiny-llama", tier="ram")(r["input_ids_1"])
+        )

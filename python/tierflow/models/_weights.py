@@ -75,6 +75,11 @@ RESIDENT_FILL = 0.95
 #: ``read="resident"``: bytes of the next streamed weights whose reads are started ahead of
 #: the kernels (at most; a sixteenth of the RAM tier when that is less, at least 8 MiB)
 PREFETCH_WINDOW = 64 << 20
+#: ``read="resident"`` in a memory cgroup: bytes of its limit left to the streaming kernels'
+#: panel buffers (two in flight and up to eight kept, 8 MiB each) and a margin, on top of the
+#: process's anonymous memory and the prefetch window (pinned weights are anonymous memory:
+#: without swap, a cgroup they overfill kills the process)
+STREAM_RESERVE = 96 << 20
 #: formats a checkpoint may be converted to on load (None keeps the stored dtype)
 WEIGHT_FORMATS = (None, "f32", "bf16", "q8_0", "q4_0")
 _FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
@@ -270,7 +275,12 @@ class Weights:
         small = sum(
             self.nbytes(n) for n in self.infos if n not in self.layouts and n not in self._emb
         )
-        room = int((int(tier.capacity or 0) - used - small) * RESIDENT_FILL)
+        self._window = min(PREFETCH_WINDOW, max(8 << 20, int(tier.capacity or 0) // 16))
+        room = int(tier.capacity or 0) - used - small
+        cap = _cgroup_room(self._window)
+        if cap is not None:
+            room = min(room, cap)
+        room = int(max(room, 0) * RESIDENT_FILL)
         ordered = [n for g in self.groups for n in g if n in self.layouts]
         ordered += [n for n in self.layouts if n not in ordered]
         streamed = 0
@@ -290,7 +300,6 @@ class Weights:
         self._streamed = [
             n for n in self._streamed if self.store.tier_of(self.prefix + n) in self._file_tiers
         ]
-        self._window = min(PREFETCH_WINDOW, max(8 << 20, int(tier.capacity or 0) // 16))
         self._drop_cache = streamed > 0 and _memory_short(streamed, self.resident_bytes())
         if self._drop_cache:
             for n in self.resident:
@@ -512,6 +521,28 @@ def _memory_short(streamed: int, pinned: int) -> bool:
     except (OSError, ValueError, IndexError):
         pass
     return False
+
+
+def _cgroup_room(window: int) -> int | None:
+    """Bytes of weights ``read="resident"`` may pin in this process's memory cgroup (None
+    outside one): its limit less the process's anonymous memory now (``RssAnon``),
+    :data:`STREAM_RESERVE` and the prefetch ``window``."""
+    limit = cgroup_memory_limit()
+    if limit is None:
+        return None
+    return limit - _anon_now() - STREAM_RESERVE - window
+
+
+def _anon_now() -> int:
+    """This process's anonymous memory now (``RssAnon`` of /proc/self/status; 0 if unknown)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def _is_file_tier(store: TieredStore, tier: str) -> bool:
