@@ -10,23 +10,7 @@ from __future__ import annotations
 from . import errors
 from ._info import get_num_threads, info, set_num_threads
 from ._tierflow import __version__
-from .errors import (
-    AccessDeniedError,
-    CapacityError,
-    ClosedError,
-    CorruptFileError,
-    DTypeError,
-    InternalError,
-    InvalidArgumentError,
-    InvalidNameError,
-    MissingFileError,
-    ScheduleError,
-    ShapeError,
-    StorageError,
-    TensorExistsError,
-    TensorNotFoundError,
-    TierflowError,
-)
+from .errors import *  # noqa: F403 (every class of errors.__all__)
 
 # --- store --------------------------------------------------------------------------------
 from .store import (
@@ -86,21 +70,6 @@ from .serving import Plan, schedule
 from . import search
 
 __all__ = [
-    "AccessDeniedError",
-    "CapacityError",
-    "ClosedError",
-    "CorruptFileError",
-    "DTypeError",
-    "InternalError",
-    "InvalidArgumentError",
-    "InvalidNameError",
-    "MissingFileError",
-    "ScheduleError",
-    "ShapeError",
-    "StorageError",
-    "TensorExistsError",
-    "TensorNotFoundError",
-    "TierflowError",
     "__version__",
     "errors",
     "get_num_threads",
@@ -153,6 +122,7 @@ __all__ = [
     # --- architecture search ---
     "search",
 ]
+__all__ += errors.__all__
 
 # Old module paths reached as attributes (``tierflow.runtime``, ``tierflow.coe``, ...): deprecated
 # for one release, like ``import tierflow.runtime`` (see the alias modules next to this file).

@@ -8,43 +8,8 @@
 
 from __future__ import annotations
 
-from . import bench, kvcache
-from .ops import (
-    FORMATS,
-    ROUNDED_ACTIVATIONS_MAX_M,
-    QuantizedTensor,
-    attention,
-    dequantize,
-    gelu,
-    layer_norm,
-    layout_copies,
-    matmul,
-    mlp,
-    pack,
-    quantize,
-    rms_norm,
-    rope,
-    silu,
-    softmax,
-)
+from . import bench, kvcache, ops
+from .ops import *  # noqa: F403 (the public names are ops.__all__)
 
-__all__ = [
-    "FORMATS",
-    "ROUNDED_ACTIVATIONS_MAX_M",
-    "QuantizedTensor",
-    "attention",
-    "dequantize",
-    "gelu",
-    "layer_norm",
-    "layout_copies",
-    "matmul",
-    "mlp",
-    "pack",
-    "quantize",
-    "rms_norm",
-    "rope",
-    "silu",
-    "softmax",
-    "bench",
-    "kvcache",
-]
+__all__ = ["bench", "kvcache"]
+__all__ += ops.__all__

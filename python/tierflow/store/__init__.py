@@ -7,28 +7,8 @@
 
 from __future__ import annotations
 
-from .tiered import (
-    BlockTensor,
-    Future,
-    StoreStats,
-    TensorRef,
-    Tier,
-    TieredStore,
-    bfloat16_dtype,
-    cgroup_memory_limit,
-    parse_size,
-    register_block_format,
-)
+from . import tiered
+from .tiered import *  # noqa: F403 (the public names are tiered.__all__)
 
-__all__ = [
-    "BlockTensor",
-    "Future",
-    "StoreStats",
-    "TensorRef",
-    "Tier",
-    "TieredStore",
-    "bfloat16_dtype",
-    "cgroup_memory_limit",
-    "parse_size",
-    "register_block_format",
-]
+__all__: list[str] = []
+__all__ += tiered.__all__
