@@ -265,8 +265,9 @@ class Weights:
         """Pin a fixed set of matmul weights in the store's default memory tier (the largest
         one), filling up to :data:`RESIDENT_FILL` of its free room after leaving space for the
         weights the forward pass reads through the store (norms, biases); the rest stay in their
-        file tier and are streamed. Weights are taken in execution order, skipping any that no
-        longer fit. Without a bounded memory tier nothing moves."""
+        file tier and are streamed. In a memory cgroup no more than :func:`_cgroup_room` is
+        pinned. Weights are taken in execution order, skipping any that no longer fit. Without a
+        bounded memory tier nothing moves."""
         mem = [t for t in self.store.tiers if not t.file_backed and t.capacity is not None]
         if not mem:
             return
