@@ -14,6 +14,9 @@ Run (llama-cpp-python is a bench-only extra: installing it compiles llama.cpp, a
 
     pip install llama-cpp-python
     TIERFLOW_NUM_THREADS=2 pytest benches/test_llamacpp.py -m bench -s
+
+``TIERFLOW_BENCH_FORMATS=Q8_0,Q4_0`` runs only those formats; ``TIERFLOW_LLAMACPP_NO_REPACK=1``
+runs llama.cpp without its repacked CPU buffers (``--no-repack``).
 """
 
 from __future__ import annotations
@@ -42,7 +45,9 @@ SHAPE = dict(hidden=2048, layers=LAYERS, heads=32, kv_heads=4, intermediate=5632
 PROMPT = 32
 DECODE = 16
 ROUNDS = 3
-FORMATS = ("F32", "F16", "Q8_0", "Q4_0")
+FORMATS = tuple(os.environ.get("TIERFLOW_BENCH_FORMATS", "F32,F16,Q8_0,Q4_0").split(","))
+#: TIERFLOW_LLAMACPP_NO_REPACK=1: llama.cpp without its repacked (extra) CPU buffer types
+NO_REPACK = os.environ.get("TIERFLOW_LLAMACPP_NO_REPACK") == "1"
 
 
 @pytest.fixture(scope="module")
@@ -92,14 +97,26 @@ def _tierflow_run(model, prompt: list[int]) -> tuple[float, float, list[int]]:
 def test_same_gguf_file(benchmark, ratios, files, fmt):
     tierflow.set_num_threads(THREADS)
     prompt = [int(v) for v in np.random.default_rng(1).integers(259, SHAPE["vocab"], PROMPT)]
-    llm = llama_cpp.Llama(
-        model_path=files[fmt],
-        n_threads=THREADS,
-        n_threads_batch=THREADS,
-        n_ctx=128,
-        n_batch=PROMPT,
-        verbose=False,
-    )
+    default_params = llama_cpp.llama_cpp.llama_model_default_params
+    if NO_REPACK:  # llama.cpp's --no-repack: weights used as mapped, no extra CPU buffer types
+
+        def no_repack():
+            p = default_params()
+            p.use_extra_bufts = False
+            return p
+
+        llama_cpp.llama_cpp.llama_model_default_params = no_repack
+    try:
+        llm = llama_cpp.Llama(
+            model_path=files[fmt],
+            n_threads=THREADS,
+            n_threads_batch=THREADS,
+            n_ctx=128,
+            n_batch=PROMPT,
+            verbose=False,
+        )
+    finally:
+        llama_cpp.llama_cpp.llama_model_default_params = default_params
     model = tm.load(files[fmt])
     runs: dict[str, list[tuple[float, float, list[int]]]] = {"llama.cpp": [], "tierflow": []}
     _llamacpp_run(llm, prompt)  # warm-up
