@@ -155,6 +155,73 @@ def test_decode_formats(benchmark, ratios, fmt, m, kn):
     record(benchmark, ratios, name, best["f32"] / best[fmt], target)
 
 
+def _decode_isas() -> list[str]:
+    """The per-call paths to compare: avx512 when the CPU runs it, avx2 always."""
+    avail = tierflow.info()["isa_available"]
+    return [i for i in ("avx512", "avx2") if i in avail]
+
+
+@pytest.mark.parametrize("kn", [4096, 8192])
+@pytest.mark.parametrize("fmt", ["q8_0", "q4_0"])
+def test_vnni_quantized_decode(benchmark, ratios, fmt, kn):
+    """q8_0 / q4_0 decode (M = 1 and M = 8) on each kernel path against the read-bandwidth
+    probe, all interleaved in one loop (medians of 9 rounds). On a CPU with AVX-512-VNNI the
+    avx512 path runs the `vpdpbusd` body; with AVX-VNNI the avx2 path runs the 256-bit one
+    (`tierflow.info()["isa_extensions"]` says which). Rates are weight bytes per second."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((kn, kn)).astype(np.float32)
+    q = tierflow.quantize(w, fmt)
+    xs = {m: rng.standard_normal((m, kn)).astype(np.float32) for m in (1, 8)}
+    outs = {m: np.empty((m, kn), np.float32) for m in (1, 8)}
+    isas = _decode_isas()
+    fns: dict[str, Callable[[], object]] = {}
+    for isa in isas:
+        for m in (1, 8):
+            fns[f"{isa} M={m}"] = lambda isa=isa, m=m: tierflow.matmul(
+                xs[m], q, out=outs[m], _isa=isa
+            )
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    probe: list[float] = []
+    # Each call starts cold, as the probe does: a 128 MiB sweep first evicts the weight from
+    # the last-level cache (a 4096^2 q8_0 / q4_0 weight, 18 / 9 MB, would otherwise be read
+    # from L3 by whichever path runs right after another).
+    flush = np.ones(32 << 20, np.float32)
+    for r in range(10):
+        for name, f in fns.items():
+            float(flush.sum())
+            t = time.perf_counter()
+            f()
+            if r:
+                times[name].append(time.perf_counter() - t)
+        if r:
+            probe.append(tierflow.kernels.bench.memory_bandwidth(nbytes=512 << 20, reps=1))
+    benchmark.pedantic(tierflow.matmul, args=(xs[1], q, outs[1]), rounds=1, iterations=1)
+    bw = float(np.median(probe))
+    gbs = {k: q.nbytes / float(np.median(v)) for k, v in times.items()}
+    exts = ",".join(tierflow.info()["isa_extensions"]) or "none"
+    for isa in isas:
+        one, eight = gbs[f"{isa} M=1"], gbs[f"{isa} M=8"]
+        name = f"decode {fmt} K=N={kn} {isa} (extensions: {exts})"
+        record(
+            benchmark,
+            ratios,
+            f"{name} M=1 fraction of read bandwidth",
+            one / bw,
+            0.8,
+            weight_GBps=round(one / 1e9, 2),
+            probe_GBps=round(bw / 1e9, 2),
+        )
+        record(
+            benchmark,
+            ratios,
+            f"{name} M=8 weight bytes/s over M=1's",
+            eight / one,
+            0.0,
+            weight_GBps=round(eight / 1e9, 2),
+            note="reported: llama-cpp-python absent for the per-token anchor",
+        )
+
+
 def numpy_attention_causal(q, k, v, tril):
     """The anchor: softmax(Q K^T / sqrt(D) + causal mask) V with the full S x S scores."""
     s = q @ k.transpose(0, 1, 3, 2) * np.float32(1.0 / np.sqrt(q.shape[-1]))

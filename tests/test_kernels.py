@@ -153,6 +153,26 @@ def test_decode_quantized_rounds_activations_like_ggml():
     assert np.array_equal(np.isinf(got[1]), dq[5] != 0)
 
 
+@pytest.mark.parametrize("fmt", ["q8_0", "q4_0"])
+def test_vnni_decode_bit_identical_to_scalar(fmt):
+    """The VNNI bodies (avx512 with AVX-512-VNNI, avx2 with AVX-VNNI) keep the scalar
+    reference's order of operations: the same bits, with tails of rows and odd M."""
+    exts = tierflow.info()["isa_extensions"]
+    exact = [i for i, e in (("avx512", "avx512vnni"), ("avx2", "avxvnni")) if e in exts]
+    if not exact:
+        pytest.skip("no VNNI extension active on this CPU")
+    rng = np.random.default_rng(5)
+    for m in (1, 2, 3, 8, 9):
+        for k, n in ((32, 1), (96, 37), (512, 70)):
+            x = rng.standard_normal((m, k)).astype(np.float32)
+            q = tierflow.quantize(rng.standard_normal((k, n)).astype(np.float32), fmt)
+            b = rng.standard_normal(n).astype(np.float32)
+            want = tierflow.matmul(x, q, bias=b, _isa="scalar")
+            for isa in exact:
+                got = tierflow.matmul(x, q, bias=b, _isa=isa)
+                assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), (isa, m, k, n)
+
+
 def check_quant_error(w: np.ndarray, dq: np.ndarray, fmt: str) -> None:
     err = np.abs(dq.astype(np.float64) - w)
     if fmt == "f32":

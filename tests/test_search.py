@@ -4,6 +4,7 @@ trials, resume after a killed run, bad input and the CLI."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 
 import numpy as np
 import optuna
@@ -23,6 +25,7 @@ import tierflow
 from tierflow import InvalidArgumentError
 from tierflow.models.config import ModelConfig
 from tierflow.search import Config, Measurer, Space
+from tierflow.search import calibrate as calibrate_module
 
 GPU_LAYER_S = 12 * 5e-6 + 2 * 20e-6  # DGX preset: 12 launches of 5 us + 2 all-reduces of 20 us
 Q_BYTES = {"f32": 4.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
@@ -122,11 +125,94 @@ def test_known_optimum_on_a_simulated_device():
         constraints=[f"decode <= {limit * 1e3} ms"],
         trials=40,
         progress=False,
+        calibrate=False,  # the preset's efficiencies, as dgx_decode derives them
     )
+    assert r.calibration is None
     assert r.best is not None and r.best.metrics["params"] == best
     c = r.best.config
     want = dgx_decode(c.hidden, c.layers, c.heads, c.kv_heads, c.intermediate, c.vocab, c.format)
     assert r.best.metrics["decode"] == pytest.approx(want, rel=1e-9)
+
+
+def test_calibrated_prediction_follows_the_host_measurements(tmp_path):
+    """A simulated device's prediction with the per-format shares measured here, computed by
+    hand from the host's in-the-loop measurements and the device's published figures."""
+    from tierflow.search.calibrate import calibrate
+
+    meas = Measurer(tmp_path / "m", repeats=1, decode_steps=2, prompt_tokens=8)
+    ref = Config(128, 4, 4, 2, 256, 512, "f32")
+    cal = calibrate(["q4_0"], meas, reference=ref)
+    assert meas.stats["measured"] == 2  # the reference in q4_0 and in the f32 baseline
+
+    def rates(fmt):
+        """(bytes/s of a decode layer, FLOP/s of a prefill layer) from the host's measurement."""
+        m = meas.cached(replace(ref, format=fmt))
+        p4, b4 = reference_sizes(128, 4, 4, 2, 256, 512, fmt)
+        p2, b2 = reference_sizes(128, 2, 4, 2, 256, 512, fmt)
+        kv_layer = 2 * 2 * (128 // 4) * 4  # float32 K and V of 2 heads of 32, per token
+        return ((b4 - b2) / 2 + kv_layer * 8) / m.decode_layer_s, 2 * (
+            p4 - p2
+        ) / 2 * 8 / m.prefill_layer_s
+
+    base = rates("f32")
+    space = {
+        "hidden": [128, 256],
+        "layers": [2, 6],
+        "heads": 4,
+        "kv_heads": 2,
+        "intermediate": 256,
+        "vocab": 512,
+        "format": ["f32", "q4_0"],
+    }
+    r = tierflow.search(
+        space,
+        "dgx_h100",
+        objectives=["decode", "prefill", "params"],
+        trials=8,
+        measurer=meas,
+        calibrate=cal,
+        progress=False,
+    )
+    assert meas.stats["measured"] == 2  # the device's trials measure nothing
+    assert r.calibration == cal.to_dict()
+    seen = set()
+    for x in r.records:
+        c = x.config
+        bw_share, fl_share = (a / b for a, b in zip(rates(c.format), base, strict=True))
+        stored = r.calibration["formats"][c.format]
+        assert stored["bw_share"] == pytest.approx(bw_share, rel=1e-6)
+        assert stored["flops_share"] == pytest.approx(fl_share, rel=1e-6)
+        # the DGX H100's published figures (8 x 3.35 TB/s, 8 x 989 TFLOP/s) at the preset's
+        # efficiencies (80%, 70%) times the format's shares
+        params, nbytes = reference_sizes(c.hidden, c.layers, 4, 2, 256, 512, c.format)
+        kv = 2 * c.layers * 2 * (c.hidden // 4) * 4
+        bw = 8 * 3.35e12 * 0.8 * min(bw_share, 1.0)
+        peak = 8 * 989e12 * 0.7 * min(fl_share, 1.0)
+        decode = max(2 * params / peak, (nbytes + kv * 8) / bw) + c.layers * GPU_LAYER_S
+        prefill = max(2 * params * 8 / peak, nbytes / bw) + c.layers * GPU_LAYER_S
+        assert x.metrics["decode"] == pytest.approx(decode, rel=1e-6)
+        assert x.metrics["prefill"] == pytest.approx(prefill, rel=1e-6)
+        seen.add(c.format)
+    assert seen == {"f32", "q4_0"}
+    assert r.calibration["formats"]["f32"]["bw_share"] == 1.0
+    # calibrate=False: the preset alone
+    plain = tierflow.search(
+        space,
+        "dgx_h100",
+        objectives=["decode", "params"],
+        trials=4,
+        calibrate=False,
+        progress=False,
+    )
+    assert plain.calibration is None
+    for x in plain.records:
+        c = x.config
+        want = dgx_decode(c.hidden, c.layers, 4, 2, 256, 512, c.format, ctx=32)
+        assert x.metrics["decode"] == pytest.approx(want, rel=1e-9)
+    with pytest.raises(InvalidArgumentError, match="calibrate"):
+        tierflow.search(space, "dgx_h100", trials=1, calibrate="yes", progress=False)
+    with pytest.raises(InvalidArgumentError, match="no figures for"):
+        tierflow.search({**space, "format": ["q8_0"]}, "dgx_h100", trials=1, calibrate=cal)
 
 
 def non_dominated(rows, directions):
@@ -171,6 +257,7 @@ def test_front_is_non_dominated_and_respects_constraints():
         constraints=cons,
         trials=30,
         progress=False,
+        calibrate=False,  # the preset, as the simulation below
     )
     done = [x for x in r.records if x.state == "COMPLETE"]
     assert len(done) >= 15
@@ -235,6 +322,7 @@ def test_quality_raising_or_nan_fails_only_that_trial():
         quality=quality,
         trials=10,
         progress=False,
+        calibrate=False,
     )
     states = [x.state for x in sorted(r.records, key=lambda x: x.number)]
     assert len(states) == 10 and len(calls) == 10
@@ -267,7 +355,7 @@ def test_quality_raising_or_nan_fails_only_that_trial():
     ],
 )
 def test_bad_input_raises_typed_errors(space, kw, match):
-    args = {"device": "sn40l", "trials": 2, "progress": False, **kw}
+    args = {"device": "sn40l", "trials": 2, "progress": False, "calibrate": False, **kw}
     with pytest.raises(InvalidArgumentError, match=match):
         tierflow.search(space, **args)
 
@@ -278,10 +366,23 @@ def test_fast_tier_smaller_than_an_expert_prunes_the_trial():
         "sn40l",
         trials=2,
         progress=False,
+        calibrate=False,
     )
     assert [x.state for x in r.records] == ["PRUNED", "PRUNED"]
     assert "larger than the fast tier" in r.records[0].error
     assert r.best is None and r.front == []
+
+
+def _stored_trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    """The trials of study ``name`` in ``url``, read with no database connection left open
+    (Python >= 3.13 warns about a sqlite connection garbage-collected unclosed)."""
+    from sqlalchemy.pool import NullPool
+
+    storage = optuna.storages.RDBStorage(url, engine_kwargs={"poolclass": NullPool})
+    try:
+        return optuna.load_study(study_name=name, storage=storage).get_trials()
+    finally:
+        storage.engine.dispose()
 
 
 RESUME_SCRIPT = """
@@ -295,7 +396,7 @@ def quality(c):
 tierflow.search(
     {"hidden": [256, 512], "layers": {"low": 1, "high": 16}, "heads": 4, "vocab": 500},
     "sn40l", quality=quality, trials=200, storage=sys.argv[1], study_name="resume",
-    progress=False,
+    progress=False, calibrate=False,
 )
 """
 
@@ -311,7 +412,7 @@ def test_resume_after_a_killed_run(tmp_path):
         while time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.2)
             try:  # poll the database directly: cheaper than opening an Optuna storage
-                with sqlite3.connect(db, timeout=5) as con:
+                with contextlib.closing(sqlite3.connect(db, timeout=5)) as con:
                     (n,) = con.execute(
                         "SELECT count(*) FROM trials WHERE state = 'COMPLETE'"
                     ).fetchone()
@@ -325,11 +426,11 @@ def test_resume_after_a_killed_run(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    st = optuna.load_study(study_name="resume", storage=url)
-    before = {t.number: (t.params, t.values) for t in st.get_trials() if t.state.name == "COMPLETE"}
+    st = _stored_trials(url, "resume")
+    before = {t.number: (t.params, t.values) for t in st if t.state.name == "COMPLETE"}
     assert len(before) >= 3
-    running = [t.number for t in st.get_trials() if t.state.name == "RUNNING"]
-    n_before = len(st.trials)
+    running = [t.number for t in st if t.state.name == "RUNNING"]
+    n_before = len(st)
 
     r = tierflow.search(
         {"hidden": [256, 512], "layers": {"low": 1, "high": 16}, "heads": 4, "vocab": 500},
@@ -339,20 +440,21 @@ def test_resume_after_a_killed_run(tmp_path):
         storage=url,
         study_name="resume",
         progress=False,
+        calibrate=False,
     )
-    st2 = optuna.load_study(study_name="resume", storage=url)
-    after = {t.number: (t.params, t.values) for t in st2.get_trials() if t.state.name == "COMPLETE"}
+    st2 = _stored_trials(url, "resume")
+    after = {t.number: (t.params, t.values) for t in st2 if t.state.name == "COMPLETE"}
     assert all(after[n] == v for n, v in before.items())  # earlier trials intact
-    assert len(st2.trials) == n_before + 5, (
+    assert len(st2) == n_before + 5, (
         n_before,
         r.counts(),
-        [t.state.name for t in st2.trials],
+        [t.state.name for t in st2],
     )  # the same study, continued
     assert min(set(after) - set(before)) > max(before)
-    assert not [t for t in st2.get_trials() if t.state.name == "RUNNING"]
+    assert not [t for t in st2 if t.state.name == "RUNNING"]
     for n in running:  # left running by the killed process: now failed
-        assert st2.trials[n].state.name == "FAIL"
-    assert len(r.records) == len(st2.trials)
+        assert st2[n].state.name == "FAIL"
+    assert len(r.records) == len(st2)
     # a resume with another space is refused, the study untouched
     with pytest.raises(InvalidArgumentError, match="other space"):
         tierflow.search(
@@ -363,8 +465,9 @@ def test_resume_after_a_killed_run(tmp_path):
             storage=url,
             study_name="resume",
             progress=False,
+            calibrate=False,
         )
-    assert len(optuna.load_study(study_name="resume", storage=url).trials) == len(st2.trials)
+    assert len(_stored_trials(url, "resume")) == len(st2)
 
 
 def test_measurement_cache_counts(tmp_path):
@@ -439,6 +542,7 @@ def test_cli_end_to_end_json_and_yaml(tmp_path, capsys):
                 "--quiet",
                 "--constraint",
                 "decode <= 1 ms",
+                "--no-calibrate",
                 "--out",
                 str(out),
             ]
@@ -447,6 +551,7 @@ def test_cli_end_to_end_json_and_yaml(tmp_path, capsys):
     )
     d = json.loads((out / "front.json").read_text())
     assert d["devices"] == ["dgx_h100"] and len(d["trials"]) == 8
+    assert d["calibration"] is None  # --no-calibrate
     assert d["front"] and all(t["metrics"]["decode"] <= 1e-3 for t in d["front"])
     assert (out / "front.png").stat().st_size > 1000
     assert "largest expert" in capsys.readouterr().out
@@ -487,6 +592,7 @@ def test_cli_end_to_end_json_and_yaml(tmp_path, capsys):
                 "y",
                 "--prompt-tokens",
                 "8",
+                "--no-calibrate",
                 "--out",
                 str(out2),
             ]
@@ -546,10 +652,17 @@ def test_demo_search_writes_three_fronts(tmp_path, monkeypatch, capsys):
         "fast_tier": "2MiB",
     }
     monkeypatch.setattr(demo, "DEMO_SPACE", tiny)
+    # the simulated devices are calibrated on a small reference expert (a quick measurement)
+    monkeypatch.setattr(calibrate_module, "REFERENCE", Config(64, 64, 4, 2, 128, 256, "f32"))
     assert main(["demo", "--search", "--trials", "3", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     for dev in ("host", "sn40l", "dgx_h100"):
         d = json.loads((tmp_path / f"front-{dev}.json").read_text())
         assert d["devices"] == [dev] and len(d["trials"]) == 3
         assert f"{dev}: Pareto front" in out
+        if dev == "host":
+            assert d["calibration"] is None
+        else:  # predicted with the shares measured on this host, for both formats
+            assert set(d["calibration"]["formats"]) == {"f32", "q4_0"}
+            assert d["calibration"]["reference"]["hidden"] == 64
     assert (tmp_path / "fronts.png").stat().st_size > 1000

@@ -40,6 +40,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--seed", type=int, default=0, help="the sampler's seed")
     p.add_argument("--prompt-tokens", type=int, default=32, help="tokens of the measured prefill")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    p.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="simulated devices: keep the preset's efficiencies instead of those each format "
+        "reaches on this host (tierflow.search.calibrate)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -73,7 +79,10 @@ def run(args: argparse.Namespace) -> int:
         prompt_tokens=args.prompt_tokens,
         progress=not args.quiet,
         console=console,
+        calibrate=not args.no_calibrate,
     )
+    if r.calibration is not None:
+        console.print(r.calibration["summary"])
     console.print(r.table())
     console.print(r.best_text())
     c = r.counts()

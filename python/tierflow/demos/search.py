@@ -76,6 +76,8 @@ def run_search_demo(
             console=con,
         )
         results[dev] = r
+        if r.calibration is not None:
+            con.print(r.calibration["summary"])
         con.print(r.table(title=f"{dev}: Pareto front (p99 latency vs parameters per expert)"))
         con.print(r.best_text())
         r.to_json(folder / f"front-{dev}.json")

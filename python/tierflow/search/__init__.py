@@ -5,6 +5,8 @@ multi-objective Optuna study (NSGA-II) over a :class:`Space` of expert shapes, w
 serving knobs; each candidate is measured on this host (:class:`Measurer`) or predicted for a
 simulated device (:mod:`tierflow.search.predict`), and the result is the Pareto front
 (:class:`SearchResult`: a table, JSON, a PNG) and the largest expert that meets the constraints.
+Simulated devices are calibrated on this host's measurements by default
+(:mod:`tierflow.search.calibrate`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 import types
 from typing import Any
 
+from .calibrate import Calibration
 from .measure import Measurement, Measurer
 from .objectives import OBJECTIVES, Constraint, Objective
 from .predict import DEVICES, pass_time
@@ -22,6 +25,7 @@ from .study import search
 
 __all__ = [
     "DEVICES",
+    "Calibration",
     "DIMENSIONS",
     "FORMATS",
     "OBJECTIVES",

@@ -321,12 +321,20 @@ def _llc_bytes() -> int:
     return max(n for _, n in sizes) if sizes else 32 << 20
 
 
+#: the most last-level cache a model can count on keeping (see :func:`_cold`)
+COLD_BYTES = 64 << 20
+
+
 def _cold(c: Config) -> bool:
-    """Whether the full model's weights exceed the last-level cache: then every pass of the
-    real model reads its weights from RAM, and the measurement evicts the caches (reads a
-    buffer twice their size) before each timed pass so the measured layers are read from RAM
-    too, instead of staying cache-resident as a model of ``m`` small layers would."""
-    return c.nbytes > _llc_bytes()
+    """Whether the full model's weights exceed the last-level cache a process can count on:
+    then every pass of the real model reads its weights from RAM, and the measurement evicts
+    the caches (reads a buffer twice their size) before each timed pass so the measured layers
+    are read from RAM too, instead of staying cache-resident as a model of ``m`` small layers
+    would. The threshold is the smaller of the last-level cache and :data:`COLD_BYTES`: a large
+    L3 is shared with the other cores and, in a virtual machine, with other tenants (this
+    host's reports 480 MiB, yet an 8-layer f32 model of 107 MB read at RAM speed while its
+    2 measured layers stayed cached, 16-21% faster: ``benches/test_search.py``)."""
+    return c.nbytes > min(_llc_bytes(), COLD_BYTES)
 
 
 def _write_checkpoint(folder: str, c: Config, layers: int, positions: int) -> str:

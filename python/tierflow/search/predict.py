@@ -12,7 +12,11 @@
   (``rust/core/src/sim/cost.rs``, mirrored by :func:`pass_time`) with the device's constants,
   for the candidate's parameters, stored bytes per format and layers; with a trace, the whole
   trace through :func:`tierflow.simulate` (the device's exec tier holding ``fast_tier`` bytes of
-  experts, expert switches over its links, the candidate's batch size).
+  experts, expert switches over its links, the candidate's batch size). By default
+  (``search(..., calibrate=True)``) the device's ``bw_efficiency`` and ``compute_efficiency``
+  are those the candidate's weight format reaches on this host, measured in the loop on a
+  reference expert (:mod:`.calibrate`), applied to the device's published bandwidth and FLOP/s;
+  ``calibrate=False`` keeps the preset's.
 
 A trace's requests name its own experts; for a candidate with ``E`` experts its expert ``i``
 becomes ``e{i mod E}``.

@@ -99,6 +99,9 @@ class SearchResult:
     records: list[Record]
     space: Space
     study: Any = None  # the optuna.Study
+    #: the per-format efficiencies simulated devices were predicted with (see
+    #: :mod:`tierflow.search.calibrate`); None with ``calibrate=False`` or on this host only
+    calibration: dict[str, Any] | None = None
 
     @property
     def directions(self) -> list[str]:
@@ -187,6 +190,7 @@ class SearchResult:
             "front": [r.to_dict() for r in self.front],
             "best": b.to_dict() if b else None,
             "trials": [r.to_dict() for r in self.records],
+            "calibration": self.calibration,
         }
 
     def to_json(self, path: str | os.PathLike[str] | None = None) -> str:

@@ -24,6 +24,11 @@ Constraints (``constraints=``): strings ``"<metric> <op> <value>[unit]"`` with `
 ``"p99 <= 50 ms"``, ``"fast_tier <= 512 MiB"``, ``"params >= 10M"``. They go to NSGA-II as
 Optuna's ``constraints_func``; only trials meeting every constraint are on the front.
 
+A simulated device is predicted with its preset's efficiencies scaled by the share of the f32
+rates each weight format keeps on this host (``calibrate=True``, the default; see
+:mod:`tierflow.search.calibrate`); the calibration used is in :attr:`SearchResult.calibration`
+and in the study's ``calibration`` user attribute.
+
 On several devices, a latency metric is the worst over the devices (the design must serve on
 each); per-device figures are kept with each trial.
 
@@ -48,9 +53,11 @@ from typing import Any
 
 from ..errors import InvalidArgumentError
 from ..sim.trace import Trace
+from .calibrate import Calibration
+from .calibrate import calibrate as calibrate_host
 from .measure import Measurer
 from .objectives import OBJECTIVES, TRACE_METRICS, Constraint, Objective
-from .predict import Infeasible, predict, resolve_devices
+from .predict import Infeasible, Target, predict, resolve_devices
 from .result import Record, SearchResult
 from .space import Config, Space, load_space
 
@@ -169,6 +176,7 @@ def search(
     measurer: Measurer | None = None,
     progress: bool | None = None,
     console: Any = None,
+    calibrate: bool | Calibration = True,
 ) -> SearchResult:
     """Search ``space`` for the expert architectures that serve best on ``device``.
 
@@ -192,6 +200,11 @@ def search(
         prompt_tokens: tokens of the measured / predicted prefill (and the decode context).
         measurer: the in-the-loop :class:`~tierflow.search.Measurer` (default: cached on disk).
         progress: show a progress bar (default: when stderr is a terminal).
+        calibrate: for simulated devices, replace the preset's bandwidth and compute
+            efficiencies by those each weight format reaches on this host
+            (:mod:`tierflow.search.calibrate`: a reference expert per format, measured in the
+            loop and cached); ``False`` keeps the preset's; a
+            :class:`~tierflow.search.calibrate.Calibration` is used as given.
 
     Returns:
         A :class:`SearchResult` (``front``, ``best``, ``table()``, ``to_json()``, ``plot()``).
@@ -239,11 +252,26 @@ def search(
         raise InvalidArgumentError(f"search: prompt_tokens must be >= 1, got {prompt_tokens!r}")
     if not isinstance(study_name, str) or not study_name:
         raise InvalidArgumentError("search: study_name must be a non-empty string")
+    if not isinstance(calibrate, (bool, Calibration)):
+        raise InvalidArgumentError(
+            f"search: calibrate must be True, False or a Calibration, got {calibrate!r}"
+        )
+    simulated = [t for t in targets if not t.measured]
+    calib = calibrate if isinstance(calibrate, Calibration) else None
     meas = measurer
-    if meas is None and any(t.measured for t in targets):
+    if meas is None and (any(t.measured for t in targets) or (simulated and calibrate is True)):
         meas = Measurer(prompt_tokens=prompt_tokens)
     if meas is not None:
         prompt_tokens = meas.prompt_tokens
+    if simulated and calibrate is True:
+        assert meas is not None
+        calib = calibrate_host(list(sp.dims["format"].values()), meas)
+    if not simulated:
+        calib = None
+    if calib is not None:
+        missing = [f for f in sp.dims["format"].values() if f not in calib.formats]
+        if missing:
+            raise InvalidArgumentError(f"search: the calibration has no figures for {missing}")
 
     settings = {
         "space": sp.to_dict(),
@@ -252,6 +280,7 @@ def search(
         "devices": [t.name for t in targets],
         "prompt_tokens": prompt_tokens,
         "trace": None if trace is None else len(trace),
+        "calibrated": calib is not None,
     }
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pop = population or min(50, max(4, trials // 4))
@@ -262,137 +291,165 @@ def search(
     if cons and not new_api:
         kw["constraints_func"] = lambda t: t.user_attrs.get("constraints", [1.0] * len(cons))
     sampler = _sampler(optuna)(population_size=pop, seed=seed, **kw)
+    # An explicit RDBStorage whose SQLAlchemy engine (and the sqlite connections it holds) is
+    # disposed when the search returns or raises: Python >= 3.13 warns (ResourceWarning) about a
+    # sqlite connection garbage-collected unclosed. Without pooling (NullPool) each connection is
+    # closed as soon as its storage call is done, so the study handed back in the result (still
+    # usable: it reconnects on use) leaves nothing open either.
+    rdb = _rdb_storage(optuna, storage) if storage is not None else None
     try:
-        study = optuna.create_study(
-            storage=storage,
-            study_name=study_name,
-            directions=[o.direction for o in objs],  # type: ignore[misc]
-            sampler=sampler,
-            load_if_exists=True,
-        )
-    except ValueError as e:  # directions differ from the stored study's
-        raise InvalidArgumentError(f"search: study {study_name!r}: {e}") from None
-    stored = study.user_attrs.get("tierflow")
-    if stored is None:
-        study.set_user_attr("tierflow", settings)
-    elif stored != settings:
-        diff = sorted(k for k in settings if stored.get(k) != settings[k])
-        raise InvalidArgumentError(
-            f"search: study {study_name!r} in {storage} was created with other {', '.join(diff)}; "
-            "use another study_name"
-        )
-    _fail_stale(study)
-    finished = len(
-        study.get_trials(
-            deepcopy=False,
-            states=(
-                optuna.trial.TrialState.COMPLETE,
-                optuna.trial.TrialState.PRUNED,
-                optuna.trial.TrialState.FAIL,
-            ),
-        )
-    )
-    todo = max(0, trials - finished)
-    latency = [m for m, (_, k) in OBJECTIVES.items() if k == "time"]
-
-    def evaluate(c: Config) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-        total = c.experts * c.nbytes
-        fast = min(c.fast_tier, total) if c.fast_tier else total
-        metrics: dict[str, float] = {
-            "params": float(c.params),
-            "total_params": float(c.experts * c.params),
-            "nbytes": float(c.nbytes),
-            "memory_fast": float(fast),
-            "memory_slow": float(total - fast),
-            "fast_tier": float(c.fast_tier or total),
-        }
-        per: dict[str, dict[str, float]] = {}
-        for t in targets:
-            m = meas.measure(c) if (t.measured and meas is not None) else None
-            per[t.name] = predict(
-                c, t, measurement=m, trace=trace, policy=policy, prompt_tokens=prompt_tokens
+        try:
+            study = optuna.create_study(
+                storage=rdb if rdb is not None else storage,
+                study_name=study_name,
+                directions=[o.direction for o in objs],  # type: ignore[misc]
+                sampler=sampler,
+                load_if_exists=True,
             )
-        for k in latency:
-            vals = [p[k] for p in per.values() if k in p]
-            if vals:
-                metrics[k] = max(vals)
-        return metrics, per
+        except ValueError as e:  # directions differ from the stored study's
+            raise InvalidArgumentError(f"search: study {study_name!r}: {e}") from None
+        stored = study.user_attrs.get("tierflow")
+        if stored is None:
+            study.set_user_attr("tierflow", settings)
+        elif stored != settings:
+            diff = sorted(k for k in settings if stored.get(k) != settings[k])
+            raise InvalidArgumentError(
+                f"search: study {study_name!r} in {storage} was created with other {', '.join(diff)}; "
+                "use another study_name"
+            )
+        if calib is not None:  # the calibration the latest run predicted with
+            study.set_user_attr("calibration", calib.to_dict())
+        _fail_stale(study)
+        finished = len(
+            study.get_trials(
+                deepcopy=False,
+                states=(
+                    optuna.trial.TrialState.COMPLETE,
+                    optuna.trial.TrialState.PRUNED,
+                    optuna.trial.TrialState.FAIL,
+                ),
+            )
+        )
+        todo = max(0, trials - finished)
+        latency = [m for m, (_, k) in OBJECTIVES.items() if k == "time"]
 
-    def objective(trial: Any) -> tuple[float, ...]:
-        c = sp.repair(sp.sample(trial))
-        trial.set_user_attr("config", c.to_dict())
-        try:
-            metrics, per = evaluate(c)
-        except Infeasible as e:
-            trial.set_user_attr("error", str(e))
-            raise optuna.TrialPruned(str(e)) from None
-        if quality is not None:
+        def evaluate(c: Config) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+            total = c.experts * c.nbytes
+            fast = min(c.fast_tier, total) if c.fast_tier else total
+            metrics: dict[str, float] = {
+                "params": float(c.params),
+                "total_params": float(c.experts * c.params),
+                "nbytes": float(c.nbytes),
+                "memory_fast": float(fast),
+                "memory_slow": float(total - fast),
+                "fast_tier": float(c.fast_tier or total),
+            }
+            per: dict[str, dict[str, float]] = {}
+            for t in targets:
+                m = meas.measure(c) if (t.measured and meas is not None) else None
+                if calib is not None and t.device is not None:
+                    t = Target(t.name, calib.apply(t.device, c.format))
+                per[t.name] = predict(
+                    c, t, measurement=m, trace=trace, policy=policy, prompt_tokens=prompt_tokens
+                )
+            for k in latency:
+                vals = [p[k] for p in per.values() if k in p]
+                if vals:
+                    metrics[k] = max(vals)
+            return metrics, per
+
+        def objective(trial: Any) -> tuple[float, ...]:
+            c = sp.repair(sp.sample(trial))
+            trial.set_user_attr("config", c.to_dict())
             try:
-                q = float(quality(c))
-            except Exception as e:  # the user's code: any error fails this trial only
-                trial.set_user_attr("error", f"quality raised {type(e).__name__}: {e}")
-                raise _TrialFailed(str(e)) from None
-            if not math.isfinite(q):
-                trial.set_user_attr("error", f"quality returned {q}")
-                raise _TrialFailed("quality is not finite")
-            metrics["quality"] = q
-        violations = [x.violation(metrics) for x in cons]
-        trial.set_user_attr("metrics", metrics)
-        trial.set_user_attr("per_device", per)
-        if cons and not new_api:
-            trial.set_user_attr("constraints", violations)
-        if new_api:
-            for i, v in enumerate(violations):
-                trial.set_constraint(f"c{i}", v)
-        return tuple(metrics[o.metric] for o in objs)
+                metrics, per = evaluate(c)
+            except Infeasible as e:
+                trial.set_user_attr("error", str(e))
+                raise optuna.TrialPruned(str(e)) from None
+            if quality is not None:
+                try:
+                    q = float(quality(c))
+                except Exception as e:  # the user's code: any error fails this trial only
+                    trial.set_user_attr("error", f"quality raised {type(e).__name__}: {e}")
+                    raise _TrialFailed(str(e)) from None
+                if not math.isfinite(q):
+                    trial.set_user_attr("error", f"quality returned {q}")
+                    raise _TrialFailed("quality is not finite")
+                metrics["quality"] = q
+            violations = [x.violation(metrics) for x in cons]
+            trial.set_user_attr("metrics", metrics)
+            trial.set_user_attr("per_device", per)
+            if cons and not new_api:
+                trial.set_user_attr("constraints", violations)
+            if new_api:
+                for i, v in enumerate(violations):
+                    trial.set_constraint(f"c{i}", v)
+            return tuple(metrics[o.metric] for o in objs)
 
-    show = progress if progress is not None else _isatty()
-    callbacks = []
-    bar = None
-    if show and todo:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
+        show = progress if progress is not None else _isatty()
+        callbacks = []
+        bar = None
+        if show and todo:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
-        bar = Progress(
-            TextColumn(f"search {study_name} on {'+'.join(t.name for t in targets)}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[note]}"),
-            console=console,
-            transient=False,
-        )
-        task = bar.add_task("trials", total=todo, note="")
+            bar = Progress(
+                TextColumn(f"search {study_name} on {'+'.join(t.name for t in targets)}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[note]}"),
+                console=console,
+                transient=False,
+            )
+            task = bar.add_task("trials", total=todo, note="")
 
-        def tick(study: Any, t: Any) -> None:
-            note = t.state.name.lower()
-            if meas is not None:
-                note += f" | measured {meas.stats['measured']}, cached {meas.stats['cached']}"
-            bar.update(task, advance=1, note=note)
+            def tick(study: Any, t: Any) -> None:
+                note = t.state.name.lower()
+                if meas is not None:
+                    note += f" | measured {meas.stats['measured']}, cached {meas.stats['cached']}"
+                bar.update(task, advance=1, note=note)
 
-        callbacks.append(tick)
-    if todo:
-        if bar is not None:
-            bar.start()
-        try:
-            study.optimize(objective, n_trials=todo, catch=(_TrialFailed,), callbacks=callbacks)
-        finally:
+            callbacks.append(tick)
+        if todo:
             if bar is not None:
-                bar.stop()
-    return SearchResult(
-        study_name=study_name,
-        devices=[t.name for t in targets],
-        objectives=objs,
-        constraints=cons,
-        records=_records(study, objs, cons),
-        space=sp,
-        study=study,
-    )
+                bar.start()
+            try:
+                study.optimize(objective, n_trials=todo, catch=(_TrialFailed,), callbacks=callbacks)
+            finally:
+                if bar is not None:
+                    bar.stop()
+        return SearchResult(
+            study_name=study_name,
+            devices=[t.name for t in targets],
+            objectives=objs,
+            constraints=cons,
+            records=_records(study, objs, cons),
+            space=sp,
+            study=study,
+            calibration=None if calib is None else calib.to_dict(),
+        )
+    finally:
+        if rdb is not None:
+            rdb.engine.dispose()
+
+
+def _rdb_storage(optuna: Any, url: Any) -> Any:
+    """``url`` as an Optuna RDBStorage whose engine keeps no connection open between calls."""
+    from sqlalchemy.exc import SQLAlchemyError
+    from sqlalchemy.pool import NullPool
+
+    if not isinstance(url, str) or not url:
+        raise InvalidArgumentError(f"search: storage must be a database URL, got {url!r}")
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs={"poolclass": NullPool})
+    except (ValueError, ImportError, SQLAlchemyError) as e:
+        raise InvalidArgumentError(f"search: storage {url!r}: {e}") from None
 
 
 def _isatty() -> bool:

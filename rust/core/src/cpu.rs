@@ -96,9 +96,9 @@ impl Ext {
     /// tested against the scalar reference).
     pub const fn implemented(self) -> bool {
         match self {
-            Ext::Avx512Vnni => false,
+            Ext::Avx512Vnni => true,
             Ext::Avx512Bf16 => false,
-            Ext::AvxVnni => false,
+            Ext::AvxVnni => true,
         }
     }
 

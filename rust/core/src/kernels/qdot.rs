@@ -20,6 +20,13 @@
 //! subtracts `8 * sum(qx)` per lane, precomputed with the activations), which are converted and scaled by `dw * dx` with one
 //! FMA into a float accumulator. Register tile: `RN` weight rows x `MR` activation rows, with
 //! `|w|` and `dw` of a weight block computed once per tile and used `MR` times.
+//! Its float sums run per lane, so it matches the reference within the bound above, not bit for
+//! bit.
+//!
+//! With VNNI (`vpdpbusd`: AVX-512-VNNI in `x86/avx512/qdot.rs`, AVX-VNNI in
+//! `x86/avx2/qdot_vnni.rs`, each chosen per call when the CPU has it): one weight row per float
+//! lane, the exact integer block sums reduced per row, and `s += (dw * dx) * isum` in block order
+//! as the reference does: bit-identical to `scalar_task`.
 
 use super::backend::{dispatch, Backend};
 use super::dot::{rows_per_task, SendPtr};
@@ -148,6 +155,12 @@ pub(crate) fn round_tiny(xb: &[f32], qb: &mut [i8], amax: f32) {
     }
 }
 
+/// `corr[e] = off * sum(qx)` of every activation block `e`, from the activations' `s8`
+/// (`8 *` the sums of four) lanes.
+pub(crate) fn block_corr(a: &QActs, off: i32) -> Vec<i32> {
+    a.s8.chunks_exact(8).map(|l| l.iter().sum::<i32>() / 8 * off).collect()
+}
+
 /// Does this format take the integer path?
 pub fn is_int_format(fmt: Format) -> bool {
     matches!(fmt, Format::Q8_0 | Format::Q4_0)
@@ -242,10 +255,70 @@ pub(crate) unsafe fn scalar_task(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::cpu::Ext;
     use crate::kernels::quant::{dequantize, quantize};
     use crate::kernels::test_util::lcg;
+
+    /// Fails when CI says this CPU has the extension (`TIERFLOW_EXPECT_ISA=avx512` or
+    /// `TIERFLOW_EXPECT_EXT` naming it) but it is not detected; otherwise whether to run.
+    pub(crate) fn expect(ext: Ext) -> bool {
+        let isa = std::env::var("TIERFLOW_EXPECT_ISA").unwrap_or_default();
+        let exts = std::env::var("TIERFLOW_EXPECT_EXT").unwrap_or_default();
+        let wanted = exts.split_whitespace().any(|e| e == ext.name())
+            || (ext == Ext::Avx512Vnni && isa.trim() == "avx512");
+        assert!(!wanted || ext.present(), "CI expects {} but the CPU lacks it", ext.name());
+        ext.present()
+    }
+
+    /// Runs `body` and the scalar reference over the same columns, in tasks that start and end
+    /// off the 16-row tiles, and asserts bit-identical outputs.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn check_bit_identical(
+        name: &str,
+        body: &dyn Fn(Format, &QActs, &QWeight<'_>, Option<&[f32]>, *mut f32, usize, usize, usize),
+    ) {
+        for fmt in [Format::Q8_0, Format::Q4_0] {
+            for m in 1..=9 {
+                for &(k, n) in &[(32, 1), (64, 7), (96, 17), (256, 33), (480, 16), (1024, 70)] {
+                    let mut x = lcg(m * k, 5 + m as u64);
+                    // Extreme activations and weights: +-127 blocks, a zero block, -128 in Q8.
+                    x[..32.min(k)].iter_mut().for_each(|v| *v = v.signum() * 3.0);
+                    let mut wf = lcg(k * n, 9);
+                    if k >= 64 {
+                        wf[32 * n..64 * n].fill(0.0);
+                    }
+                    let mut data = quantize(fmt, &wf, k, n).unwrap();
+                    if fmt == Format::Q8_0 {
+                        data[2] = 0x80; // -128: the extreme the ggml layout allows
+                    }
+                    let w = QWeight::new(fmt, k, n, &data).unwrap();
+                    let a = quantize_acts(Isa::Scalar, &x, m, k).unwrap();
+                    let bias = lcg(n, 4);
+                    for bias in [None, Some(&bias[..])] {
+                        let ldc = n + 3;
+                        let mut want = vec![f32::NAN; m * ldc];
+                        let mut got = vec![f32::NAN; m * ldc];
+                        let cuts = [0, n / 3, n / 3 + 1, n];
+                        for win in cuts.windows(2) {
+                            unsafe {
+                                scalar_task(&a, &w, bias, want.as_mut_ptr(), ldc, win[0], win[1]);
+                            }
+                            body(fmt, &a, &w, bias, got.as_mut_ptr(), ldc, win[0], win[1]);
+                        }
+                        for (gi, (g, e)) in got.iter().zip(&want).enumerate() {
+                            assert_eq!(
+                                g.to_bits(),
+                                e.to_bits(),
+                                "{name} {fmt:?} m={m} k={k} n={n} at {gi}: {g} vs {e}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn acts_round_within_half_a_step() {
@@ -299,8 +372,13 @@ mod tests {
         }
     }
 
-    #[test]
-    fn every_path_matches_float64() {
+    /// `run(a, w, bias, c, ldc)` computes `C` for the case; checked against the exact product
+    /// of the rounded operands in float64 and against the float product within the rounding
+    /// bound.
+    fn check_against_f64(
+        name: &str,
+        run: &dyn Fn(&QActs, &QWeight<'_>, Option<&[f32]>, &mut [f32], usize),
+    ) {
         for fmt in [Format::Q8_0, Format::Q4_0] {
             for &(m, k, n) in &[
                 (1, 64, 7),
@@ -319,9 +397,9 @@ mod tests {
                 let wd = dequantize(&w); // (K, N) row-major
                 let bias = lcg(n, 3);
                 let a = quantize_acts(Isa::Scalar, &x, m, k).unwrap();
-                for isa in Isa::available() {
+                {
                     let mut got = vec![0f32; m * n];
-                    matmul_q(isa, &a, &w, Some(&bias), &mut got, n);
+                    run(&a, &w, Some(&bias), &mut got, n);
                     for i in 0..m {
                         for j in 0..n {
                             // Exact product of the rounded operands in f64, and the bound of
@@ -335,14 +413,56 @@ mod tests {
                                 round += d * 0.5001 * wv.abs();
                             }
                             let g = (got[i * n + j] - bias[j]) as f64;
-                            assert!(
-                                (g - exact).abs() <= 1e-5 * (1.0 + k as f64),
-                                "{fmt:?} {isa:?}"
-                            );
+                            assert!((g - exact).abs() <= 1e-5 * (1.0 + k as f64), "{fmt:?} {name}");
                             assert!((g - want).abs() <= round + 1e-5 * (1.0 + k as f64));
                         }
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn every_path_matches_float64() {
+        for isa in Isa::available() {
+            check_against_f64(isa.name(), &|a, w, bias, c, ldc| matmul_q(isa, a, w, bias, c, ldc));
+        }
+    }
+
+    /// The AVX2 body without AVX-VNNI, run directly: `Avx2::qdot_rows` picks the AVX-VNNI body
+    /// on CPUs that have it, which would leave this one untested there.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_body_without_vnni_matches_float64() {
+        if !Isa::Avx2.supported() {
+            return;
+        }
+        use crate::kernels::x86::avx2::qdot::{task, Q4, Q8};
+        check_against_f64("avx2 (no VNNI)", &|a, w, bias, c, ldc| {
+            // SAFETY: the CPU has AVX2; one task over every column of `c`.
+            unsafe {
+                match w.fmt {
+                    Format::Q8_0 => task::<Q8>(a, w, bias, c.as_mut_ptr(), ldc, 0, w.n),
+                    _ => task::<Q4>(a, w, bias, c.as_mut_ptr(), ldc, 0, w.n),
+                }
+            }
+        });
+    }
+
+    /// Every Q8_0 / Q4_0 body against the scalar reference (bit-identical) through the
+    /// backends, as `matmul_q` runs them on this CPU.
+    #[test]
+    fn every_path_bit_identical_where_exact() {
+        for isa in Isa::available() {
+            let exact = match isa {
+                Isa::Scalar => true,
+                Isa::Avx2 => Ext::AvxVnni.present(),
+                Isa::Avx512 => Ext::Avx512Vnni.present(),
+            };
+            if exact {
+                check_bit_identical(isa.name(), &|_, a, w, bias, c, ldc, n0, n1| unsafe {
+                    task(isa, a, w, bias, c, ldc, n0, n1)
+                });
             }
         }
     }

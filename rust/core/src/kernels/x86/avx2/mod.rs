@@ -7,10 +7,12 @@ pub(crate) mod axpy;
 pub(crate) mod dot;
 pub(crate) mod paged;
 pub(crate) mod qdot;
+pub(crate) mod qdot_vnni;
 pub(crate) mod rows;
 pub(crate) mod rows_f32;
 pub(crate) mod sgemm;
 
+use crate::cpu::Ext;
 use crate::kernels::attention::{Bufs, Task};
 use crate::kernels::axpy::ColW;
 use crate::kernels::backend::Backend;
@@ -56,6 +58,16 @@ impl Backend for Avx2 {
         n0: usize,
         n1: usize,
     ) {
+        if Ext::AvxVnni.present() {
+            use qdot_vnni::{task, Q4, Q8};
+            // SAFETY: the CPU has AVX2 (this backend) and AVX-VNNI (checked above).
+            return unsafe {
+                match w.fmt {
+                    Format::Q8_0 => task::<Q8>(a, w, bias, c, ldc, n0, n1),
+                    _ => task::<Q4>(a, w, bias, c, ldc, n0, n1),
+                }
+            };
+        }
         use qdot::{task, Q4, Q8};
         unsafe {
             match w.fmt {

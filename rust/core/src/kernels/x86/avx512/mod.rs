@@ -4,12 +4,15 @@
 //! operation, as in `avx2/`; an operation without an AVX-512 body of its own yet runs the AVX2
 //! body (every AVX-512 CPU has AVX2 + FMA).
 
+pub(crate) mod qdot;
+
+use crate::cpu::Ext;
 use crate::kernels::attention::{Bufs, Task};
 use crate::kernels::axpy::ColW;
 use crate::kernels::backend::Backend;
 use crate::kernels::paged::{PageSource, Scratch};
 use crate::kernels::qdot::QActs;
-use crate::kernels::quant::QWeight;
+use crate::kernels::quant::{Format, QWeight};
 use crate::kernels::rows::RowOp;
 use crate::kernels::x86::avx2::Avx2;
 
@@ -41,7 +44,19 @@ impl Backend for Avx512 {
         n0: usize,
         n1: usize,
     ) {
-        unsafe { Avx2::qdot_rows(a, w, bias, c, ldc, n0, n1) }
+        // Without VNNI, AVX-512 F/BW gain nothing over the AVX2 body (`vpmaddubsw` +
+        // `vpmaddwd` at twice the width, against a memory-bound read of the weights).
+        if !Ext::Avx512Vnni.present() {
+            return unsafe { Avx2::qdot_rows(a, w, bias, c, ldc, n0, n1) };
+        }
+        use qdot::{task, Q4, Q8};
+        // SAFETY: the CPU has AVX-512 (this backend) and VNNI (checked above).
+        unsafe {
+            match w.fmt {
+                Format::Q8_0 => task::<Q8>(a, w, bias, c, ldc, n0, n1),
+                _ => task::<Q4>(a, w, bias, c, ldc, n0, n1),
+            }
+        }
     }
 
     unsafe fn round_block(xb: &[f32], qb: &mut [i8], db: &mut f32, sb: &mut [i32]) -> bool {

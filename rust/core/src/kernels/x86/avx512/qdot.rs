@@ -1,0 +1,301 @@
+//! AVX-512-VNNI (`vpdpbusd`) body of `kernels/qdot.rs` (the scalar reference, the driver and the
+//! maths are there; the tests of this body are at the end of this file).
+//!
+//! 16 weight rows per tile, one per float lane, so that each output's sum over blocks is the
+//! scalar reference's, in the same order and with the same roundings: **bit-identical** to
+//! `qdot::scalar_task`. Per block `b`:
+//!
+//! - the 32 weights of each row are made unsigned bytes `u`: Q8_0 `u = w + 128` (`w ^ 0x80`),
+//!   Q4_0 its raw nibbles `u = w + 8` (`0..=15`);
+//! - the 16 rows x 8 dwords (4 bytes each) are transposed in registers (`vpunpck*`,
+//!   `vshufi32x4`) into `T_k`, `k < 8`, whose lane `r` holds bytes `4k..4k+4` of row `r`;
+//! - `P = sum_k vpdpbusd(T_k, broadcast(qx[4k..4k+4]))` holds in lane `r` the exact
+//!   `sum_i u[r, i] qx[i]` (at most `32 * 255 * 127`, no overflow; `vpdpbusd` does not
+//!   saturate), and `isum = P - off * sum_i qx[i]` (`off` = 128 or 8) is the exact integer
+//!   block sum of the reference;
+//! - `s += (dw * dx) * float(isum)` lane-wise (a multiply, a multiply, an add: no FMA, as the
+//!   reference), with `dw` the 16 rows' f16 scales (one gather, `vcvtph2ps`).
+//!
+//! Rows past the task's last are computed on a copy of its last row and not stored. The
+//! activation rows are taken in groups of 8, 4, 2, each reusing the transposed weights; a single
+//! row (decode at M = 1) skips the transposition and reduces its 16 rows' partial sums instead
+//! ([`tile_m1`]: fewer shuffles for one row, the same exact sums in the same lanes).
+
+// The AVX-512 / AVX-VNNI intrinsics and target features are stable from Rust 1.89, above the
+// workspace's `rust-version` (1.80); raising that is the workspace's decision (it turns on
+// newer lints across the tree), so building these bodies needs 1.89 until then.
+#![allow(clippy::incompatible_msrv)]
+
+use crate::kernels::qdot::{block_corr, QActs};
+use crate::kernels::quant::{QWeight, QK};
+use std::arch::x86_64::*;
+
+/// A block format for this body: `BB` bytes per block, `OFF` the offset of its unsigned bytes
+/// (`u = w + OFF`), and `pair(a, b)`: the unsigned bytes of two rows' blocks (`a`, `b` point
+/// at the f16 scale), row `a` in the low 256 bits and row `b` in the high, each in element order.
+pub trait VFmt {
+    const BB: usize;
+    const OFF: i32;
+    unsafe fn pair(a: *const u8, b: *const u8) -> __m512i;
+}
+pub struct Q8;
+pub struct Q4;
+
+impl VFmt for Q8 {
+    const BB: usize = 34;
+    const OFF: i32 = 128;
+    #[inline(always)]
+    unsafe fn pair(a: *const u8, b: *const u8) -> __m512i {
+        unsafe {
+            let lo = _mm256_loadu_si256(a.add(2) as *const __m256i);
+            let hi = _mm256_loadu_si256(b.add(2) as *const __m256i);
+            let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+            _mm512_xor_si512(v, _mm512_set1_epi8(-128))
+        }
+    }
+}
+
+impl VFmt for Q4 {
+    const BB: usize = 18;
+    const OFF: i32 = 8;
+    #[inline(always)]
+    unsafe fn pair(a: *const u8, b: *const u8) -> __m512i {
+        unsafe {
+            // [a, a, b, b] by 128-bit lanes, the 2nd and 4th shifted by 4: low nibbles are
+            // elements 0..16, high nibbles 16..32.
+            let ra = _mm256_broadcastsi128_si256(_mm_loadu_si128(a.add(2) as *const __m128i));
+            let rb = _mm256_broadcastsi128_si256(_mm_loadu_si128(b.add(2) as *const __m128i));
+            let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(ra), rb);
+            let v = _mm512_srlv_epi64(v, _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4));
+            _mm512_and_si512(v, _mm512_set1_epi8(0x0f))
+        }
+    }
+}
+
+// No software prefetch: measured at K = N = 8192 with 2 threads, prefetching each row's
+// stream 256 B to 4 KiB ahead, or the next tile while this one runs, was no faster than the
+// hardware prefetcher alone (and the next-tile sweep was 2x slower with 16 rows).
+
+/// Weight rows `j..j+16` (those `< n1` stored) against activation rows `i..i+MR`; `corr[e]` is
+/// `OFF * sum(qx)` of activation block `e`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<F: VFmt, const MR: usize>(
+    a: &QActs,
+    w: &QWeight<'_>,
+    bias: Option<&[f32]>,
+    c: *mut f32,
+    ldc: usize,
+    i: usize,
+    j: usize,
+    n1: usize,
+    corr: &[i32],
+) {
+    unsafe {
+        let (k, nb) = (a.k, a.k / QK);
+        let rb = w.row_bytes();
+        let base = w.data.as_ptr().add(j * rb);
+        let rel: [usize; 16] = std::array::from_fn(|r| (j + r).min(n1 - 1) - j);
+        let p: [*const u8; 16] = rel.map(|r| base.add(r * rb));
+        // The tile spans at most 16 rows: its byte offsets fit in i32 (checked by the caller).
+        let idx = _mm512_loadu_si512(rel.map(|r| (r * rb) as i32).as_ptr() as *const __m512i);
+        let mut acc = [_mm512_setzero_ps(); MR];
+        for b in 0..nb {
+            let off = b * F::BB;
+            // Z_q = [row q | row q + 4], Z_{4+q} = [row 8 + q | row 12 + q]: after the
+            // transposition below, lane r of T_k is row r.
+            let z: [__m512i; 8] = std::array::from_fn(|q| {
+                let r = if q < 4 { q } else { q + 4 };
+                F::pair(p[r].add(off), p[r + 4].add(off))
+            });
+            let t = [
+                _mm512_unpacklo_epi32(z[0], z[1]),
+                _mm512_unpackhi_epi32(z[0], z[1]),
+                _mm512_unpacklo_epi32(z[2], z[3]),
+                _mm512_unpackhi_epi32(z[2], z[3]),
+                _mm512_unpacklo_epi32(z[4], z[5]),
+                _mm512_unpackhi_epi32(z[4], z[5]),
+                _mm512_unpacklo_epi32(z[6], z[7]),
+                _mm512_unpackhi_epi32(z[6], z[7]),
+            ];
+            let s = [
+                _mm512_unpacklo_epi64(t[0], t[2]),
+                _mm512_unpackhi_epi64(t[0], t[2]),
+                _mm512_unpacklo_epi64(t[1], t[3]),
+                _mm512_unpackhi_epi64(t[1], t[3]),
+                _mm512_unpacklo_epi64(t[4], t[6]),
+                _mm512_unpackhi_epi64(t[4], t[6]),
+                _mm512_unpacklo_epi64(t[5], t[7]),
+                _mm512_unpackhi_epi64(t[5], t[7]),
+            ];
+            let tk = [
+                _mm512_shuffle_i32x4::<0x88>(s[0], s[4]),
+                _mm512_shuffle_i32x4::<0x88>(s[1], s[5]),
+                _mm512_shuffle_i32x4::<0x88>(s[2], s[6]),
+                _mm512_shuffle_i32x4::<0x88>(s[3], s[7]),
+                _mm512_shuffle_i32x4::<0xdd>(s[0], s[4]),
+                _mm512_shuffle_i32x4::<0xdd>(s[1], s[5]),
+                _mm512_shuffle_i32x4::<0xdd>(s[2], s[6]),
+                _mm512_shuffle_i32x4::<0xdd>(s[3], s[7]),
+            ];
+            // The 16 f16 scales (the low half of the dword at each block's start).
+            let g = _mm512_i32gather_epi32::<1>(idx, base.add(off) as *const i32);
+            let dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));
+            for (t, at) in acc.iter_mut().enumerate() {
+                let e = (i + t) * nb + b;
+                let xp = a.q.as_ptr().add((i + t) * k + b * QK) as *const i32;
+                let x = |d: usize| _mm512_set1_epi32(xp.add(d).read_unaligned());
+                let mut p0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), tk[0], x(0));
+                let mut p1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), tk[1], x(1));
+                p0 = _mm512_dpbusd_epi32(p0, tk[2], x(2));
+                p1 = _mm512_dpbusd_epi32(p1, tk[3], x(3));
+                p0 = _mm512_dpbusd_epi32(p0, tk[4], x(4));
+                p1 = _mm512_dpbusd_epi32(p1, tk[5], x(5));
+                p0 = _mm512_dpbusd_epi32(p0, tk[6], x(6));
+                p1 = _mm512_dpbusd_epi32(p1, tk[7], x(7));
+                let isum = _mm512_sub_epi32(_mm512_add_epi32(p0, p1), _mm512_set1_epi32(corr[e]));
+                let d = _mm512_mul_ps(dw, _mm512_set1_ps(*a.d.get_unchecked(e)));
+                *at = _mm512_add_ps(*at, _mm512_mul_ps(d, _mm512_cvtepi32_ps(isum)));
+            }
+        }
+        let valid = (n1 - j).min(16);
+        let mut out = [0f32; 16];
+        for (t, at) in acc.iter().enumerate() {
+            _mm512_storeu_ps(out.as_mut_ptr(), *at);
+            for (r, &v) in out[..valid].iter().enumerate() {
+                *c.add((i + t) * ldc + j + r) = v + bias.map_or(0.0, |bb| bb[j + r]);
+            }
+        }
+    }
+}
+
+/// [`tile`] for one activation row: no transposition; per pair of rows `vpdpbusd` against
+/// the block of `qx` (broadcast to both halves) leaves 8 partial sums per row, and a tree of
+/// `vpunpck*` + adds (14 shuffles per 16 rows, against the transposition's 24) reduces them to
+/// one exact sum per lane, in the same lane order.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_m1<F: VFmt>(
+    a: &QActs,
+    w: &QWeight<'_>,
+    bias: Option<&[f32]>,
+    c: *mut f32,
+    ldc: usize,
+    i: usize,
+    j: usize,
+    n1: usize,
+    corr: &[i32],
+) {
+    unsafe {
+        let (k, nb) = (a.k, a.k / QK);
+        let rb = w.row_bytes();
+        let base = w.data.as_ptr().add(j * rb);
+        let rel: [usize; 16] = std::array::from_fn(|r| (j + r).min(n1 - 1) - j);
+        let p: [*const u8; 16] = rel.map(|r| base.add(r * rb));
+        let idx = _mm512_loadu_si512(rel.map(|r| (r * rb) as i32).as_ptr() as *const __m512i);
+        let mut acc = _mm512_setzero_ps();
+        for b in 0..nb {
+            let off = b * F::BB;
+            let e = i * nb + b;
+            let xb = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                a.q.as_ptr().add(i * k + b * QK) as *const __m256i
+            ));
+            // P_q = [row q | row q + 4] and [row 8 + q | row 12 + q], 8 partial sums each.
+            let pq: [__m512i; 8] = std::array::from_fn(|q| {
+                let r = if q < 4 { q } else { q + 4 };
+                _mm512_dpbusd_epi32(
+                    _mm512_setzero_si512(),
+                    F::pair(p[r].add(off), p[r + 4].add(off)),
+                    xb,
+                )
+            });
+            let h = |u: __m512i, v: __m512i| {
+                _mm512_add_epi32(_mm512_unpacklo_epi32(u, v), _mm512_unpackhi_epi32(u, v))
+            };
+            let qq = [h(pq[0], pq[1]), h(pq[2], pq[3]), h(pq[4], pq[5]), h(pq[6], pq[7])];
+            let g = |u: __m512i, v: __m512i| {
+                _mm512_add_epi32(_mm512_unpacklo_epi64(u, v), _mm512_unpackhi_epi64(u, v))
+            };
+            let (r0, r1) = (g(qq[0], qq[1]), g(qq[2], qq[3]));
+            let sum = _mm512_add_epi32(
+                _mm512_shuffle_i32x4::<0x88>(r0, r1),
+                _mm512_shuffle_i32x4::<0xdd>(r0, r1),
+            );
+            let isum = _mm512_sub_epi32(sum, _mm512_set1_epi32(corr[e]));
+            let gw = _mm512_i32gather_epi32::<1>(idx, base.add(off) as *const i32);
+            let dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(gw));
+            let d = _mm512_mul_ps(dw, _mm512_set1_ps(*a.d.get_unchecked(e)));
+            acc = _mm512_add_ps(acc, _mm512_mul_ps(d, _mm512_cvtepi32_ps(isum)));
+        }
+        let valid = (n1 - j).min(16);
+        let mut out = [0f32; 16];
+        _mm512_storeu_ps(out.as_mut_ptr(), acc);
+        for (r, &v) in out[..valid].iter().enumerate() {
+            *c.add(i * ldc + j + r) = v + bias.map_or(0.0, |bb| bb[j + r]);
+        }
+    }
+}
+
+/// Columns `n0..n1` of `C = X W^T + bias`: 16 weight rows at a time, activation rows in groups
+/// of 8, 4, 2 ([`tile`]) and 1 ([`tile_m1`]).
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW/VL/DQ + VNNI; `c` holds rows `0..a.m` (stride `ldc`) and columns
+/// `n0..n1`; `w.k == a.k`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn task<F: VFmt>(
+    a: &QActs,
+    w: &QWeight<'_>,
+    bias: Option<&[f32]>,
+    c: *mut f32,
+    ldc: usize,
+    n0: usize,
+    n1: usize,
+) {
+    assert!(16 * w.row_bytes() <= i32::MAX as usize, "weight rows too long for the gather");
+    let corr = block_corr(a, F::OFF);
+    let mut j = n0;
+    unsafe {
+        while j < n1 {
+            let mut i = 0;
+            while i + 8 <= a.m {
+                tile::<F, 8>(a, w, bias, c, ldc, i, j, n1, &corr);
+                i += 8;
+            }
+            if i + 4 <= a.m {
+                tile::<F, 4>(a, w, bias, c, ldc, i, j, n1, &corr);
+                i += 4;
+            }
+            if i + 2 <= a.m {
+                tile::<F, 2>(a, w, bias, c, ldc, i, j, n1, &corr);
+                i += 2;
+            }
+            if i < a.m {
+                tile_m1::<F>(a, w, bias, c, ldc, i, j, n1, &corr);
+            }
+            j += 16;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::Ext;
+    use crate::kernels::qdot::tests::{check_bit_identical, expect};
+    use crate::kernels::quant::Format;
+
+    #[test]
+    fn vnni512_bit_identical_to_scalar() {
+        if !expect(Ext::Avx512Vnni) {
+            eprintln!("skipped: no AVX-512-VNNI on this CPU");
+            return;
+        }
+        check_bit_identical("avx512vnni", &|fmt, a, w, bias, c, ldc, n0, n1| unsafe {
+            match fmt {
+                Format::Q8_0 => task::<Q8>(a, w, bias, c, ldc, n0, n1),
+                _ => task::<Q4>(a, w, bias, c, ldc, n0, n1),
+            }
+        });
+    }
+}
