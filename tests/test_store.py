@@ -497,8 +497,8 @@ def test_default_ram_tier_follows_the_cgroup_limit(monkeypatch):
     # in a cgroup the two memory tiers together take the limit less its reserve, the fast
     # tier at most 1/32 of that (a VM may report a last-level cache of hundreds of MiB)
     for limit, budget in [
-        (1200 << 20, min(phys // 4, (1200 << 20) - (1200 << 20) // 4)),
-        (300 << 20, min(phys // 4, (300 - 128) << 20)),
+        (1200 << 20, min(phys // 4, (1200 << 20) - (1200 << 20) // 8)),
+        (300 << 20, min(phys // 4, (300 - 96) << 20)),
         (64 << 20, 16 << 20),  # the floor
     ]:
         fast, ram = memory_tiers(limit)

@@ -76,10 +76,10 @@ RESIDENT_FILL = 0.95
 #: the kernels (at most; a sixteenth of the RAM tier when that is less, at least 8 MiB)
 PREFETCH_WINDOW = 64 << 20
 #: ``read="resident"`` in a memory cgroup: bytes of its limit left to the streaming kernels'
-#: panel buffers (two in flight and up to eight kept, 8 MiB each) and a margin, on top of the
+#: panel buffers (two in flight and up to six more kept, 8 MiB each), on top of the
 #: process's anonymous memory and the prefetch window (pinned weights are anonymous memory:
 #: without swap, a cgroup they overfill kills the process)
-STREAM_RESERVE = 96 << 20
+STREAM_RESERVE = 64 << 20
 #: formats a checkpoint may be converted to on load (None keeps the stored dtype)
 WEIGHT_FORMATS = (None, "f32", "bf16", "q8_0", "q4_0")
 _FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")

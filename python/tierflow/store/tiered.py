@@ -196,7 +196,7 @@ def cgroup_memory_limit(root: str | os.PathLike[str] = "/") -> int | None:
 
 def _default_tiers(path: Path | None) -> list[Tier]:
     """fast: the largest CPU cache (a staging buffer for kernels); ram: a quarter of physical
-    memory, or, in a memory cgroup, its limit less a quarter (at least 128 MiB) when that is
+    memory, or, in a memory cgroup, its limit less an eighth (at least 96 MiB) when that is
     smaller, the fast tier then taking at most 1/32 of it (the two memory tiers together stay
     within the limit less its reserve); disk: file-backed, unbounded, in ``<path>/disk`` (only
     with a path)."""
@@ -219,10 +219,10 @@ def _default_tiers(path: Path | None) -> list[Tier]:
     limit = cgroup_memory_limit()
     if limit is not None:
         # in a memory cgroup (a container, a batch job) the limit, not the machine, is the RAM:
-        # keep a quarter of it (at least 128 MiB) for the process, its buffers and page cache,
+        # keep an eighth of it (at least 96 MiB) for the process, its buffers and page cache,
         # and the two memory tiers together within the rest (fast at most 1/32 of it: some
         # machines report a last-level cache of hundreds of MiB)
-        budget = max(min(ram, limit - max(128 << 20, limit // 4)), 16 << 20)
+        budget = max(min(ram, limit - max(96 << 20, limit // 8)), 16 << 20)
         cache = min(cache, budget // 32)
         ram = budget - cache
     tiers = [Tier("fast", cache), Tier("ram", ram)]
