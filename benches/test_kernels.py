@@ -12,6 +12,7 @@ and its target with the shared ``ratios`` fixture (printed, and written to bench
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -270,6 +271,142 @@ def test_attention_causal(benchmark, ratios, s, d):
     record(benchmark, ratios, name, t_torch / t_tf, 1.0)
 
 
+needs_avx512 = pytest.mark.skipif(
+    "avx512" not in tierflow.info()["isa_available"], reason="the CPU lacks AVX-512"
+)
+
+
+def interleaved_medians(
+    fns: dict[str, Callable[[], object]],
+    rounds: int,
+    clock: Callable[[], float] = time.perf_counter,
+    cpu: dict[str, float] | None = None,
+) -> dict[str, float]:
+    """Median time of each function over `rounds` alternating rounds after one warm-up each, read
+    from `clock` (wall time by default, or process CPU time); 0.3 s pause after each NumPy call,
+    as in `interleaved`.
+    With `cpu`, also the median process CPU time of each call, into it."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    cpus: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(rounds + 1):
+        for name, f in fns.items():
+            t, c = clock(), time.process_time()
+            f()
+            if r:
+                times[name].append(clock() - t)
+                cpus[name].append(time.process_time() - c)
+            if name.startswith("numpy"):
+                time.sleep(0.3)
+    if cpu is not None:
+        cpu.update({k: float(np.median(v)) for k, v in cpus.items()})
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def gemm_isa_fns(size: int) -> dict[str, Callable[[], object]]:
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size)).astype(np.float32)
+    b = rng.standard_normal((size, size)).astype(np.float32)
+    out = np.empty((size, size), np.float32)
+    return {
+        "numpy": lambda: np.matmul(a, b, out=out),
+        "avx2": lambda: tierflow.matmul(a, b, out=out, _isa="avx2"),
+        "avx512": lambda: tierflow.matmul(a, b, out=out, _isa="avx512"),
+    }
+
+
+@needs_avx512
+@pytest.mark.parametrize("size", [1024, 2048, 4096])
+def test_gemm_avx512(benchmark, ratios, size):
+    """Square float32 GEMM on the AVX-512 and AVX2 paths against NumPy, 2 threads each side,
+    interleaved, ratio of medians (wall time)."""
+    fns = gemm_isa_fns(size)
+    cpu: dict[str, float] = {}
+    med = interleaved_medians(fns, {1024: 9, 2048: 7, 4096: 5}[size], time.perf_counter, cpu)
+    benchmark.pedantic(fns["avx512"], rounds=1, iterations=1)
+    gf = {k: round(2 * size**3 / t / 1e9, 1) for k, t in med.items()}
+    # CPU seconds per wall second (2.0: both cores all the time), a measure of the load.
+    share = {k: round(cpu[k] / t, 2) for k, t in med.items()}
+    name = f"gemm f32 {size}^3 avx512 x NumPy (medians)"
+    record(benchmark, ratios, name, med["numpy"] / med["avx512"], 1.0, gflops=gf, cpu_share=share)
+    record(benchmark, ratios, f"gemm f32 {size}^3 avx512 x avx2", med["avx2"] / med["avx512"], 1.0)
+
+
+@needs_avx512
+@pytest.mark.parametrize("size", [1024, 2048, 4096])
+def test_gemm_avx512_one_thread_cpu_time(benchmark, ratios, size):
+    """The same on one thread each side, timed in process CPU time (less sensitive than wall
+    time to the other jobs of a shared machine). NumPy's thread count is fixed at import: run
+    with ``OPENBLAS_NUM_THREADS=1`` (skipped otherwise)."""
+    if os.environ.get("OPENBLAS_NUM_THREADS") != "1":
+        pytest.skip("run with OPENBLAS_NUM_THREADS=1 for a one-thread NumPy")
+    tierflow.set_num_threads(1)
+    try:
+        fns = gemm_isa_fns(size)
+        med = interleaved_medians(fns, {1024: 5, 2048: 3, 4096: 3}[size], time.process_time)
+    finally:
+        tierflow.set_num_threads(THREADS)
+    benchmark.pedantic(fns["avx512"], rounds=1, iterations=1)
+    gf = {k: round(2 * size**3 / t / 1e9, 1) for k, t in med.items()}
+    name = f"gemm f32 {size}^3 avx512 x NumPy, 1 thread, CPU time"
+    record(benchmark, ratios, name, med["numpy"] / med["avx512"], 1.0, gflops=gf)
+    record(
+        benchmark,
+        ratios,
+        f"gemm f32 {size}^3 avx512 x avx2, 1 thread, CPU time",
+        med["avx2"] / med["avx512"],
+        1.0,
+    )
+
+
+@needs_avx512
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("s", [1024, 2048])
+def test_attention_avx512(benchmark, ratios, s, d):
+    """Causal attention (B=1, H=8) on the AVX-512 and AVX2 paths, against NumPy's float32
+    softmax(QK^T)V (torch's SDPA is the other anchor of `test_attention_causal` when torch is
+    installed), 2 threads, interleaved, ratio of medians."""
+    rng = np.random.default_rng(3)
+    q, k, v = (rng.standard_normal((1, 8, s, d)).astype(np.float32) for _ in range(3))
+    tril = np.tril(np.ones((s, s), bool))
+    fns = {
+        "numpy": lambda: numpy_attention_causal(q, k, v, tril),
+        "avx2": lambda: tierflow.attention(q, k, v, causal=True, _isa="avx2"),
+        "avx512": lambda: tierflow.attention(q, k, v, causal=True, _isa="avx512"),
+    }
+    med = interleaved_medians(fns, 7 if s <= 1024 else 5, time.perf_counter)
+    benchmark.pedantic(fns["avx512"], rounds=1, iterations=1)
+    flops = 2 * 2 * 8 * s * s * d / 2
+    gf = {k: round(flops / t / 1e9, 1) for k, t in med.items()}
+    name = f"attention causal S={s} D={d} avx512 x avx2 (medians)"
+    record(benchmark, ratios, name, med["avx2"] / med["avx512"], 1.0, gflops=gf)
+    name = f"attention causal S={s} D={d} avx512 x NumPy softmax(QK^T)V (medians)"
+    record(benchmark, ratios, name, med["numpy"] / med["avx512"], 10.0)
+
+
+@needs_avx512
+@pytest.mark.parametrize("d", [64, 128])
+def test_attention_avx512_one_thread_cpu_time(benchmark, ratios, d):
+    """Causal attention S=2048 on one thread, AVX-512 against AVX2 in process CPU time (medians
+    of 5 interleaved rounds): the kernels' rate with the machine's other jobs mostly left out."""
+    s = 2048
+    rng = np.random.default_rng(3)
+    q, k, v = (rng.standard_normal((1, 8, s, d)).astype(np.float32) for _ in range(3))
+    fns = {
+        "avx2": lambda: tierflow.attention(q, k, v, causal=True, _isa="avx2"),
+        "avx512": lambda: tierflow.attention(q, k, v, causal=True, _isa="avx512"),
+    }
+    tierflow.set_num_threads(1)
+    try:
+        med = interleaved_medians(fns, 5, time.process_time)
+    finally:
+        tierflow.set_num_threads(THREADS)
+    benchmark.pedantic(fns["avx512"], rounds=1, iterations=1)
+    flops = 2 * 2 * 8 * s * s * d / 2
+    gf = {k: round(flops / t / 1e9, 1) for k, t in med.items()}
+    name = f"attention causal S={s} D={d} avx512 x avx2, 1 thread, CPU time"
+    record(benchmark, ratios, name, med["avx2"] / med["avx512"], 1.0, gflops=gf)
+
+
 def test_mlp_swiglu_decode(benchmark, ratios):
     rng = np.random.default_rng(4)
     x = rng.standard_normal((8, 4096)).astype(np.float32)
@@ -353,3 +490,49 @@ def _timed(f: Callable[[], object]) -> float:
     t = time.perf_counter()
     f()
     return time.perf_counter() - t
+
+
+@pytest.mark.parametrize("kn", [4096, 8192])
+@pytest.mark.parametrize("m", [1, 8])
+@pytest.mark.parametrize("wdt", ["float32", "bfloat16"])
+def test_decode_avx512(benchmark, ratios, bandwidth, wdt, m, kn):
+    """AVX-512 float decode against the AVX2 path and NumPy (float32, OpenBLAS on 2 threads)
+    in one run: medians of interleaved calls. bfloat16 both as a plain `(K, N)` array and as a
+    row-stored `tierflow.quantize(w, "bf16")` weight; NumPy multiplies the float32 weight."""
+    if "avx512" not in tierflow.info()["isa_available"]:
+        pytest.skip("this CPU has no AVX-512")
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((m, kn)).astype(np.float32)
+    w = rng.standard_normal((kn, kn)).astype(np.float32)
+    out = np.empty((m, kn), np.float32)
+    fns: dict[str, Callable[[], object]] = {"numpy": lambda: np.matmul(x, w, out=out)}
+    if wdt == "float32":
+        weights = {"plain": w}
+    else:
+        ml_dtypes = pytest.importorskip("ml_dtypes")
+        weights = {"plain": w.astype(ml_dtypes.bfloat16), "rows": tierflow.quantize(w, "bf16")}
+    for lay, wt in weights.items():
+        for isa in ("avx512", "avx2"):
+            fns[f"{isa} {lay}"] = lambda wt=wt, isa=isa: tierflow.matmul(x, wt, out=out, _isa=isa)
+    with threadpoolctl.threadpool_limits(THREADS):
+        t = interleaved_medians(fns, 9)
+    benchmark.pedantic(fns["avx512 plain"], rounds=1, iterations=1)
+    nbytes = kn * kn * (4 if wdt == "float32" else 2)
+    for lay in weights:
+        name = f"avx512 decode {wdt} {lay} M={m} K=N={kn}"
+        t5, t2 = t[f"avx512 {lay}"], t[f"avx2 {lay}"]
+        gbs = {
+            "ms": round(t5 * 1e3, 3),
+            "avx2_ms": round(t2 * 1e3, 3),
+            "numpy_ms": round(t["numpy"] * 1e3, 3),
+            "GBps": round(nbytes / t5 / 1e9, 2),
+            "avx2_GBps": round(nbytes / t2 / 1e9, 2),
+            "probe_GBps": round(bandwidth / 1e9, 2),
+        }
+        record(benchmark, ratios, f"{name} x NumPy f32", t["numpy"] / t5, 1.0, **gbs)
+        record(benchmark, ratios, f"{name} x avx2", t2 / t5, 0.0)
+        target = 0.8 if (wdt == "bfloat16" and m == 1) else 0.0
+        record(
+            benchmark, ratios, f"{name} fraction of read bandwidth", nbytes / t5 / bandwidth, target
+        )

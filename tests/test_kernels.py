@@ -89,6 +89,20 @@ def test_matmul_plain_matches_float64(isa, m, k, n, seed, order, wdt, use_bias):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("m, k, n", [(130, 1030, 1050), (45, 1100, 70), (300, 40, 2100)])
+def test_matmul_past_the_gemm_blocks(isa, m, k, n):
+    """Large-M products past every block of the GEMM kernels (AVX2: MC 144, KC 256, NC 4080;
+    AVX-512: MC 112, KC = NC 1024) and off every tile edge (6 x 16, 14 x 32), with a bias,
+    against float64."""
+    rng = np.random.default_rng(m + k + n)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    got = tierflow.matmul(x, w, bias=bias, _isa=isa)
+    assert np.all(np.abs(got - ref_matmul(x, w, bias)) <= bound(x, w, k) + 1e-6)
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @settings(max_examples=20, deadline=None)
 @given(
     m=MS,
@@ -254,6 +268,38 @@ def test_pack_is_a_stable_prepacked_weight():
     assert np.array_equal(p.dequantize(), w)
     assert tierflow.pack(p) is p
     assert np.all(np.abs(tierflow.matmul(x, p) - ref_matmul(x, w)) <= bound(x, w, 40))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("wdt", ["float32", "float16", "bfloat16"])
+def test_decode_column_groups_and_tails(isa, wdt):
+    """Decode shapes on both weight layouts at the edges of the kernels' groups: N around the
+    16 / 32 / 64-column tiles of the plain-weight kernel, K around the 16-lane and 32-element
+    (bf16 pair) groups of the row kernels, M = 1 and 2 (the AVX-512-BF16 body) and more."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    dt = ml_dtypes.bfloat16 if wdt == "bfloat16" else np.dtype(wdt)
+    fmt = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}[wdt]
+    rng = np.random.default_rng(11)
+    for k, n in [(15, 48), (16, 63), (17, 64), (31, 65), (32, 96), (33, 112), (100, 144)]:
+        w = rng.standard_normal((k, n)).astype(np.float32).astype(dt)
+        wv = w.astype(np.float32)
+        for m in (1, 2, 3, 9):
+            x = rng.standard_normal((m, k)).astype(np.float32)
+            want, tol = ref_matmul(x, wv), bound(x, wv, k)
+            for weight in (w, np.ascontiguousarray(w.T).T, tierflow.quantize(wv, fmt)):
+                got = tierflow.matmul(x, weight, _isa=isa)
+                assert np.all(np.abs(got - want) <= tol), (k, n, m, type(weight))
+    # Inf in the activations: IEEE semantics (Inf * w = +-Inf, Inf * 0 = NaN) on every body.
+    w = rng.standard_normal((64, 40)).astype(np.float32).astype(dt)
+    w[3, 5] = 0
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    x[:, 3] = np.inf
+    with np.errstate(invalid="ignore"):
+        want = x.astype(np.float64) @ w.astype(np.float64)
+    for weight in (w, tierflow.quantize(w.astype(np.float32), fmt)):
+        got = tierflow.matmul(x, weight, _isa=isa)
+        assert np.array_equal(np.isnan(got), np.isnan(want))
+        assert np.array_equal(got[np.isinf(want)], want[np.isinf(want)])
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -97,7 +97,7 @@ impl Ext {
     pub const fn implemented(self) -> bool {
         match self {
             Ext::Avx512Vnni => true,
-            Ext::Avx512Bf16 => false,
+            Ext::Avx512Bf16 => true,
             Ext::AvxVnni => true,
         }
     }

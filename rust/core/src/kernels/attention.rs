@@ -47,7 +47,9 @@
 //! One thread (CPU time): 60-71 GFLOP/s at D = 64 and 64-73 at D = 128 for S >= 2048.
 //!
 //! One driver ([`run`]) over a [`Micro`] kernel set: [`Scalar`] (portable Rust, the reference,
-//! always compiled) and `x86::avx2::attention::Avx2` (AVX2+FMA intrinsics).
+//! always compiled), `x86::avx2::attention::Avx2` (AVX2+FMA intrinsics) and
+//! `x86::avx512::attention::Avx512` (AVX-512F: the same layouts, register tiles of 6 rows x 64
+//! keys or dims).
 
 use super::backend::{dispatch, Backend};
 use super::dot::SendPtr;

@@ -3,16 +3,17 @@
 //! - `M <= DECODE_MAX_M` (decode: a few rows against a big weight; bandwidth-bound): the
 //!   hand-written streaming kernels, `axpy.rs` for a plain `(K, N)` weight and `dot.rs` for a
 //!   row-stored (packed or quantised) one, reading each weight byte once.
-//! - larger `M` (compute-bound), float32 `(K, N)` weight: on `Isa::Avx2` the hand-written
-//!   BLIS-style kernel of `sgemm.rs` (6 x 16 FMA micro-kernel, packed panels, tasks balanced over
-//!   the tierflow pool); the `gemm` crate (its own runtime-dispatched micro-kernels) on other
-//!   ISAs (AVX-512 included) and for small square-ish products on 2+ threads, where it measured
-//!   faster. Square float32 GEMM against NumPy (OpenBLAS 0.3.31), both on 2 threads, on the
-//!   shared 2-core Zen 3 build machine (`benches/test_kernels.py -k square_gemm`, 5 runs):
-//!   512 / 1024 / 2048 / 4096 at 0.53x / 1.07x / 0.85x / 0.83x (medians; ranges 0.37-0.61x,
-//!   0.60-1.23x, 0.72-1.09x, 0.78-0.99x), where the `gemm` crate measured 0.51x / 0.54x / 0.90x
-//!   / 0.78x. In one process against the crate: 0.68-1.43x (median 1.15x) at 512-1024, about
-//!   1.0x at 2048-4096; on one thread 0.88-1.0x OpenBLAS. Details in BENCHMARKS.md.
+//! - larger `M` (compute-bound), float32 `(K, N)` weight: the hand-written BLIS-style kernel of
+//!   `sgemm.rs` (packed panels, tasks balanced over the tierflow pool) with the 6 x 16 AVX2 FMA
+//!   micro-kernel on `Isa::Avx2` and the 14 x 32 AVX-512F one on `Isa::Avx512`; the `gemm` crate
+//!   (its own runtime-dispatched micro-kernels) on other ISAs and, on `Isa::Avx2`, for small
+//!   square-ish products on 2+ threads, where it measured faster (AVX-512 figures in BENCHMARKS.md,
+//!   "AVX-512 GEMM and attention"). AVX2: square float32 GEMM against NumPy (OpenBLAS 0.3.31), both
+//!   on 2 threads, on the shared 2-core Zen 3 build machine (`benches/test_kernels.py -k
+//!   square_gemm`, 5 runs): 512 / 1024 / 2048 / 4096 at 0.53x / 1.07x / 0.85x / 0.83x (medians;
+//!   ranges 0.37-0.61x, 0.60-1.23x, 0.72-1.09x, 0.78-0.99x), where the `gemm` crate measured 0.51x
+//!   / 0.54x / 0.90x / 0.78x. In one process against the crate: 0.68-1.43x (median 1.15x) at
+//!   512-1024, about 1.0x at 2048-4096; on one thread 0.88-1.0x OpenBLAS. Details in BENCHMARKS.md.
 //! - a row-stored weight at larger `M` is dequantised in panels of `NB` rows (`NB * K * 4` bytes,
 //!   e.g. 1 MiB at K = 4096) that the `gemm` crate multiplies while they are hot in cache
 //!   (`sgemm.rs` takes a column-major B too, but has not been measured on these 64-column panels,
@@ -178,9 +179,9 @@ fn fill_bias(c: &mut [f32], m: usize, n: usize, ldc: usize, bias: Option<&[f32]>
     }
 }
 
-/// Large-`M` float32 product on the tierflow pool: the hand-written AVX2 + FMA kernel of
-/// `sgemm.rs` on `Isa::Avx2` (also what AVX-512 CPUs run), the `gemm` crate for small square-ish
-/// products on 2+ threads and on other instruction sets.
+/// Large-`M` float32 product on the tierflow pool: the hand-written kernel of `sgemm.rs` on
+/// `Isa::Avx2` (6 x 16 tile) and `Isa::Avx512` (14 x 32 tile), the `gemm` crate for small
+/// square-ish products on 2+ threads on `Isa::Avx2` and on other instruction sets.
 fn gemm_f32(
     isa: Isa,
     x: &[f32],
@@ -196,10 +197,12 @@ fn gemm_f32(
         fill_bias(c, m, n, ldc, bias);
     }
     let threads = crate::pool::num_threads();
-    // Small square-ish products on 2+ threads (128^3, 256^3): the `gemm` crate threads them
-    // better (gb scratch bench, 2 threads: 61-85 vs 52-56 GFLOP/s at 128^3, 97-149 vs 104-118 at
-    // 256^3); `sgemm.rs` wins at M = 48-96 and from 384^3 on.
-    let small_square = threads > 1 && m >= 128 && m * n * k <= 256 * 256 * 256;
+    // Small square-ish products on 2+ threads (128^3, 256^3): on AVX2 the `gemm` crate threads
+    // them better (gb scratch bench, 2 threads: 61-85 vs 52-56 GFLOP/s at 128^3, 97-149 vs
+    // 104-118 at 256^3); `sgemm.rs` wins at M = 48-96 and from 384^3 on. The AVX-512 tile beats
+    // the crate (as built here) there too: 1.17x / 1.65x / 1.61x at 128^3 /
+    // 192^3 / 256^3 (medians of 21 interleaved rounds, 2 threads, BENCHMARKS.md).
+    let small_square = isa != Isa::Avx512 && threads > 1 && m >= 128 && m * n * k <= 1 << 24;
     if !small_square {
         let acc = bias.is_some();
         let done = crate::pool::install(

@@ -7,7 +7,8 @@
 //! - more rows: the AVX2 GEMM of `sgemm.rs` reading `W` through its strides (row stride 1,
 //!   column stride `K`).
 //!
-//! The AVX2 body of the dot-product kernel is `x86/avx2/rows_f32.rs`.
+//! The AVX2 body of the dot-product kernel is `x86/avx2/rows_f32.rs`. On `Isa::Avx512` the
+//! decode rows go to `dot.rs` instead, whose AVX-512 body has a `3 x 8` tile of 16 lanes.
 //!
 //! One row of `X` stays on `dot.rs`'s kernel (already at the memory limit). Every output element
 //! is one accumulator chain over `K` (eight lanes, then a fixed-order horizontal sum, then the
@@ -23,7 +24,8 @@ use crate::cpu::Isa;
 /// Rows of `X` from which these kernels take a row-stored float32 weight.
 pub const MIN_M: usize = 2;
 
-/// `C = X W (+ bias)` for a row-stored float32 `W` and `m >= MIN_M` on AVX2 + FMA; false
+/// `C = X W (+ bias)` for a row-stored float32 `W` and `m >= MIN_M` on AVX2 + FMA (above the
+/// decode rows, the GEMM of the selected ISA: AVX-512 where chosen); false
 /// (nothing written) when that does not apply (another format or ISA, fewer rows, data not
 /// 4-byte aligned), and the caller takes its generic path.
 pub fn matmul_rows_f32(
@@ -53,10 +55,22 @@ pub fn matmul_rows_f32(
                 }
             }
             let threads = crate::pool::num_threads();
+            let acc = bias.is_some();
             crate::pool::install(|| {
-                sgemm::sgemm_avx2(m, n, k, x, k, 1, w, 1, k, c, ldc, bias.is_some(), threads);
+                if isa >= Isa::Avx512 {
+                    super::x86::avx512::sgemm::sgemm_avx512(
+                        m, n, k, x, k, 1, w, 1, k, c, ldc, acc, threads,
+                    );
+                } else {
+                    sgemm::sgemm_avx2(m, n, k, x, k, 1, w, 1, k, c, ldc, acc, threads);
+                }
             });
             return true;
+        }
+        if isa >= Isa::Avx512 {
+            // AVX-512: the generic row kernel of `dot.rs` has a 512-bit body with a `3 x 8`
+            // tile (`x86/avx512/dot.rs`); the caller takes it.
+            return false;
         }
         let per = rows_per_task(n, k * 4);
         let cp = SendPtr(c.as_mut_ptr());

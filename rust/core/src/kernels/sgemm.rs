@@ -30,6 +30,10 @@
 //!
 //! Sums run in `k` order within a `KC` block, in float32; the result differs from the scalar
 //! reference [`sgemm_ref`] only by rounding (tested below).
+//!
+//! AVX-512F ([`sgemm_avx512`], `x86/avx512/sgemm.rs`): the same loops, threading and packing of
+//! `B` with a `14 x 32` micro-kernel (28 zmm accumulators) and its own block sizes
+//! (`KC = NC = 1024`, `MC = 112`, measured there).
 
 // Only the scalar reference is used off x86-64.
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
@@ -91,14 +95,18 @@ pub fn avx2_available() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 pub use super::x86::avx2::sgemm::sgemm_avx2;
+#[cfg(target_arch = "x86_64")]
+pub use super::x86::avx512::sgemm::{avx512_available, sgemm_avx512};
 
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
     use crate::kernels::test_util::lcg;
 
-    /// Runs both paths on one shape and layout and compares within float32 rounding
-    /// (`|err| <= 1e-5 sum_p |A_ip B_pj|` per element, plus the accumulate flag).
+    /// Runs the SIMD paths on one shape and layout and compares them with the scalar reference
+    /// within float32 rounding (`|err| <= 1e-5 sum_p |A_ip B_pj|` per element, plus the
+    /// accumulate flag), and, for `k <= 256`, the AVX-512 path with the AVX2 one bit for bit
+    /// (the same sums in the same order, see `x86/avx512/sgemm.rs`).
     fn check(m: usize, n: usize, k: usize, a_colmajor: bool, b_colmajor: bool, threads: usize) {
         if !avx2_available() {
             // CI sets TIERFLOW_EXPECT_ISA: a skipped AVX2 test is then a failure.
@@ -111,15 +119,33 @@ mod tests {
         let (rsa, csa) = if a_colmajor { (1, m) } else { (k, 1) };
         let (rsb, csb) = if b_colmajor { (1, k) } else { (n, 1) };
         let ldc = n + 3;
+        let avx512 = avx512_available();
+        if !avx512 {
+            let want = std::env::var("TIERFLOW_EXPECT_ISA").unwrap_or_default();
+            assert!(want != "avx512", "CPU lacks AVX-512F/VL");
+        }
         for accumulate in [false, true] {
             let c0 = lcg(m * ldc, 3);
             let mut want = c0.clone();
             let mut got = c0.clone();
+            let mut paths = Vec::new();
             sgemm_ref(m, n, k, &a, rsa, csa, &b, rsb, csb, &mut want, ldc, accumulate);
             crate::pool::install(|| {
                 sgemm_avx2(m, n, k, &a, rsa, csa, &b, rsb, csb, &mut got, ldc, accumulate, threads)
             });
-            for i in 0..m {
+            if avx512 {
+                let mut got512 = c0.clone();
+                crate::pool::install(|| {
+                    let c = &mut got512;
+                    sgemm_avx512(m, n, k, &a, rsa, csa, &b, rsb, csb, c, ldc, accumulate, threads)
+                });
+                if k <= 256 {
+                    assert!(got512 == got, "({m}, {n}, {k}) acc={accumulate}: AVX-512 != AVX2");
+                }
+                paths.push(got512);
+            }
+            paths.push(got);
+            for (got, i) in paths.iter().flat_map(|g| (0..m).map(move |i| (g, i))) {
                 for j in 0..ldc {
                     let (g, w) = (got[i * ldc + j], want[i * ldc + j]);
                     if j >= n {
@@ -151,6 +177,12 @@ mod tests {
             (150, 40, 260),
             (1, 100, 7),
             (100, 1, 7),
+            // AVX-512 tile edges (14 x 32): whole tiles, one past, one short.
+            (14, 32, 1),
+            (15, 33, 3),
+            (13, 31, 257),
+            (28, 64, 8),
+            (29, 65, 300),
         ] {
             check(m, n, k, false, false, 1);
         }
@@ -171,6 +203,10 @@ mod tests {
         check(97, 4100, 9, false, false, 1);
         // B too large to pack whole (N K > WHOLE_B): one parallel region per KC block.
         check(7, 2100, 1100, false, false, 2);
+        // Past the AVX-512 blocks (MC = 112, KC = NC = 1024), threaded and not.
+        check(130, 1050, 1030, false, false, 1);
+        check(250, 1100, 1100, false, true, 2);
+        check(345, 100, 40, true, false, 2);
     }
 
     #[test]
@@ -182,5 +218,10 @@ mod tests {
         sgemm_avx2(0, 2, 3, &[], 3, 1, &[0.0; 6], 2, 1, &mut c, 2, false, 1);
         sgemm_avx2(2, 0, 3, &[0.0; 6], 3, 1, &[], 0, 1, &mut c, 2, false, 1);
         assert_eq!(c, vec![7f32; 4]);
+        if avx512_available() {
+            sgemm_avx512(0, 2, 3, &[], 3, 1, &[0.0; 6], 2, 1, &mut c, 2, false, 1);
+            sgemm_avx512(2, 0, 3, &[0.0; 6], 3, 1, &[], 0, 1, &mut c, 2, false, 1);
+            assert_eq!(c, vec![7f32; 4]);
+        }
     }
 }

@@ -66,6 +66,13 @@ fn exp8(x: __m256) -> __m256 {
     _mm256_andnot_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(-87.0)), y)
 }
 
+/// [`exp8`] for the AVX-512 path's test of its 16-lane copy.
+#[cfg(test)]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) fn exp8_for_tests(x: __m256) -> __m256 {
+    exp8(x)
+}
+
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 fn hsum(v: __m256) -> f32 {

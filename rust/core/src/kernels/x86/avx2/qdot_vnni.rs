@@ -8,11 +8,6 @@
 //! broadcast(qx[4k..4k+4]))` is the exact `sum u qx` per row, `isum = P - off * sum(qx)` the
 //! reference's integer block sum, and `s += (dw * dx) * float(isum)` with no FMA, in block order.
 
-// The AVX-512 / AVX-VNNI intrinsics and target features are stable from Rust 1.89, above the
-// workspace's `rust-version` (1.80); raising that is the workspace's decision (it turns on
-// newer lints across the tree), so building these bodies needs 1.89 until then.
-#![allow(clippy::incompatible_msrv)]
-
 use crate::kernels::qdot::{block_corr, QActs};
 use crate::kernels::quant::{QWeight, QK};
 use std::arch::x86_64::*;

@@ -1,11 +1,60 @@
 //! The AVX2+FMA path of `kernels/sgemm.rs` (the blocking constants, the scalar reference and the
 //! tests are there): the blocked loops, the packing of `A` and `B` panels and the 6 x 16
-//! micro-kernel.
+//! micro-kernel. The loops and the packing of `B` are generic over the micro-kernel ([`Tile`]),
+//! so `x86/avx512/sgemm.rs` runs them with its own tile and block sizes.
 
 use crate::kernels::sgemm::{avx2_available, KC, MC, MR, NC, NR, WHOLE_B};
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 use std::thread::LocalKey;
+
+/// A micro-kernel and its block sizes (see `kernels/sgemm.rs` for the loops they size).
+///
+/// # Safety
+/// The methods need the CPU features of the implementation (checked by the public entry
+/// points); `NR` is a multiple of 8 and `MR * NR <= TMP`.
+pub(crate) trait Tile {
+    /// Micro-tile rows (broadcast `A` values per `k` step).
+    const MR: usize;
+    /// Micro-tile columns (vector lanes of `B` per `k` step).
+    const NR: usize;
+    /// Sum-index block.
+    const KC: usize;
+    /// Row block (a multiple of `MR`).
+    const MC: usize;
+    /// Column block.
+    const NC: usize;
+    /// `C[0..MR, 0..NR] <- (acc ? C : 0) + sum_p a[p MR + i] b[p NR + j]` over `kc` steps of the
+    /// packed panels `a` (`kc MR` floats) and `b` (`kc NR` floats).
+    unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, acc: bool);
+    /// Packs `A[0..mc, 0..kc]` into `MR`-row panels: panel `q` holds element `(q MR + i, p)` at
+    /// `q MR kc + p MR + i`; rows past `mc` are zero.
+    unsafe fn pack_a(mc: usize, kc: usize, a: View, dst: &mut [f32]);
+}
+
+/// Largest `MR * NR` of a [`Tile`] (the edge-tile buffer of [`macro_block`]).
+const TMP: usize = 512;
+
+/// The 6 x 16 AVX2 + FMA tile.
+struct Avx2Tile;
+
+impl Tile for Avx2Tile {
+    const MR: usize = MR;
+    const NR: usize = NR;
+    const KC: usize = KC;
+    const MC: usize = MC;
+    const NC: usize = NC;
+
+    #[inline(always)]
+    unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, acc: bool) {
+        unsafe { kernel_6x16(kc, a, b, c, ldc, acc) }
+    }
+
+    #[inline(always)]
+    unsafe fn pack_a(mc: usize, kc: usize, a: View, dst: &mut [f32]) {
+        unsafe { pack_a(mc, kc, a, dst) }
+    }
+}
 
 /// A pointer that may cross threads (each task writes a disjoint part of `C`).
 #[derive(Clone, Copy)]
@@ -22,10 +71,10 @@ impl Ptr {
 
 /// A strided read-only matrix view `(ptr, row stride, column stride)`.
 #[derive(Clone, Copy)]
-struct View {
-    p: *const f32,
-    rs: usize,
-    cs: usize,
+pub(crate) struct View {
+    pub(crate) p: *const f32,
+    pub(crate) rs: usize,
+    pub(crate) cs: usize,
 }
 unsafe impl Send for View {}
 unsafe impl Sync for View {}
@@ -66,6 +115,31 @@ pub fn sgemm_avx2(
     threads: usize,
 ) {
     assert!(avx2_available(), "sgemm_avx2 needs AVX2 and FMA");
+    // SAFETY: AVX2 + FMA are present.
+    unsafe {
+        sgemm_with::<Avx2Tile>(m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, accumulate, threads)
+    }
+}
+
+/// The driver of `sgemm_avx2` over the tile `T` (same contract; panics on the same bad input).
+///
+/// # Safety
+/// The CPU has AVX2, FMA and the features of `T`.
+pub(crate) unsafe fn sgemm_with<T: Tile>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    rsa: usize,
+    csa: usize,
+    b: &[f32],
+    rsb: usize,
+    csb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    threads: usize,
+) {
     assert!(ldc >= n, "ldc {ldc} < n {n}");
     assert!(a.len() >= span(m, k, rsa, csa), "A too short");
     assert!(b.len() >= span(k, n, rsb, csb), "B too short");
@@ -84,8 +158,9 @@ pub fn sgemm_avx2(
     let av = View { p: a.as_ptr(), rs: rsa, cs: csa };
     let bv = View { p: b.as_ptr(), rs: rsb, cs: csb };
     let threads = if (m * n).saturating_mul(k) < (1 << 21) { 1 } else { threads.max(1) };
-    // SAFETY: the asserts above bound every element read and written; AVX2 + FMA are present.
-    unsafe { blocked(m, n, k, av, bv, Ptr(c.as_mut_ptr()), ldc, accumulate, threads) }
+    // SAFETY: the asserts above bound every element read and written; the caller checked the
+    // CPU features.
+    unsafe { blocked::<T>(m, n, k, av, bv, Ptr(c.as_mut_ptr()), ldc, accumulate, threads) }
 }
 
 thread_local! {
@@ -132,7 +207,7 @@ fn balanced(n: usize, max: usize, tile: usize) -> usize {
 /// least `4 threads` of them when the shape allows, that rayon balances over the pool (a thread
 /// slowed by another process does not hold the others up). Each task packs its own `A` block.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn blocked(
+unsafe fn blocked<T: Tile>(
     m: usize,
     n: usize,
     k: usize,
@@ -144,41 +219,44 @@ unsafe fn blocked(
     threads: usize,
 ) {
     use rayon::prelude::*;
-    let kcb = balanced(k, KC, 1);
-    let ncb = balanced(n, NC, NR);
-    // Row blocks of at most MC; on 2+ threads, small enough for 2 per thread (splitting rows
-    // shares the packed B; splitting columns would pack the same A block once per group).
+    let kcb = balanced(k, T::KC, 1);
+    let ncb = balanced(n, T::NC, T::NR);
+    // Row blocks of at most T::MC; on 2+ threads, small enough for 2 per thread (splitting rows
+    // shares the packed B; splitting columns would pack the same A block once per group), and
+    // as many as a multiple of the threads when that is possible (7 blocks on 2 threads would
+    // leave one thread idle for the last one at every KC block).
     let tasks = 2 * threads;
     let mcb = if threads == 1 {
-        balanced(m, MC, MR)
+        balanced(m, T::MC, T::MR)
     } else {
-        balanced(m, MC, MR).min(m.div_ceil(tasks).div_ceil(MR) * MR)
+        let blocks = m.div_ceil(T::MC).max(tasks).div_ceil(threads) * threads;
+        m.div_ceil(blocks).div_ceil(T::MR) * T::MR
     };
     let mblocks = m.div_ceil(mcb);
     let kblocks = k.div_ceil(kcb);
-    // Threaded products whose `B[:, jc block]` fits in WHOLE_B pack all its `KC` blocks at once:
+    // Threaded products whose `B[:, jc block]` fits in WHOLE_B pack all its `T::KC` blocks at once:
     // two parallel regions per `jc` block instead of two per `(jc, pc)` block, so fewer points
     // where the threads wait for each other.
     let span_k = if threads > 1 && ncb * k <= WHOLE_B { kblocks } else { 1 };
-    let stride = ncb * kcb; // one packed `KC` block of B
+    let stride = ncb * kcb; // one packed `T::KC` block of B
     with_buf(&BUF_B, stride * span_k, |bufb| {
         for jc in (0..n).step_by(ncb) {
             let nc = ncb.min(n - jc);
-            let panels = nc.div_ceil(NR);
+            let panels = nc.div_ceil(T::NR);
             let groups = if threads == 1 { 1 } else { tasks.div_ceil(mblocks).min(panels) };
             let per = panels.div_ceil(groups);
             let groups = panels.div_ceil(per);
             for pb in (0..kblocks).step_by(span_k) {
                 let pbs = pb..kblocks.min(pb + span_k);
-                // Each KC block's panels in `threads` runs, one per thread.
+                // Each T::KC block's panels in `threads` runs, one per thread.
                 let pack = |(i, blk): (usize, &mut [f32])| {
                     let pc = (pb + i) * kcb;
                     let kc = kcb.min(k - pc);
-                    let blk = &mut blk[..panels * NR * kc];
-                    let run = panels.div_ceil(threads) * NR * kc;
+                    let blk = &mut blk[..panels * T::NR * kc];
+                    let run = panels.div_ceil(threads) * T::NR * kc;
                     let one = |(r, dst): (usize, &mut [f32])| {
                         // SAFETY: the panels read rows pc..pc+kc, columns jc.. of B (in bounds).
-                        unsafe { pack_b(kc, nc, b.at(pc, jc), r * run / (NR * kc), dst) }
+                        unsafe { pack_b::<T>(kc, nc, b.at(pc, jc), r * run / (T::NR * kc), dst) }
                     };
                     if threads == 1 {
                         one((0, blk));
@@ -197,18 +275,18 @@ unsafe fn blocked(
                     let (ic, g) = ((t / groups) * mcb, t % groups);
                     let mc = mcb.min(m - ic);
                     let (q0, q1) = (g * per, ((g + 1) * per).min(panels));
-                    with_buf(&BUF_A, mc.div_ceil(MR) * MR * kcb, |bufa| {
+                    with_buf(&BUF_A, mc.div_ceil(T::MR) * T::MR * kcb, |bufa| {
                         for (i, p) in pbs.clone().enumerate() {
                             let pc = p * kcb;
                             let kc = kcb.min(k - pc);
                             let acc = accumulate || pc > 0;
-                            let bufa = &mut bufa[..mc.div_ceil(MR) * MR * kc];
+                            let bufa = &mut bufa[..mc.div_ceil(T::MR) * T::MR * kc];
                             let bp = &packed[i * stride..];
                             // SAFETY: the task reads A rows ic..ic+mc and writes the C tile rows
                             // ic..ic+mc, columns of panels q0..q1: disjoint between tasks.
                             unsafe {
-                                pack_a(mc, kc, a.at(ic, pc), bufa);
-                                macro_block(
+                                T::pack_a(mc, kc, a.at(ic, pc), bufa);
+                                macro_block::<T>(
                                     mc,
                                     kc,
                                     nc,
@@ -236,7 +314,7 @@ unsafe fn blocked(
 
 /// The `jr`, `ir` loops over packed blocks: `C[0..mc, q0 NR..q1 NR] (+)= A_packed B_packed`.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn macro_block(
+unsafe fn macro_block<T: Tile>(
     mc: usize,
     kc: usize,
     nc: usize,
@@ -248,24 +326,25 @@ unsafe fn macro_block(
     ldc: usize,
     acc: bool,
 ) {
-    let mut tmp = [0f32; MR * NR];
+    const { assert!(T::MR * T::NR <= TMP && T::NR % 8 == 0 && T::MC % T::MR == 0) };
+    let mut tmp = [0f32; TMP];
     for q in q0..q1 {
-        let jr = q * NR;
-        let nr = NR.min(nc - jr);
+        let jr = q * T::NR;
+        let nr = T::NR.min(nc - jr);
         let bp = bufb[jr * kc..].as_ptr();
-        for ir in (0..mc).step_by(MR) {
-            let mr = MR.min(mc - ir);
+        for ir in (0..mc).step_by(T::MR) {
+            let mr = T::MR.min(mc - ir);
             let ap = bufa[ir * kc..].as_ptr();
             unsafe {
                 let cij = c.0.add(ir * ldc + jr);
-                if mr == MR && nr == NR {
-                    kernel_6x16(kc, ap, bp, cij, ldc, acc);
+                if mr == T::MR && nr == T::NR {
+                    T::kernel(kc, ap, bp, cij, ldc, acc);
                 } else {
-                    kernel_6x16(kc, ap, bp, tmp.as_mut_ptr(), NR, false);
+                    T::kernel(kc, ap, bp, tmp.as_mut_ptr(), T::NR, false);
                     for i in 0..mr {
                         for j in 0..nr {
                             let d = cij.add(i * ldc + j);
-                            let t = tmp[i * NR + j];
+                            let t = tmp[i * T::NR + j];
                             *d = if acc { *d + t } else { t };
                         }
                     }
@@ -360,51 +439,52 @@ unsafe fn pack_a(mc: usize, kc: usize, a: View, dst: &mut [f32]) {
 /// `(q - q0) NR kc`, element `(p, q NR + j)` at `p NR + j` within it; columns past `nc` are zero.
 /// Full row-major panels are copied row by row of `B` (sequential reads).
 #[target_feature(enable = "avx2,fma")]
-unsafe fn pack_b(kc: usize, nc: usize, b: View, q0: usize, dst: &mut [f32]) {
-    let q1 = q0 + dst.len() / (NR * kc);
-    let full = if b.cs == 1 { (nc / NR).min(q1) } else { q0 };
+unsafe fn pack_b<T: Tile>(kc: usize, nc: usize, b: View, q0: usize, dst: &mut [f32]) {
+    let q1 = q0 + dst.len() / (T::NR * kc);
+    let full = if b.cs == 1 { (nc / T::NR).min(q1) } else { q0 };
     let d = dst.as_mut_ptr();
     if full > q0 {
         for p in 0..kc {
             for q in q0..full {
                 unsafe {
-                    let s = b.p.add(p * b.rs + q * NR);
-                    let o = d.add((q - q0) * NR * kc + p * NR);
-                    _mm256_storeu_ps(o, _mm256_loadu_ps(s));
-                    _mm256_storeu_ps(o.add(8), _mm256_loadu_ps(s.add(8)));
+                    let s = b.p.add(p * b.rs + q * T::NR);
+                    let o = d.add((q - q0) * T::NR * kc + p * T::NR);
+                    for h in (0..T::NR).step_by(8) {
+                        _mm256_storeu_ps(o.add(h), _mm256_loadu_ps(s.add(h)));
+                    }
                 }
             }
         }
     }
     for q in full.max(q0)..q1 {
-        let cols = NR.min(nc - q * NR);
-        let panel = &mut dst[(q - q0) * NR * kc..(q - q0 + 1) * NR * kc];
-        if cols == NR && b.rs == 1 {
+        let cols = T::NR.min(nc - q * T::NR);
+        let panel = &mut dst[(q - q0) * T::NR * kc..(q - q0 + 1) * T::NR * kc];
+        if cols == T::NR && b.rs == 1 {
             // Column-major B: 8 x 8 register transposes of 8 columns x 8 rows.
             let mut p0 = 0;
             while p0 + 8 <= kc {
-                for h in 0..2 {
+                for h in 0..T::NR / 8 {
                     unsafe {
-                        let col = |j: usize| b.p.add(p0 + (q * NR + h * 8 + j) * b.cs);
+                        let col = |j: usize| b.p.add(p0 + (q * T::NR + h * 8 + j) * b.cs);
                         let t = transpose8(std::array::from_fn(|j| _mm256_loadu_ps(col(j))));
                         for (i, v) in t.into_iter().enumerate() {
-                            _mm256_storeu_ps(panel.as_mut_ptr().add((p0 + i) * NR + h * 8), v);
+                            _mm256_storeu_ps(panel.as_mut_ptr().add((p0 + i) * T::NR + h * 8), v);
                         }
                     }
                 }
                 p0 += 8;
             }
             for p in p0..kc {
-                for j in 0..NR {
-                    panel[p * NR + j] = unsafe { *b.p.add(p + (q * NR + j) * b.cs) };
+                for j in 0..T::NR {
+                    panel[p * T::NR + j] = unsafe { *b.p.add(p + (q * T::NR + j) * b.cs) };
                 }
             }
             continue;
         }
-        for (p, o) in panel.chunks_exact_mut(NR).enumerate() {
-            for j in 0..NR {
+        for (p, o) in panel.chunks_exact_mut(T::NR).enumerate() {
+            for j in 0..T::NR {
                 o[j] = if j < cols {
-                    unsafe { *b.p.add(p * b.rs + (q * NR + j) * b.cs) }
+                    unsafe { *b.p.add(p * b.rs + (q * T::NR + j) * b.cs) }
                 } else {
                     0.0
                 };
@@ -415,7 +495,7 @@ unsafe fn pack_b(kc: usize, nc: usize, b: View, q0: usize, dst: &mut [f32]) {
 
 /// The transpose of 8 rows of 8 floats: lane `i` of output `j` is lane `j` of input `i`.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+pub(crate) unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
     let t0 = _mm256_unpacklo_ps(r[0], r[1]);
     let t1 = _mm256_unpackhi_ps(r[0], r[1]);
     let t2 = _mm256_unpacklo_ps(r[2], r[3]);

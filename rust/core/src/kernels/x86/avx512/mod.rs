@@ -4,7 +4,12 @@
 //! operation, as in `avx2/`; an operation without an AVX-512 body of its own yet runs the AVX2
 //! body (every AVX-512 CPU has AVX2 + FMA).
 
+pub(crate) mod attention;
+pub(crate) mod axpy;
+pub(crate) mod dot;
 pub(crate) mod qdot;
+pub(crate) mod rows;
+pub(crate) mod sgemm;
 
 use crate::cpu::Ext;
 use crate::kernels::attention::{Bufs, Task};
@@ -32,7 +37,18 @@ impl Backend for Avx512 {
         n0: usize,
         n1: usize,
     ) {
-        unsafe { Avx2::dot_rows(x, m, w, bias, c, ldc, n0, n1) }
+        use dot::{bf16_dp_task, task, Bf16, BF16_DP_MAX_M, F16, F32};
+        unsafe {
+            match w.fmt {
+                Format::F32 => task::<F32>(x, m, w, bias, c, ldc, n0, n1),
+                Format::F16 => task::<F16>(x, m, w, bias, c, ldc, n0, n1),
+                Format::Bf16 if m <= BF16_DP_MAX_M && Ext::Avx512Bf16.present() => {
+                    bf16_dp_task(x, m, w, bias, c, ldc, n0, n1)
+                }
+                Format::Bf16 => task::<Bf16>(x, m, w, bias, c, ldc, n0, n1),
+                _ => Avx2::dot_rows(x, m, w, bias, c, ldc, n0, n1),
+            }
+        }
     }
 
     unsafe fn qdot_rows(
@@ -76,11 +92,25 @@ impl Backend for Avx512 {
         n0: usize,
         n1: usize,
     ) -> usize {
-        unsafe { Avx2::cols(x, m, k, k0, kb, w, n, acc, lda, n0, n1) }
+        use dot::{Bf16, F16, F32};
+        let full = n0 + (n1 - n0) / 16 * 16;
+        if full > n0 {
+            let task = match w {
+                ColW::F32(_) => axpy::task::<F32>,
+                ColW::F16(_) => axpy::task::<F16>,
+                ColW::Bf16(_) => axpy::task::<Bf16>,
+            };
+            let p = match w {
+                ColW::F32(p) => p.as_ptr() as *const u8,
+                ColW::F16(p) | ColW::Bf16(p) => p.as_ptr() as *const u8,
+            };
+            unsafe { task(x, m, k, k0, kb, p, n, acc, lda, n0, full) }
+        }
+        full
     }
 
     unsafe fn rows_chunk<O: RowOp>(op: &O, i0: usize, x: &[f32], y: &mut [f32], d: usize) {
-        unsafe { Avx2::rows_chunk(op, i0, x, y, d) }
+        unsafe { rows::chunk(op, i0, x, y, d) }
     }
 
     unsafe fn paged_task<S: PageSource>(
@@ -94,11 +124,13 @@ impl Backend for Avx512 {
         sc: &mut Scratch,
         dst: &mut [f32],
     ) {
+        // The AVX2 body: an AVX-512 one (16-lane scores and P V, git history of the avx512-gemm
+        // branch) measured 0.95-0.97x of it on the kvcache decode bench (BENCHMARKS.md).
         unsafe { Avx2::paged_task(src, q, dims, gsz, lens, scale, t, sc, dst) }
     }
 
     unsafe fn attention_task(t: &Task<'_>, b: &mut Bufs, out: *mut f32) {
-        unsafe { Avx2::attention_task(t, b, out) }
+        unsafe { attention::run_avx512(t, b, out) }
     }
 
     fn sgemm(
@@ -112,6 +144,10 @@ impl Backend for Avx512 {
         acc: bool,
         threads: usize,
     ) -> bool {
-        Avx2::sgemm(m, n, k, x, w, c, ldc, acc, threads)
+        if !sgemm::avx512_available() {
+            return false;
+        }
+        sgemm::sgemm_avx512(m, n, k, x, k, 1, w, n, 1, c, ldc, acc, threads);
+        true
     }
 }

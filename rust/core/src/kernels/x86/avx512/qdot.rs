@@ -21,11 +21,6 @@
 //! row (decode at M = 1) skips the transposition and reduces its 16 rows' partial sums instead
 //! ([`tile_m1`]: fewer shuffles for one row, the same exact sums in the same lanes).
 
-// The AVX-512 / AVX-VNNI intrinsics and target features are stable from Rust 1.89, above the
-// workspace's `rust-version` (1.80); raising that is the workspace's decision (it turns on
-// newer lints across the tree), so building these bodies needs 1.89 until then.
-#![allow(clippy::incompatible_msrv)]
-
 use crate::kernels::qdot::{block_corr, QActs};
 use crate::kernels::quant::{QWeight, QK};
 use std::arch::x86_64::*;
