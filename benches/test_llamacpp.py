@@ -2,9 +2,9 @@
 
 A random Llama of TinyLlama's shape (hidden 2048, 32 heads / 4 KV heads, intermediate 5632,
 vocab 32000; ``TIERFLOW_BENCH_LAYERS`` layers, default 2) is written with ``tierflow.models.
-write_tiny_checkpoint``, then to GGUF in F32, F16, Q8_0 and Q4_0 with llama.cpp's own writer
-(the ``gguf`` package; q / k rows permuted as llama.cpp's converter does; Q8_0 / Q4_0 blocks
-made by ``tierflow.quantize``). Each file is run by llama.cpp (llama-cpp-python, 2 threads) and
+write_tiny_checkpoint``, then to GGUF in F32, F16, Q8_0 and Q4_0 by ``tierflow.models.write_gguf``
+(llama.cpp's own writer, the ``gguf`` package; q / k rows permuted as llama.cpp's converter
+does; Q8_0 / Q4_0 blocks made by ``tierflow.quantize``). Each file is run by llama.cpp (llama-cpp-python, 2 threads) and
 by ``tierflow.models.load(file)`` (2 threads): a 32-token prefill and 16 greedy decode steps,
 alternating the two engines over 3 rounds, medians. In F32 both must greedy-decode the same
 first tokens. Prints decode and prefill tok/s and the ratios tierflow / llama.cpp (targets:
@@ -14,11 +14,13 @@ Run (llama-cpp-python is a bench-only extra: installing it compiles llama.cpp, a
 
     pip install llama-cpp-python
     TIERFLOW_NUM_THREADS=2 pytest benches/test_llamacpp.py -m bench -s
+
+``TIERFLOW_BENCH_FORMATS=Q8_0,Q4_0`` runs only those formats; ``TIERFLOW_LLAMACPP_NO_REPACK=1``
+runs llama.cpp without its repacked CPU buffers (``--no-repack``).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -35,7 +37,7 @@ llama_cpp = pytest.importorskip(
     reason="llama-cpp-python is not installed (bench-only: pip install llama-cpp-python, "
     "which compiles llama.cpp)",
 )
-gguf = pytest.importorskip("gguf", reason="the gguf package (tierflow[test]) is not installed")
+pytest.importorskip("gguf", reason="the gguf package (tierflow[test]) is not installed")
 
 THREADS = 2
 LAYERS = int(os.environ.get("TIERFLOW_BENCH_LAYERS", "2"))
@@ -43,84 +45,9 @@ SHAPE = dict(hidden=2048, layers=LAYERS, heads=32, kv_heads=4, intermediate=5632
 PROMPT = 32
 DECODE = 16
 ROUNDS = 3
-FORMATS = ("F32", "F16", "Q8_0", "Q4_0")
-_LAYER = [
-    ("input_layernorm", "attn_norm"),
-    ("self_attn.q_proj", "attn_q"),
-    ("self_attn.k_proj", "attn_k"),
-    ("self_attn.v_proj", "attn_v"),
-    ("self_attn.o_proj", "attn_output"),
-    ("post_attention_layernorm", "ffn_norm"),
-    ("mlp.gate_proj", "ffn_gate"),
-    ("mlp.up_proj", "ffn_up"),
-    ("mlp.down_proj", "ffn_down"),
-]
-
-
-def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """llama.cpp convert_hf_to_gguf.py's q / k row permutation."""
-    return (
-        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(w.shape)
-    )
-
-
-def write_gguf(folder: str, out: str, fmt: str) -> None:
-    from safetensors.numpy import load_file
-
-    with open(os.path.join(folder, "config.json")) as f:
-        cfg = json.load(f)
-    sd = load_file(os.path.join(folder, "model.safetensors"))
-    w = gguf.GGUFWriter(out, "llama")
-    w.add_context_length(cfg["max_position_embeddings"])
-    w.add_embedding_length(cfg["hidden_size"])
-    w.add_block_count(cfg["num_hidden_layers"])
-    w.add_feed_forward_length(cfg["intermediate_size"])
-    w.add_head_count(cfg["num_attention_heads"])
-    w.add_head_count_kv(cfg["num_key_value_heads"])
-    w.add_layer_norm_rms_eps(cfg.get("rms_norm_eps", 1e-6))
-    w.add_rope_freq_base(10000.0)
-    w.add_rope_dimension_count(cfg["hidden_size"] // cfg["num_attention_heads"])
-    vocab = cfg["vocab_size"]
-    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
-    tokens += [f"t{i}" for i in range(len(tokens), vocab)]
-    types = [2, 3, 3] + [6] * 256 + [1] * (vocab - 259)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores([0.0] * vocab)
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    names = {
-        "model.embed_tokens.weight": "token_embd.weight",
-        "model.norm.weight": "output_norm.weight",
-        "lm_head.weight": "output.weight",
-    }
-    for i in range(cfg["num_hidden_layers"]):
-        for a, b in _LAYER:
-            names[f"model.layers.{i}.{a}.weight"] = f"blk.{i}.{b}.weight"
-    for hf, name in names.items():
-        if hf not in sd:  # a tied head
-            continue
-        t = sd[hf].astype(np.float32)
-        if name.endswith("attn_q.weight"):
-            t = _permute(t, cfg["num_attention_heads"])
-        elif name.endswith("attn_k.weight"):
-            t = _permute(t, cfg["num_key_value_heads"])
-        f = fmt if t.ndim == 2 and name != "token_embd.weight" else "F32"
-        if f in ("Q8_0", "Q4_0"):
-            q = tierflow.quantize(np.ascontiguousarray(t.T), f.lower())
-            raw = np.asarray(q.data).reshape(t.shape[0], -1)
-            w.add_tensor(name, raw, raw_dtype=getattr(gguf.GGMLQuantizationType, f))
-        elif f == "F16":
-            w.add_tensor(name, t.astype(np.float16))
-        else:
-            w.add_tensor(name, t)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+FORMATS = tuple(os.environ.get("TIERFLOW_BENCH_FORMATS", "F32,F16,Q8_0,Q4_0").split(","))
+#: TIERFLOW_LLAMACPP_NO_REPACK=1: llama.cpp without its repacked (extra) CPU buffer types
+NO_REPACK = os.environ.get("TIERFLOW_LLAMACPP_NO_REPACK") == "1"
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +60,7 @@ def files(tmp_path_factory):
     out = {}
     for fmt in FORMATS:
         out[fmt] = str(d / f"model-{fmt}.gguf")
-        write_gguf(ck, out[fmt], fmt)
+        tm.write_gguf(ck, out[fmt], fmt)
     return out
 
 
@@ -170,14 +97,26 @@ def _tierflow_run(model, prompt: list[int]) -> tuple[float, float, list[int]]:
 def test_same_gguf_file(benchmark, ratios, files, fmt):
     tierflow.set_num_threads(THREADS)
     prompt = [int(v) for v in np.random.default_rng(1).integers(259, SHAPE["vocab"], PROMPT)]
-    llm = llama_cpp.Llama(
-        model_path=files[fmt],
-        n_threads=THREADS,
-        n_threads_batch=THREADS,
-        n_ctx=128,
-        n_batch=PROMPT,
-        verbose=False,
-    )
+    default_params = llama_cpp.llama_cpp.llama_model_default_params
+    if NO_REPACK:  # llama.cpp's --no-repack: weights used as mapped, no extra CPU buffer types
+
+        def no_repack():
+            p = default_params()
+            p.use_extra_bufts = False
+            return p
+
+        llama_cpp.llama_cpp.llama_model_default_params = no_repack
+    try:
+        llm = llama_cpp.Llama(
+            model_path=files[fmt],
+            n_threads=THREADS,
+            n_threads_batch=THREADS,
+            n_ctx=128,
+            n_batch=PROMPT,
+            verbose=False,
+        )
+    finally:
+        llama_cpp.llama_cpp.llama_model_default_params = default_params
     model = tm.load(files[fmt])
     runs: dict[str, list[tuple[float, float, list[int]]]] = {"llama.cpp": [], "tierflow": []}
     _llamacpp_run(llm, prompt)  # warm-up

@@ -1,7 +1,7 @@
 """GGUF files: tierflow's reader, ``TieredStore.load_gguf``, ``tierflow.models.load("x.gguf")``
-and ``tierflow inspect``. Files are written with the ``gguf`` package (llama.cpp's own writer),
-with q / k rows permuted as llama.cpp's converter does, from the tiny Llama checkpoint in
-tests/data; the reference is that checkpoint loaded from its safetensors folder."""
+and ``tierflow inspect``. Files are written by ``tierflow.models.write_gguf`` (the ``gguf`` package,
+llama.cpp's own writer, with q / k rows permuted as llama.cpp's converter does) from the tiny
+Llama checkpoint in tests/data; the reference is that checkpoint loaded from its safetensors folder."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import json
 import os
 import struct
 
-import gguf
 import numpy as np
 import pytest
 from hypothesis import given
@@ -24,79 +23,11 @@ from tierflow.models.gguf import qk_rows, read_gguf
 
 TINY = os.path.join(os.path.dirname(__file__), "data", "tiny-llama")
 IDS = [1, 5, 9, 200, 3, 7, 511, 0]
-_LAYER_NAMES = [
-    ("input_layernorm", "attn_norm"),
-    ("self_attn.q_proj", "attn_q"),
-    ("self_attn.k_proj", "attn_k"),
-    ("self_attn.v_proj", "attn_v"),
-    ("self_attn.o_proj", "attn_output"),
-    ("post_attention_layernorm", "ffn_norm"),
-    ("mlp.gate_proj", "ffn_gate"),
-    ("mlp.up_proj", "ffn_up"),
-    ("mlp.down_proj", "ffn_down"),
-]
-
-
-def llamacpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """llama.cpp convert_hf_to_gguf.py's ``permute`` of q / k rows (n_head: the heads of w)."""
-    return (
-        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(w.shape)
-    )
 
 
 def write_tiny_gguf(out: str, fmt: str = "F32", embd_fmt: str = "F32") -> None:
-    """The tiny Llama as a GGUF file: matmul weights in ``fmt`` (Q8_0 / Q4_0 blocks made by
-    ``tierflow.quantize`` of the ``(K, N)`` operand), norms F32, the token table in ``embd_fmt``."""
-    with open(os.path.join(TINY, "config.json")) as f:
-        cfg = json.load(f)
-    sd = load_file(os.path.join(TINY, "model.safetensors"))
-    w = gguf.GGUFWriter(out, "llama")
-    w.add_context_length(cfg["max_position_embeddings"])
-    w.add_embedding_length(cfg["hidden_size"])
-    w.add_block_count(cfg["num_hidden_layers"])
-    w.add_feed_forward_length(cfg["intermediate_size"])
-    w.add_head_count(cfg["num_attention_heads"])
-    w.add_head_count_kv(cfg["num_key_value_heads"])
-    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
-    w.add_rope_freq_base(10000.0)
-    w.add_rope_dimension_count(cfg["head_dim"])
-    w.add_tokenizer_model("llama")
-    w.add_token_list([f"<t{i}>" for i in range(cfg["vocab_size"])])
-    w.add_token_scores([float(-i) for i in range(cfg["vocab_size"])])
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    names = {
-        "model.embed_tokens.weight": "token_embd.weight",
-        "model.norm.weight": "output_norm.weight",
-        "lm_head.weight": "output.weight",
-    }
-    for i in range(cfg["num_hidden_layers"]):
-        for a, b in _LAYER_NAMES:
-            names[f"model.layers.{i}.{a}.weight"] = f"blk.{i}.{b}.weight"
-    for hf, name in names.items():
-        t = sd[hf].astype(np.float32)
-        if name.endswith("attn_q.weight"):
-            t = llamacpp_permute(t, cfg["num_attention_heads"])
-        elif name.endswith("attn_k.weight"):
-            t = llamacpp_permute(t, cfg["num_key_value_heads"])
-        f = embd_fmt if name == "token_embd.weight" else fmt if t.ndim == 2 else "F32"
-        if f in ("Q8_0", "Q4_0"):
-            q = tierflow.quantize(np.ascontiguousarray(t.T), f.lower())
-            raw = np.asarray(q.data).reshape(t.shape[0], -1)
-            w.add_tensor(name, raw, raw_dtype=getattr(gguf.GGMLQuantizationType, f))
-        elif f == "F16":
-            w.add_tensor(name, t.astype(np.float16))
-        elif f == "BF16":
-            bits = (t.view(np.uint32) >> 16).astype(np.uint16)  # truncated to bf16
-            w.add_tensor(name, bits, raw_shape=t.shape, raw_dtype=gguf.GGMLQuantizationType.BF16)
-        else:
-            w.add_tensor(name, t)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    """The tiny Llama as a GGUF file (:func:`tierflow.models.write_gguf`)."""
+    tm.write_gguf(TINY, out, fmt, embd_fmt=embd_fmt)
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +80,42 @@ def test_read_modes_and_tiers(gguf_dir, ref_logits, read, tmp_path):
         assert np.array_equal(m(IDS), tm.load(TINY, dtype="q8_0")(IDS))
 
 
+@pytest.mark.parametrize("fmt", ["F32", "Q8_0"])
+def test_resident_when_larger_than_ram(gguf_dir, fmt, tmp_path):
+    """A GGUF model larger than the RAM tier: ``read="auto"`` pins a fixed part of the matmul
+    weights in RAM and streams only the rest, every step; logits equal the in-memory model's."""
+    want = tm.load(gguf_dir / f"tiny-{fmt}.gguf", tier="ram")
+    ram = (1 << 20) if fmt == "F32" else (320 << 10)  # about half the matmul weights
+    tiers = [tierflow.Tier("ram", ram), tierflow.Tier("disk", path="disk")]
+    with tierflow.TieredStore(tmp_path / "s", tiers=tiers) as s:
+        m = tm.load(gguf_dir / f"tiny-{fmt}.gguf", store=s)
+        w = m.weights
+        assert w.read == "resident" and w.resident
+        pinned = w.resident_bytes()
+        per_step = sum(w.nbytes(n) for n in w.layouts)
+        assert 0 < pinned <= ram and pinned < per_step
+        assert all(
+            s.info(w.prefix + n)["pinned"] and s.tier_of(w.prefix + n) == "ram" for n in w.resident
+        )
+        s.reset_stats()
+        assert np.array_equal(m(IDS), want(IDS))
+        streamed = s.stats()["counters"]["streamed"]["disk"]["bytes"]
+        rows = streamed - (per_step - pinned)  # the rest: the token rows, read one at a time
+        assert 0 <= rows <= len(IDS) * 128 * 4
+
+
+def test_write_gguf_bad_input(tmp_path, monkeypatch):
+    with pytest.raises(tierflow.InvalidArgumentError, match="Q5_K"):
+        tm.write_gguf(TINY, tmp_path / "x.gguf", "Q5_K")
+    gpt2 = os.path.join(os.path.dirname(__file__), "data", "tiny-gpt2")
+    with pytest.raises(tierflow.InvalidArgumentError, match="Llama"):
+        tm.write_gguf(gpt2, tmp_path / "x.gguf")
+    monkeypatch.setitem(__import__("sys").modules, "gguf", None)  # not installed
+    with pytest.raises(tierflow.MissingFileError, match="pip install gguf"):
+        tm.write_gguf(TINY, tmp_path / "x.gguf")
+    assert not (tmp_path / "x.gguf").exists()
+
+
 def test_quantized_token_table(tmp_path, ref_logits):
     """A Q8_0 token table (as llama.cpp writes one) gives its rows dequantised."""
     p = tmp_path / "e.gguf"
@@ -173,7 +140,11 @@ def test_metadata_config_and_tokenizer(gguf_dir):
     )
     assert cfg.eos_token_ids == (2,) and not cfg.tie_word_embeddings
     tok = m.gguf.tokenizer
-    assert tok.model == "llama" and tok.tokens[:2] == ["<t0>", "<t1>"] and len(tok.tokens) == 512
+    assert (
+        tok.model == "llama"
+        and tok.tokens[:4] == ["<unk>", "<s>", "</s>", "<0x00>"]
+        and len(tok.tokens) == 512
+    )
     assert (tok.bos_token_id, tok.eos_token_id) == (1, 2) and tok.scores[3] == -3.0
     g = read_gguf(gguf_dir / "tiny-Q4_0.gguf")
     assert g.version == 3 and g.alignment == 32 and g.metadata["general.architecture"] == "llama"

@@ -355,41 +355,80 @@ def test_docstring_examples():
 
 def test_resident_drops_page_cache_when_memory_is_short(tmp_path, monkeypatch):
     """In a memory cgroup too small for the model, "resident" advises the OS to drop the file
-    pages of the pinned weights once (they are held in the RAM tier) and of each streamed weight
-    after its use; the logits stay bit-identical. Outside a cgroup with plenty of memory nothing
-    is dropped (the page cache may keep the streamed part warm)."""
+    pages of the pinned weights once (they are held in the RAM tier) and turns on the store's
+    drop_after_read (the streamed bytes leave the page cache once the kernels have them); the
+    logits stay bit-identical. Outside a cgroup with plenty of memory nothing is dropped (the
+    page cache may keep the streamed part warm). Either way the next streamed weights' reads
+    are started ahead (WILLNEED), each before the forward pass asks for it, in a bounded window."""
     import tierflow.models._weights as wmod
 
-    calls: list[tuple[str, int, int]] = []
+    calls: list[tuple[str, int, int, int]] = []
     real = os.posix_fadvise
 
     def spy(fd, offset, length, advice):
-        calls.append((os.readlink(f"/proc/self/fd/{fd}"), offset, length))
+        calls.append((os.readlink(f"/proc/self/fd/{fd}"), offset, length, advice))
         return real(fd, offset, length, advice)
 
     monkeypatch.setattr(os, "posix_fadvise", spy)
     r = _ref_data("tiny-llama")
     base = tm.load(DATA / "tiny-llama", tier="ram")
     tiers = [tierflow.Tier("ram", 1 << 20), tierflow.Tier("disk", None, path="disk")]
+    ck = os.path.realpath(DATA / "tiny-llama" / "model.safetensors")
     monkeypatch.setattr(wmod, "cgroup_memory_limit", lambda: None)
     with tierflow.TieredStore(tmp_path / "a", tiers=tiers) as store:
         model = tm.load(DATA / "tiny-llama", store=store)
-        assert model.weights.read == "resident" and not model.weights._drop_cache
-        model(r["input_ids_1"])
-    assert calls == []
+        w = model.weights
+        assert w.read == "resident" and not w._drop_cache and not store.drop_after_read
+        asked: list[tuple[str, int]] = []  # (weight, WILLNEED calls made before it was asked)
+        mat = w.mat
+        monkeypatch.setattr(w, "mat", lambda n: (asked.append((n, len(calls))), mat(n))[1])
+        np.testing.assert_array_equal(model(r["input_ids_1"]), base(r["input_ids_1"]))
+    assert calls and all(a == os.POSIX_FADV_WILLNEED for *_, a in calls)
+    streamed = [n for n in w.layouts if n not in w.resident]
+    assert streamed and set(w._streamed) == set(streamed)
+    begins = {w.infos[n].begin: n for n in streamed}
+    hinted = [begins[o] for p, o, _, _ in calls if os.path.realpath(p) == ck]
+    for n, before in asked:  # every streamed weight was hinted before it was asked for
+        if n in streamed and n != streamed[0]:
+            assert n in hinted[:before], n
+    assert all(0 < length <= w._window for *_, length, _ in calls)
+    calls.clear()
     model_bytes = os.path.getsize(DATA / "tiny-llama" / "model.safetensors")
     monkeypatch.setattr(wmod, "cgroup_memory_limit", lambda: model_bytes // 2)
+    monkeypatch.setattr(wmod, "_cgroup_room", lambda window: None)
     with tierflow.TieredStore(tmp_path / "b", tiers=tiers) as store:
         model = tm.load(DATA / "tiny-llama", store=store)
         w = model.weights
-        assert w._drop_cache and w.resident
-        pinned_calls = len(calls)
-        assert pinned_calls == len(w.resident)
+        assert w._drop_cache and w.resident and store.drop_after_read
+        dropped = [(p, o) for p, o, n, a in calls if a == os.POSIX_FADV_DONTNEED]
+        assert len(dropped) == len(calls) == len(w.resident)
+        assert {o for _, o in dropped} == {w.infos[n].begin for n in w.resident}
+        assert all(os.path.realpath(p) == ck for p, _ in dropped)
         np.testing.assert_array_equal(model(r["input_ids_1"]), base(r["input_ids_1"]))
-        streamed = [n for n in w.layouts if n not in w.resident]
-        # every streamed weight but the last of the step is dropped once per step
-        assert len(calls) - pinned_calls >= len(streamed) - 1
-        ck = os.path.realpath(DATA / "tiny-llama" / "model.safetensors")
-        assert all(os.path.realpath(p) == ck and n > 0 for p, _, n in calls)
         w.release()
         assert not any(store.info(w.prefix + n)["pinned"] for n in w.layouts)
+        assert not store.drop_after_read
+
+
+def test_resident_leaves_the_cgroup_room_for_the_process(tmp_path, monkeypatch):
+    """In a memory cgroup, the pinned weights (anonymous memory: without swap, a cgroup they
+    overfill kills the process) stay within its limit less the process's anonymous memory,
+    the streaming reserve and the prefetch window, however large the RAM tier."""
+    import tierflow.models._weights as wmod
+
+    room = 300 << 10
+    monkeypatch.setattr(
+        wmod,
+        "cgroup_memory_limit",
+        lambda: wmod._anon_now() + wmod.STREAM_RESERVE + (8 << 20) + room,
+    )
+    tiers = [tierflow.Tier("ram", 1 << 20), tierflow.Tier("disk", None, path="disk")]
+    r = _ref_data("tiny-llama")
+    with tierflow.TieredStore(tmp_path / "s", tiers=tiers) as store:
+        model = tm.load(DATA / "tiny-llama", store=store)
+        w = model.weights
+        assert w.read == "resident" and w._window == 8 << 20
+        assert 0 < w.resident_bytes() <= room
+        np.testing.assert_array_equal(
+            model(r["input_ids_1"]), tm.load(DATA / "tiny-llama", tier="ram")(r["input_ids_1"])
+        )

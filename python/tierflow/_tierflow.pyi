@@ -89,6 +89,7 @@ class Store:
         rename: dict[str, str] | None = None,
     ) -> list[str]: ...
     def read_into(self, name: str, offset: int, out: npt.NDArray[np.uint8]) -> None: ...
+    drop_after_read: bool
 
 # --- kernels ---
 def _matmul_plain(

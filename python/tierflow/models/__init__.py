@@ -21,6 +21,7 @@ from typing import Any
 
 from .._deprecated import renamed
 from ._base import CausalLM
+from ._gguf_writer import write_gguf
 from ._tiny import write_tiny_checkpoint
 from ._weights import WEIGHT_FORMATS
 from .bert import BertModel
@@ -52,6 +53,7 @@ __all__ = [
     "minilm_path",
     "read_config",
     "sample_next",
+    "write_gguf",
     "write_tiny_checkpoint",
 ]
 

@@ -16,11 +16,15 @@ in the same tier. The forward pass asks for each weight when it needs it (``Weig
     every time (a cyclic scan); for such a scan an LRU cache (the OS page cache, or the store's
     ``"store"`` mode) evicts each weight just before it is needed again and re-reads the whole
     model per step, whereas the optimal (Belady) policy keeps a fixed set resident and reads only
-    the rest: ``model - budget`` bytes per step instead of ``model``. When the memory is short
-    (the model does not fit its memory cgroup's limit, or without one the streamed bytes exceed
-    ``MemAvailable``), the file pages of both parts are dropped from the OS page cache
-    (``posix_fadvise(DONTNEED)``) once read, so the data are not held twice and the page cache
-    does not evict the pinned weights' room;
+    the rest: ``model - budget`` bytes per step instead of ``model``. The reads of the next
+    streamed weights are started ahead (``posix_fadvise(WILLNEED)``, a window of
+    :data:`PREFETCH_WINDOW` bytes at most), so the disk keeps reading while the pinned weights
+    are multiplied. When the memory is short (the model does not fit its memory cgroup's
+    limit, or without one the streamed bytes exceed ``MemAvailable``), the file pages of both
+    parts are dropped from the OS page cache (``posix_fadvise(DONTNEED)``) once read (the
+    pinned ones at load, the streamed ones by the store right after each panel is read:
+    :attr:`TieredStore.drop_after_read`), so the data are not held twice and the page cache
+    does not take the room the memory limit gives the pinned weights;
 
   - ``"stream"``: the kernel streams it from its tier (``tierflow.matmul(x, store[name])``):
     panels ``pread`` into a double buffer while the previous panel is multiplied, the weight
@@ -68,6 +72,14 @@ READ_MODES = ("auto", "resident", "stream", "store", "mmap")
 #: share of the default memory tier's free room that ``read="resident"`` fills with pinned
 #: weights (the rest is room for the small weights read through the store and other tensors)
 RESIDENT_FILL = 0.95
+#: ``read="resident"``: bytes of the next streamed weights whose reads are started ahead of
+#: the kernels (at most; a sixteenth of the RAM tier when that is less, at least 8 MiB)
+PREFETCH_WINDOW = 64 << 20
+#: ``read="resident"`` in a memory cgroup: bytes of its limit left to the streaming kernels'
+#: panel buffers (two in flight and up to six more kept, 8 MiB each), on top of the
+#: process's anonymous memory and the prefetch window (pinned weights are anonymous memory:
+#: without swap, a cgroup they overfill kills the process)
+STREAM_RESERVE = 64 << 20
 #: formats a checkpoint may be converted to on load (None keeps the stored dtype)
 WEIGHT_FORMATS = (None, "f32", "bf16", "q8_0", "q4_0")
 _FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
@@ -136,7 +148,13 @@ class Weights:
         #: weights pinned in a memory tier by ``read="resident"`` (the rest stream)
         self.resident: list[str] = []
         self._drop_cache = False
-        self._last_streamed: str | None = None
+        self._drop_before = False
+        # read="resident": the streamed weights in execution order, the window of them whose
+        # reads were started ahead (posix_fadvise WILLNEED), its size, and the next to start
+        self._streamed: list[str] = []
+        self._ahead: list[str] = []
+        self._window = 0
+        self._next_ahead = 0
 
     @classmethod
     def open(
@@ -220,10 +238,10 @@ class Weights:
             if op is not None:
                 return op
         elif self.read in ("stream", "resident"):
+            if self._streamed:
+                self._prefetch_streamed(name)
             ref = self._streamed_operand(name)
             if ref is not None:
-                if self._drop_cache:
-                    self._drop_previous(name)
                 return ref
         a = self.store.get(self.prefix + name)
         if isinstance(a, QuantizedTensor):
@@ -247,8 +265,9 @@ class Weights:
         """Pin a fixed set of matmul weights in the store's default memory tier (the largest
         one), filling up to :data:`RESIDENT_FILL` of its free room after leaving space for the
         weights the forward pass reads through the store (norms, biases); the rest stay in their
-        file tier and are streamed. Weights are taken in execution order, skipping any that no
-        longer fit. Without a bounded memory tier nothing moves."""
+        file tier and are streamed. In a memory cgroup no more than :func:`_cgroup_room` is
+        pinned. Weights are taken in execution order, skipping any that no longer fit. Without a
+        bounded memory tier nothing moves."""
         mem = [t for t in self.store.tiers if not t.file_backed and t.capacity is not None]
         if not mem:
             return
@@ -257,7 +276,12 @@ class Weights:
         small = sum(
             self.nbytes(n) for n in self.infos if n not in self.layouts and n not in self._emb
         )
-        room = int((int(tier.capacity or 0) - used - small) * RESIDENT_FILL)
+        self._window = min(PREFETCH_WINDOW, max(8 << 20, int(tier.capacity or 0) // 16))
+        room = int(tier.capacity or 0) - used - small
+        cap = _cgroup_room(self._window)
+        if cap is not None:
+            room = min(room, cap)
+        room = int(max(room, 0) * RESIDENT_FILL)
         ordered = [n for g in self.groups for n in g if n in self.layouts]
         ordered += [n for n in self.layouts if n not in ordered]
         streamed = 0
@@ -273,33 +297,62 @@ class Weights:
                 room -= size
             else:
                 streamed += size
+        self._streamed = [n for n in ordered if n not in self.resident and n not in self._emb]
+        self._streamed = [
+            n for n in self._streamed if self.store.tier_of(self.prefix + n) in self._file_tiers
+        ]
         self._drop_cache = streamed > 0 and _memory_short(streamed, self.resident_bytes())
         if self._drop_cache:
             for n in self.resident:
-                self._drop_file_pages(n)
+                self._advise(n, getattr(os, "POSIX_FADV_DONTNEED", 0))
+            self._drop_before = self.store.drop_after_read
+            self.store.drop_after_read = True
 
     def resident_bytes(self) -> int:
         """Bytes of the weights ``read="resident"`` pinned in memory."""
         return sum(self.nbytes(n) for n in self.resident)
 
     def release(self) -> None:
-        """Unpin the weights ``read="resident"`` pinned (the store may then evict them)."""
+        """Unpin the weights ``read="resident"`` pinned (the store may then evict them), and
+        stop streaming them ahead."""
         for n in self.resident:
             full = self.prefix + n
             if full in self.store:
                 self.store.unpin(full)
         self.resident = []
+        self._streamed = []
+        if self._drop_cache:
+            self.store.drop_after_read = self._drop_before
+            self._drop_cache = False
 
-    def _drop_previous(self, name: str) -> None:
-        """Drop the OS page-cache pages of the streamed weight read before ``name``."""
-        last, self._last_streamed = self._last_streamed, name
-        if last is not None and last != name:
-            self._drop_file_pages(last)
+    def _prefetch_streamed(self, name: str) -> None:
+        """``read="resident"``: keep the reads of the next streamed weights (in execution
+        order, wrapping to the next step) started ahead of the kernels, about ``_window`` bytes
+        of them (``posix_fadvise(WILLNEED)``: the OS reads them in the background into its page
+        cache, from which the streaming kernel then copies them). So the disk keeps reading while
+        the pinned weights are multiplied, instead of waiting for the next streamed weight's
+        kernel to ask. ``name`` is the weight the forward pass asks for now: if it is a streamed
+        one, it and those before it leave the window."""
+        if name in self._ahead:
+            del self._ahead[: self._ahead.index(name) + 1]
+        elif name in self._streamed:
+            self._ahead.clear()  # out of order (another forward pass began): restart here
+            self._next_ahead = (self._streamed.index(name) + 1) % len(self._streamed)
+        budget = self._window - sum(min(self.nbytes(n), self._window) for n in self._ahead)
+        while budget > 0 and len(self._ahead) < len(self._streamed) - 1:
+            n = self._streamed[self._next_ahead]
+            if n == name or n in self._ahead:
+                break
+            self._advise(n, getattr(os, "POSIX_FADV_WILLNEED", 0), limit=min(budget, self._window))
+            self._ahead.append(n)
+            budget -= min(self.nbytes(n), self._window)
+            self._next_ahead = (self._next_ahead + 1) % len(self._streamed)
 
-    def _drop_file_pages(self, name: str) -> None:
-        """``posix_fadvise(DONTNEED)`` the bytes of weight ``name`` in the file backing it (the
-        adopted checkpoint's range, or the whole of the store's own file for a converted
-        weight). Advice only: errors are ignored (the data stay correct either way)."""
+    def _advise(self, name: str, advice: int, limit: int | None = None) -> None:
+        """``posix_fadvise(advice)`` on the bytes of weight ``name`` in the file backing it (the
+        adopted checkpoint's range, or the store's own file for a converted weight; at most the
+        first ``limit`` bytes). Advice only: errors are ignored (the data stay correct either
+        way)."""
         if not hasattr(os, "posix_fadvise"):
             return
         info = self.store.info(self.prefix + name)
@@ -308,12 +361,14 @@ class Weights:
             return
         t = self.infos.get(name)
         begin, length = (t.begin, t.end - t.begin) if info.get("adopted") and t else (0, 0)
+        if limit is not None:
+            length = min(length, limit) if length else limit
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError:
             return
         try:
-            os.posix_fadvise(fd, begin, length, os.POSIX_FADV_DONTNEED)
+            os.posix_fadvise(fd, begin, length, advice)
         except OSError:
             pass
         finally:
@@ -467,6 +522,28 @@ def _memory_short(streamed: int, pinned: int) -> bool:
     except (OSError, ValueError, IndexError):
         pass
     return False
+
+
+def _cgroup_room(window: int) -> int | None:
+    """Bytes of weights ``read="resident"`` may pin in this process's memory cgroup (None
+    outside one): its limit less the process's anonymous memory now (``RssAnon``),
+    :data:`STREAM_RESERVE` and the prefetch ``window``."""
+    limit = cgroup_memory_limit()
+    if limit is None:
+        return None
+    return limit - _anon_now() - STREAM_RESERVE - window
+
+
+def _anon_now() -> int:
+    """This process's anonymous memory now (``RssAnon`` of /proc/self/status; 0 if unknown)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def _is_file_tier(store: TieredStore, tier: str) -> bool:

@@ -328,6 +328,8 @@ class GGUFWeights(Weights):
             if dtype is not None and dtype != "f32":
                 w._convert(dtype, tier)
             w.read = w._auto_read() if read == "auto" else read
+            if w.read == "resident":
+                w._make_resident()
         except BaseException:
             if private is not None:
                 store.close()

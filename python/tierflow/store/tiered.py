@@ -196,8 +196,10 @@ def cgroup_memory_limit(root: str | os.PathLike[str] = "/") -> int | None:
 
 def _default_tiers(path: Path | None) -> list[Tier]:
     """fast: the largest CPU cache (a staging buffer for kernels); ram: a quarter of physical
-    memory, or, in a memory cgroup, its limit less a quarter (at least 256 MiB) when that is
-    smaller (a quarter is left, at least 128 MiB); disk: file-backed, unbounded, in ``<path>/disk`` (only with a path)."""
+    memory, or, in a memory cgroup, its limit less an eighth (at least 96 MiB) when that is
+    smaller, the fast tier then taking at most 1/32 of it (the two memory tiers together stay
+    within the limit less its reserve); disk: file-backed, unbounded, in ``<path>/disk`` (only
+    with a path)."""
     cache = 32 << 20
     try:
         sizes = []
@@ -217,8 +219,12 @@ def _default_tiers(path: Path | None) -> list[Tier]:
     limit = cgroup_memory_limit()
     if limit is not None:
         # in a memory cgroup (a container, a batch job) the limit, not the machine, is the RAM:
-        # keep a quarter of it (at least 128 MiB) for the process, its buffers and page cache
-        ram = max(min(ram, limit - max(128 << 20, limit // 4)), 16 << 20)
+        # keep an eighth of it (at least 96 MiB) for the process, its buffers and page cache,
+        # and the two memory tiers together within the rest (fast at most 1/32 of it: some
+        # machines report a last-level cache of hundreds of MiB)
+        budget = max(min(ram, limit - max(96 << 20, limit // 8)), 16 << 20)
+        cache = min(cache, budget // 32)
+        ram = budget - cache
     tiers = [Tier("fast", cache), Tier("ram", ram)]
     if path is not None:
         tiers.append(Tier("disk", None, path="disk"))
@@ -616,6 +622,20 @@ class TieredStore:
         if offset < 0:
             raise InvalidArgumentError(f"offset must not be negative, got {offset}")
         self._s.read_into(name, int(offset), out)
+
+    @property
+    def drop_after_read(self) -> bool:
+        """Whether bytes that :meth:`read_into` and the streaming kernels read from a file tier
+        are dropped from the OS page cache right after (``posix_fadvise(DONTNEED)`` on the range
+        read; advice only, off by default). For weights streamed once per step under a memory
+        limit that charges the page cache (a memory cgroup): the kernels copy the bytes into
+        their own panel buffers, so a cached copy would only take room the limit needs
+        elsewhere. ``read="resident"`` turns it on when memory is short."""
+        return bool(self._s.drop_after_read)
+
+    @drop_after_read.setter
+    def drop_after_read(self, on: bool) -> None:
+        self._s.drop_after_read = bool(on)
 
     def tier_of(self, name: str) -> str:
         return str(self.info(name)["tier"])

@@ -287,6 +287,18 @@ impl PyStore {
         run(py, move || s.load_gguf(&path, tier, prefix, overwrite, &rename))
     }
 
+    /// Whether bytes read from a file tier by `read_into` and the streaming kernels are dropped
+    /// from the OS page cache right after (posix_fadvise DONTNEED on the range read).
+    #[getter]
+    fn get_drop_after_read(&self) -> bool {
+        self.inner.drop_after_read()
+    }
+
+    #[setter]
+    fn set_drop_after_read(&self, on: bool) {
+        self.inner.set_drop_after_read(on)
+    }
+
     /// Copy bytes [offset, offset + len(out)) of `name` into the writable uint8 array `out`.
     fn read_into(
         &self,

@@ -401,6 +401,21 @@ pub fn read_into(
     Ok(Some(crc))
 }
 
+/// Advise the OS to drop its cached pages of bytes `[start, start + len)` of the tensor at
+/// `loc` (`posix_fadvise(POSIX_FADV_DONTNEED)`; the kernel drops the clean pages wholly inside
+/// the range). Advice only: the data stay correct either way, so errors are ignored.
+pub fn drop_cached(loc: &FileLoc, start: u64, len: u64) {
+    use std::os::unix::io::AsRawFd;
+    let Ok(f) = File::open(&loc.path) else { return };
+    let (Ok(off), Ok(n)) =
+        (libc::off_t::try_from(loc.offset.saturating_add(start)), libc::off_t::try_from(len))
+    else {
+        return;
+    };
+    // SAFETY: an advice call on a valid, open file descriptor; no memory is passed.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), off, n, libc::POSIX_FADV_DONTNEED) };
+}
+
 /// Copy a whole file (another file tier): read, then write atomically.
 pub fn copy_tensor_file(
     src: &FileLoc,

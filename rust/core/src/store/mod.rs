@@ -41,6 +41,7 @@ use serde::Serialize;
 use state::{Demotion, Entry, State, TierState};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -141,6 +142,8 @@ pub(crate) struct Inner {
     default_tier: usize,
     policy: Policy,
     verify_reads: bool,
+    /// Drop the OS page cache's copy of what [`Store::read_into`] read from a file tier.
+    drop_after_read: AtomicBool,
     state: Mutex<State>,
     cv: Condvar,
     /// The folder lock (flock), released by `close`.
@@ -285,6 +288,7 @@ impl Store {
                 default_tier,
                 policy: cfg.policy,
                 verify_reads: cfg.verify_reads,
+                drop_after_read: AtomicBool::new(false),
                 state: Mutex::new(state),
                 cv: Condvar::new(),
                 folder_lock: Mutex::new(lock),
@@ -1299,6 +1303,20 @@ impl Store {
 
     /// Copy bytes `[offset, offset + out.len())` of `name` into `out` from wherever it lives,
     /// without moving it (kernels stream weight panels this way). Counted as streamed traffic.
+    /// Whether [`Store::read_into`] drops the OS page cache's copy of the bytes it reads from
+    /// a file tier right after reading them (`posix_fadvise(POSIX_FADV_DONTNEED)` on that range;
+    /// advice only). For weights streamed once per step under a memory limit that charges the
+    /// page cache (a memory cgroup): the kernels hold the bytes in their own panel buffers, so a
+    /// cached copy only takes room the limit needs for other things. Off by default.
+    pub fn set_drop_after_read(&self, on: bool) {
+        self.inner.drop_after_read.store(on, Ordering::Relaxed);
+    }
+
+    /// See [`Store::set_drop_after_read`].
+    pub fn drop_after_read(&self) -> bool {
+        self.inner.drop_after_read.load(Ordering::Relaxed)
+    }
+
     pub fn read_into(&self, name: &str, offset: u64, out: &mut [u8]) -> Result<()> {
         let (mem, loc, tier, n) = {
             let mut st = self.lock();
@@ -1330,6 +1348,9 @@ impl Store {
             }
             (None, Some(l)) => {
                 fileio::read_into(&l, name, offset, out, false)?;
+                if self.inner.drop_after_read.load(Ordering::Relaxed) {
+                    fileio::drop_cached(&l, offset, out.len() as u64);
+                }
             }
             _ => return Err(CoreError::Internal(format!("{name:?} has no bytes"))),
         }

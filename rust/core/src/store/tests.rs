@@ -106,3 +106,67 @@ fn adopt_and_detect_truncation() {
     std::fs::OpenOptions::new().write(true).open(&f).unwrap().set_len(len - 8).unwrap();
     assert!(matches!(s.get("m.t", false), Err(CoreError::Corrupt { .. })));
 }
+
+/// How many pages of `path`'s bytes `[off, off + len)` the OS page cache holds (`mincore`).
+fn cached_pages(path: &Path, off: u64, len: usize) -> usize {
+    use std::os::unix::io::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+    let start = off / page * page;
+    let n = (off + len as u64 - start) as usize;
+    let mut v = vec![0u8; n.div_ceil(page as usize)];
+    // SAFETY: a read-only shared mapping of an open file, unmapped before returning; mincore
+    // writes one byte per page of it into `v`, which has that many.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            n,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            start as libc::off_t,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        assert_eq!(libc::mincore(p, n, v.as_mut_ptr()), 0);
+        libc::munmap(p, n);
+    }
+    v.iter().filter(|b| **b & 1 != 0).count()
+}
+
+#[test]
+fn drop_after_read_leaves_the_range_out_of_the_page_cache() {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("x.safetensors");
+    let data = bytes(1 << 20, 7);
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![512, 512], &data)
+        .unwrap();
+    safetensors::tensor::serialize_to_file([("t", view)], None, &f).unwrap();
+    std::fs::File::open(&f).unwrap().sync_all().unwrap(); // clean pages: DONTNEED can drop them
+    let off = std::fs::metadata(&f).unwrap().len() - data.len() as u64;
+    let s = Store::create(cfg(&d.path().join("store"), 1 << 30)).unwrap();
+    s.load_safetensors(&f, Some(2), "m.", false).unwrap();
+    assert_eq!(s.meta("m.t").unwrap().tier, "disk");
+    let mut out = vec![0u8; data.len()];
+    assert!(!s.drop_after_read());
+    s.read_into("m.t", 0, &mut out).unwrap();
+    assert_eq!(out, data);
+    let before = cached_pages(&f, off, data.len());
+    s.set_drop_after_read(true);
+    assert!(s.drop_after_read());
+    out.fill(0);
+    s.read_into("m.t", 0, &mut out).unwrap();
+    assert_eq!(out, data);
+    let after = cached_pages(&f, off, data.len());
+    // tmpfs keeps its pages (they are the file): the advice cannot drop them there
+    // SAFETY: statfs fills the struct for a valid NUL-terminated path.
+    let tmpfs = unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        let p = std::ffi::CString::new(f.to_str().unwrap()).unwrap();
+        libc::statfs(p.as_ptr(), &mut st) == 0 && st.f_type == 0x0102_1994
+    };
+    if !tmpfs {
+        assert!(before >= 250, "the first read left {before} of 256 pages cached");
+        assert!(after <= 2, "{after} pages still cached after drop_after_read (edges only)");
+    }
+}
