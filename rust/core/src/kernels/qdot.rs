@@ -162,6 +162,26 @@ pub(crate) fn block_corr(a: &QActs, off: i32) -> Vec<i32> {
 }
 
 /// Does this format take the integer path?
+/// The epilogue of every integer-dot tile: `C[at + r] = lanes[r] + bias[j + r]` (plus 0.0
+/// without a bias) for each lane `r` of `lanes` (the tile row's valid sums).
+///
+/// # Safety
+/// `c.add(at..at + lanes.len())` lie in this task's columns of `C` (the [`QRowsOut`] contract),
+/// and `bias`, if any, holds `j + lanes.len()` values.
+#[inline(always)]
+pub(crate) unsafe fn store_sums(
+    lanes: &[f32],
+    bias: Option<&[f32]>,
+    c: *mut f32,
+    at: usize,
+    j: usize,
+) {
+    for (r, &v) in lanes.iter().enumerate() {
+        // SAFETY: the caller's contract.
+        unsafe { *c.add(at + r) = v + bias.map_or(0.0, |b| b[j + r]) };
+    }
+}
+
 pub fn is_int_format(fmt: Format) -> bool {
     matches!(fmt, Format::Q8_0 | Format::Q4_0)
 }

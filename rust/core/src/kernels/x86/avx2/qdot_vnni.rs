@@ -8,7 +8,7 @@
 //! broadcast(qx[4k..4k+4]))` is the exact `sum u qx` per row, `isum = P - off * sum(qx)` the
 //! reference's integer block sum, and `s += (dw * dx) * float(isum)` with no FMA, in block order.
 
-use crate::kernels::qdot::{block_corr, QActs, QRowsOut};
+use crate::kernels::qdot::{block_corr, store_sums, QActs, QRowsOut};
 use crate::kernels::quant::{QWeight, QK};
 use std::arch::x86_64::*;
 
@@ -140,9 +140,7 @@ unsafe fn tile<F: VFmt, const MR: usize>(
         let mut out = [0f32; 8];
         for (t, at) in acc.iter().enumerate() {
             _mm256_storeu_ps(out.as_mut_ptr(), *at);
-            for (r, &v) in out[..valid].iter().enumerate() {
-                *c.add((i + t) * ldc + j + r) = v + bias.map_or(0.0, |bb| bb[j + r]);
-            }
+            store_sums(&out[..valid], bias, c, (i + t) * ldc + j, j);
         }
     }
 }
@@ -200,9 +198,7 @@ unsafe fn tile_m1<F: VFmt>(
         let valid = (n1 - j).min(8);
         let mut out = [0f32; 8];
         _mm256_storeu_ps(out.as_mut_ptr(), acc);
-        for (r, &v) in out[..valid].iter().enumerate() {
-            *c.add(i * ldc + j + r) = v + bias.map_or(0.0, |bb| bb[j + r]);
-        }
+        store_sums(&out[..valid], bias, c, i * ldc + j, j);
     }
 }
 

@@ -21,7 +21,7 @@
 //! row (decode at M = 1) skips the transposition and reduces its 16 rows' partial sums instead
 //! ([`tile_m1`]: fewer shuffles for one row, the same exact sums in the same lanes).
 
-use crate::kernels::qdot::{block_corr, QActs, QRowsOut};
+use crate::kernels::qdot::{block_corr, store_sums, QActs, QRowsOut};
 use crate::kernels::quant::{QWeight, QK};
 use std::arch::x86_64::*;
 
@@ -157,9 +157,7 @@ unsafe fn tile<F: VFmt, const MR: usize>(
         let mut out = [0f32; 16];
         for (t, at) in acc.iter().enumerate() {
             _mm512_storeu_ps(out.as_mut_ptr(), *at);
-            for (r, &v) in out[..valid].iter().enumerate() {
-                *c.add((i + t) * ldc + j + r) = v + bias.map_or(0.0, |bb| bb[j + r]);
-            }
+            store_sums(&out[..valid], bias, c, (i + t) * ldc + j, j);
         }
     }
 }
@@ -225,9 +223,7 @@ unsafe fn tile_m1<F: VFmt>(
         let valid = (n1 - j).min(16);
         let mut out = [0f32; 16];
         _mm512_storeu_ps(out.as_mut_ptr(), acc);
-        for (r, &v) in out[..valid].iter().enumerate() {
-            *c.add(i * ldc + j + r) = v + bias.map_or(0.0, |bb| bb[j + r]);
-        }
+        store_sums(&out[..valid], bias, c, i * ldc + j, j);
     }
 }
 
