@@ -36,21 +36,22 @@ def best_of(f: Callable[[], object], rounds: int) -> float:
     return best
 
 
+#: Pause after a tierflow call: its idle workers poll for ``tierflow.info()["spin_us"]`` (2 ms by
+#: default) before they sleep and would otherwise share the cores with the anchor's threads.
+TF_PAUSE = tierflow.info()["spin_us"] * 1e-6 + 0.005
+#: Pause after a NumPy / PyTorch call: OpenBLAS's worker threads busy-wait for about 0.1 s.
+ANCHOR_PAUSE = 0.3
+
+
+def pause_after(name: str) -> None:
+    time.sleep(ANCHOR_PAUSE if name.startswith(("numpy", "torch")) else TF_PAUSE)
+
+
 def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Best time of each function, measured in alternating rounds (so drift in the machine's
-    load hits every side alike), after one warm-up each. After each NumPy call (keys starting
-    "numpy") wait 0.3 s: OpenBLAS's worker threads busy-wait for about 0.1 s after a call and
-    would otherwise share the cores with tierflow's threads."""
-    best = {k: float("inf") for k in fns}
-    for r in range(rounds + 1):
-        for name, f in fns.items():
-            t = time.perf_counter()
-            f()
-            if r:
-                best[name] = min(best[name], time.perf_counter() - t)
-            if name.startswith("numpy"):
-                time.sleep(0.3)
-    return best
+    """Median time of each function, measured in alternating rounds (so drift in the machine's
+    load hits every side alike) after one warm-up each, with a pause after every call so that
+    neither side's idle threads (still polling for work) take a core from the other."""
+    return interleaved_medians(fns, rounds)
 
 
 def record(benchmark, ratios, name: str, ratio: float, target: float, **extra) -> None:
@@ -283,8 +284,7 @@ def interleaved_medians(
     cpu: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Median time of each function over `rounds` alternating rounds after one warm-up each, read
-    from `clock` (wall time by default, or process CPU time); 0.3 s pause after each NumPy call,
-    as in `interleaved`.
+    from `clock` (wall time by default, or process CPU time); pauses as in `interleaved`.
     With `cpu`, also the median process CPU time of each call, into it."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     cpus: dict[str, list[float]] = {k: [] for k in fns}
@@ -295,8 +295,7 @@ def interleaved_medians(
             if r:
                 times[name].append(clock() - t)
                 cpus[name].append(time.process_time() - c)
-            if name.startswith("numpy"):
-                time.sleep(0.3)
+            pause_after(name)
     if cpu is not None:
         cpu.update({k: float(np.median(v)) for k, v in cpus.items()})
     return {k: float(np.median(v)) for k, v in times.items()}

@@ -122,8 +122,11 @@ def test_same_gguf_file(benchmark, ratios, files, fmt):
     _llamacpp_run(llm, prompt)  # warm-up
     _tierflow_run(model, prompt)
     for _ in range(ROUNDS):
+        # a pause after each engine: both keep idle threads polling for a moment after a call
         runs["llama.cpp"].append(_llamacpp_run(llm, prompt))
+        time.sleep(0.3)
         runs["tierflow"].append(_tierflow_run(model, prompt))
+        time.sleep(0.3)
     benchmark.pedantic(model.generate, args=(prompt, 1), rounds=1, iterations=1)
     med = {
         k: (float(np.median([r[0] for r in v])), float(np.median([r[1] for r in v])))

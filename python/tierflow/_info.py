@@ -13,7 +13,9 @@ def info() -> dict[str, Any]:
     """Version, CPU features found at run time, and kernel paths available and selected.
 
     ``isa_extensions`` lists the optional extensions (``avx512vnni``, ``avx512bf16``,
-    ``avxvnni``) whose kernel bodies run on this CPU.
+    ``avxvnni``) whose kernel bodies run on this CPU. ``spin_us`` is how long the decode kernels'
+    idle worker threads poll for the next call before they sleep (``TIERFLOW_SPIN_US``; 0 makes
+    them sleep at once, and every multi-threaded call then pays a thread wake-up).
 
     Example:
         >>> import tierflow

@@ -29,6 +29,7 @@ fn build_info(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
     let ext: Vec<&str> = tierflow_core::cpu::Ext::active().into_iter().map(|e| e.name()).collect();
     d.set_item("isa_extensions", ext)?;
     d.set_item("num_threads", tierflow_core::pool::num_threads())?;
+    d.set_item("spin_us", tierflow_core::pool::spin_us())?;
     Ok(d)
 }
 

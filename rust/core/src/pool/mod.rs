@@ -8,6 +8,9 @@
 use parking_lot::Mutex;
 use std::sync::Arc;
 
+mod team;
+pub use team::{spin_us, DEFAULT_SPIN_US};
+
 struct PoolSlot {
     pid: u32,
     threads: usize,
@@ -130,15 +133,41 @@ pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 /// stream this much weight data through a decode kernel.
 pub const INLINE_BYTES: usize = 256 * 1024;
 
-/// `f(t)` for every `t in 0..tasks`: on the pool, or in order on the calling thread when the
-/// call reads fewer than [`INLINE_BYTES`] bytes, has one task, or there is one thread.
+/// The decode kernels' task team (see `team.rs`), rebuilt after a fork or a change of thread
+/// count.
+static TEAM: Mutex<Option<team::Team>> = Mutex::new(None);
+
+/// `f(t)` for every `t in 0..tasks`: in order on the calling thread when the call reads fewer
+/// than [`INLINE_BYTES`] bytes, has one task, there is one thread, or it is made from inside
+/// another team call; else on the task team (the caller takes tasks too, idle workers poll for
+/// a short while before they sleep), or on the rayon pool when the team is busy with another
+/// caller, the call comes from a rayon worker or from inside [`with_threads`].
 pub fn for_tasks(tasks: usize, bytes: usize, f: impl Fn(usize) + Sync + Send) {
     use rayon::prelude::*;
-    if tasks <= 1 || bytes < INLINE_BYTES || num_threads() <= 1 {
+    let threads = num_threads();
+    if tasks <= 1 || bytes < INLINE_BYTES || threads <= 1 || team::in_team() {
         (0..tasks).for_each(f);
-    } else {
-        install(|| (0..tasks).into_par_iter().for_each(f));
+        return;
     }
+    if OVERRIDE.get().is_none() && rayon::current_thread_index().is_none() {
+        if let Some(h) = team_handle(threads) {
+            if h.run(tasks, &f).is_ok() {
+                return;
+            }
+        }
+    }
+    install(|| (0..tasks).into_par_iter().for_each(f));
+}
+
+/// The task team for `threads` participants in this process (`None`: its lock is orphaned by a
+/// fork, or no thread could be started).
+fn team_handle(threads: usize) -> Option<Arc<team::SharedHandle>> {
+    let mut guard = TEAM.try_lock_for(std::time::Duration::from_millis(200))?;
+    if !guard.as_ref().is_some_and(|t| t.fits(threads)) {
+        *guard = None; // retire the old team's workers first
+        *guard = team::Team::new(threads);
+    }
+    guard.as_ref().map(|t| t.handle())
 }
 
 #[cfg(test)]
@@ -152,6 +181,54 @@ mod tests {
         assert_eq!(install(rayon::current_num_threads), 1);
         assert!(set_num_threads(Some(0)).is_err());
         set_num_threads(None).unwrap();
+    }
+
+    #[test]
+    fn team_runs_every_task_once_and_reports_panics() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let team = team::Team::new(3).unwrap();
+        let h = team.handle();
+        for tasks in [0, 1, 2, 3, 7, 64] {
+            for _ in 0..200 {
+                let hits: Vec<AtomicUsize> = (0..tasks).map(|_| AtomicUsize::new(0)).collect();
+                let f = |t: usize| {
+                    hits[t].fetch_add(1, Ordering::Relaxed);
+                };
+                assert!(h.run(tasks, &f).is_ok());
+                assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+            }
+        }
+        // A task's panic reaches the caller after the join; the team still works afterwards.
+        let bad = |t: usize| assert!(t != 5, "task 5 fails");
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h.run(8, &bad)));
+        assert!(r.is_err());
+        let n = AtomicUsize::new(0);
+        let f = |_t: usize| {
+            n.fetch_add(1, Ordering::Relaxed);
+        };
+        assert!(h.run(10, &f).is_ok());
+        assert_eq!(n.load(Ordering::Relaxed), 10);
+    }
+
+    #[test]
+    fn team_from_many_callers_at_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        // Concurrent callers: one gets the team, the others the rayon pool; every task once.
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..100 {
+                        let hits: Vec<AtomicUsize> = (0..9).map(|_| AtomicUsize::new(0)).collect();
+                        for_tasks(9, 1 << 30, |t| {
+                            // a nested call runs inline
+                            for_tasks(2, 1 << 30, |_| ());
+                            hits[t].fetch_add(1, Ordering::Relaxed);
+                        });
+                        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+                    }
+                });
+            }
+        });
     }
 
     #[test]
