@@ -48,7 +48,8 @@ impl Prefetch {
 
 impl Store {
     /// Bring `names` up into `tier`, in order, on a background thread. Tensors already in
-    /// `tier` or a faster one are left where they are.
+    /// `tier` or a faster one are left where they are; when all are, the prefetch is done at
+    /// once, without a thread.
     pub fn prefetch(&self, names: Vec<String>, tier: usize) -> Result<Prefetch> {
         {
             let st = self.lock();
@@ -56,10 +57,19 @@ impl Store {
             if tier >= st.tiers.len() {
                 return Err(CoreError::Value(format!("no tier number {tier}")));
             }
+            let mut all_there = true;
             for n in &names {
-                if !st.entries.contains_key(n) {
-                    return Err(Self::not_found(&st, n));
+                match st.entries.get(n) {
+                    None => return Err(Self::not_found(&st, n)),
+                    Some(e) => all_there &= e.tier <= tier,
                 }
+            }
+            if all_there {
+                // Nothing to move (a resident model's per-layer prefetch): done, no thread.
+                return Ok(Prefetch {
+                    slot: Arc::new((Mutex::new(Some(Ok(0))), Condvar::new())),
+                    error_kind: Arc::new(Mutex::new(None)),
+                });
             }
         }
         let p = Prefetch {
