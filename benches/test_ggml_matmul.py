@@ -12,12 +12,17 @@ llama-cpp-python wheel ships in ``llama_cpp/lib``. ggml runs on a persistent thr
 (``ggml_threadpool_new``, ``ggml_graph_plan`` + ``ggml_graph_compute``), as llama.cpp's CPU
 backend runs a whole token's graph on one team: ``ggml_graph_compute_with_ctx`` would start and
 join a fresh team of threads on every call, a cost llama.cpp pays once per graph, not per matmul.
-Two ggml engines: the weight as stored (buffer type "CPU"), and the weight in the CPU backend's
-"CPU_REPACK" buffer type, which llama.cpp loads weights into by default (its ``--no-repack``
-turns it off): ggml interleaves the rows when the weight is set (q4_0 as ``q4_0_8x8`` on an
-AVX2 / AVX-512 CPU) and multiplies with its gemv / gemm kernels for that layout. A format ggml
-has no repacked layout for on the CPU (q8_0 and f32 in llama-cpp-python 0.3.36 on x86) is kept
-as stored by llama.cpp, and has only the first engine here.
+Three ggml engines, by the CPU backend buffer type the weight is set into: "CPU" (the weight as
+stored, ggml's ``vec_dot`` / llamafile kernels), "CPU_REPACK" (ggml interleaves the rows when the
+weight is set, q4_0 as ``q4_0_8x8`` on an AVX2 / AVX-512 CPU, and multiplies with its gemv / gemm
+for that layout) and "AMX" (q4_0 / q8_0 converted to ggml's AMX tile layout; its kernels use
+AVX-512-VNNI at M = 1 and AMX tiles at M >= 2; built when the library has ``AMX_INT8``, listed
+only where the kernel grants AMX to the process). llama.cpp loads each weight into the first of
+its extra buffer types (AMX, then CPU_REPACK) that supports the multiply, else keeps it as
+stored; an engine whose buffer type lacks the format (or the CPU lacks the buffer type) is
+skipped, and so is AMX at M >= 2 when a probe process shows its tile kernel dying (SIGSEGV in
+the VM this bench was written on, where llama-cpp-python's own ``Llama.eval`` of 2 tokens with
+q8_0 / q4_0 weights dies the same way; ``--no-repack`` there means the "CPU" engine).
 
 Correctness first: both results are checked against NumPy float64 on the dequantised weight
 within the bound of the activation's rounding to Q8_0 blocks (both engines quantise ``x`` to
@@ -40,6 +45,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -64,6 +72,10 @@ BLOCK = 3
 PAUSE = max(0.01, tierflow.info()["spin_us"] * 1e-6 + 0.005)
 #: ggml's `enum ggml_type` (ggml.h)
 GGML_TYPE = {"f32": 0, "q4_0": 2, "q8_0": 8}
+#: the formats of ``qtype_has_amx_kernels`` (ggml-cpu/amx/common.h) that this bench runs
+AMX_FORMATS = ("q4_0", "q8_0")
+#: engine name -> ggml CPU backend buffer type of the weight
+BUFFER_TYPES = {"ggml": "CPU", "ggml repack": "CPU_REPACK", "ggml amx": "AMX"}
 SHAPES = [(4096, 4096), (8192, 8192), (2048, 5632)]
 
 
@@ -181,10 +193,10 @@ def _buffer_type(libs: tuple[ctypes.CDLL, ctypes.CDLL], name: str) -> int:
 class GgmlMatmul:
     """``y = x W`` by ggml's CPU backend: ``W`` a ``tierflow.QuantizedTensor`` whose bytes are
     set into a ggml tensor of ``ne = (K, N)`` in a buffer of type ``buft`` ("CPU": as stored;
-    "CPU_REPACK": repacked by ggml when set, as llama.cpp loads weights), ``x`` float32
-    ``(M, K)``; ``threads`` workers on a persistent ggml thread pool. ``set_x`` copies an
-    activation in, ``compute`` runs the graph, ``y`` is the ``(M, N)`` result (a view of ggml's
-    tensor)."""
+    "CPU_REPACK" / "AMX": converted by ggml when set, as llama.cpp loads weights; skipped when
+    the buffer type is absent or lacks the format), ``x`` float32 ``(M, K)``; ``threads``
+    workers on a persistent ggml thread pool. ``set_x`` copies an activation in, ``compute`` runs
+    the graph, ``y`` is the ``(M, N)`` result (a view of ggml's tensor)."""
 
     def __init__(self, libs, w, m: int, threads: int, buft: str = "CPU"):
         self.base, self.cpu = libs
@@ -192,6 +204,10 @@ class GgmlMatmul:
         k, n = w.shape
         self.m, self.k, self.n = m, k, n
         self.pool = self.ctx_w = self.ctx = self.buf_w = self.buf = None
+        if buft == "AMX" and not (w.format in AMX_FORMATS and n % 32 == 0):
+            # the AMX buffer type's supports_op: a format with AMX kernels, N a multiple of 32
+            pytest.skip(f"ggml's AMX buffer type does not multiply {w.format} {(k, n)}")
+        weight_buft = _buffer_type(libs, buft)
         meta = _InitParams(4 * base.ggml_tensor_overhead() + base.ggml_graph_overhead(), None, True)
         self.ctx_w = base.ggml_init(meta)
         self.ctx = base.ggml_init(meta)
@@ -206,18 +222,17 @@ class GgmlMatmul:
             raise AssertionError(f"ggml_tensor layout mismatch: ne {tuple(_tensor(self.c).ne)}")
         if base.ggml_nbytes(self.a) != w.nbytes:
             raise AssertionError(f"ggml's {w.format} {(k, n)} is not {w.nbytes} bytes")
-        self.buf_w = base.ggml_backend_alloc_ctx_tensors_from_buft(
-            self.ctx_w, _buffer_type(libs, buft)
-        )
+        self.buf_w = base.ggml_backend_alloc_ctx_tensors_from_buft(self.ctx_w, weight_buft)
         self.buf = base.ggml_backend_alloc_ctx_tensors_from_buft(
             self.ctx, _buffer_type(libs, "CPU")
         )
         if not (self.buf_w and self.buf):
             raise MemoryError("ggml_backend_alloc_ctx_tensors_from_buft failed")
         base.ggml_backend_buffer_set_usage(self.buf_w, 1)  # GGML_BACKEND_BUFFER_USAGE_WEIGHTS
-        #: whether ggml holds the weight in a repacked layout (its CPU_REPACK traits)
+        #: ggml's tensor traits for the weight's layout (set by the extra buffer types; NULL from
+        #: CPU_REPACK when it has no layout for the format)
         self.repacked = bool(_tensor(self.a).extra)
-        if buft != "CPU" and not self.repacked:
+        if buft == "CPU_REPACK" and not self.repacked:
             self.close()
             pytest.skip(f"ggml has no {buft} layout for {w.format} (llama.cpp keeps it as stored)")
         base.ggml_backend_tensor_set(self.a, w.data.ctypes.data, 0, w.nbytes)
@@ -225,8 +240,10 @@ class GgmlMatmul:
         base.ggml_threadpool_params_init(params, threads)
         self.pool = cpu.ggml_threadpool_new(params)
         self.plan = cpu.ggml_graph_plan(self.graph, threads, self.pool)
-        self.work = np.empty(max(self.plan.work_size, 1), np.uint8)
-        self.plan.work_data = self.work.ctypes.data
+        # the work buffer (x quantised to ggml's block formats) on a 64-byte boundary, as the
+        # kernels' aligned AVX-512 loads and stores need
+        self.work = np.empty(self.plan.work_size + 64, np.uint8)
+        self.plan.work_data = self.work.ctypes.data + (-self.work.ctypes.data) % 64
         out = ctypes.cast(base.ggml_get_data(self.c), ctypes.POINTER(ctypes.c_float))
         self.y = np.ctypeslib.as_array(out, shape=(m, n))
 
@@ -314,20 +331,54 @@ def _interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str,
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
-def _engines(ggml, w, m: int) -> dict[str, GgmlMatmul]:
-    """ggml on the weight as stored, and in its CPU_REPACK layout where it has one for the
-    format (the layout llama.cpp loads weights into by default)."""
-    out = {"ggml": GgmlMatmul(ggml, w, m, THREADS)}
+def _amx_probe() -> None:
+    """Run ggml's AMX tile kernel once (M = 2, a 64 x 64 q8_0 weight) and check it; the body
+    of `_amx_tiles_fail`'s child process."""
+    rng = np.random.default_rng(0)
+    w = tierflow.quantize(rng.standard_normal((64, 64)).astype(np.float32), "q8_0")
+    x = rng.standard_normal((2, 64)).astype(np.float32)
     try:
-        out["ggml repack"] = GgmlMatmul(ggml, w, m, THREADS, "CPU_REPACK")
+        g = GgmlMatmul(_load_ggml(), w, 2, 1, "AMX")
     except pytest.skip.Exception:
-        pass
+        return  # no AMX buffer type: nothing to probe
+    g.set_x(x)
+    g.compute()
+    y, mag, bound = _reference(x, w.dequantize())
+    _check("ggml amx M=2", g.y, y, mag, bound)
+
+
+@pytest.fixture(scope="module")
+def amx_tiles_fail() -> str | None:
+    """Why ggml's AMX tile path (M >= 2; M = 1 runs AVX-512-VNNI) cannot run here, else None.
+    Probed in a child process: on this machine (a VM whose CPU flags list amx_int8) it dies of
+    SIGSEGV, as llama-cpp-python's own Llama.eval of 2 tokens does with AMX weights."""
+    code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+    code += "import test_ggml_matmul as t; t._amx_probe()"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    if r.returncode == 0:
+        return None
+    how = signal.Signals(-r.returncode).name if r.returncode < 0 else f"exit {r.returncode}"
+    return f"ggml's AMX tile kernel (M >= 2) failed in a probe process ({how})"
+
+
+def _engines(ggml, w, m: int, amx_tiles_fail: str | None) -> dict[str, GgmlMatmul]:
+    """The ggml engines of `BUFFER_TYPES` that take the weight's format on this CPU."""
+    out = {}
+    for name, buft in BUFFER_TYPES.items():
+        if buft == "AMX" and m >= 2 and amx_tiles_fail:
+            print(f"\nskipped {name} at M={m}: {amx_tiles_fail}")
+            continue
+        try:
+            out[name] = GgmlMatmul(ggml, w, m, THREADS, buft)
+        except pytest.skip.Exception:
+            if buft == "CPU":
+                raise
     return out
 
 
 @pytest.mark.parametrize("kn", SHAPES, ids=lambda s: f"K{s[0]}xN{s[1]}")
 @pytest.mark.parametrize("fmt", ["q8_0", "q4_0", "f32"])
-def test_ggml_matmul(benchmark, ratios, ggml, fmt, kn):
+def test_ggml_matmul(benchmark, ratios, ggml, amx_tiles_fail, fmt, kn):
     k, n = kn
     rng = np.random.default_rng(7)
     w = tierflow.quantize(rng.standard_normal((k, n)).astype(np.float32) * 0.02, fmt)
@@ -335,7 +386,7 @@ def test_ggml_matmul(benchmark, ratios, ggml, fmt, kn):
     for m in (1, 8):
         x = rng.standard_normal((m, k)).astype(np.float32)
         out = np.empty((m, n), np.float32)
-        engines = _engines(ggml, w, m)
+        engines = _engines(ggml, w, m, amx_tiles_fail)
         try:
             tierflow.matmul(x, w, out=out)
             y, mag, bound = _reference(x, wd)
