@@ -8,10 +8,11 @@ blocks are ggml's ``block_q8_0`` / ``block_q4_0`` byte for byte: ``N`` rows of `
 ``tierflow.QuantizedTensor``) and set into a ggml tensor of ``ne = (K, N)``; ggml computes
 ``ggml_mul_mat(W, x)`` (``x`` a float32 tensor of ``ne = (K, M)``, result ``ne = (N, M)``),
 reached through ctypes in the ``libggml-base`` / ``libggml-cpu`` libraries that the
-llama-cpp-python wheel ships in ``llama_cpp/lib``. ggml runs on a persistent thread pool
-(``ggml_threadpool_new``, ``ggml_graph_plan`` + ``ggml_graph_compute``), as llama.cpp's CPU
-backend runs a whole token's graph on one team: ``ggml_graph_compute_with_ctx`` would start and
-join a fresh team of threads on every call, a cost llama.cpp pays once per graph, not per matmul.
+llama-cpp-python wheel ships in ``llama_cpp/lib``. ggml runs the graph with ``ggml_graph_plan``
++ ``ggml_graph_compute`` on a thread pool made once (``ggml_threadpool_new``):
+``ggml_graph_compute_with_ctx`` would make a new pool per call, which in a build without OpenMP
+starts and joins fresh threads, a cost llama.cpp pays once per token's graph, not per matmul
+(in an OpenMP build, as llama-cpp-python 0.3.36's wheel is, the workers are libgomp's team).
 Three ggml engines, by the CPU backend buffer type the weight is set into: "CPU" (the weight as
 stored, ggml's ``vec_dot`` / llamafile kernels), "CPU_REPACK" (ggml interleaves the rows when the
 weight is set, q4_0 as ``q4_0_8x8`` on an AVX2 / AVX-512 CPU, and multiplies with its gemv / gemm
@@ -33,7 +34,11 @@ calls, the last 2 timed (the first wakes its threads), then a 10 ms pause before
 engine (ggml's workers and tierflow's poll for work for a while after a call and would take a
 core from the other side). Medians over the rounds. Reported: weight GB/s, time per token
 (time / M) and, against each ggml engine, the ratio ggml time / tierflow time (tierflow's
-per-token speed over ggml's; target 1.0 at M = 8 for q8_0 / q4_0).
+per-token speed over ggml's; target 1.0 at M = 8 for q8_0 / q4_0); and tierflow's time per
+token at M = 8 against the fastest ggml engine's at M = 1 (llama.cpp decoding one token at a
+time; target 1.0 for q8_0 / q4_0), both M of a weight timed in one interleaved loop. The
+machine's last-level cache may hold a whole weight (the 2-core VM this was written on reports
+a 480 MiB L3): the rates are weight bytes per second, not a memory bandwidth.
 
 Run:
 
