@@ -111,6 +111,11 @@ def _matmul_blocks(
     bias: Any = None,
     isa: str | None = None,
 ) -> None: ...
+def _matmul_blocks_group(
+    x: Any,
+    parts: list[tuple[str, int, int, Any, Any, Any]],
+    isa: str | None = None,
+) -> None: ...
 def _matmul_streamed(
     x: Any,
     store: Any,

@@ -41,6 +41,7 @@ __all__ = [
     "layer_norm",
     "layout_copies",
     "matmul",
+    "matmul_group",
     "mlp",
     "pack",
     "quantize",
@@ -400,6 +401,82 @@ def _matmul_in_memory(
         _tierflow._matmul_plain(x2, None, wa.view(np.uint16), kind, r2, b, _isa)
 
 
+def _row_stored(w: Any) -> tuple[str, np.ndarray] | None:
+    """``(format, block bytes)`` of a weight held in memory as rows of ``K`` (a
+    :class:`QuantizedTensor`, or a float array whose transpose is C-contiguous: ``w_nk.T``);
+    None for any other weight."""
+    if isinstance(w, QuantizedTensor):
+        return w.format, w.data
+    if isinstance(w, np.ndarray) and w.ndim == 2 and not w.flags.c_contiguous:
+        kind = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}.get(w.dtype)
+        if kind is None and _is_bf16(w.dtype):
+            kind = "bf16"
+        if kind is not None and w.T.flags.c_contiguous:
+            return kind, w.T.reshape(-1).view(np.uint8)
+    return None
+
+
+def matmul_group(
+    x: Any,
+    ws: Sequence[Any],
+    biases: Sequence[Any | None] | None = None,
+    *,
+    _isa: str | None = None,
+) -> list[np.ndarray]:
+    """``[x @ w + b for w, b in zip(ws, biases)]`` in one call: several weights sharing ``x``
+    (a layer's q, k and v projections; an MLP's gate and up projections).
+
+    At decode shapes (``x`` with at most :data:`ROUNDED_ACTIVATIONS_MAX_M` rows), when every
+    weight is held in memory as rows of ``K`` (a :class:`QuantizedTensor`, or a float array
+    passed as the transpose of a C-contiguous ``(N, K)`` one), the row tasks of all the weights
+    run as one job on the worker threads: the weights stream back to back (one start and one
+    tail instead of one per weight) and ``x`` is rounded to Q8 blocks once for the q8_0 / q4_0
+    ones. Each result is bit for bit what :func:`matmul` returns for that weight alone. Other
+    weights or shapes: one :func:`matmul` per weight.
+
+    Raises:
+        ShapeError: a weight's K differs from ``x``'s, or a bias has the wrong shape (nothing
+            is computed). Any error :func:`matmul` raises.
+    """
+    ws = list(ws)
+    bs = [None] * len(ws) if biases is None else list(biases)
+    if len(bs) != len(ws):
+        raise ShapeError(f"matmul_group got {len(ws)} weights and {len(bs)} biases")
+    xshape = tuple(np.shape(x))
+    rows = [_row_stored(w) for w in ws]
+    if (
+        not ws
+        or len(xshape) == 0
+        or any(r is None for r in rows)
+        or math.prod(xshape[:-1]) > _DECODE_MAX_M
+    ):
+        return [matmul(x, w, bias=b, _isa=_isa) for w, b in zip(ws, bs, strict=True)]
+    shapes = [_weight_shape(w) for w in ws]
+    for k, n in shapes:
+        if xshape[-1] != k:
+            raise ShapeError(f"matmul shapes do not match: x {xshape} and w {(k, n)} (K differs)")
+    xa = _as_f32(x, "x")
+    lead = xshape[:-1]
+    m = math.prod(lead)
+    x2 = xa.reshape(m, xshape[-1])
+    outs, parts = [], []
+    for (k, n), r, b in zip(shapes, rows, bs, strict=True):
+        res = np.empty((*lead, n), np.float32)
+        ba = None
+        if b is not None:
+            ba = _as_f32(b, "bias")
+            if ba.shape != (n,):
+                raise ShapeError(f"bias has shape {ba.shape}, expected {(n,)} for w {(k, n)}")
+        assert r is not None
+        parts.append((r[0], k, n, r[1], res.reshape(m, n), ba))
+        outs.append(res)
+    _tierflow._matmul_blocks_group(x2, parts, _isa)
+    for w, res in zip(ws, outs, strict=True):
+        if isinstance(w, QuantizedTensor):
+            w._after(res.reshape(m, -1))
+    return outs
+
+
 def _in_memory(ref: TensorRef) -> bool:
     tier = ref.tier
     return not any(t.file_backed for t in ref.store.tiers if t.name == tier)
@@ -664,8 +741,8 @@ def mlp(
 
     The activation and gating product are one fused pass over the ``(M, I)`` intermediates,
     which stay in cache between the decode matmuls (``M * I * 4`` bytes each: 352 KiB at
-    ``M = 8, I = 11008``). Not fused further: the three weight products are separate streaming
-    matmul calls.
+    ``M = 8, I = 11008``). The gate and up products run as one :func:`matmul_group` call (one
+    job over both weights at decode shapes), the down product after the activation.
     """
     act = activation or ("silu" if w3 is not None else "gelu")
     if act not in _ACTS:
@@ -678,8 +755,7 @@ def mlp(
             raise ShapeError(
                 f"mlp weights do not chain: gate {(kg, ig)}, up {(ku, iu)}, down {(idn, nd)}"
             )
-        g = matmul(x, w1, _isa=_isa)
-        u = matmul(x, w2, _isa=_isa)
+        g, u = matmul_group(x, [w1, w2], _isa=_isa)
         kind = {"silu": "swiglu", "gelu": "geglu_erf", "gelu_tanh": "geglu_tanh"}[act]
         hid = g if g.size == 0 else _glu(kind, g, u, _isa)
         return matmul(hid, w3, _isa=_isa)

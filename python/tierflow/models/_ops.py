@@ -17,6 +17,7 @@ __all__ = [
     "gelu_tanh",
     "layer_norm",
     "matmul",
+    "matmul_group",
     "rms_norm",
     "rope",
     "silu",
@@ -27,6 +28,11 @@ __all__ = [
 def matmul(x: np.ndarray, w, b: np.ndarray | None = None) -> np.ndarray:
     """``y = x W + b`` (:func:`tierflow.matmul`)."""
     return _k.matmul(x, w, bias=b)
+
+
+def matmul_group(x: np.ndarray, ws: list, bs: list | None = None) -> list[np.ndarray]:
+    """``[x W_j + b_j]`` for weights sharing ``x``, in one call (:func:`tierflow.matmul_group`)."""
+    return _k.matmul_group(x, ws, bs)
 
 
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:

@@ -35,15 +35,17 @@ class LlamaForCausalLM(CausalLM):
             w.enter(i)
             p = f"model.layers.{i}."
 
-            def proj(t, n, heads, p=p):
-                b = w[p + n + ".bias"] if cfg.attention_bias else None
-                y = ops.matmul(t, w.mat(p + n + ".weight"), b)
-                return y.reshape(s, heads, d).transpose(1, 0, 2)[None]
+            def heads(y, n):
+                return y.reshape(s, n, d).transpose(1, 0, 2)[None]
 
             h = ops.rms_norm(x, w[p + "input_layernorm.weight"], eps)
-            q = ops.rope(proj(h, "self_attn.q_proj", nh), pos0, cfg.rope_theta)
-            k = ops.rope(proj(h, "self_attn.k_proj", nkv), pos0, cfg.rope_theta)
-            v = proj(h, "self_attn.v_proj", nkv)
+            names = [p + f"self_attn.{n}_proj" for n in "qkv"]
+            bs = [w[n + ".bias"] for n in names] if cfg.attention_bias else None
+            # q, k and v in one call: one job over the three weights at decode shapes
+            yq, yk, yv = ops.matmul_group(h, [w.mat(n + ".weight") for n in names], bs)
+            q = ops.rope(heads(yq, nh), pos0, cfg.rope_theta)
+            k = ops.rope(heads(yk, nkv), pos0, cfg.rope_theta)
+            v = heads(yv, nkv)
             a = cache.attend(i, q, k, v)
             x = x + ops.matmul(
                 a[0].transpose(1, 0, 2).reshape(s, nh * d), w.mat(p + "self_attn.o_proj.weight")

@@ -104,6 +104,54 @@ fn _matmul_blocks(
     })
 }
 
+/// One weight of [`_matmul_blocks_group`]: `(fmt, k, n, data, out, bias)`.
+type GroupPart<'py> = (
+    String,
+    usize,
+    usize,
+    PyReadonlyArray1<'py, u8>,
+    PyReadwriteArray2<'py, f32>,
+    Option<PyReadonlyArray1<'py, f32>>,
+);
+
+/// `out_j = x @ W_j (+ bias_j)` for several row-stored weights sharing `x`, in one pool job at
+/// decode shapes (`tierflow_core::kernels::group`).
+#[pyfunction]
+#[pyo3(signature = (x, parts, isa=None))]
+fn _matmul_blocks_group(
+    py: Python<'_>,
+    x: PyReadonlyArray2<'_, f32>,
+    mut parts: Vec<GroupPart<'_>>,
+    isa: Option<&str>,
+) -> PyResult<()> {
+    use tierflow_core::kernels::group::{matmul_group, GroupOut};
+    let isa = pick_isa(isa)?;
+    let m = x.shape()[0];
+    let xs = slice2(&x, "x")?;
+    let mut specs = Vec::with_capacity(parts.len());
+    for (fmt, k, n, data, out, bias) in parts.iter_mut() {
+        let fmt = Format::parse(fmt).map_err(crate::errors::to_pyerr)?;
+        let ds = slice(data, "data")?;
+        let b = match bias {
+            Some(b) => Some(slice(b, "bias")?),
+            None => None,
+        };
+        let ldc = out.shape()[1];
+        let cs = out
+            .as_slice_mut()
+            .map_err(|_| err("InvalidArgumentError", "out must be C-contiguous"))?;
+        specs.push((fmt, *k, *n, ds, b, cs, ldc));
+    }
+    run(py, || {
+        let mut outs = Vec::with_capacity(specs.len());
+        for (fmt, k, n, ds, b, cs, ldc) in specs {
+            let w = QWeight::with_len_check(fmt, k, n, ds)?;
+            outs.push(GroupOut { w, bias: b, c: cs, ldc });
+        }
+        matmul_group(isa, xs, m, &mut outs)
+    })
+}
+
 /// Quantise a row-major `(K, N)` float32 weight into `fmt` block data (`N` rows along `K`).
 #[pyfunction]
 fn _quantize<'py>(
@@ -394,6 +442,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_rope, m)?)?;
     m.add_function(wrap_pyfunction!(_matmul_plain, m)?)?;
     m.add_function(wrap_pyfunction!(_matmul_blocks, m)?)?;
+    m.add_function(wrap_pyfunction!(_matmul_blocks_group, m)?)?;
     m.add_function(wrap_pyfunction!(_quantize, m)?)?;
     m.add_function(wrap_pyfunction!(_check_blocks, m)?)?;
     m.add_function(wrap_pyfunction!(_format_nbytes, m)?)?;

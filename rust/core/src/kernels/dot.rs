@@ -87,7 +87,7 @@ pub(crate) struct RowsOut<'a> {
     pub ldc: usize,
 }
 
-unsafe fn rows_task(isa: Isa, o: RowsOut<'_>, n0: usize, n1: usize) {
+pub(super) unsafe fn rows_task(isa: Isa, o: RowsOut<'_>, n0: usize, n1: usize) {
     // SAFETY: the CPU runs `isa`; the caller's contract on `c` and the columns.
     dispatch!(isa, B => unsafe { B::dot_rows(o, n0, n1) })
 }

@@ -90,7 +90,7 @@ pub fn matmul(
 /// Checks the buffers of `matmul` before anything is written: `x` holds `(m, k)`, `c` holds `m`
 /// rows of stride `ldc >= n` (sizes computed without overflow), and `bias` has `n` elements.
 /// After it returns `Ok`, every index the kernels form is in bounds.
-fn check_operands(
+pub(super) fn check_operands(
     x: &[f32],
     m: usize,
     k: usize,

@@ -30,6 +30,7 @@ pub(crate) mod backend;
 pub mod bandwidth;
 pub mod dot;
 pub mod gemm;
+pub mod group;
 pub mod norm;
 pub mod paged;
 pub mod qdot;

@@ -229,7 +229,7 @@ pub(crate) struct QRowsOut<'a> {
     pub ldc: usize,
 }
 
-unsafe fn task(isa: Isa, o: QRowsOut<'_>, n0: usize, n1: usize) {
+pub(super) unsafe fn task(isa: Isa, o: QRowsOut<'_>, n0: usize, n1: usize) {
     // SAFETY: the CPU runs `isa`; the caller's contract on `c` and the columns.
     dispatch!(isa, B => unsafe { B::qdot_rows(o, n0, n1) })
 }

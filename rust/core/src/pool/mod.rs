@@ -27,15 +27,18 @@ thread_local! {
 }
 static REQUESTED: Mutex<Option<usize>> = Mutex::new(None);
 
-/// Threads used when nothing was set: `TIERFLOW_NUM_THREADS`, else the available parallelism.
+/// Threads used when nothing was set: `TIERFLOW_NUM_THREADS`, else the available parallelism,
+/// read once per process (`available_parallelism` reads the cgroup's CPU quota files: about
+/// 20 us, which every kernel call asking for its thread count would otherwise pay).
 pub fn default_num_threads() -> usize {
-    if let Some(n) = std::env::var("TIERFLOW_NUM_THREADS").ok().and_then(|s| s.trim().parse().ok())
-    {
-        if n > 0 {
-            return n;
-        }
-    }
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    static DEFAULT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *DEFAULT.get_or_init(|| {
+        std::env::var("TIERFLOW_NUM_THREADS")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .filter(|&n: &usize| n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+    })
 }
 
 /// The number of worker threads kernels and copies use (inside [`with_threads`], its count).
