@@ -49,7 +49,8 @@ def pause_after(name: str) -> None:
 
 def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
     """Median time of each function, measured in alternating rounds (so drift in the machine's
-    load hits every side alike); see `interleaved_medians` for how each side's calls run."""
+    load hits every side alike) after one warm-up each, with a pause after every call so that
+    neither side's idle threads (still polling for work) take a core from the other."""
     return interleaved_medians(fns, rounds)
 
 
@@ -168,46 +169,37 @@ def test_vnni_quantized_decode(benchmark, ratios, fmt, kn):
     """q8_0 / q4_0 decode (M = 1 and M = 8) on each kernel path against the read-bandwidth
     probe, all interleaved in one loop (medians of 9 rounds). On a CPU with AVX-512-VNNI the
     avx512 path runs the `vpdpbusd` body; with AVX-VNNI the avx2 path runs the 256-bit one
-    (`tierflow.info()["isa_extensions"]` says which). Rates are weight bytes per second.
-
-    Every weight byte comes from DRAM, as in a decode step (each layer's weight read once per
-    token) and as the probe reads: each timed pass multiplies by distinct copies of the weight,
-    512 MiB in all, back to back (a single 18 / 9 MB weight would be read from the last-level
-    cache by repeated calls)."""
+    (`tierflow.info()["isa_extensions"]` says which). Rates are weight bytes per second."""
     rng = np.random.default_rng(3)
     w = rng.standard_normal((kn, kn)).astype(np.float32)
-    q0 = tierflow.quantize(w, fmt)
-    copies = [q0] + [
-        tierflow.QuantizedTensor(fmt, q0.shape, q0.data.copy())
-        for _ in range(max(1, (512 << 20) // q0.nbytes) - 1)
-    ]
-    total = sum(c.nbytes for c in copies)
+    q = tierflow.quantize(w, fmt)
     xs = {m: rng.standard_normal((m, kn)).astype(np.float32) for m in (1, 8)}
     outs = {m: np.empty((m, kn), np.float32) for m in (1, 8)}
     isas = _decode_isas()
     fns: dict[str, Callable[[], object]] = {}
     for isa in isas:
         for m in (1, 8):
-
-            def sweep(isa=isa, m=m):
-                for c in copies:
-                    tierflow.matmul(xs[m], c, out=outs[m], _isa=isa)
-
-            fns[f"{isa} M={m}"] = sweep
+            fns[f"{isa} M={m}"] = lambda isa=isa, m=m: tierflow.matmul(
+                xs[m], q, out=outs[m], _isa=isa
+            )
     times: dict[str, list[float]] = {k: [] for k in fns}
     probe: list[float] = []
+    # Each call starts cold, as the probe does: a 128 MiB sweep first evicts the weight from
+    # the last-level cache (a 4096^2 q8_0 / q4_0 weight, 18 / 9 MB, would otherwise be read
+    # from L3 by whichever path runs right after another).
+    flush = np.ones(32 << 20, np.float32)
     for r in range(10):
         for name, f in fns.items():
+            float(flush.sum())
             t = time.perf_counter()
             f()
             if r:
                 times[name].append(time.perf_counter() - t)
         if r:
             probe.append(tierflow.kernels.bench.memory_bandwidth(nbytes=512 << 20, reps=1))
-    q = q0
     benchmark.pedantic(tierflow.matmul, args=(xs[1], q, outs[1]), rounds=1, iterations=1)
     bw = float(np.median(probe))
-    gbs = {k: total / float(np.median(v)) for k, v in times.items()}
+    gbs = {k: q.nbytes / float(np.median(v)) for k, v in times.items()}
     exts = ",".join(tierflow.info()["isa_extensions"]) or "none"
     for isa in isas:
         one, eight = gbs[f"{isa} M=1"], gbs[f"{isa} M=8"]
@@ -290,24 +282,17 @@ def interleaved_medians(
     rounds: int,
     clock: Callable[[], float] = time.perf_counter,
     cpu: dict[str, float] | None = None,
-    calls: int = 3,
 ) -> dict[str, float]:
-    """Median time of each function over `rounds` alternating rounds, read from `clock` (wall
-    time by default, or process CPU time). In each round each side runs as a block: a pause
-    (`pause_after` the previous side, so that its idle threads, still polling for work, have
-    parked), one untimed call, then `calls` timed calls back to back, as a decode loop makes
-    them. The untimed call absorbs what the first call after an idle pause pays on these VMs
-    (measured: 6.6-7.5 ms instead of 2.0-2.5 ms for a 4096 x 4096 GEMV after 0.3 s idle, for
-    NumPy and tierflow alike).
+    """Median time of each function over `rounds` alternating rounds after one warm-up each, read
+    from `clock` (wall time by default, or process CPU time); pauses as in `interleaved`.
     With `cpu`, also the median process CPU time of each call, into it."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     cpus: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
+    for r in range(rounds + 1):
         for name, f in fns.items():
+            t, c = clock(), time.process_time()
             f()
-            for _ in range(calls):
-                t, c = clock(), time.process_time()
-                f()
+            if r:
                 times[name].append(clock() - t)
                 cpus[name].append(time.process_time() - c)
             pause_after(name)

@@ -26,9 +26,7 @@
 //! With VNNI (`vpdpbusd`: AVX-512-VNNI in `x86/avx512/qdot.rs`, AVX-VNNI in
 //! `x86/avx2/qdot_vnni.rs`, each chosen per call when the CPU has it): one weight row per float
 //! lane, the exact integer block sums reduced per row, and `s += (dw * dx) * isum` in block order
-//! as the reference does: bit-identical to `scalar_task`. Except the AVX-512-VNNI body at
-//! `M = 1` (decode), which reads each weight row as one stream and sums per float lane with
-//! FMAs (as ggml does): within the float accumulation bound, like the AVX2 body.
+//! as the reference does: bit-identical to `scalar_task`.
 
 use super::backend::{dispatch, Backend};
 use super::dot::{rows_per_task, SendPtr};
@@ -297,14 +295,13 @@ pub(crate) mod tests {
     }
 
     /// Runs `body` and the scalar reference over the same columns, in tasks that start and end
-    /// off the 16-row tiles, and asserts bit-identical outputs for `min_m..=9` activation rows.
+    /// off the 16-row tiles, and asserts bit-identical outputs.
     pub(crate) fn check_bit_identical(
         name: &str,
-        min_m: usize,
         body: &dyn Fn(Format, QRowsOut<'_>, usize, usize),
     ) {
         for fmt in [Format::Q8_0, Format::Q4_0] {
-            for m in min_m..=9 {
+            for m in 1..=9 {
                 for &(k, n) in &[(32, 1), (64, 7), (96, 17), (256, 33), (480, 16), (1024, 70)] {
                     let mut x = lcg(m * k, 5 + m as u64);
                     // Extreme activations and weights: +-127 blocks, a zero block, -128 in Q8.
@@ -399,7 +396,7 @@ pub(crate) mod tests {
     /// `run(a, w, bias, c, ldc)` computes `C` for the case; checked against the exact product
     /// of the rounded operands in float64 and against the float product within the rounding
     /// bound.
-    pub(crate) fn check_against_f64(
+    fn check_against_f64(
         name: &str,
         run: &dyn Fn(&QActs, &QWeight<'_>, Option<&[f32]>, &mut [f32], usize),
     ) {
@@ -479,17 +476,13 @@ pub(crate) mod tests {
     #[test]
     fn every_path_bit_identical_where_exact() {
         for isa in Isa::available() {
-            // (exact from this many activation rows; the AVX-512-VNNI body at M = 1 sums per
-            // lane, within the bound of `every_path_matches_float64`)
-            let exact_from = match isa {
-                Isa::Scalar => Some(1),
-                Isa::Avx2 => Ext::AvxVnni.present().then_some(1),
-                Isa::Avx512 => Ext::Avx512Vnni.present().then_some(2),
+            let exact = match isa {
+                Isa::Scalar => true,
+                Isa::Avx2 => Ext::AvxVnni.present(),
+                Isa::Avx512 => Ext::Avx512Vnni.present(),
             };
-            if let Some(min_m) = exact_from {
-                check_bit_identical(isa.name(), min_m, &|_, o, n0, n1| unsafe {
-                    task(isa, o, n0, n1)
-                });
+            if exact {
+                check_bit_identical(isa.name(), &|_, o, n0, n1| unsafe { task(isa, o, n0, n1) });
             }
         }
     }

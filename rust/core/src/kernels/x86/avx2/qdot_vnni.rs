@@ -245,7 +245,7 @@ mod tests {
             eprintln!("skipped: no AVX-VNNI on this CPU");
             return;
         }
-        check_bit_identical("avxvnni", 1, &|fmt, o, n0, n1| unsafe {
+        check_bit_identical("avxvnni", &|fmt, o, n0, n1| unsafe {
             match fmt {
                 Format::Q8_0 => task::<Q8>(o, n0, n1),
                 _ => task::<Q4>(o, n0, n1),

@@ -227,84 +227,8 @@ unsafe fn tile_m1<F: VFmt>(
     }
 }
 
-/// Decode at `M = 1`: `RN` weight rows at a time, each read front to back as its own stream
-/// (ggml's order of work). Per pair of blocks `(b, b + 1)` of a row, one `vpdpbusd` of their
-/// unsigned bytes (`F::pair`: block `b` in the low 256 bits, `b + 1` in the high) against the
-/// 64 activation bytes of both blocks leaves 16 exact partial sums, 8 per block; minus
-/// `OFF * (sum of the lane's 4 activation bytes)` (a second `vpdpbusd`, also exact) they are
-/// the partial sums of `qw * qx`. Converted to float, they are multiplied by `dw * dx` of their
-/// block (lanes 0..8 and 8..16; 16 blocks' `dw` come from one gather) and added into one float
-/// accumulator per row with an FMA; its 16 lanes are summed at the end of the row.
-///
-/// Only the float sum differs from the scalar reference (per lane, then a tree, instead of block
-/// by block): within the float accumulation bound of `qdot.rs`, not bit-identical (the
-/// transposing [`tile_m1`] is, at about 1.6x the instructions per weight byte, which made
-/// Q4_0 decode compute-bound here).
-#[inline(always)]
-unsafe fn rows_m1<F: VFmt, const RN: usize>(
-    a: &QActs,
-    w: &QWeight<'_>,
-    bias: Option<&[f32]>,
-    c: *mut f32,
-    j: usize,
-) {
-    unsafe {
-        let nb = a.k / QK;
-        let rb = w.row_bytes();
-        let rows: [*const u8; RN] = std::array::from_fn(|r| w.data.as_ptr().add((j + r) * rb));
-        let (xq, xd) = (a.q.as_ptr(), a.d.as_ptr());
-        let offv = _mm512_set1_epi8(F::OFF as u8 as i8);
-        let sidx_a: [i32; 16] = std::array::from_fn(|e| (e * F::BB) as i32);
-        let sidx = _mm512_loadu_si512(sidx_a.as_ptr() as *const __m512i);
-        let halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-        let zero = _mm512_setzero_si512();
-        let mut acc = [_mm512_setzero_ps(); RN];
-        let mut b = 0;
-        while b < nb {
-            // A group of up to 16 blocks: their scales `dw * dx`, one lane per block.
-            let g = (nb - b).min(16);
-            let gmask: __mmask16 = if g == 16 { 0xffff } else { (1u16 << g) - 1 };
-            let dx = _mm512_maskz_loadu_ps(gmask, xd.add(b));
-            let sv: [__m512; RN] = std::array::from_fn(|r| {
-                // 4 bytes at each block start: the f16 scale and 2 bytes of that block.
-                let p = rows[r].add(b * F::BB) as *const i32;
-                let gw = _mm512_mask_i32gather_epi32::<1>(zero, gmask, sidx, p);
-                _mm512_mul_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(gw)), dx)
-            });
-            let mut t = 0;
-            while t < g {
-                let two = t + 1 < g;
-                let xp = xq.add((b + t) * QK);
-                // One block left: its 32 bytes, zeros above (their sums and scales are 0).
-                let xv = if two {
-                    _mm512_loadu_si512(xp as *const __m512i)
-                } else {
-                    _mm512_maskz_loadu_epi8(0xffff_ffff, xp)
-                };
-                let cv = _mm512_dpbusd_epi32(zero, offv, xv);
-                let perm = _mm512_add_epi32(halves, _mm512_set1_epi32(t as i32));
-                for r in 0..RN {
-                    let p0 = rows[r].add((b + t) * F::BB);
-                    let u = F::pair(p0, if two { p0.add(F::BB) } else { p0 });
-                    let s = _mm512_sub_epi32(_mm512_dpbusd_epi32(zero, u, xv), cv);
-                    let sc = _mm512_permutexvar_ps(perm, sv[r]);
-                    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), sc, acc[r]);
-                }
-                t += 2;
-            }
-            b += g;
-        }
-        let mut out = [0f32; RN];
-        for r in 0..RN {
-            out[r] = super::dot::hsum512(acc[r]);
-        }
-        store_sums(&out, bias, c, j, j);
-    }
-}
-
-/// Columns `n0..n1` of `C = X W^T + bias`: at `M = 1` four weight rows at a time
-/// ([`rows_m1`]); above, 16 weight rows at a time, activation rows in groups of 8, 4, 2
-/// ([`tile`]) and 1 ([`tile_m1`]).
+/// Columns `n0..n1` of `C = X W^T + bias`: 16 weight rows at a time, activation rows in groups
+/// of 8, 4, 2 ([`tile`]) and 1 ([`tile_m1`]).
 ///
 /// # Safety
 /// The CPU has AVX-512 F/BW/VL/DQ + VNNI; the contract of [`QRowsOut`] for columns `n0..n1`.
@@ -312,21 +236,8 @@ unsafe fn rows_m1<F: VFmt, const RN: usize>(
 pub unsafe fn task<F: VFmt>(o: QRowsOut<'_>, n0: usize, n1: usize) {
     let QRowsOut { a, w, bias, c, ldc } = o;
     assert!(16 * w.row_bytes() <= i32::MAX as usize, "weight rows too long for the gather");
-    let mut j = n0;
-    if a.m == 1 {
-        unsafe {
-            while j + 4 <= n1 {
-                rows_m1::<F, 4>(a, w, bias, c, j);
-                j += 4;
-            }
-            while j < n1 {
-                rows_m1::<F, 1>(a, w, bias, c, j);
-                j += 1;
-            }
-        }
-        return;
-    }
     let corr = block_corr(a, F::OFF);
+    let mut j = n0;
     unsafe {
         while j < n1 {
             let mut i = 0;
@@ -354,8 +265,7 @@ pub unsafe fn task<F: VFmt>(o: QRowsOut<'_>, n0: usize, n1: usize) {
 mod tests {
     use super::*;
     use crate::cpu::Ext;
-    use crate::kernels::qdot::tests::{check_against_f64, check_bit_identical, expect};
-    use crate::kernels::qdot::QRowsOut;
+    use crate::kernels::qdot::tests::{check_bit_identical, expect};
     use crate::kernels::quant::Format;
 
     #[test]
@@ -364,30 +274,10 @@ mod tests {
             eprintln!("skipped: no AVX-512-VNNI on this CPU");
             return;
         }
-        // Bit-identical from 2 activation rows; at M = 1 the per-lane sums of `rows_m1`.
-        check_bit_identical("avx512vnni", 2, &|fmt, o, n0, n1| unsafe {
+        check_bit_identical("avx512vnni", &|fmt, o, n0, n1| unsafe {
             match fmt {
                 Format::Q8_0 => task::<Q8>(o, n0, n1),
                 _ => task::<Q4>(o, n0, n1),
-            }
-        });
-    }
-
-    #[test]
-    fn vnni512_decode_rows_match_float64() {
-        if !expect(Ext::Avx512Vnni) {
-            eprintln!("skipped: no AVX-512-VNNI on this CPU");
-            return;
-        }
-        // M = 1 cases with 1, 2, 3, 15 and 16+ blocks per row and 4-row groups plus leftovers.
-        check_against_f64("avx512vnni", &|a, w, bias, c, ldc| {
-            let o = QRowsOut { a, w, bias, c: c.as_mut_ptr(), ldc };
-            // SAFETY: the CPU has AVX-512 + VNNI (checked above); one task over all columns.
-            unsafe {
-                match w.fmt {
-                    Format::Q8_0 => task::<Q8>(o, 0, w.n),
-                    _ => task::<Q4>(o, 0, w.n),
-                }
             }
         });
     }
