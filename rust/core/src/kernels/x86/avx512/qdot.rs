@@ -67,6 +67,11 @@ impl VFmt for Q4 {
     }
 }
 
+// Tried and not kept (2026-12-04): a ggml-order body at M = 1 (4 weight rows at a time, each
+// read front to back; per pair of blocks one `vpdpbusd` against 64 activation bytes, per-lane
+// float sums with FMAs, the 16 lanes summed at the end of a row; not bit-identical). Measured
+// against `tile_m1` in one interleaved loop, 2 threads: 0.84-0.90x from cache and 0.87-1.10x
+// over 512 MiB of distinct weights, so the exact transposing body stays.
 // No software prefetch: measured at K = N = 8192 with 2 threads, prefetching each row's
 // stream 256 B to 4 KiB ahead, or the next tile while this one runs, was no faster than the
 // hardware prefetcher alone (and the next-tile sweep was 2x slower with 16 rows).
