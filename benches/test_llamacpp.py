@@ -16,7 +16,9 @@ Run (llama-cpp-python is a bench-only extra: installing it compiles llama.cpp, a
     TIERFLOW_NUM_THREADS=2 pytest benches/test_llamacpp.py -m bench -s
 
 ``TIERFLOW_BENCH_FORMATS=Q8_0,Q4_0`` runs only those formats; ``TIERFLOW_LLAMACPP_NO_REPACK=1``
-runs llama.cpp without its repacked CPU buffers (``--no-repack``).
+runs llama.cpp without its repacked CPU buffers (``--no-repack``); ``TIERFLOW_LLAMACPP_BATCH=1``
+makes llama.cpp evaluate the prompt a token at a time (its decode figures are then those of its
+default buffers where their multi-row path crashes; its prefill figure is not comparable).
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ ROUNDS = 3
 FORMATS = tuple(os.environ.get("TIERFLOW_BENCH_FORMATS", "F32,F16,Q8_0,Q4_0").split(","))
 #: TIERFLOW_LLAMACPP_NO_REPACK=1: llama.cpp without its repacked (extra) CPU buffer types
 NO_REPACK = os.environ.get("TIERFLOW_LLAMACPP_NO_REPACK") == "1"
+#: TIERFLOW_LLAMACPP_BATCH=1: llama.cpp evaluates the prompt one token at a time (so only its
+#: one-row kernels run: its AMX buffer type's tile path, used from 2 rows, dies on some VMs)
+BATCH = int(os.environ.get("TIERFLOW_LLAMACPP_BATCH", str(PROMPT)))
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +117,8 @@ def test_same_gguf_file(benchmark, ratios, files, fmt):
             n_threads=THREADS,
             n_threads_batch=THREADS,
             n_ctx=128,
-            n_batch=PROMPT,
+            n_batch=BATCH,
+            n_ubatch=BATCH,
             verbose=False,
         )
     finally:
