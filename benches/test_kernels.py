@@ -41,6 +41,9 @@ def best_of(f: Callable[[], object], rounds: int) -> float:
 TF_PAUSE = tierflow.info()["spin_us"] * 1e-6 + 0.005
 #: Pause after a NumPy / PyTorch call: OpenBLAS's worker threads busy-wait for about 0.1 s.
 ANCHOR_PAUSE = 0.3
+#: Untimed calls before the timed ones of each block, for at least this long (see
+#: `interleaved_medians`).
+WARM_S = 0.03
 
 
 def pause_after(name: str) -> None:
@@ -49,8 +52,7 @@ def pause_after(name: str) -> None:
 
 def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
     """Median time of each function, measured in alternating rounds (so drift in the machine's
-    load hits every side alike) after one warm-up each, with a pause after every call so that
-    neither side's idle threads (still polling for work) take a core from the other."""
+    load hits every side alike); see `interleaved_medians` for how each side's calls run."""
     return interleaved_medians(fns, rounds)
 
 
@@ -169,37 +171,46 @@ def test_vnni_quantized_decode(benchmark, ratios, fmt, kn):
     """q8_0 / q4_0 decode (M = 1 and M = 8) on each kernel path against the read-bandwidth
     probe, all interleaved in one loop (medians of 9 rounds). On a CPU with AVX-512-VNNI the
     avx512 path runs the `vpdpbusd` body; with AVX-VNNI the avx2 path runs the 256-bit one
-    (`tierflow.info()["isa_extensions"]` says which). Rates are weight bytes per second."""
+    (`tierflow.info()["isa_extensions"]` says which). Rates are weight bytes per second.
+
+    Every weight byte comes from DRAM, as in a decode step (each layer's weight read once per
+    token) and as the probe reads: each timed pass multiplies by distinct copies of the weight,
+    512 MiB in all, back to back (a single 18 / 9 MB weight would be read from the last-level
+    cache by repeated calls)."""
     rng = np.random.default_rng(3)
     w = rng.standard_normal((kn, kn)).astype(np.float32)
-    q = tierflow.quantize(w, fmt)
+    q0 = tierflow.quantize(w, fmt)
+    copies = [q0] + [
+        tierflow.QuantizedTensor(fmt, q0.shape, q0.data.copy())
+        for _ in range(max(1, (512 << 20) // q0.nbytes) - 1)
+    ]
+    total = sum(c.nbytes for c in copies)
     xs = {m: rng.standard_normal((m, kn)).astype(np.float32) for m in (1, 8)}
     outs = {m: np.empty((m, kn), np.float32) for m in (1, 8)}
     isas = _decode_isas()
     fns: dict[str, Callable[[], object]] = {}
     for isa in isas:
         for m in (1, 8):
-            fns[f"{isa} M={m}"] = lambda isa=isa, m=m: tierflow.matmul(
-                xs[m], q, out=outs[m], _isa=isa
-            )
+
+            def sweep(isa=isa, m=m):
+                for c in copies:
+                    tierflow.matmul(xs[m], c, out=outs[m], _isa=isa)
+
+            fns[f"{isa} M={m}"] = sweep
     times: dict[str, list[float]] = {k: [] for k in fns}
     probe: list[float] = []
-    # Each call starts cold, as the probe does: a 128 MiB sweep first evicts the weight from
-    # the last-level cache (a 4096^2 q8_0 / q4_0 weight, 18 / 9 MB, would otherwise be read
-    # from L3 by whichever path runs right after another).
-    flush = np.ones(32 << 20, np.float32)
     for r in range(10):
         for name, f in fns.items():
-            float(flush.sum())
             t = time.perf_counter()
             f()
             if r:
                 times[name].append(time.perf_counter() - t)
         if r:
             probe.append(tierflow.kernels.bench.memory_bandwidth(nbytes=512 << 20, reps=1))
+    q = q0
     benchmark.pedantic(tierflow.matmul, args=(xs[1], q, outs[1]), rounds=1, iterations=1)
     bw = float(np.median(probe))
-    gbs = {k: q.nbytes / float(np.median(v)) for k, v in times.items()}
+    gbs = {k: total / float(np.median(v)) for k, v in times.items()}
     exts = ",".join(tierflow.info()["isa_extensions"]) or "none"
     for isa in isas:
         one, eight = gbs[f"{isa} M=1"], gbs[f"{isa} M=8"]
@@ -282,17 +293,27 @@ def interleaved_medians(
     rounds: int,
     clock: Callable[[], float] = time.perf_counter,
     cpu: dict[str, float] | None = None,
+    calls: int = 3,
 ) -> dict[str, float]:
-    """Median time of each function over `rounds` alternating rounds after one warm-up each, read
-    from `clock` (wall time by default, or process CPU time); pauses as in `interleaved`.
+    """Median time of each function over `rounds` alternating rounds, read from `clock` (wall
+    time by default, or process CPU time). In each round each side runs as a block: a pause
+    (`pause_after` the previous side, so that its idle threads, still polling for work, have
+    parked), untimed calls for at least `WARM_S` (and one), then `calls` timed calls back to
+    back, as a decode loop makes them. The untimed calls absorb what the calls right after an
+    idle pause pay on these VMs (measured: a 4096 x 4096 GEMV took 3-7 ms instead of 1.2-1.4 ms
+    for about 10 ms after 0.3 s idle, NumPy and tierflow alike: the cores' clocks ramping up).
     With `cpu`, also the median process CPU time of each call, into it."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     cpus: dict[str, list[float]] = {k: [] for k in fns}
-    for r in range(rounds + 1):
+    for _ in range(rounds):
         for name, f in fns.items():
-            t, c = clock(), time.process_time()
+            warm_until = clock() + WARM_S
             f()
-            if r:
+            while clock() < warm_until:
+                f()
+            for _ in range(calls):
+                t, c = clock(), time.process_time()
+                f()
                 times[name].append(clock() - t)
                 cpus[name].append(time.process_time() - c)
             pause_after(name)
