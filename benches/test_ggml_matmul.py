@@ -445,7 +445,7 @@ def test_ggml_matmul(benchmark, ratios, ggml, amx_tiles_fail, fmt, kn):
                 **common,
             )
             benchmark.extra_info[label] = round(t[e] / t[tf], 3)
-    # Issue #13's wording: tierflow's per-token time at M = 8 against ggml's best per-token time
+    # The decode target's wording: tierflow's per-token time at M = 8 against ggml's best per-token time
     # at M = 1 (the one-token-at-a-time decode), any engine.
     best = min((e for e in t if e.endswith(" M=1") and e.startswith("ggml")), key=lambda e: t[e])
     label = f"ggml: decode {fmt} K={k} N={n} tierflow M=8 x fastest ggml M=1 ({best}) per token"
