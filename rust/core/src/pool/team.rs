@@ -138,8 +138,13 @@ impl Team {
 
 impl Drop for Team {
     fn drop(&mut self) {
-        // In a forked child the workers do not exist; telling them to stop is harmless.
-        self.shared.retire();
+        if self.pid == std::process::id() {
+            self.shared.retire();
+        } else {
+            // A team inherited through fork(): its workers do not exist here, and its lock may
+            // have been held by one of them at the fork, so it is not touched.
+            self.shared.stop.store(true, SeqCst);
+        }
     }
 }
 
