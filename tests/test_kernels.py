@@ -528,3 +528,26 @@ def test_streamed_matmul_errors(tmp_path):
             tierflow.matmul(np.ones((2, 8), np.float32), s["q"])
         with pytest.raises(tierflow.InvalidArgumentError):
             tierflow.matmul(np.ones((2, 32), np.float32), s["q"], panel_bytes=0)
+
+
+@pytest.mark.parametrize("fmt", ["q8_0", "q4_0"])
+def test_vnni_decode_layout_equals_blocks(fmt):
+    """q8_0 / q4_0 repacked into the VNNI decode layout (16 rows' blocks interleaved,
+    `kernels/qpack.rs`) give the bits of the GGUF blocks on every path, and unpack exactly."""
+    from tierflow import _tierflow
+
+    rng = np.random.default_rng(7)
+    k, n = 256, 300
+    q = tierflow.quantize(rng.standard_normal((k, n)).astype(np.float32), fmt)
+    packed = _tierflow._pack_vnni(fmt, k, n, q.data)
+    assert packed.nbytes == -(-n // 16) * (k // 32) * (32 + (512 if fmt == "q8_0" else 256))
+    b = rng.standard_normal(n).astype(np.float32)
+    for isa in tierflow.info()["isa_available"]:
+        for m in (1, 3, 8, 40):
+            x = rng.standard_normal((m, k)).astype(np.float32)
+            want = tierflow.matmul(x, q, bias=b, _isa=isa)
+            got = np.empty((m, n), np.float32)
+            _tierflow._matmul_packed(x, fmt, k, n, packed, got, b, isa)
+            assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), (isa, m)
+    with pytest.raises(tierflow.errors.ShapeError):
+        _tierflow._matmul_packed(x, fmt, k, n, packed[:-1], got, None, None)

@@ -116,6 +116,17 @@ def _matmul_blocks_group(
     parts: list[tuple[str, int, int, Any, Any, Any]],
     isa: str | None = None,
 ) -> None: ...
+def _pack_vnni(fmt: str, k: int, n: int, data: Any) -> Any: ...
+def _matmul_packed(
+    x: Any,
+    fmt: str,
+    k: int,
+    n: int,
+    packed: Any,
+    out: Any,
+    bias: Any = None,
+    isa: str | None = None,
+) -> None: ...
 def _matmul_streamed(
     x: Any,
     store: Any,

@@ -104,6 +104,51 @@ fn _matmul_blocks(
     })
 }
 
+/// Q8_0 / Q4_0 block data repacked into the VNNI decode layout (`kernels::qpack`).
+#[pyfunction]
+fn _pack_vnni<'py>(
+    py: Python<'py>,
+    fmt: &str,
+    k: usize,
+    n: usize,
+    data: PyReadonlyArray1<'py, u8>,
+) -> PyResult<Bound<'py, numpy::PyArray1<u8>>> {
+    let fmt = Format::parse(fmt).map_err(crate::errors::to_pyerr)?;
+    let ds = slice(&data, "data")?;
+    let v = run(py, || tierflow_core::kernels::qpack::pack(fmt, k, n, ds))?;
+    Ok(numpy::PyArray1::from_vec(py, v))
+}
+
+/// `out = x @ W (+ bias)` with `W` in the VNNI decode layout (`kernels::qpack`).
+#[pyfunction]
+#[pyo3(signature = (x, fmt, k, n, packed, out, bias=None, isa=None))]
+#[allow(clippy::too_many_arguments)]
+fn _matmul_packed(
+    py: Python<'_>,
+    x: PyReadonlyArray2<'_, f32>,
+    fmt: &str,
+    k: usize,
+    n: usize,
+    packed: PyReadonlyArray1<'_, u8>,
+    mut out: PyReadwriteArray2<'_, f32>,
+    bias: Option<PyReadonlyArray1<'_, f32>>,
+    isa: Option<&str>,
+) -> PyResult<()> {
+    let isa = pick_isa(isa)?;
+    let fmt = Format::parse(fmt).map_err(crate::errors::to_pyerr)?;
+    let m = x.shape()[0];
+    let xs = slice2(&x, "x")?;
+    let ps = slice(&packed, "packed")?;
+    let b = match &bias {
+        Some(b) => Some(slice(b, "bias")?),
+        None => None,
+    };
+    let ldc = out.shape()[1];
+    let cs =
+        out.as_slice_mut().map_err(|_| err("InvalidArgumentError", "out must be C-contiguous"))?;
+    run(py, || tierflow_core::kernels::qpack::matmul_packed(isa, xs, m, fmt, k, n, ps, b, cs, ldc))
+}
+
 /// One weight of [`_matmul_blocks_group`]: `(fmt, k, n, data, out, bias)`.
 type GroupPart<'py> = (
     String,
@@ -443,6 +488,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_matmul_plain, m)?)?;
     m.add_function(wrap_pyfunction!(_matmul_blocks, m)?)?;
     m.add_function(wrap_pyfunction!(_matmul_blocks_group, m)?)?;
+    m.add_function(wrap_pyfunction!(_pack_vnni, m)?)?;
+    m.add_function(wrap_pyfunction!(_matmul_packed, m)?)?;
     m.add_function(wrap_pyfunction!(_quantize, m)?)?;
     m.add_function(wrap_pyfunction!(_check_blocks, m)?)?;
     m.add_function(wrap_pyfunction!(_format_nbytes, m)?)?;

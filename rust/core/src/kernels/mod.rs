@@ -34,6 +34,7 @@ pub mod group;
 pub mod norm;
 pub mod paged;
 pub mod qdot;
+pub mod qpack;
 pub mod quant;
 pub mod rope;
 pub mod rows;

@@ -8,6 +8,7 @@ pub(crate) mod attention;
 pub(crate) mod axpy;
 pub(crate) mod dot;
 pub(crate) mod qdot;
+pub(crate) mod qpack;
 pub(crate) mod rows;
 pub(crate) mod sgemm;
 

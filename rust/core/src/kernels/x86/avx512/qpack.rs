@@ -1,0 +1,106 @@
+//! AVX-512-VNNI body of `kernels/qpack.rs` (the layout, the driver and the tests are there): one
+//! 16-row tile of a Q8_0 / Q4_0 weight in the decode layout against every activation row.
+//!
+//! Per block: the 16 scales are one 32-byte load (`vcvtph2ps`), the 8 operands `T_k` are 8
+//! loads (Q8_0) or 4 loads split into low and high nibbles (Q4_0); then for each activation row
+//! the arithmetic of `x86/avx512/qdot.rs`'s `tile` after its transposition: 8 `vpdpbusd`
+//! against the row's block broadcast 4 bytes at a time, minus `OFF * sum(qx)`, and
+//! `acc += (dw * dx) * float(isum)` (a multiply, a multiply, an add), so each lane is the
+//! scalar reference's chain for its row: bit-identical.
+
+use crate::kernels::qdot::{store_sums, QActs};
+use crate::kernels::qpack::{record_bytes, TILE};
+use crate::kernels::quant::{Format, QK};
+use std::arch::x86_64::*;
+
+/// Activation rows per pass over a tile.
+const MR: usize = 4;
+
+/// Tile `tile` (rows `16 tile ..`) of `C = X W^T + bias` for every activation row.
+///
+/// `corr[e]` is `OFF * sum(qx)` of activation block `e` (`qdot::block_corr`); while the first
+/// activation rows run, the records `pfd` bytes ahead are prefetched.
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW + VNNI; `packed` is the decode layout of a `(a.k, n)` weight in
+/// `fmt`; `c` holds `a.m` rows of stride `ldc >= n`, and no other thread writes this tile's
+/// columns.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn tile(
+    a: &QActs,
+    corr: &[i32],
+    fmt: Format,
+    n: usize,
+    packed: &[u8],
+    bias: Option<&[f32]>,
+    c: *mut f32,
+    ldc: usize,
+    tile: usize,
+    pfd: usize,
+) {
+    let (k, nb) = (a.k, a.k / QK);
+    let rec = record_bytes(fmt);
+    let base = packed[tile * nb * rec..(tile + 1) * nb * rec].as_ptr();
+    let j = tile * TILE;
+    let valid = (n - j).min(TILE);
+    let mut i = 0;
+    while i < a.m {
+        let mr = MR.min(a.m - i);
+        let mut acc = [_mm512_setzero_ps(); MR];
+        for b in 0..nb {
+            unsafe {
+                let r = base.add(b * rec);
+                if i == 0 && pfd > 0 {
+                    let mut o = 0;
+                    while o < rec {
+                        _mm_prefetch::<_MM_HINT_T0>(r.wrapping_add(pfd + o) as *const i8);
+                        o += 64;
+                    }
+                }
+                let dw = _mm512_cvtph_ps(_mm256_loadu_si256(r as *const __m256i));
+                let q = r.add(32);
+                let tk: [__m512i; 8] = if fmt == Format::Q8_0 {
+                    std::array::from_fn(|kk| _mm512_loadu_si512(q.add(64 * kk) as *const __m512i))
+                } else {
+                    let lo = _mm512_set1_epi8(0x0f);
+                    let v: [__m512i; 4] = std::array::from_fn(|kk| {
+                        _mm512_loadu_si512(q.add(64 * kk) as *const __m512i)
+                    });
+                    std::array::from_fn(|kk| {
+                        if kk < 4 {
+                            _mm512_and_si512(v[kk], lo)
+                        } else {
+                            _mm512_and_si512(_mm512_srli_epi16::<4>(v[kk - 4]), lo)
+                        }
+                    })
+                };
+                for (t, at) in acc.iter_mut().enumerate().take(mr) {
+                    let e = (i + t) * nb + b;
+                    let xp = a.q.as_ptr().add((i + t) * k + b * QK) as *const i32;
+                    let x = |d: usize| _mm512_set1_epi32(xp.add(d).read_unaligned());
+                    let mut p0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), tk[0], x(0));
+                    let mut p1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), tk[1], x(1));
+                    p0 = _mm512_dpbusd_epi32(p0, tk[2], x(2));
+                    p1 = _mm512_dpbusd_epi32(p1, tk[3], x(3));
+                    p0 = _mm512_dpbusd_epi32(p0, tk[4], x(4));
+                    p1 = _mm512_dpbusd_epi32(p1, tk[5], x(5));
+                    p0 = _mm512_dpbusd_epi32(p0, tk[6], x(6));
+                    p1 = _mm512_dpbusd_epi32(p1, tk[7], x(7));
+                    let isum =
+                        _mm512_sub_epi32(_mm512_add_epi32(p0, p1), _mm512_set1_epi32(corr[e]));
+                    let d = _mm512_mul_ps(dw, _mm512_set1_ps(*a.d.get_unchecked(e)));
+                    *at = _mm512_add_ps(*at, _mm512_mul_ps(d, _mm512_cvtepi32_ps(isum)));
+                }
+            }
+        }
+        let mut out = [0f32; 16];
+        for (t, at) in acc.iter().enumerate().take(mr) {
+            unsafe {
+                _mm512_storeu_ps(out.as_mut_ptr(), *at);
+                store_sums(&out[..valid], bias, c, (i + t) * ldc + j, j);
+            }
+        }
+        i += mr;
+    }
+}
