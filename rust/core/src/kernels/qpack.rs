@@ -248,8 +248,9 @@ mod tests {
                             // blocks with the same ISA (the packed path unpacks and calls it).
                             let mut want = vec![f32::NAN; m * ldc];
                             let risa = if m <= 32 { Isa::Scalar } else { isa };
-                            let wr = super::super::gemm::Weight::Rows(w);
-                            super::super::gemm::matmul(risa, &x, m, wr, b, &mut want, ldc).unwrap();
+                            let wr = crate::kernels::gemm::Weight::Rows(w);
+                            crate::kernels::gemm::matmul(risa, &x, m, wr, b, &mut want, ldc)
+                                .unwrap();
                             if isa == Isa::Scalar || (m <= 32 && isa == Isa::Avx512 && !vnni) {
                                 continue;
                             }
