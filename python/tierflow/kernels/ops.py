@@ -455,8 +455,10 @@ def matmul_group(
     for k, n in shapes:
         if xshape[-1] != k:
             raise ShapeError(f"matmul shapes do not match: x {xshape} and w {(k, n)} (K differs)")
-    xa = _as_f32(x, "x")
     lead = xshape[:-1]
+    for _k, n in shapes:
+        _check_size((*lead, n), 4, "the result")
+    xa = _as_f32(x, "x")
     m = math.prod(lead)
     x2 = xa.reshape(m, xshape[-1])
     outs, parts = [], []

@@ -37,6 +37,19 @@ fn slice2<'a, T: numpy::Element>(a: &'a PyReadonlyArray2<'_, T>, what: &str) -> 
     a.as_slice().map_err(|_| err("InvalidArgumentError", format!("{what} must be C-contiguous")))
 }
 
+/// The bias as a slice, when given.
+fn opt_bias<'a>(b: &'a Option<PyReadonlyArray1<'_, f32>>) -> PyResult<Option<&'a [f32]>> {
+    b.as_ref().map(|b| slice(b, "bias")).transpose()
+}
+
+/// The output's rows as one slice and its row stride.
+fn out_rows<'a>(out: &'a mut PyReadwriteArray2<'_, f32>) -> PyResult<(&'a mut [f32], usize)> {
+    let ldc = out.shape()[1];
+    let cs =
+        out.as_slice_mut().map_err(|_| err("InvalidArgumentError", "out must be C-contiguous"))?;
+    Ok((cs, ldc))
+}
+
 /// `out = x @ w (+ bias)` with a plain `(K, N)` weight; `wkind` is "f32", "f16" or "bf16" (the
 /// last two as uint16 bit patterns).
 #[pyfunction]
@@ -60,13 +73,8 @@ fn _matmul_plain(
         ("bf16", _, Some(w)) => (w.shape()[0], w.shape()[1], ColW::Bf16(slice2(w, "w")?)),
         _ => return Err(err("DTypeError", format!("unsupported weight kind {wkind:?}"))),
     };
-    let b = match &bias {
-        Some(b) => Some(slice(b, "bias")?),
-        None => None,
-    };
-    let ldc = out.shape()[1];
-    let cs =
-        out.as_slice_mut().map_err(|_| err("InvalidArgumentError", "out must be C-contiguous"))?;
+    let b = opt_bias(&bias)?;
+    let (cs, ldc) = out_rows(&mut out)?;
     run(py, || matmul(isa, xs, m, Weight::Plain { w: cw, k, n }, b, cs, ldc))
 }
 
@@ -89,13 +97,8 @@ fn _matmul_blocks(
     let m = x.shape()[0];
     let xs = slice2(&x, "x")?;
     let ds = slice(&data, "data")?;
-    let b = match &bias {
-        Some(b) => Some(slice(b, "bias")?),
-        None => None,
-    };
-    let ldc = out.shape()[1];
-    let cs =
-        out.as_slice_mut().map_err(|_| err("InvalidArgumentError", "out must be C-contiguous"))?;
+    let b = opt_bias(&bias)?;
+    let (cs, ldc) = out_rows(&mut out)?;
     // The scales were checked when the QuantizedTensor was built (`_check_blocks`); a second
     // pass here would read the whole weight twice.
     run(py, || {
@@ -139,13 +142,8 @@ fn _matmul_packed(
     let m = x.shape()[0];
     let xs = slice2(&x, "x")?;
     let ps = slice(&packed, "packed")?;
-    let b = match &bias {
-        Some(b) => Some(slice(b, "bias")?),
-        None => None,
-    };
-    let ldc = out.shape()[1];
-    let cs =
-        out.as_slice_mut().map_err(|_| err("InvalidArgumentError", "out must be C-contiguous"))?;
+    let b = opt_bias(&bias)?;
+    let (cs, ldc) = out_rows(&mut out)?;
     run(py, || tierflow_core::kernels::qpack::matmul_packed(isa, xs, m, fmt, k, n, ps, b, cs, ldc))
 }
 
@@ -177,14 +175,8 @@ fn _matmul_blocks_group(
     for (fmt, k, n, data, out, bias) in parts.iter_mut() {
         let fmt = Format::parse(fmt).map_err(crate::errors::to_pyerr)?;
         let ds = slice(data, "data")?;
-        let b = match bias {
-            Some(b) => Some(slice(b, "bias")?),
-            None => None,
-        };
-        let ldc = out.shape()[1];
-        let cs = out
-            .as_slice_mut()
-            .map_err(|_| err("InvalidArgumentError", "out must be C-contiguous"))?;
+        let b = opt_bias(bias)?;
+        let (cs, ldc) = out_rows(out)?;
         specs.push((fmt, *k, *n, ds, b, cs, ldc));
     }
     run(py, || {
@@ -421,13 +413,8 @@ fn _matmul_streamed(
     }
     let m = x.shape()[0];
     let xs = slice2(&x, "x")?;
-    let b = match &bias {
-        Some(b) => Some(slice(b, "bias")?),
-        None => None,
-    };
-    let ldc = out.shape()[1];
-    let cs =
-        out.as_slice_mut().map_err(|_| err("InvalidArgumentError", "out must be C-contiguous"))?;
+    let b = opt_bias(&bias)?;
+    let (cs, ldc) = out_rows(&mut out)?;
     let st = store.inner.clone();
     let name = name.to_owned();
     run(py, move || {

@@ -14,7 +14,7 @@
 //! is the same chain of operations as the scalar reference `qdot::scalar_task` (exact integer
 //! block sums, `s += (dw * dx) * isum` block by block): bit-identical, as the tests check.
 
-use super::qdot::{is_int_format, matmul_q, quantize_acts, QActs};
+use super::qdot::{is_int_format, quantize_acts, QActs};
 use super::quant::{Format, QWeight, QK};
 use crate::cpu::Isa;
 use crate::{CoreError, Result};
@@ -75,8 +75,8 @@ pub fn pack(fmt: Format, k: usize, n: usize, data: &[u8]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// The GGUF block data back from the decode layout (the inverse of [`pack`]).
-pub fn unpack(fmt: Format, k: usize, n: usize, packed: &[u8]) -> Result<Vec<u8>> {
+/// `packed` holds exactly the decode layout of a `(k, n)` weight in `fmt`.
+fn check_packed(fmt: Format, k: usize, n: usize, packed: &[u8]) -> Result<()> {
     let total = packed_bytes(fmt, k, n)?;
     if packed.len() != total {
         return Err(CoreError::Shape(format!(
@@ -85,6 +85,12 @@ pub fn unpack(fmt: Format, k: usize, n: usize, packed: &[u8]) -> Result<Vec<u8>>
             packed.len()
         )));
     }
+    Ok(())
+}
+
+/// The GGUF block data back from the decode layout (the inverse of [`pack`]).
+pub fn unpack(fmt: Format, k: usize, n: usize, packed: &[u8]) -> Result<Vec<u8>> {
+    check_packed(fmt, k, n, packed)?;
     let (nb, bb, rec) = (k / QK, fmt.block_bytes(), record_bytes(fmt));
     let rb = nb * bb;
     let mut out = vec![0u8; fmt.total_bytes(k, n)?];
@@ -128,14 +134,7 @@ pub fn matmul_packed(
     c: &mut [f32],
     ldc: usize,
 ) -> Result<()> {
-    let total = packed_bytes(fmt, k, n)?;
-    if packed.len() != total {
-        return Err(CoreError::Shape(format!(
-            "packed {} data of {} bytes, expected {total} for ({k}, {n})",
-            fmt.name(),
-            packed.len()
-        )));
-    }
+    check_packed(fmt, k, n, packed)?;
     super::gemm::check_operands(x, m, k, n, bias, c, ldc)?;
     if m == 0 || n == 0 {
         return Ok(());
@@ -152,13 +151,6 @@ pub fn matmul_packed(
         }
     }
     let data = unpack(fmt, k, n, packed)?;
-    if m <= super::gemm::DECODE_MAX_M && isa != Isa::Scalar && k > 0 {
-        if let Some(a) = quantize_acts(isa, x, m, k) {
-            let w = QWeight::with_len_check(fmt, k, n, &data)?;
-            matmul_q(isa, &a, &w, bias, c, ldc);
-            return Ok(());
-        }
-    }
     let w = QWeight::with_len_check(fmt, k, n, &data)?;
     super::gemm::matmul(isa, x, m, super::gemm::Weight::Rows(w), bias, c, ldc)
 }

@@ -164,7 +164,7 @@ pub fn for_tasks(tasks: usize, bytes: usize, f: impl Fn(usize) + Sync + Send) {
 
 /// The task team for `threads` participants in this process (`None`: its lock is orphaned by a
 /// fork, or no thread could be started).
-fn team_handle(threads: usize) -> Option<Arc<team::SharedHandle>> {
+fn team_handle(threads: usize) -> Option<team::SharedHandle> {
     let mut guard = TEAM.try_lock_for(std::time::Duration::from_millis(200))?;
     if !guard.as_ref().is_some_and(|t| t.fits(threads)) {
         *guard = None; // retire the old team's workers first

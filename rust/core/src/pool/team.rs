@@ -131,8 +131,8 @@ impl Team {
         self.pid == std::process::id() && self.threads == threads
     }
 
-    pub(super) fn handle(&self) -> Arc<SharedHandle> {
-        Arc::new(SharedHandle(self.shared.clone()))
+    pub(super) fn handle(&self) -> SharedHandle {
+        SharedHandle(self.shared.clone())
     }
 }
 

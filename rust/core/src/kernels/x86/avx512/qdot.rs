@@ -145,20 +145,7 @@ unsafe fn tile<F: VFmt, const MR: usize>(
             let g = _mm512_i32gather_epi32::<1>(idx, base.add(off) as *const i32);
             let dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));
             for (t, at) in acc.iter_mut().enumerate() {
-                let e = (i + t) * nb + b;
-                let xp = a.q.as_ptr().add((i + t) * k + b * QK) as *const i32;
-                let x = |d: usize| _mm512_set1_epi32(xp.add(d).read_unaligned());
-                let mut p0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), tk[0], x(0));
-                let mut p1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), tk[1], x(1));
-                p0 = _mm512_dpbusd_epi32(p0, tk[2], x(2));
-                p1 = _mm512_dpbusd_epi32(p1, tk[3], x(3));
-                p0 = _mm512_dpbusd_epi32(p0, tk[4], x(4));
-                p1 = _mm512_dpbusd_epi32(p1, tk[5], x(5));
-                p0 = _mm512_dpbusd_epi32(p0, tk[6], x(6));
-                p1 = _mm512_dpbusd_epi32(p1, tk[7], x(7));
-                let isum = _mm512_sub_epi32(_mm512_add_epi32(p0, p1), _mm512_set1_epi32(corr[e]));
-                let d = _mm512_mul_ps(dw, _mm512_set1_ps(*a.d.get_unchecked(e)));
-                *at = _mm512_add_ps(*at, _mm512_mul_ps(d, _mm512_cvtepi32_ps(isum)));
+                *at = block_step(a, &tk, dw, corr, (i + t) * nb + b, (i + t) * k + b * QK, *at);
             }
         }
         let valid = (n1 - j).min(16);
@@ -167,6 +154,37 @@ unsafe fn tile<F: VFmt, const MR: usize>(
             _mm512_storeu_ps(out.as_mut_ptr(), *at);
             store_sums(&out[..valid], bias, c, (i + t) * ldc + j, j);
         }
+    }
+}
+
+/// One block of one activation row against 16 weight rows given as the `vpdpbusd` operands
+/// `T_k` (lane `r` = bytes `4k..4k+4` of row `r`'s unsigned values): the exact integer sums,
+/// minus `corr[e]` (`OFF * sum(qx)` of activation block `e`, whose values start at `a.q[q0]`),
+/// then `acc + (dw * dx) * float(isum)` as the scalar reference computes it.
+#[inline(always)]
+pub(crate) unsafe fn block_step(
+    a: &QActs,
+    tk: &[__m512i; 8],
+    dw: __m512,
+    corr: &[i32],
+    e: usize,
+    q0: usize,
+    acc: __m512,
+) -> __m512 {
+    unsafe {
+        let xp = a.q.as_ptr().add(q0) as *const i32;
+        let x = |d: usize| _mm512_set1_epi32(xp.add(d).read_unaligned());
+        let mut p0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), tk[0], x(0));
+        let mut p1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), tk[1], x(1));
+        p0 = _mm512_dpbusd_epi32(p0, tk[2], x(2));
+        p1 = _mm512_dpbusd_epi32(p1, tk[3], x(3));
+        p0 = _mm512_dpbusd_epi32(p0, tk[4], x(4));
+        p1 = _mm512_dpbusd_epi32(p1, tk[5], x(5));
+        p0 = _mm512_dpbusd_epi32(p0, tk[6], x(6));
+        p1 = _mm512_dpbusd_epi32(p1, tk[7], x(7));
+        let isum = _mm512_sub_epi32(_mm512_add_epi32(p0, p1), _mm512_set1_epi32(corr[e]));
+        let d = _mm512_mul_ps(dw, _mm512_set1_ps(*a.d.get_unchecked(e)));
+        _mm512_add_ps(acc, _mm512_mul_ps(d, _mm512_cvtepi32_ps(isum)))
     }
 }
 

@@ -8,6 +8,7 @@
 //! `acc += (dw * dx) * float(isum)` (a multiply, a multiply, an add), so each lane is the
 //! scalar reference's chain for its row: bit-identical.
 
+use super::qdot::block_step;
 use crate::kernels::qdot::{store_sums, QActs};
 use crate::kernels::qpack::{record_bytes, TILE};
 use crate::kernels::quant::{Format, QK};
@@ -76,21 +77,8 @@ pub unsafe fn tile(
                     })
                 };
                 for (t, at) in acc.iter_mut().enumerate().take(mr) {
-                    let e = (i + t) * nb + b;
-                    let xp = a.q.as_ptr().add((i + t) * k + b * QK) as *const i32;
-                    let x = |d: usize| _mm512_set1_epi32(xp.add(d).read_unaligned());
-                    let mut p0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), tk[0], x(0));
-                    let mut p1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), tk[1], x(1));
-                    p0 = _mm512_dpbusd_epi32(p0, tk[2], x(2));
-                    p1 = _mm512_dpbusd_epi32(p1, tk[3], x(3));
-                    p0 = _mm512_dpbusd_epi32(p0, tk[4], x(4));
-                    p1 = _mm512_dpbusd_epi32(p1, tk[5], x(5));
-                    p0 = _mm512_dpbusd_epi32(p0, tk[6], x(6));
-                    p1 = _mm512_dpbusd_epi32(p1, tk[7], x(7));
-                    let isum =
-                        _mm512_sub_epi32(_mm512_add_epi32(p0, p1), _mm512_set1_epi32(corr[e]));
-                    let d = _mm512_mul_ps(dw, _mm512_set1_ps(*a.d.get_unchecked(e)));
-                    *at = _mm512_add_ps(*at, _mm512_mul_ps(d, _mm512_cvtepi32_ps(isum)));
+                    let (e, q0) = ((i + t) * nb + b, (i + t) * k + b * QK);
+                    *at = block_step(a, &tk, dw, corr, e, q0, *at);
                 }
             }
         }
