@@ -51,6 +51,12 @@ def test_logits_bit_identical_to_safetensors(gguf_dir, ref_logits, fmt):
     assert got.dtype == np.float32 and np.array_equal(got, want)
     if fmt != "F32":  # adopted as the blocks they are: no requantisation
         w = model.weights.mat("model.layers.1.mlp.down_proj.weight")
+        if tierflow.packed_decode_available():  # repacked on load for the VNNI kernel
+            assert isinstance(w, tierflow.PackedTensor) and w.base_format == fmt.lower()
+            assert "model.layers.1.mlp.down_proj.weight" in model.weights.packed
+            w = w.unpack()
+        else:
+            assert model.weights.packed == []
         assert isinstance(w, tierflow.QuantizedTensor) and w.format == fmt.lower()
     # greedy decoding through the KV cache agrees too
     a = model.generate(IDS[:3], max_new_tokens=6)

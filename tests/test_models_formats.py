@@ -32,6 +32,9 @@ def _dequantized_weights(model, w: dict[str, np.ndarray]) -> dict[str, np.ndarra
     out = dict(w)
     for name, layout in model.weights.layouts.items():
         q = model.weights.fetch(name)
+        if isinstance(q, tierflow.PackedTensor):  # q8_0 / q4_0 repacked on a VNNI CPU
+            assert tierflow.packed_decode_available() and name in model.weights.packed
+            q = q.unpack()
         assert isinstance(q, tierflow.QuantizedTensor) and q.format == model.weights.format
         kn = q.dequantize()
         if name.endswith(("wte.weight", "embed_tokens.weight")):

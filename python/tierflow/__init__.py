@@ -30,6 +30,8 @@ from .store import (
 from . import kernels
 from .kernels import (
     FORMATS,
+    PACKED_FORMATS,
+    PackedTensor,
     QuantizedTensor,
     attention,
     dequantize,
@@ -39,6 +41,7 @@ from .kernels import (
     matmul_group,
     mlp,
     pack,
+    packed_decode_available,
     quantize,
     rms_norm,
     rope,
@@ -88,6 +91,8 @@ __all__ = [
     "register_block_format",
     # --- kernels ---
     "FORMATS",
+    "PACKED_FORMATS",
+    "PackedTensor",
     "PagedKVCache",
     "QuantizedTensor",
     "attention",
@@ -99,6 +104,7 @@ __all__ = [
     "matmul_group",
     "mlp",
     "pack",
+    "packed_decode_available",
     "quantize",
     "rms_norm",
     "rope",

@@ -33,7 +33,9 @@ from ..store import BlockTensor, TensorRef, register_block_format
 
 __all__ = [
     "FORMATS",
+    "PACKED_FORMATS",
     "ROUNDED_ACTIVATIONS_MAX_M",
+    "PackedTensor",
     "QuantizedTensor",
     "attention",
     "dequantize",
@@ -44,6 +46,7 @@ __all__ = [
     "matmul_group",
     "mlp",
     "pack",
+    "packed_decode_available",
     "quantize",
     "rms_norm",
     "rope",
@@ -181,6 +184,137 @@ class QuantizedTensor(BlockTensor):
 for _fmt in FORMATS:
     register_block_format(_fmt, QuantizedTensor)
 
+#: Repacked decode layouts of :class:`PackedTensor` (see :func:`pack`), one per integer format.
+PACKED_FORMATS = ("q8_0x16", "q4_0x16")
+
+
+class PackedTensor(BlockTensor):
+    """A ``q8_0`` / ``q4_0`` weight of logical shape ``(K, N)`` repacked for the AVX-512-VNNI
+    decode kernel (format ``"q8_0x16"`` / ``"q4_0x16"``), as llama.cpp's CPU buffer types
+    repack GGUF weights at load. Made by :func:`pack`; :meth:`unpack` gives the GGUF blocks back
+    byte for byte.
+
+    Layout: the ``N`` rows of blocks are taken 16 at a time (a tile, the last padded with zero
+    rows); a tile is stored block by block, each record holding the 16 rows' f16 scales and
+    then their quants in the operand order of ``vpdpbusd`` (one row per 32-bit lane: bytes
+    ``4j .. 4j+3`` of the 16 rows side by side), Q8_0 quants offset to unsigned ``q + 128``,
+    Q4_0 nibbles ``j`` and ``j + 16`` of a row in one byte as in GGUF. A tile is one sequential
+    stream for the kernel; no transposition or gather at run time. Size: the block data plus
+    the padding rows.
+
+    :func:`matmul` with at most :data:`ROUNDED_ACTIVATIONS_MAX_M` rows of ``x`` on a CPU with
+    AVX-512-VNNI runs the packed kernel; any other case (more rows, another instruction set,
+    a non-finite ``x``) unpacks the blocks for that call (one copy of the weight, counted by
+    :func:`layout_copies`) and runs what :func:`matmul` runs on the :class:`QuantizedTensor`.
+    Results are bit-identical to the :class:`QuantizedTensor` in every case.
+
+    Attributes:
+        format: ``"q8_0x16"`` or ``"q4_0x16"``; ``base_format`` is ``"q8_0"`` / ``"q4_0"``.
+        shape: ``(K, N)``.
+        data: the packed bytes, a read-only 1-D uint8 array.
+    """
+
+    def __init__(
+        self, format: str, shape: tuple[int, int], data: np.ndarray, *, _checked: bool = True
+    ) -> None:
+        fmt = str(format).lower()
+        if fmt not in PACKED_FORMATS:
+            raise DTypeError(f"unknown packed format {format!r} (expected one of {PACKED_FORMATS})")
+        if len(shape) != 2 or any(int(s) < 0 for s in shape):
+            raise ShapeError(f"a packed weight has a 2-D shape (K, N), got {tuple(shape)}")
+        k, n = (int(s) for s in shape)
+        if k % 32:
+            raise ShapeError(f"a {fmt} weight has K a multiple of 32, got shape {(k, n)}")
+        base = fmt[: -len("x16")]
+        want = _tierflow._packed_nbytes(base, k, n)  # InvalidArgumentError on an overflow
+        arr = np.ascontiguousarray(np.asarray(data)).reshape(-1)
+        if arr.dtype != np.uint8:
+            raise DTypeError(f"packed data must be uint8, got {arr.dtype}")
+        if arr.size != want:
+            raise CorruptFileError(f"{fmt} data of {arr.size} bytes for {(k, n)}, expected {want}")
+        arr = arr.view()
+        arr.flags.writeable = False
+        self.format = fmt
+        self.base_format = base
+        self.shape = (k, n)
+        self.data = arr
+        self._scales_checked = False  # checked now, or (stored data) at the first bad result
+        if _checked:
+            self._check_scales()
+
+    @classmethod
+    def _from_blocks(cls, format: str, shape: Sequence[int], data: np.ndarray) -> PackedTensor:
+        """Rebuild from stored bytes: the length is checked now, the scales lazily."""
+        return cls(format, (int(shape[0]), int(shape[1])), data, _checked=False)
+
+    @classmethod
+    def from_quantized(cls, q: QuantizedTensor) -> PackedTensor:
+        """Repack a ``q8_0`` / ``q4_0`` :class:`QuantizedTensor` (K a multiple of 32)."""
+        if q.format not in ("q8_0", "q4_0"):
+            raise DTypeError(f"only q8_0 / q4_0 weights repack, not {q.format}")
+        k, n = q.shape
+        q._check_scales()
+        p = cls(
+            q.format + "x16", (k, n), _tierflow._pack_vnni(q.format, k, n, q.data), _checked=False
+        )
+        p._scales_checked = True
+        return p
+
+    def unpack(self) -> QuantizedTensor:
+        """The GGUF blocks (a new :class:`QuantizedTensor`, byte for byte the one packed)."""
+        k, n = self.shape
+        blocks = _tierflow._unpack_vnni(self.base_format, k, n, self.data)
+        return QuantizedTensor(self.base_format, (k, n), blocks, _checked=not self._scales_checked)
+
+    def _check_scales(self) -> None:
+        if not self._scales_checked:
+            self.unpack()  # checks every block scale: CorruptFileError names the first bad one
+            self._scales_checked = True
+
+    def _after(self, result: np.ndarray) -> np.ndarray:
+        """As :meth:`QuantizedTensor._after`: scales of stored data checked on a non-finite
+        result."""
+        if not self._scales_checked and not np.isfinite(result).all():
+            self._check_scales()
+        return result
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of packed data."""
+        return int(self.data.nbytes)
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    def dequantize(self) -> np.ndarray:
+        """The float32 ``(K, N)`` array the blocks encode."""
+        return self.unpack().dequantize()
+
+    def __repr__(self) -> str:
+        return f"PackedTensor(format={self.format!r}, shape={self.shape}, nbytes={self.nbytes})"
+
+
+for _fmt in PACKED_FORMATS:
+    register_block_format(_fmt, PackedTensor)
+
+
+_packed_ok: tuple[str, bool] | None = None
+
+
+def packed_decode_available(_isa: str | None = None) -> bool:
+    """True when :func:`matmul` runs :class:`PackedTensor` weights with the packed kernel at
+    decode shapes (the selected instruction set is ``avx512`` and the CPU has AVX-512-VNNI);
+    elsewhere a packed weight is unpacked at every call, so loaders keep the GGUF blocks."""
+    global _packed_ok
+    if _packed_ok is None:
+        from .._info import info
+
+        i = info()
+        _packed_ok = (i["isa_selected"], "avx512vnni" in i["isa_extensions"])
+    isa = _isa if _isa is not None else _packed_ok[0]
+    return isa == "avx512" and _packed_ok[1]
+
 
 def quantize(w: Any, fmt: str) -> QuantizedTensor:
     """Quantise a ``(K, N)`` weight into ``fmt`` (one of :data:`FORMATS`).
@@ -213,12 +347,31 @@ def dequantize(q: QuantizedTensor) -> np.ndarray:
     return q.dequantize()
 
 
-def pack(w: Any, fmt: str = "f32") -> QuantizedTensor:
-    """Lay a static weight out once for the decode kernels (rows along K, see
-    :class:`QuantizedTensor`), so repeated ``matmul`` calls read it front to back. The packed
-    form is an ordinary :class:`QuantizedTensor` (``format="f32"`` by default) and can be stored.
-    A weight that is already a ``QuantizedTensor`` is returned as it is."""
-    if isinstance(w, QuantizedTensor):
+def pack(w: Any, fmt: str = "f32") -> QuantizedTensor | PackedTensor:
+    """Lay a static weight out once for the decode kernels, so repeated ``matmul`` calls read
+    it front to back.
+
+    - ``fmt`` one of :data:`FORMATS`: rows along K (see :class:`QuantizedTensor`), an ordinary
+      ``QuantizedTensor`` (``format="f32"`` by default) that can be stored. A weight that is
+      already a ``QuantizedTensor`` is returned as it is.
+    - ``fmt="q8_0x16"`` / ``"q4_0x16"``: the VNNI decode layout (:class:`PackedTensor`) of the
+      ``q8_0`` / ``q4_0`` blocks (a float weight is quantised first; a ``QuantizedTensor`` of
+      the matching format is repacked as it is, with no requantisation). Use it where
+      :func:`packed_decode_available` is true.
+    """
+    fmt = str(fmt).lower()
+    if fmt in PACKED_FORMATS:
+        if isinstance(w, PackedTensor):
+            if w.format != fmt:
+                raise DTypeError(f"a {w.format} weight cannot be packed as {fmt}")
+            return w
+        base = fmt[: -len("x16")]
+        if not isinstance(w, QuantizedTensor):
+            w = quantize(w, base)
+        elif w.format != base:
+            raise DTypeError(f"a {w.format} weight cannot be packed as {fmt} (quantize it first)")
+        return PackedTensor.from_quantized(w)
+    if isinstance(w, (QuantizedTensor, PackedTensor)):
         return w
     return quantize(w, fmt)
 
@@ -240,7 +393,7 @@ def _prep_out(out: Any, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _weight_shape(w: Any) -> tuple[int, int]:
-    if isinstance(w, (QuantizedTensor, TensorRef)):
+    if isinstance(w, (QuantizedTensor, PackedTensor, TensorRef)):
         shape = tuple(w.shape)
         if len(shape) != 2:
             raise ShapeError(f"matmul weight must be 2-D (K, N), got shape {shape}")
@@ -353,6 +506,8 @@ def _matmul_stored(
         fmt = kind  # (N, K) rows of K as stored: exactly the row-stored layout of the formats
     elif isinstance(dt, str) and dt.startswith("block:"):
         fmt = dt[len("block:") :]
+        if fmt in PACKED_FORMATS:
+            return False  # loaded whole: the packed kernel reads the tile records in place
         if fmt not in FORMATS:
             raise DTypeError(f"stored tensor {w.name!r} has block format {fmt!r}, not a weight")
     elif kind is not None and m <= _DECODE_MAX_M:
@@ -374,7 +529,16 @@ def _matmul_stored(
 def _matmul_in_memory(
     x2: np.ndarray, w: Any, r2: np.ndarray, b: np.ndarray | None, _isa: str | None
 ) -> None:
-    """``r2 = x2 @ w (+ b)`` for a weight in memory: a QuantizedTensor or a float array."""
+    """``r2 = x2 @ w (+ b)`` for a weight in memory: a QuantizedTensor, a PackedTensor or a
+    float array."""
+    if isinstance(w, PackedTensor):
+        k, n = w.shape
+        if x2.shape[0] > _DECODE_MAX_M or not packed_decode_available(_isa):
+            global _layout_copies
+            _layout_copies += 1  # the Rust side unpacks the blocks for this call
+        _tierflow._matmul_packed(x2, w.base_format, k, n, w.data, r2, b, _isa)
+        w._after(r2)
+        return
     if isinstance(w, QuantizedTensor):
         _tierflow._matmul_blocks(x2, w.format, x2.shape[1], r2.shape[1], w.data, r2, b, _isa)
         w._after(r2)
@@ -443,6 +607,14 @@ def matmul_group(
     if len(bs) != len(ws):
         raise ShapeError(f"matmul_group got {len(ws)} weights and {len(bs)} biases")
     xshape = tuple(np.shape(x))
+    if (
+        len(ws) > 1
+        and len(xshape) > 0
+        and all(isinstance(w, PackedTensor) for w in ws)
+        and math.prod(xshape[:-1]) <= _DECODE_MAX_M
+        and packed_decode_available(_isa)
+    ):
+        return _packed_group(x, xshape, ws, bs, _isa)
     rows = [_row_stored(w) for w in ws]
     if (
         not ws
@@ -476,6 +648,37 @@ def matmul_group(
     for w, res in zip(ws, outs, strict=True):
         if isinstance(w, QuantizedTensor):
             w._after(res.reshape(m, -1))
+    return outs
+
+
+def _packed_group(
+    x: Any, xshape: tuple[int, ...], ws: list[Any], bs: list[Any], _isa: str | None
+) -> list[np.ndarray]:
+    """:func:`matmul_group` of :class:`PackedTensor` weights at decode shapes: one native job
+    over every weight's tiles (``x`` rounded to Q8 blocks once)."""
+    shapes = [_weight_shape(w) for w in ws]
+    for k, n in shapes:
+        if xshape[-1] != k:
+            raise ShapeError(f"matmul shapes do not match: x {xshape} and w {(k, n)} (K differs)")
+    lead = xshape[:-1]
+    for _k, n in shapes:
+        _check_size((*lead, n), 4, "the result")
+    xa = _as_f32(x, "x")
+    m = math.prod(lead)
+    x2 = xa.reshape(m, xshape[-1])
+    outs, parts = [], []
+    for w, (k, n), b in zip(ws, shapes, bs, strict=True):
+        res = np.empty((*lead, n), np.float32)
+        ba = None
+        if b is not None:
+            ba = _as_f32(b, "bias")
+            if ba.shape != (n,):
+                raise ShapeError(f"bias has shape {ba.shape}, expected {(n,)} for w {(k, n)}")
+        parts.append((w.base_format, k, n, w.data, res.reshape(m, n), ba))
+        outs.append(res)
+    _tierflow._matmul_packed_group(x2, parts, _isa)
+    for w, res in zip(ws, outs, strict=True):
+        w._after(res.reshape(m, -1))
     return outs
 
 

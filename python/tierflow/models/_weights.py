@@ -59,7 +59,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DTypeError, InvalidArgumentError, ShapeError, TensorNotFoundError
-from ..kernels import QuantizedTensor, quantize
+from ..kernels import PackedTensor, QuantizedTensor, pack, packed_decode_available, quantize
 from ..store import TieredStore, cgroup_memory_limit
 from ..store.dtypes import SAFETENSORS_NUMPY
 from . import _checkpoint as ck
@@ -147,6 +147,8 @@ class Weights:
         self._file_tiers = {t.name for t in store.tiers if t.file_backed}
         #: weights pinned in a memory tier by ``read="resident"`` (the rest stream)
         self.resident: list[str] = []
+        #: matmul weights repacked into the VNNI decode layout at load (see :meth:`_repack`)
+        self.packed: list[str] = []
         self._drop_cache = False
         self._drop_before = False
         # read="resident": the streamed weights in execution order, the window of them whose
@@ -203,6 +205,8 @@ class Weights:
             w.read = w._auto_read() if read == "auto" else read
             if w.read == "resident":
                 w._make_resident()
+            elif w.read == "store":
+                w._repack()
         except BaseException:
             if private is not None:
                 _close_private_store(store, private)
@@ -218,7 +222,7 @@ class Weights:
     def __getitem__(self, name: str) -> np.ndarray:
         """The tensor as a float32 NumPy array (from the store; read-only)."""
         a = self.store.get(self.prefix + name)
-        if isinstance(a, QuantizedTensor):
+        if isinstance(a, (QuantizedTensor, PackedTensor)):
             return a.dequantize().T if self.layouts.get(name) == "out_in" else a.dequantize()
         if a.dtype == np.float32:
             return a
@@ -244,13 +248,34 @@ class Weights:
             if ref is not None:
                 return ref
         a = self.store.get(self.prefix + name)
-        if isinstance(a, QuantizedTensor):
+        if isinstance(a, (QuantizedTensor, PackedTensor)):
             return a
         if self.layouts[name] == "in_out":
             return a
         n, k = a.shape
         fmt = _ROW_FORMATS[self.infos[name].dtype]
         return QuantizedTensor(fmt, (k, n), np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+
+    def _repack(self) -> None:
+        """``read="store"`` on a CPU with AVX-512-VNNI (:func:`tierflow.packed_decode_available`):
+        replace every ``q8_0`` / ``q4_0`` matmul weight by its VNNI decode layout
+        (:class:`tierflow.PackedTensor`, the same blocks reordered, no requantisation), stored in
+        the memory tier the forward pass reads it from (its tier when that is a memory tier,
+        else the store's default tier), so memory holds one copy. The logits stay bit-identical;
+        decode reads each weight as one sequential stream per 16 rows. ``TIERFLOW_REPACK=0``
+        turns it off. Names repacked are listed in :attr:`packed`."""
+        if os.environ.get("TIERFLOW_REPACK", "1") == "0" or not packed_decode_available():
+            return
+        for name in self.layouts:
+            full = self.prefix + name
+            if str(self.store.info(full)["dtype"]) not in ("block:q8_0", "block:q4_0"):
+                continue
+            a = self.store.get(full, promote=False)
+            tier = self.store.tier_of(full)
+            p = pack(a, a.format + "x16")
+            home = None if tier in self._file_tiers else tier  # None: the default tier
+            self.store.put(full, p, tier=home, overwrite=True)
+            self.packed.append(name)
 
     def _auto_read(self) -> str:
         """``"resident"`` when the matmul weights exceed the memory tiers' capacity, else

@@ -32,7 +32,7 @@ import numpy as np
 
 from .. import _tierflow
 from ..errors import InvalidArgumentError, ShapeError, TensorNotFoundError
-from ..kernels import QuantizedTensor
+from ..kernels import PackedTensor, QuantizedTensor
 from ..store import TieredStore
 from . import _checkpoint as ck
 from ._weights import READ_MODES, WEIGHT_FORMATS, Weights, _embedding_infos, _is_file_tier
@@ -330,6 +330,8 @@ class GGUFWeights(Weights):
             w.read = w._auto_read() if read == "auto" else read
             if w.read == "resident":
                 w._make_resident()
+            elif w.read == "store":
+                w._repack()
         except BaseException:
             if private is not None:
                 store.close()
@@ -354,18 +356,24 @@ class GGUFWeights(Weights):
         row_bytes = (t.end - t.begin) // max(n, 1)
         uniq, inv = np.unique(idx, return_inverse=True)
         out = np.empty((uniq.size, k), np.float32)
-        raw = np.empty(row_bytes, np.uint8)
+        raw = np.empty((uniq.size, row_bytes), np.uint8)
         full = self.prefix + name
-        for j, r in enumerate(uniq.tolist()):
-            self.store.read_into(full, r * row_bytes, raw)
-            out[j] = QuantizedTensor(_BLOCK_FORMATS[t.dtype], (k, 1), raw.copy()).dequantize()[:, 0]
+        if name in self.packed:  # tied with a head repacked on load: the rows are in the file
+            ck.pread_rows(t, uniq, raw)
+        else:
+            for j, r in enumerate(uniq.tolist()):
+                self.store.read_into(full, r * row_bytes, raw[j])
+        for j in range(uniq.size):
+            out[j] = QuantizedTensor(_BLOCK_FORMATS[t.dtype], (k, 1), raw[j]).dequantize()[:, 0]
         return out[inv]
 
     def __getitem__(self, name: str) -> np.ndarray:
         if self.infos[name].dtype in _FLOAT_TYPES or name in self.layouts:
             return super().__getitem__(name)
         a = self.store.get(self.prefix + name)  # a block-format table: (N, K) float32
-        return a.dequantize().T if isinstance(a, QuantizedTensor) else np.asarray(a)
+        if isinstance(a, (QuantizedTensor, PackedTensor)):
+            return a.dequantize().T
+        return np.asarray(a)
 
     def _direct_operand(self, name: str) -> Any:
         """Read in place (memory-mapped) from the GGUF file for adopted tensors; the permuted

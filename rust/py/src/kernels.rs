@@ -122,6 +122,29 @@ fn _pack_vnni<'py>(
     Ok(numpy::PyArray1::from_vec(py, v))
 }
 
+/// The GGUF block data back from the VNNI decode layout (`kernels::qpack::unpack`).
+#[pyfunction]
+fn _unpack_vnni<'py>(
+    py: Python<'py>,
+    fmt: &str,
+    k: usize,
+    n: usize,
+    packed: PyReadonlyArray1<'py, u8>,
+) -> PyResult<Bound<'py, numpy::PyArray1<u8>>> {
+    let fmt = Format::parse(fmt).map_err(crate::errors::to_pyerr)?;
+    let ps = slice(&packed, "packed")?;
+    let v = run(py, || tierflow_core::kernels::qpack::unpack(fmt, k, n, ps))?;
+    Ok(numpy::PyArray1::from_vec(py, v))
+}
+
+/// Bytes of the VNNI decode layout of a `(k, n)` weight in `fmt` (`ValueError` subclass for a
+/// format other than q8_0 / q4_0, K not a multiple of 32, or an overflow).
+#[pyfunction]
+fn _packed_nbytes(fmt: &str, k: usize, n: usize) -> PyResult<usize> {
+    let fmt = Format::parse(fmt).map_err(crate::errors::to_pyerr)?;
+    tierflow_core::kernels::qpack::packed_bytes(fmt, k, n).map_err(crate::errors::to_pyerr)
+}
+
 /// `out = x @ W (+ bias)` with `W` in the VNNI decode layout (`kernels::qpack`).
 #[pyfunction]
 #[pyo3(signature = (x, fmt, k, n, packed, out, bias=None, isa=None))]
@@ -187,6 +210,32 @@ fn _matmul_blocks_group(
         }
         matmul_group(isa, xs, m, &mut outs)
     })
+}
+
+/// `out_j = x @ W_j (+ bias_j)` for several weights in the VNNI decode layout sharing `x`, in
+/// one pool job at decode shapes (`tierflow_core::kernels::qpack::matmul_packed_group`); parts
+/// are `(fmt, k, n, packed, out, bias)` with `fmt` the base format (q8_0 / q4_0).
+#[pyfunction]
+#[pyo3(signature = (x, parts, isa=None))]
+fn _matmul_packed_group(
+    py: Python<'_>,
+    x: PyReadonlyArray2<'_, f32>,
+    mut parts: Vec<GroupPart<'_>>,
+    isa: Option<&str>,
+) -> PyResult<()> {
+    use tierflow_core::kernels::qpack::{matmul_packed_group, PackedOut};
+    let isa = pick_isa(isa)?;
+    let m = x.shape()[0];
+    let xs = slice2(&x, "x")?;
+    let mut outs = Vec::with_capacity(parts.len());
+    for (fmt, k, n, data, out, bias) in parts.iter_mut() {
+        let fmt = Format::parse(fmt).map_err(crate::errors::to_pyerr)?;
+        let packed = slice(data, "packed")?;
+        let bias = opt_bias(bias)?;
+        let (c, ldc) = out_rows(out)?;
+        outs.push(PackedOut { fmt, k: *k, n: *n, packed, bias, c, ldc });
+    }
+    run(py, || matmul_packed_group(isa, xs, m, &mut outs))
 }
 
 /// Quantise a row-major `(K, N)` float32 weight into `fmt` block data (`N` rows along `K`).
@@ -477,6 +526,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_matmul_blocks_group, m)?)?;
     m.add_function(wrap_pyfunction!(_pack_vnni, m)?)?;
     m.add_function(wrap_pyfunction!(_matmul_packed, m)?)?;
+    m.add_function(wrap_pyfunction!(_unpack_vnni, m)?)?;
+    m.add_function(wrap_pyfunction!(_matmul_packed_group, m)?)?;
+    m.add_function(wrap_pyfunction!(_packed_nbytes, m)?)?;
     m.add_function(wrap_pyfunction!(_quantize, m)?)?;
     m.add_function(wrap_pyfunction!(_check_blocks, m)?)?;
     m.add_function(wrap_pyfunction!(_format_nbytes, m)?)?;

@@ -23,7 +23,6 @@ use super::vmath::{exp, fma};
 use super::x86::avx2::paged as avx2;
 use crate::cpu::Isa;
 use crate::{CoreError, Result};
-use rayon::prelude::*;
 
 /// Sizes of a paged decode call.
 #[derive(Clone, Copy, Debug)]
@@ -247,22 +246,21 @@ fn decode_grouped<S: PageSource>(
     let (h, _, d, page) = dims;
     let a = PagedArgs { src, q, dims, gsz, lens, scale };
     let op = SendPtr(out.as_mut_ptr());
-    crate::pool::install(|| {
-        (0..lens.len() * (h / gsz)).into_par_iter().for_each_init(
-            || Scratch {
-                s: vec![0f32; gsz * page],
-                o: vec![0f32; gsz * d],
-                m: vec![0f32; gsz],
-                l: vec![0f32; gsz],
-            },
-            |sc, t| {
-                // SAFETY: task t writes only out[t * gsz * d..(t + 1) * gsz * d] (its heads).
-                let dst =
-                    unsafe { std::slice::from_raw_parts_mut(op.get().add(t * gsz * d), gsz * d) };
-                // SAFETY: the CPU runs `isa`.
-                dispatch!(isa, B => unsafe { B::paged_task(a, t, sc, dst) })
-            },
-        )
+    // Bytes of keys and values read (every kv head of every sequence once), for the team's
+    // decision to run short calls on the calling thread.
+    let kv_bytes = lens.iter().sum::<usize>() * dims.1 * d * 2 * 4;
+    let tasks = lens.len() * (h / gsz);
+    crate::pool::for_tasks(tasks, kv_bytes, |t| {
+        let mut sc = Scratch {
+            s: vec![0f32; gsz * page],
+            o: vec![0f32; gsz * d],
+            m: vec![0f32; gsz],
+            l: vec![0f32; gsz],
+        };
+        // SAFETY: task t writes only out[t * gsz * d..(t + 1) * gsz * d] (its heads).
+        let dst = unsafe { std::slice::from_raw_parts_mut(op.get().add(t * gsz * d), gsz * d) };
+        // SAFETY: the CPU runs `isa`.
+        dispatch!(isa, B => unsafe { B::paged_task(a, t, &mut sc, dst) })
     });
 }
 

@@ -22,10 +22,11 @@ use crate::{CoreError, Result};
 /// Rows per tile.
 pub const TILE: usize = 16;
 
-/// Bytes ahead of the record being read that the kernel prefetches (a tile is one sequential
-/// stream; measured over 512 MiB of distinct 4096^2 weights, 2 threads: q4_0 read at 14-19 GB/s
-/// without, 20-24 GB/s at 1-2 KiB ahead, less again at 4 KiB).
-const PF: usize = 1536;
+/// Bytes ahead of each record being read that the kernel prefetches (a tile is one sequential
+/// stream; measured over 512 MiB of distinct 4096^2 weights, 2 threads, one tile at a time:
+/// q4_0 read at 14-19 GB/s without, 20-24 GB/s at 1-2 KiB ahead, less again at 4 KiB; with
+/// four tiles side by side 2 KiB was 1-2% ahead of 1-1.5 KiB on the 8-layer Llama's weights).
+const PF: usize = 2048;
 
 /// Bytes of one tile's record for one block.
 pub fn record_bytes(fmt: Format) -> usize {
@@ -117,6 +118,18 @@ pub fn unpack(fmt: Format, k: usize, n: usize, packed: &[u8]) -> Result<Vec<u8>>
     Ok(out)
 }
 
+/// One weight of [`matmul_packed_group`]: the decode layout of a `(k, n)` weight in `fmt`,
+/// with its bias and its output (`m` rows of stride `ldc`).
+pub struct PackedOut<'a> {
+    pub fmt: Format,
+    pub k: usize,
+    pub n: usize,
+    pub packed: &'a [u8],
+    pub bias: Option<&'a [f32]>,
+    pub c: &'a mut [f32],
+    pub ldc: usize,
+}
+
 /// `C = X W (+ bias)` with `W` in the decode layout, `X` `(m, k)`: the AVX-512-VNNI kernel at
 /// decode shapes (`m <= DECODE_MAX_M`, `X` finite, the CPU has it); otherwise the block data
 /// are unpacked and `gemm::matmul` runs (the same results: every path is exact or the
@@ -134,63 +147,109 @@ pub fn matmul_packed(
     c: &mut [f32],
     ldc: usize,
 ) -> Result<()> {
-    check_packed(fmt, k, n, packed)?;
-    super::gemm::check_operands(x, m, k, n, bias, c, ldc)?;
-    if m == 0 || n == 0 {
+    let mut part = [PackedOut { fmt, k, n, packed, bias, c, ldc }];
+    matmul_packed_group(isa, x, m, &mut part)
+}
+
+/// `C_j = X W_j (+ bias_j)` for several weights in the decode layout sharing `X` (`(m, k)`,
+/// every `W_j` of the same `K`): at decode shapes on a CPU with AVX-512-VNNI, `X` is rounded
+/// to Q8 blocks once and the tiles of all the weights form one task list for the team (the
+/// weights stream back to back: one start and one tail, not one per weight); otherwise each
+/// weight goes through [`matmul_packed`]'s fallback. Each output is bit for bit what that weight
+/// alone gives. Every operand is checked before anything is written.
+pub fn matmul_packed_group(
+    isa: Isa,
+    x: &[f32],
+    m: usize,
+    parts: &mut [PackedOut<'_>],
+) -> Result<()> {
+    for p in parts.iter() {
+        check_packed(p.fmt, p.k, p.n, p.packed)?;
+        super::gemm::check_operands(x, m, p.k, p.n, p.bias, p.c, p.ldc)?;
+    }
+    if m == 0 || parts.iter().all(|p| p.n == 0) {
         return Ok(());
     }
+    let k = parts[0].k;
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512
         && crate::cpu::Ext::Avx512Vnni.present()
         && m <= super::gemm::DECODE_MAX_M
         && k > 0
+        && parts.iter().all(|p| p.k == k)
     {
         if let Some(a) = quantize_acts(isa, x, m, k) {
-            run_tiles(&a, fmt, n, packed, bias, c, ldc);
+            run_tiles(&a, parts);
             return Ok(());
         }
     }
-    let data = unpack(fmt, k, n, packed)?;
-    let w = QWeight::with_len_check(fmt, k, n, &data)?;
-    super::gemm::matmul(isa, x, m, super::gemm::Weight::Rows(w), bias, c, ldc)
+    for p in parts.iter_mut() {
+        if p.n == 0 {
+            continue;
+        }
+        let data = unpack(p.fmt, p.k, p.n, p.packed)?;
+        let w = QWeight::with_len_check(p.fmt, p.k, p.n, &data)?;
+        super::gemm::matmul(isa, x, m, super::gemm::Weight::Rows(w), p.bias, p.c, p.ldc)?;
+    }
+    Ok(())
 }
 
-/// The tiles on the task team, a run of tiles per task.
+/// Smallest task of [`run_tiles`] in bytes of weight (below it the team's hand-off costs more
+/// than the split gains).
+const MIN_TASK_BYTES: usize = 64 << 10;
+
+/// The tiles of every part on the task team: about four tasks per thread over all the parts'
+/// bytes (at least [`MIN_TASK_BYTES`] each), a task being a run of tiles of one part, taken
+/// four at a time: four record streams side by side keep more reads in flight per core than
+/// one (measured on the 8-layer Llama's q4_0 / q8_0 weights, 2 threads, 235 / 444 MB per
+/// token: one tile 22-29 GB/s, two 24-30, four 25-31, the read probe ~35).
 #[cfg(target_arch = "x86_64")]
-fn run_tiles(
-    a: &QActs,
-    fmt: Format,
-    n: usize,
-    packed: &[u8],
-    bias: Option<&[f32]>,
-    c: &mut [f32],
-    ldc: usize,
-) {
+fn run_tiles(a: &QActs, parts: &mut [PackedOut<'_>]) {
     use super::dot::SendPtr;
-    let tiles = n.div_ceil(TILE);
     let threads = crate::pool::num_threads().max(1);
-    let tile_bytes = (a.k / QK) * record_bytes(fmt);
-    let per = tiles.div_ceil(threads * 4).max((256 * 1024 / tile_bytes.max(1)).max(1).min(tiles));
-    let corr = super::qdot::block_corr(a, if fmt == Format::Q8_0 { 128 } else { 8 });
-    let cp = SendPtr(c.as_mut_ptr());
-    crate::pool::for_tasks(tiles.div_ceil(per), packed.len(), |t| {
-        for tile in t * per..((t + 1) * per).min(tiles) {
+    let total: usize = parts.iter().map(|p| p.packed.len()).sum();
+    let task_bytes = (total / (threads * 4)).max(MIN_TASK_BYTES);
+    // (part, first tile, end tile)
+    let mut tasks: Vec<(usize, usize, usize)> = Vec::new();
+    for (j, p) in parts.iter().enumerate() {
+        let tiles = p.n.div_ceil(TILE);
+        if tiles == 0 {
+            continue;
+        }
+        let count = p.packed.len().div_ceil(task_bytes).clamp(1, tiles);
+        let per = tiles.div_ceil(count).next_multiple_of(4).min(tiles);
+        let mut t0 = 0;
+        while t0 < tiles {
+            tasks.push((j, t0, (t0 + per).min(tiles)));
+            t0 += per;
+        }
+    }
+    let corr8 = super::qdot::block_corr(a, 128);
+    let corr4 = super::qdot::block_corr(a, 8);
+    let outs: Vec<(SendPtr<f32>, usize)> =
+        parts.iter_mut().map(|p| (SendPtr(p.c.as_mut_ptr()), p.ldc)).collect();
+    let parts = &*parts;
+    crate::pool::for_tasks(tasks.len(), total, |t| {
+        let (j, mut tile, end) = tasks[t];
+        let p = &parts[j];
+        let corr = if p.fmt == Format::Q8_0 { &corr8 } else { &corr4 };
+        let (c, ldc) = (outs[j].0.get(), outs[j].1);
+        use super::x86::avx512::qpack::tiles as run;
+        while tile < end {
             // SAFETY: the CPU has AVX-512 + VNNI (checked by the caller); the task writes only
-            // the columns of its tiles (16 * tile .. min(n, 16 * tile + 16)) of the m rows of C,
-            // which `check_operands` showed in bounds.
+            // the columns of its tiles (16 * tile .. min(n, 16 * end)) of the m rows of part
+            // j's C, which `check_operands` showed in bounds, disjoint from every other task.
             unsafe {
-                super::x86::avx512::qpack::tile(
-                    a,
-                    &corr,
-                    fmt,
-                    n,
-                    packed,
-                    bias,
-                    cp.get(),
-                    ldc,
-                    tile,
-                    PF,
-                )
+                if end - tile >= 4 {
+                    run::<4>(a, corr, p.fmt, p.n, p.packed, p.bias, c, ldc, tile, PF);
+                    tile += 4;
+                } else if end - tile >= 2 {
+                    run::<2>(a, corr, p.fmt, p.n, p.packed, p.bias, c, ldc, tile, PF);
+                    tile += 2;
+                } else {
+                    run::<1>(a, corr, p.fmt, p.n, p.packed, p.bias, c, ldc, tile, PF);
+                    tile += 1;
+                }
             }
         }
     });
@@ -264,5 +323,59 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The grouped call gives each part the bits of that part alone, on every path, with
+    /// mixed formats and sizes (tiles split across tasks in runs of 4, 2 and 1).
+    #[test]
+    fn packed_group_equals_separate_calls() {
+        let k = 128;
+        let specs = [(Format::Q8_0, 300usize), (Format::Q4_0, 16), (Format::Q4_0, 1000)];
+        let packs: Vec<Vec<u8>> = specs
+            .iter()
+            .enumerate()
+            .map(|(j, &(f, n))| {
+                let d = quantize(f, &lcg(k * n, 20 + j as u64), k, n).unwrap();
+                pack(f, k, n, &d).unwrap()
+            })
+            .collect();
+        let bias = lcg(1000, 8);
+        crate::pool::set_num_threads(Some(2)).unwrap();
+        for m in [1usize, 5, 33] {
+            let x = lcg(m * k, 30 + m as u64);
+            for isa in Isa::available() {
+                let mut want: Vec<Vec<f32>> = Vec::new();
+                for (j, &(f, n)) in specs.iter().enumerate() {
+                    let mut c = vec![f32::NAN; m * n];
+                    let b = (j != 1).then(|| &bias[..n]);
+                    matmul_packed(isa, &x, m, f, k, n, &packs[j], b, &mut c, n).unwrap();
+                    want.push(c);
+                }
+                let mut got: Vec<Vec<f32>> =
+                    specs.iter().map(|&(_, n)| vec![7f32; m * n]).collect();
+                let mut parts: Vec<PackedOut<'_>> = specs
+                    .iter()
+                    .zip(&packs)
+                    .zip(got.iter_mut())
+                    .enumerate()
+                    .map(|(j, ((&(fmt, n), packed), c))| PackedOut {
+                        fmt,
+                        k,
+                        n,
+                        packed,
+                        bias: (j != 1).then(|| &bias[..n]),
+                        c,
+                        ldc: n,
+                    })
+                    .collect();
+                matmul_packed_group(isa, &x, m, &mut parts).unwrap();
+                drop(parts);
+                for j in 0..specs.len() {
+                    let same = got[j].iter().zip(&want[j]).all(|(g, w)| g.to_bits() == w.to_bits());
+                    assert!(same, "{isa:?} m={m} part {j}");
+                }
+            }
+        }
+        crate::pool::set_num_threads(None).unwrap();
     }
 }

@@ -76,8 +76,13 @@ pub fn paged_decode_store(
     } else if let Some(r) = pages.iter().find(|r| matches!(r, PageRef::Stored(_))) {
         fetch(r)?; // the error: a stored page without a store
     }
-    let read: Vec<Option<Arc<AlignedBuf>>> =
-        crate::pool::install(|| slow.par_iter().map(|&i| fetch(&pages[i])).collect::<Result<_>>())?;
+    // (`install` hands the closure to a rayon worker, a wake-up of tens of microseconds: only
+    // when there is something to read)
+    let read: Vec<Option<Arc<AlignedBuf>>> = if slow.is_empty() {
+        Vec::new()
+    } else {
+        crate::pool::install(|| slow.par_iter().map(|&i| fetch(&pages[i])).collect::<Result<_>>())?
+    };
     for (i, b) in slow.into_iter().zip(read) {
         bufs[i] = b;
     }

@@ -17,18 +17,20 @@ use std::arch::x86_64::*;
 /// Activation rows per pass over a tile.
 const MR: usize = 4;
 
-/// Tile `tile` (rows `16 tile ..`) of `C = X W^T + bias` for every activation row.
+/// Tiles `tile .. tile + NT` (rows `16 tile ..`) of `C = X W^T + bias` for every activation
+/// row, the `NT` tiles' records read side by side block after block (`NT` sequential streams,
+/// one activation broadcast shared by them).
 ///
 /// `corr[e]` is `OFF * sum(qx)` of activation block `e` (`qdot::block_corr`); while the first
 /// activation rows run, the records `pfd` bytes ahead are prefetched.
 ///
 /// # Safety
 /// The CPU has AVX-512 F/BW + VNNI; `packed` is the decode layout of a `(a.k, n)` weight in
-/// `fmt`; `c` holds `a.m` rows of stride `ldc >= n`, and no other thread writes this tile's
-/// columns.
+/// `fmt` with at least `tile + NT` tiles; `c` holds `a.m` rows of stride `ldc >= n`, and no
+/// other thread writes these tiles' columns.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn tile(
+pub unsafe fn tiles<const NT: usize>(
     a: &QActs,
     corr: &[i32],
     fmt: Format,
@@ -42,51 +44,58 @@ pub unsafe fn tile(
 ) {
     let (k, nb) = (a.k, a.k / QK);
     let rec = record_bytes(fmt);
-    let base = packed[tile * nb * rec..(tile + 1) * nb * rec].as_ptr();
-    let j = tile * TILE;
-    let valid = (n - j).min(TILE);
+    let tb = nb * rec;
+    let base = packed[tile * tb..(tile + NT) * tb].as_ptr();
     let mut i = 0;
     while i < a.m {
         let mr = MR.min(a.m - i);
-        let mut acc = [_mm512_setzero_ps(); MR];
+        let mut acc = [[_mm512_setzero_ps(); MR]; NT];
         for b in 0..nb {
             unsafe {
-                let r = base.add(b * rec);
-                if i == 0 && pfd > 0 {
-                    let mut o = 0;
-                    while o < rec {
-                        _mm_prefetch::<_MM_HINT_T0>(r.wrapping_add(pfd + o) as *const i8);
-                        o += 64;
-                    }
-                }
-                let dw = _mm512_cvtph_ps(_mm256_loadu_si256(r as *const __m256i));
-                let q = r.add(32);
-                let tk: [__m512i; 8] = if fmt == Format::Q8_0 {
-                    std::array::from_fn(|kk| _mm512_loadu_si512(q.add(64 * kk) as *const __m512i))
-                } else {
-                    let lo = _mm512_set1_epi8(0x0f);
-                    let v: [__m512i; 4] = std::array::from_fn(|kk| {
-                        _mm512_loadu_si512(q.add(64 * kk) as *const __m512i)
-                    });
-                    std::array::from_fn(|kk| {
-                        if kk < 4 {
-                            _mm512_and_si512(v[kk], lo)
-                        } else {
-                            _mm512_and_si512(_mm512_srli_epi16::<4>(v[kk - 4]), lo)
+                for (u, accu) in acc.iter_mut().enumerate() {
+                    let r = base.add(u * tb + b * rec);
+                    if i == 0 && pfd > 0 {
+                        let mut o = 0;
+                        while o < rec {
+                            _mm_prefetch::<_MM_HINT_T0>(r.wrapping_add(pfd + o) as *const i8);
+                            o += 64;
                         }
-                    })
-                };
-                for (t, at) in acc.iter_mut().enumerate().take(mr) {
-                    let (e, q0) = ((i + t) * nb + b, (i + t) * k + b * QK);
-                    *at = block_step(a, &tk, dw, corr, e, q0, *at);
+                    }
+                    let dw = _mm512_cvtph_ps(_mm256_loadu_si256(r as *const __m256i));
+                    let q = r.add(32);
+                    let tk: [__m512i; 8] = if fmt == Format::Q8_0 {
+                        std::array::from_fn(|kk| {
+                            _mm512_loadu_si512(q.add(64 * kk) as *const __m512i)
+                        })
+                    } else {
+                        let lo = _mm512_set1_epi8(0x0f);
+                        let v: [__m512i; 4] = std::array::from_fn(|kk| {
+                            _mm512_loadu_si512(q.add(64 * kk) as *const __m512i)
+                        });
+                        std::array::from_fn(|kk| {
+                            if kk < 4 {
+                                _mm512_and_si512(v[kk], lo)
+                            } else {
+                                _mm512_and_si512(_mm512_srli_epi16::<4>(v[kk - 4]), lo)
+                            }
+                        })
+                    };
+                    for (t, at) in accu.iter_mut().enumerate().take(mr) {
+                        let (e, q0) = ((i + t) * nb + b, (i + t) * k + b * QK);
+                        *at = block_step(a, &tk, dw, corr, e, q0, *at);
+                    }
                 }
             }
         }
         let mut out = [0f32; 16];
-        for (t, at) in acc.iter().enumerate().take(mr) {
-            unsafe {
-                _mm512_storeu_ps(out.as_mut_ptr(), *at);
-                store_sums(&out[..valid], bias, c, (i + t) * ldc + j, j);
+        for (u, accu) in acc.iter().enumerate() {
+            let j = (tile + u) * TILE;
+            let valid = (n - j).min(TILE);
+            for (t, at) in accu.iter().enumerate().take(mr) {
+                unsafe {
+                    _mm512_storeu_ps(out.as_mut_ptr(), *at);
+                    store_sums(&out[..valid], bias, c, (i + t) * ldc + j, j);
+                }
             }
         }
         i += mr;

@@ -1,0 +1,202 @@
+"""The VNNI decode layout (:class:`tierflow.PackedTensor`, ``q8_0x16`` / ``q4_0x16``): the GGUF
+blocks of 16 rows interleaved in ``vpdpbusd`` operand order (``kernels/qpack.rs``). Every result
+is checked bit for bit against the same weight as a :class:`tierflow.QuantizedTensor` (itself
+tested against NumPy float64 and the scalar reference in test_kernels.py), on every instruction
+set this CPU has: the packed kernel where the CPU has AVX-512-VNNI, the unpacking fallback
+elsewhere and above decode shapes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tierflow
+import tierflow.models as tm
+from tierflow import CorruptFileError, DTypeError, ShapeError
+
+FMTS = ["q8_0", "q4_0"]
+ISAS = tierflow.info()["isa_available"]
+
+
+def bits(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a).view(np.uint32)
+
+
+def weight(fmt: str, k: int, n: int, seed: int = 0) -> tierflow.QuantizedTensor:
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    w[:, 0] *= 40.0  # a column with large scales
+    return tierflow.quantize(w, fmt)
+
+
+@pytest.mark.parametrize("fmt", FMTS)
+def test_pack_round_trips_and_sizes(fmt):
+    k, n = 256, 300  # N not a multiple of 16: the last tile is padded
+    q = weight(fmt, k, n)
+    p = tierflow.pack(q, fmt + "x16")
+    assert isinstance(p, tierflow.PackedTensor)
+    assert (p.format, p.base_format, p.shape) == (fmt + "x16", fmt, (k, n))
+    assert p.nbytes == -(-n // 16) * (k // 32) * (32 + (512 if fmt == "q8_0" else 256))
+    assert np.array_equal(p.unpack().data, q.data)
+    assert np.array_equal(p.dequantize(), q.dequantize())
+    # from floats: the same quantiser, then the same repacking
+    w = np.random.default_rng(1).standard_normal((k, n)).astype(np.float32)
+    assert np.array_equal(
+        tierflow.pack(w, fmt + "x16").unpack().data, tierflow.quantize(w, fmt).data
+    )
+    assert tierflow.pack(p, fmt + "x16") is p
+    assert tierflow.pack(p, "f32") is p  # already laid out: returned as it is
+    assert not p.data.flags.writeable
+
+
+@pytest.mark.parametrize("fmt", FMTS)
+@pytest.mark.parametrize("isa", ISAS)
+def test_packed_matmul_bit_identical_to_blocks(fmt, isa):
+    k, n = 256, 300
+    q = weight(fmt, k, n)
+    p = tierflow.pack(q, fmt + "x16")
+    rng = np.random.default_rng(2)
+    b = rng.standard_normal(n).astype(np.float32)
+    for shape in [(1, k), (3, k), (8, k), (32, k), (33, k), (40, k), (2, 4, k)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        for bias in (None, b):
+            want = tierflow.matmul(x, q, bias=bias, _isa=isa)
+            got = tierflow.matmul(x, p, bias=bias, _isa=isa)
+            assert got.shape == want.shape
+            assert np.array_equal(bits(got), bits(want)), (shape, bias is None)
+    # a NaN in x propagates to its row as on the blocks
+    x = rng.standard_normal((2, k)).astype(np.float32)
+    x[1, 5] = np.nan
+    got = tierflow.matmul(x, p, _isa=isa)
+    assert np.isnan(got[1]).all() and np.isfinite(got[0]).all()
+    assert np.array_equal(bits(got), bits(tierflow.matmul(x, q, _isa=isa)))
+
+
+def test_fallbacks_are_counted():
+    """Above decode shapes, or without the packed kernel, each call unpacks the blocks: counted
+    by layout_copies; the packed kernel itself copies nothing."""
+    k, n = 64, 32
+    p = tierflow.pack(weight("q8_0", k, n), "q8_0x16")
+    before = tierflow.kernels.layout_copies()
+    tierflow.matmul(np.ones((1, k), np.float32), p)
+    inline = 0 if tierflow.packed_decode_available() else 1
+    assert tierflow.kernels.layout_copies() == before + inline
+    tierflow.matmul(np.ones((33, k), np.float32), p)
+    assert tierflow.kernels.layout_copies() == before + inline + 1
+    tierflow.matmul(np.ones((1, k), np.float32), p, _isa="scalar")
+    assert tierflow.kernels.layout_copies() == before + inline + 2
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_packed_group_equals_separate_matmuls(isa):
+    k = 256
+    ws = [weight("q8_0", k, 300, 1), weight("q4_0", k, 64, 2), weight("q4_0", k, 700, 3)]
+    ps = [tierflow.pack(w, w.format + "x16") for w in ws]
+    rng = np.random.default_rng(4)
+    bs = [rng.standard_normal(w.shape[1]).astype(np.float32) for w in ws]
+    for m in (1, 5, 32, 33):
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        for biases in (None, [bs[0], None, bs[2]]):
+            got = tierflow.matmul_group(x, ps, biases, _isa=isa)
+            for j, w in enumerate(ws):
+                bias = None if biases is None else biases[j]
+                want = tierflow.matmul(x, w, bias=bias, _isa=isa)
+                assert np.array_equal(bits(got[j]), bits(want)), (m, j)
+    # the gated MLP over packed weights: the same bits as over the blocks
+    g, u, d = (
+        weight(f, *s, i)
+        for i, (f, s) in enumerate([("q4_0", (k, 96)), ("q4_0", (k, 96)), ("q8_0", (96, k))])
+    )
+    x = rng.standard_normal((3, k)).astype(np.float32)
+    want = tierflow.mlp(x, g, u, d, _isa=isa)
+    got = tierflow.mlp(x, *(tierflow.pack(w, w.format + "x16") for w in (g, u, d)), _isa=isa)
+    assert np.array_equal(bits(got), bits(want))
+
+
+def test_bad_input():
+    k, n = 64, 20
+    q = weight("q8_0", k, n)
+    p = tierflow.pack(q, "q8_0x16")
+    with pytest.raises(CorruptFileError):
+        tierflow.PackedTensor("q8_0x16", (k, n), p.data[:-1])
+    with pytest.raises(DTypeError):
+        tierflow.PackedTensor("q8_0x16", (k, n), p.data.view(np.int8))
+    with pytest.raises(DTypeError):
+        tierflow.PackedTensor("q5_0x16", (k, n), p.data)
+    with pytest.raises(ShapeError):
+        tierflow.PackedTensor("q8_0x16", (40, n), p.data)
+    with pytest.raises(ShapeError):
+        tierflow.PackedTensor("q8_0x16", (k,), p.data)
+    with pytest.raises(DTypeError):
+        tierflow.pack(q, "q4_0x16")  # q8_0 blocks are not requantised silently
+    with pytest.raises(DTypeError):
+        tierflow.pack(tierflow.quantize(np.ones((k, n), np.float32), "f16"), "q8_0x16")
+    with pytest.raises(ShapeError):
+        tierflow.matmul(np.ones((1, k + 32), np.float32), p)
+    with pytest.raises(ShapeError):
+        tierflow.matmul_group(
+            np.ones((1, k), np.float32), [p, tierflow.pack(weight("q8_0", 96, n), "q8_0x16")]
+        )
+    with pytest.raises(ShapeError):
+        tierflow.matmul_group(
+            np.ones((1, k), np.float32), [p, p], [np.ones(n + 1, np.float32), None]
+        )
+    # a non-finite scale: refused when built from data, found at first use when read back
+    bad = p.data.copy()
+    bad[0:2] = np.frombuffer(np.float16(np.inf).tobytes(), np.uint8)
+    with pytest.raises(CorruptFileError):
+        tierflow.PackedTensor("q8_0x16", (k, n), bad)
+    with tierflow.TieredStore() as s:
+        s.put("bad", tierflow.PackedTensor._from_blocks("q8_0x16", (k, n), bad))
+        got = s.get("bad")
+        with pytest.raises(CorruptFileError):
+            tierflow.matmul(np.ones((1, k), np.float32), got)
+
+
+def test_store_round_trip(tmp_path):
+    """A packed weight is an opaque block format to the store: it moves between tiers, comes
+    back as a PackedTensor, and a store handle multiplies like the tensor."""
+    k, n = 128, 48
+    p = tierflow.pack(weight("q4_0", k, n), "q4_0x16")
+    x = np.random.default_rng(5).standard_normal((2, k)).astype(np.float32)
+    with tierflow.TieredStore(tmp_path) as s:
+        s.put("w", p)
+        assert s.info("w")["dtype"] == "block:q4_0x16"
+        s.move("w", "disk")
+        got = s.get("w", promote=False)
+        assert isinstance(got, tierflow.PackedTensor) and np.array_equal(got.data, p.data)
+        assert np.array_equal(bits(tierflow.matmul(x, s["w"])), bits(tierflow.matmul(x, p)))
+
+
+def _tiny_gguf(tmp_path, fmt, tie):
+    ck = tmp_path / f"ck-{tie}"
+    tm.write_tiny_checkpoint(ck, "LlamaForCausalLM", tie=tie, seed=3)
+    out = tmp_path / f"m-{fmt}-{tie}.gguf"
+    tm.write_gguf(ck, out, fmt, embd_fmt=fmt if tie else "F32")
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["Q8_0", "Q4_0"])
+@pytest.mark.parametrize("tie", [False, True])
+def test_models_repack_on_load(tmp_path, monkeypatch, fmt, tie):
+    """Loading repacks q8_0 / q4_0 matmul weights where the kernel runs them (one copy in
+    memory, the blocks reordered, no requantisation): the logits and greedy tokens are bit for
+    bit those of the blocks (TIERFLOW_REPACK=0). A tied head is repacked while the embedding
+    rows still come from the file's blocks."""
+    path = _tiny_gguf(tmp_path, fmt, tie)
+    ids = [1, 5, 9, 200, 3]
+    packed = tm.load(path)
+    monkeypatch.setenv("TIERFLOW_REPACK", "0")
+    blocks = tm.load(path)
+    assert blocks.weights.packed == []
+    if tierflow.packed_decode_available():
+        assert sorted(packed.weights.packed) == sorted(packed.weights.layouts)
+        for name in packed.weights.packed:
+            info = packed.store.info(packed.weights.prefix + name)
+            assert info["dtype"] == f"block:{fmt.lower()}x16" and info["tier"] != "disk"
+    else:
+        assert packed.weights.packed == []
+    assert np.array_equal(bits(packed(ids)), bits(blocks(ids)))
+    assert packed.generate(ids[:3], 6).tolist() == blocks.generate(ids[:3], 6).tolist()
+    name = "model.layers.1.mlp.up_proj.weight"
+    assert np.array_equal(packed.weights[name], blocks.weights[name])
