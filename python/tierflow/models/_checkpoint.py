@@ -56,23 +56,28 @@ def mmap_tensors(infos: dict[str, TensorInfo]) -> dict[str, np.ndarray]:
     return out
 
 
-def pread_rows(t: TensorInfo, rows: np.ndarray, out: np.ndarray) -> None:
+def pread_rows(t: TensorInfo, rows: np.ndarray, out: np.ndarray, fd: int | None = None) -> None:
     """Read rows ``rows`` of tensor ``t`` (a 2-D table) from its file into ``out`` (uint8,
-    one row per line) with ``pread``: a file truncated meanwhile is a CorruptFileError."""
+    one row per line) with ``pread``: a file truncated meanwhile is a CorruptFileError. ``fd``:
+    an open descriptor of ``t.path`` to use (a decode step reads one row per token: opening the
+    file each time would cost more than the read)."""
+    if fd is None:
+        with open(t.path, "rb") as f:
+            pread_rows(t, rows, out, f.fileno())
+        return
     row_bytes = out.shape[1]
-    with open(t.path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size < t.end:
-            raise _corrupt(
-                t.path,
-                f"file has {size} bytes, tensor {t.name!r} ends at {t.end} (truncated)",
-                t.name,
-            )
-        for j, r in enumerate(rows.tolist()):
-            b = os.pread(f.fileno(), row_bytes, t.begin + r * row_bytes)
-            if len(b) != row_bytes:
-                raise _corrupt(t.path, "short read (file truncated while reading)", t.name)
-            out[j] = np.frombuffer(b, np.uint8)
+    size = os.fstat(fd).st_size
+    if size < t.end:
+        raise _corrupt(
+            t.path,
+            f"file has {size} bytes, tensor {t.name!r} ends at {t.end} (truncated)",
+            t.name,
+        )
+    for j, r in enumerate(rows.tolist()):
+        b = os.pread(fd, row_bytes, t.begin + r * row_bytes)
+        if len(b) != row_bytes:
+            raise _corrupt(t.path, "short read (file truncated while reading)", t.name)
+        out[j] = np.frombuffer(b, np.uint8)
 
 
 def as_float32(a: np.ndarray, st_dtype: str) -> np.ndarray:

@@ -58,7 +58,14 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DTypeError, InvalidArgumentError, ShapeError, TensorNotFoundError
+from ..errors import (
+    CorruptFileError,
+    DTypeError,
+    InvalidArgumentError,
+    MissingFileError,
+    ShapeError,
+    TensorNotFoundError,
+)
 from ..kernels import PackedTensor, QuantizedTensor, pack, packed_decode_available, quantize
 from ..store import TieredStore, cgroup_memory_limit
 from ..store.dtypes import SAFETENSORS_NUMPY
@@ -80,6 +87,11 @@ PREFETCH_WINDOW = 64 << 20
 #: process's anonymous memory and the prefetch window (pinned weights are anonymous memory:
 #: without swap, a cgroup they overfill kills the process)
 STREAM_RESERVE = 64 << 20
+#: ``read="store"``: steps after which groups found resident are checked again (see
+#: :meth:`Weights.enter`)
+HOT_RECHECK = 64
+#: tensors other than matmul weights up to this size are kept after their first read
+SMALL_BYTES = 1 << 20
 #: formats a checkpoint may be converted to on load (None keeps the stored dtype)
 WEIGHT_FORMATS = (None, "f32", "bf16", "q8_0", "q4_0")
 _FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
@@ -149,6 +161,14 @@ class Weights:
         self.resident: list[str] = []
         #: matmul weights repacked into the VNNI decode layout at load (see :meth:`_repack`)
         self.packed: list[str] = []
+        self._scales_ok: set[str] = set()
+        self._fds: dict[str, int] = {}
+        self._small: dict[str, np.ndarray] = {}
+        self._fd_stat: dict[str, tuple[int, int]] = {}
+        weakref.finalize(self, _close_fds, self._fds)
+        # groups whose weights were all in the prefetch's target tier at their last check
+        self._hot: set[int] = set()
+        self._steps = 0
         self._drop_cache = False
         self._drop_before = False
         # read="resident": the streamed weights in execution order, the window of them whose
@@ -220,7 +240,21 @@ class Weights:
         return w
 
     def __getitem__(self, name: str) -> np.ndarray:
-        """The tensor as a float32 NumPy array (from the store; read-only)."""
+        """The tensor as a float32 NumPy array (from the store; read-only). Small tensors
+        other than matmul weights and embedding tables (norm weights, biases: at most
+        :data:`SMALL_BYTES`) are kept after their first read: a decode step reads each of them
+        once per layer, and the store lookup would cost more than the arithmetic."""
+        c = self._small.get(name)
+        if c is not None:
+            return c
+        a = self._item(name)
+        if name not in self.layouts and name not in self._emb and a.nbytes <= SMALL_BYTES:
+            a = a.view()
+            a.flags.writeable = False
+            self._small[name] = a
+        return a
+
+    def _item(self, name: str) -> np.ndarray:
         a = self.store.get(self.prefix + name)
         if isinstance(a, (QuantizedTensor, PackedTensor)):
             return a.dequantize().T if self.layouts.get(name) == "out_in" else a.dequantize()
@@ -249,6 +283,14 @@ class Weights:
                 return ref
         a = self.store.get(self.prefix + name)
         if isinstance(a, (QuantizedTensor, PackedTensor)):
+            # Block scales are checked once per weight (CorruptFileError on a bad one), not by
+            # a pass over every result (the store's copy is immutable, and CRC-checked when
+            # read back from a file tier).
+            if name in self._scales_ok:
+                a._scales_checked = True
+            else:
+                a._check_scales()
+                self._scales_ok.add(name)
             return a
         if self.layouts[name] == "in_out":
             return a
@@ -276,6 +318,7 @@ class Weights:
             home = None if tier in self._file_tiers else tier  # None: the default tier
             self.store.put(full, p, tier=home, overwrite=True)
             self.packed.append(name)
+            self._scales_ok.add(name)  # checked by pack()
 
     def _auto_read(self) -> str:
         """``"resident"`` when the matmul weights exceed the memory tiers' capacity, else
@@ -469,10 +512,20 @@ class Weights:
         next group (wrapping to layer 0 for the next step) into the store's default tier on a
         background thread, so reading the next layer from a slow tier overlaps this layer's
         arithmetic. (Streamed weights overlap their reads inside the kernel; files read in
-        place are paged in by the OS.)"""
+        place are paged in by the OS.) A group found already there is not asked again for the
+        next :data:`HOT_RECHECK` steps (a resident model's per-layer check costs more than it
+        saves); the weights are still read through the store, which promotes any evicted one."""
         if self.prefetch_ahead and self.read == "store" and len(self.groups) > 1:
-            nxt = self.groups[(group + 1) % len(self.groups)]
-            self.store.prefetch([self.prefix + n for n in nxt])
+            if group == 0:
+                self._steps += 1
+                if self._steps % HOT_RECHECK == 0:
+                    self._hot.clear()
+            g = (group + 1) % len(self.groups)
+            if g in self._hot:
+                return
+            f = self.store.prefetch([self.prefix + n for n in self.groups[g]])
+            if f.done():
+                self._hot.add(g)
 
     def fetch(self, name: str) -> Any:
         """The stored tensor as the store returns it (promoted into the store's default tier)."""
@@ -493,13 +546,44 @@ class Weights:
         row_bytes = (t.end - t.begin) // max(t.shape[0], 1)
         uniq, inv = np.unique(idx, return_inverse=True)
         raw = np.empty((uniq.size, row_bytes), np.uint8)
-        if not str(self.store.info(self.prefix + name)["dtype"]).startswith("block:"):
+        if self._rows_in_file(name):
+            ck.pread_rows(t, uniq, raw, self._fd(t.path))
+        else:
             for j, r in enumerate(uniq.tolist()):
                 self.store.read_into(self.prefix + name, r * row_bytes, raw[j])
-        else:  # tied with a head converted on load: the exact rows are in the checkpoint
-            ck.pread_rows(t, uniq, raw)
         table = raw.view(SAFETENSORS_NUMPY[t.dtype]).reshape(uniq.size, *t.shape[1:])
         return ck.as_float32(table, t.dtype)[inv]
+
+    def _rows_in_file(self, name: str) -> bool:
+        """Whether rows of table ``name`` are read from its checkpoint file: the store holds it
+        there as adopted (in a file tier: the same bytes), or holds a converted / repacked
+        head tied with it (the exact rows are only in the checkpoint)."""
+        info = self.store.info(self.prefix + name)
+        if str(info["dtype"]).startswith("block:") and not info.get("adopted"):
+            return True
+        return bool(info.get("adopted")) and info["tier"] in self._file_tiers
+
+    def _fd(self, path: str) -> int:
+        """A read-only descriptor of ``path``, opened once (closed with the weights). The
+        file's size and modification time then are checked at every use, as the store checks
+        its files: a checkpoint truncated or rewritten since is a CorruptFileError naming it."""
+        fd = self._fds.get(path)
+        if fd is None:
+            try:
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except FileNotFoundError:
+                raise MissingFileError(f"checkpoint file {path} no longer exists") from None
+            st = os.fstat(fd)
+            self._fds[path] = fd
+            self._fd_stat[path] = (st.st_size, st.st_mtime_ns)
+            return fd
+        st = os.fstat(fd)
+        if (st.st_size, st.st_mtime_ns) != self._fd_stat[path]:
+            raise CorruptFileError(
+                f"{path} changed on disk while the model was loaded (size or modification "
+                "time differs): reload the model"
+            )
+        return fd
 
     def __contains__(self, name: str) -> bool:
         return name in self.infos
@@ -513,6 +597,15 @@ class Weights:
 
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|layer)\.(\d+)\.")
+
+
+def _close_fds(fds: dict[str, int]) -> None:
+    for fd in fds.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    fds.clear()
 
 
 def _groups(names: list[str]) -> list[list[str]]:

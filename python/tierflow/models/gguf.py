@@ -358,8 +358,8 @@ class GGUFWeights(Weights):
         out = np.empty((uniq.size, k), np.float32)
         raw = np.empty((uniq.size, row_bytes), np.uint8)
         full = self.prefix + name
-        if name in self.packed:  # tied with a head repacked on load: the rows are in the file
-            ck.pread_rows(t, uniq, raw)
+        if self._rows_in_file(name):  # adopted in a file tier, or tied with a repacked head
+            ck.pread_rows(t, uniq, raw, self._fd(t.path))
         else:
             for j, r in enumerate(uniq.tolist()):
                 self.store.read_into(full, r * row_bytes, raw[j])

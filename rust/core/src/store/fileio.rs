@@ -351,26 +351,29 @@ pub fn read_into(
         }
     };
     let chunk = chunk_for(out.len());
-    let parts: Vec<Result<crc32fast::Hasher>> = crate::pool::install(|| {
-        out.par_chunks_mut(chunk)
-            .enumerate()
-            .map(|(i, c)| {
-                let mut h = crc32fast::Hasher::new();
-                let at = base + (i * chunk) as u64;
-                if !verify {
-                    f.read_exact_at(c, at).map_err(eof)?;
-                    return Ok(h);
-                }
-                // Read in pieces that fit in L2 and checksum each while it is still there: the
-                // CRC then costs no second trip through memory.
-                for (j, piece) in c.chunks_mut(VERIFY_PIECE).enumerate() {
-                    f.read_exact_at(piece, at + (j * VERIFY_PIECE) as u64).map_err(eof)?;
-                    h.update(piece);
-                }
-                Ok(h)
-            })
-            .collect()
-    });
+    let read_chunk = |(i, c): (usize, &mut [u8])| -> Result<crc32fast::Hasher> {
+        let mut h = crc32fast::Hasher::new();
+        let at = base + (i * chunk) as u64;
+        if !verify {
+            f.read_exact_at(c, at).map_err(eof)?;
+            return Ok(h);
+        }
+        // Read in pieces that fit in L2 and checksum each while it is still there: the
+        // CRC then costs no second trip through memory.
+        for (j, piece) in c.chunks_mut(VERIFY_PIECE).enumerate() {
+            f.read_exact_at(piece, at + (j * VERIFY_PIECE) as u64).map_err(eof)?;
+            h.update(piece);
+        }
+        Ok(h)
+    };
+    // One chunk (an embedding row, a KV page): on this thread. `install` would hand it to a
+    // rayon worker (a wake-up of tens of microseconds, and workers left spinning on cores the
+    // decode kernels' team is using).
+    let parts: Vec<Result<crc32fast::Hasher>> = if out.len() <= chunk {
+        vec![read_chunk((0, out))]
+    } else {
+        crate::pool::install(|| out.par_chunks_mut(chunk).enumerate().map(read_chunk).collect())
+    };
     let mut acc: Option<crc32fast::Hasher> = None;
     for p in parts {
         let h = p?;
