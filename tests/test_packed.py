@@ -107,10 +107,14 @@ def test_packed_group_equals_separate_matmuls(isa):
         weight(f, *s, i)
         for i, (f, s) in enumerate([("q4_0", (k, 96)), ("q4_0", (k, 96)), ("q8_0", (96, k))])
     )
-    x = rng.standard_normal((3, k)).astype(np.float32)
-    want = tierflow.mlp(x, g, u, d, _isa=isa)
-    got = tierflow.mlp(x, *(tierflow.pack(w, w.format + "x16") for w in (g, u, d)), _isa=isa)
-    assert np.array_equal(bits(got), bits(want))
+    packed = [tierflow.pack(w, w.format + "x16") for w in (g, u, d)]
+    for shape in [(1, k), (3, k), (2, 2, k), (40, k)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        for act in ("silu", "gelu", "gelu_tanh"):
+            want = tierflow.mlp(x, g, u, d, activation=act, _isa=isa)
+            got = tierflow.mlp(x, *packed, activation=act, _isa=isa)
+            assert got.shape == want.shape
+            assert np.array_equal(bits(got), bits(want)), (shape, act)
 
 
 def test_bad_input():

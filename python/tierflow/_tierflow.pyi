@@ -122,6 +122,15 @@ def _matmul_packed_group(
     parts: list[tuple[str, int, int, Any, Any, Any]],
     isa: str | None = None,
 ) -> None: ...
+def _mlp_packed(
+    x: Any,
+    gate: tuple[str, int, int, Any],
+    up: tuple[str, int, int, Any],
+    down: tuple[str, int, int, Any],
+    kind: str,
+    out: Any,
+    isa: str | None = None,
+) -> None: ...
 def _unpack_vnni(fmt: str, k: int, n: int, packed: Any) -> Any: ...
 def _packed_nbytes(fmt: str, k: int, n: int) -> int: ...
 def _matmul_packed(

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from collections.abc import Sequence
@@ -188,6 +189,11 @@ for _fmt in FORMATS:
 PACKED_FORMATS = ("q8_0x16", "q4_0x16")
 
 
+@functools.lru_cache(maxsize=1024)
+def _packed_nbytes(base: str, k: int, n: int) -> int:
+    return int(_tierflow._packed_nbytes(base, k, n))
+
+
 class PackedTensor(BlockTensor):
     """A ``q8_0`` / ``q4_0`` weight of logical shape ``(K, N)`` repacked for the AVX-512-VNNI
     decode kernel (format ``"q8_0x16"`` / ``"q4_0x16"``), as llama.cpp's CPU buffer types
@@ -226,7 +232,7 @@ class PackedTensor(BlockTensor):
         if k % 32:
             raise ShapeError(f"a {fmt} weight has K a multiple of 32, got shape {(k, n)}")
         base = fmt[: -len("x16")]
-        want = _tierflow._packed_nbytes(base, k, n)  # InvalidArgumentError on an overflow
+        want = _packed_nbytes(base, k, n)  # InvalidArgumentError on an overflow
         arr = np.ascontiguousarray(np.asarray(data)).reshape(-1)
         if arr.dtype != np.uint8:
             raise DTypeError(f"packed data must be uint8, got {arr.dtype}")
@@ -244,8 +250,27 @@ class PackedTensor(BlockTensor):
 
     @classmethod
     def _from_blocks(cls, format: str, shape: Sequence[int], data: np.ndarray) -> PackedTensor:
-        """Rebuild from stored bytes: the length is checked now, the scales lazily."""
-        return cls(format, (int(shape[0]), int(shape[1])), data, _checked=False)
+        """Rebuild from stored bytes (read-only, 1-D uint8: the store's view): the length is
+        checked now, the scales lazily. A decode step rebuilds every weight it reads, so this
+        skips the general constructor's conversions."""
+        fmt = str(format)
+        k, n = int(shape[0]), int(shape[1])
+        if (
+            fmt not in PACKED_FORMATS
+            or data.dtype != np.uint8
+            or data.ndim != 1
+            or data.flags.writeable
+            or k % 32
+        ):
+            return cls(fmt, (k, n), data, _checked=False)
+        base = fmt[: -len("x16")]
+        want = _packed_nbytes(base, k, n)
+        if data.size != want:
+            raise CorruptFileError(f"{fmt} data of {data.size} bytes for {(k, n)}, expected {want}")
+        p = cls.__new__(cls)
+        p.format, p.base_format, p.shape, p.data = fmt, base, (k, n), data
+        p._scales_checked = False
+        return p
 
     @classmethod
     def from_quantized(cls, q: QuantizedTensor) -> PackedTensor:
@@ -960,8 +985,27 @@ def mlp(
             raise ShapeError(
                 f"mlp weights do not chain: gate {(kg, ig)}, up {(ku, iu)}, down {(idn, nd)}"
             )
-        g, u = matmul_group(x, [w1, w2], _isa=_isa)
         kind = {"silu": "swiglu", "gelu": "geglu_erf", "gelu_tanh": "geglu_tanh"}[act]
+        xshape = tuple(np.shape(x))
+        if (
+            all(isinstance(w, PackedTensor) for w in (w1, w2, w3))
+            and len(xshape) > 0
+            and xshape[-1] == kg
+            and 0 < math.prod(xshape[:-1]) <= _DECODE_MAX_M
+            and packed_decode_available(_isa)
+        ):
+            # decode shapes, VNNI weights: the three products and the gating in one native
+            # call, bit for bit the calls below
+            xa = _as_f32(x, "x")
+            m = math.prod(xshape[:-1])
+            res = np.empty((*xshape[:-1], nd), np.float32)
+            parts = [(w.base_format, *w.shape, w.data) for w in (w1, w2, w3)]
+            _tierflow._mlp_packed(xa.reshape(m, kg), *parts, kind, res.reshape(m, nd), _isa)
+            if not all(w._scales_checked for w in (w1, w2, w3)) and not np.isfinite(res).all():
+                for w in (w1, w2, w3):
+                    w._check_scales()
+            return res
+        g, u = matmul_group(x, [w1, w2], _isa=_isa)
         hid = g if g.size == 0 else _glu(kind, g, u, _isa)
         return matmul(hid, w3, _isa=_isa)
     k1, i1 = _weight_shape(w1)

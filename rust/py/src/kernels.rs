@@ -238,6 +238,59 @@ fn _matmul_packed_group(
     run(py, || matmul_packed_group(isa, xs, m, &mut outs))
 }
 
+/// One packed weight from Python: `(fmt, k, n, packed)`.
+type PackedArg<'py> = (String, usize, usize, PyReadonlyArray1<'py, u8>);
+
+/// The gated MLP over three weights in the VNNI decode layout, in one call
+/// (`tierflow_core::kernels::qpack::mlp_packed`); `kind` is swiglu / geglu_tanh / geglu_erf.
+#[pyfunction]
+#[pyo3(signature = (x, gate, up, down, kind, out, isa=None))]
+#[allow(clippy::too_many_arguments)]
+fn _mlp_packed(
+    py: Python<'_>,
+    x: PyReadonlyArray2<'_, f32>,
+    gate: PackedArg<'_>,
+    up: PackedArg<'_>,
+    down: PackedArg<'_>,
+    kind: &str,
+    mut out: PyReadwriteArray2<'_, f32>,
+    isa: Option<&str>,
+) -> PyResult<()> {
+    use tierflow_core::kernels::act::Act;
+    let isa = pick_isa(isa)?;
+    let act = match kind {
+        "swiglu" => Act::Silu,
+        "geglu_tanh" => Act::GeluTanh,
+        "geglu_erf" => Act::GeluErf,
+        other => return Err(err("InvalidArgumentError", format!("unknown gated op {other:?}"))),
+    };
+    let m = x.shape()[0];
+    let xs = slice2(&x, "x")?;
+    let w =
+        |a: &(String, usize, usize, PyReadonlyArray1<'_, u8>)| -> PyResult<(Format, usize, usize)> {
+            Ok((Format::parse(&a.0).map_err(crate::errors::to_pyerr)?, a.1, a.2))
+        };
+    let (g, u, d) = (w(&gate)?, w(&up)?, w(&down)?);
+    let (gs, us, ds) = (slice(&gate.3, "gate")?, slice(&up.3, "up")?, slice(&down.3, "down")?);
+    let (cs, ldc) = out_rows(&mut out)?;
+    if ldc != d.2 || cs.len() != m * d.2 {
+        return Err(err("ShapeError", "out must be (m, n_down) and C-contiguous"));
+    }
+    run(py, || {
+        use tierflow_core::kernels::qpack::mlp_packed;
+        mlp_packed(
+            isa,
+            xs,
+            m,
+            (g.0, g.1, g.2, gs),
+            (u.0, u.1, u.2, us),
+            (d.0, d.1, d.2, ds),
+            act,
+            cs,
+        )
+    })
+}
+
 /// Quantise a row-major `(K, N)` float32 weight into `fmt` block data (`N` rows along `K`).
 #[pyfunction]
 fn _quantize<'py>(
@@ -527,6 +580,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_pack_vnni, m)?)?;
     m.add_function(wrap_pyfunction!(_matmul_packed, m)?)?;
     m.add_function(wrap_pyfunction!(_unpack_vnni, m)?)?;
+    m.add_function(wrap_pyfunction!(_mlp_packed, m)?)?;
     m.add_function(wrap_pyfunction!(_matmul_packed_group, m)?)?;
     m.add_function(wrap_pyfunction!(_packed_nbytes, m)?)?;
     m.add_function(wrap_pyfunction!(_quantize, m)?)?;

@@ -194,6 +194,66 @@ pub fn matmul_packed_group(
     Ok(())
 }
 
+/// One weight in the decode layout: `(format, k, n, packed bytes)`.
+pub type PackedW<'a> = (Format, usize, usize, &'a [u8]);
+
+/// The gated MLP `(act(X Wg) * (X Wu)) Wd` with the three weights in the decode layout, in one
+/// call: [`matmul_packed_group`] for the gate and up products, the gating product
+/// (`act::gated`), then [`matmul_packed`] for the down product: bit for bit what the three
+/// calls give one by one (the same functions in the same order), without the returns to Python
+/// between them. `X` is `(m, k)`, `out` `(m, n_down)` row-major.
+#[allow(clippy::too_many_arguments)]
+pub fn mlp_packed(
+    isa: Isa,
+    x: &[f32],
+    m: usize,
+    gate: PackedW<'_>,
+    up: PackedW<'_>,
+    down: PackedW<'_>,
+    act: super::act::Act,
+    out: &mut [f32],
+) -> Result<()> {
+    let (inter, nd) = (gate.2, down.2);
+    if up.1 != gate.1 || up.2 != inter || down.1 != inter {
+        return Err(CoreError::Shape(format!(
+            "mlp weights do not chain: gate ({}, {inter}), up ({}, {}), down ({}, {nd})",
+            gate.1, up.1, up.2, down.1
+        )));
+    }
+    let size = m
+        .checked_mul(inter)
+        .ok_or_else(|| CoreError::Shape(format!("an ({m}, {inter}) intermediate overflows")))?;
+    let (mut g, mut u) = (vec![0f32; size], vec![0f32; size]);
+    {
+        let mut parts = [
+            PackedOut {
+                fmt: gate.0,
+                k: gate.1,
+                n: inter,
+                packed: gate.3,
+                bias: None,
+                c: &mut g,
+                ldc: inter,
+            },
+            PackedOut {
+                fmt: up.0,
+                k: up.1,
+                n: inter,
+                packed: up.3,
+                bias: None,
+                c: &mut u,
+                ldc: inter,
+            },
+        ];
+        matmul_packed_group(isa, x, m, &mut parts)?;
+    }
+    let mut h = vec![0f32; size];
+    if size > 0 {
+        super::act::gated(isa, act, &g, &u, inter, &mut h);
+    }
+    matmul_packed(isa, &h, m, down.0, inter, nd, down.3, None, out, nd)
+}
+
 /// Smallest task of [`run_tiles`] in bytes of weight (below it the team's hand-off costs more
 /// than the split gains).
 const MIN_TASK_BYTES: usize = 64 << 10;
