@@ -60,14 +60,16 @@ def sample_next(
 ) -> int:
     """Pick the next token id from one row of logits (see the module docstring)."""
     _check_sampling(temperature, top_k, top_p)
-    z = np.asarray(logits, np.float64)
+    z = np.asarray(logits)
+    if z.dtype not in (np.float32, np.float64):
+        z = z.astype(np.float64)
     if np.isnan(z).any():
         raise InvalidArgumentError(
             "logits contain NaN (NaN or Inf in the weights or activations): no token to pick"
         )
     if temperature == 0.0:
-        return int(np.argmax(z))
-    z = z / temperature
+        return int(np.argmax(z))  # the same index in float32 as widened (exact, monotonic)
+    z = z.astype(np.float64) / temperature
     order = np.argsort(-z, kind="stable")
     if top_k is not None:
         order = order[: int(top_k)]
