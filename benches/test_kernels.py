@@ -197,6 +197,18 @@ def test_vnni_quantized_decode(benchmark, ratios, fmt, kn):
                     tierflow.matmul(xs[m], c, out=outs[m], _isa=isa)
 
             fns[f"{isa} M={m}"] = sweep
+    # the VNNI decode layout the model loaders use on this CPU (tierflow.PackedTensor)
+    packed = []
+    if tierflow.packed_decode_available():
+        packed = [tierflow.pack(c, fmt + "x16") for c in copies]
+        ptotal = sum(p.nbytes for p in packed)
+        for m in (1, 8):
+
+            def psweep(m=m):
+                for c in packed:
+                    tierflow.matmul(xs[m], c, out=outs[m])
+
+            fns[f"packed M={m}"] = psweep
     times: dict[str, list[float]] = {k: [] for k in fns}
     probe: list[float] = []
     for r in range(10):
@@ -210,11 +222,15 @@ def test_vnni_quantized_decode(benchmark, ratios, fmt, kn):
     q = q0
     benchmark.pedantic(tierflow.matmul, args=(xs[1], q, outs[1]), rounds=1, iterations=1)
     bw = float(np.median(probe))
-    gbs = {k: total / float(np.median(v)) for k, v in times.items()}
+    gbs = {
+        k: (ptotal if k.startswith("packed") else total) / float(np.median(v))
+        for k, v in times.items()
+    }
     exts = ",".join(tierflow.info()["isa_extensions"]) or "none"
-    for isa in isas:
+    for isa in isas + (["packed"] if packed else []):
         one, eight = gbs[f"{isa} M=1"], gbs[f"{isa} M=8"]
-        name = f"decode {fmt} K=N={kn} {isa} (extensions: {exts})"
+        what = "avx512 VNNI layout (PackedTensor)" if isa == "packed" else isa
+        name = f"decode {fmt} K=N={kn} {what} (extensions: {exts})"
         record(
             benchmark,
             ratios,

@@ -999,8 +999,8 @@ def mlp(
             xa = _as_f32(x, "x")
             m = math.prod(xshape[:-1])
             res = np.empty((*xshape[:-1], nd), np.float32)
-            parts = [(w.base_format, *w.shape, w.data) for w in (w1, w2, w3)]
-            _tierflow._mlp_packed(xa.reshape(m, kg), *parts, kind, res.reshape(m, nd), _isa)
+            pg, pu, pd = ((w.base_format, w.shape[0], w.shape[1], w.data) for w in (w1, w2, w3))
+            _tierflow._mlp_packed(xa.reshape(m, kg), pg, pu, pd, kind, res.reshape(m, nd), _isa)
             if not all(w._scales_checked for w in (w1, w2, w3)) and not np.isfinite(res).all():
                 for w in (w1, w2, w3):
                     w._check_scales()
