@@ -204,3 +204,31 @@ def test_models_repack_on_load(tmp_path, monkeypatch, fmt, tie):
     assert packed.generate(ids[:3], 6).tolist() == blocks.generate(ids[:3], 6).tolist()
     name = "model.layers.1.mlp.up_proj.weight"
     assert np.array_equal(packed.weights[name], blocks.weights[name])
+
+
+@pytest.mark.parametrize("fmt", ["Q8_0", "Q4_0"])
+def test_one_token_steps_match_the_general_path(tmp_path, monkeypatch, fmt):
+    """One-token decode steps over repacked weights (``LlamaForCausalLM._packed_layer``: the
+    kernels called directly) give the general forward's logits bit for bit, step by step, with
+    the plain and the paged KV cache."""
+    from tierflow.models.kvcache import KVCache, StoreKVCache
+
+    model = tm.load(_tiny_gguf(tmp_path, fmt, False))
+    cfg = model.config
+    shape = (cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 80)
+    ids = [3, 17, 250, 9]
+    for make in (lambda: KVCache(*shape), lambda: StoreKVCache(*shape, model.store, 16)):
+        steps = {}
+        for fast in (True, False):
+            monkeypatch.setattr(type(model), "fast_decode", fast)
+            cache = make()
+            out = [model.forward(np.asarray(ids, np.int64), cache, last_only=True)]
+            for tok in [5, 77, 1, 200, 31] * 4:  # past a 16-position page of the paged cache
+                out.append(model.forward(np.asarray([tok], np.int64), cache, last_only=True))
+            cache.close()
+            steps[fast] = out
+        assert len(steps[True]) == len(steps[False])
+        for a, b in zip(steps[True], steps[False], strict=True):
+            assert np.array_equal(bits(a), bits(b))
+    monkeypatch.setattr(type(model), "fast_decode", True)
+    assert model._packed_ready() == tierflow.packed_decode_available()

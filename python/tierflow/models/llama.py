@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _tierflow
+from ..kernels import packed_decode_available
 from . import _ops as ops
 from ._base import CausalLM
 from .kvcache import KVCache, StoreKVCache
@@ -24,6 +26,65 @@ __all__ = ["LlamaForCausalLM", "Qwen2ForCausalLM"]
 class LlamaForCausalLM(CausalLM):
     """Llama 2/3 and Mistral (RMSNorm, RoPE, grouped-query attention, SwiGLU)."""
 
+    #: one-token steps over repacked weights take :meth:`_packed_layer` (tests turn it off to
+    #: compare it with the general path)
+    fast_decode = True
+
+    def _packed_ready(self) -> bool:
+        """Every matmul weight was repacked at load and this CPU runs the packed kernel."""
+        w = self.weights
+        return (
+            self.fast_decode
+            and bool(w.packed)
+            and set(w.layouts) <= set(w.packed)
+            and packed_decode_available()
+        )
+
+    def _packed_layer(
+        self, x: np.ndarray, i: int, pos0: int, cache: KVCache | StoreKVCache
+    ) -> np.ndarray:
+        """Layer ``i`` of a one-token step over repacked weights: the kernels
+        :meth:`forward` reaches through ``tierflow.rms_norm`` / ``matmul_group`` / ``rope`` /
+        ``matmul`` / ``mlp``, called directly on operands whose shapes the config fixes (the
+        wrappers' checks and conversions, per layer a few hundred microseconds of Python
+        against ~1 ms of weights to read at 30 GB/s, are skipped). Bit for bit the general
+        path (the same kernels on the same inputs, as the tests check)."""
+        cfg, w, t = self.config, self.weights, _tierflow
+        nh, nkv, d, eps = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.norm_eps
+        hid = x.shape[-1]
+        p = f"model.layers.{i}."
+        h = np.empty_like(x)
+        t._rowwise("rms_norm", x.reshape(-1), hid, h.reshape(-1),
+                   w[p + "input_layernorm.weight"], None, None, eps, None)  # fmt: skip
+        names = [p + f"self_attn.{n}_proj" for n in "qkv"]
+        mats = [w.mat(n + ".weight") for n in names]
+        bs = [w[n + ".bias"] for n in names] if cfg.attention_bias else [None] * 3
+        ys = [np.empty((1, m.shape[1]), np.float32) for m in mats]
+        parts = [
+            (m.base_format, m.shape[0], m.shape[1], m.data, y, b)
+            for m, y, b in zip(mats, ys, bs, strict=True)
+        ]
+        t._matmul_packed_group(h, parts, None)
+        pos = np.array([pos0], np.float64)
+        q = np.empty((1, nh, 1, d), np.float32)
+        k = np.empty((1, nkv, 1, d), np.float32)
+        t._rope(ys[0].reshape(-1), 1, d, pos, cfg.rope_theta, False, q.reshape(-1), None)
+        t._rope(ys[1].reshape(-1), 1, d, pos, cfg.rope_theta, False, k.reshape(-1), None)
+        a = cache.attend(i, q, k, ys[2].reshape(1, nkv, 1, d))
+        wo = w.mat(p + "self_attn.o_proj.weight")
+        y = np.empty((1, wo.shape[1]), np.float32)
+        ao = np.ascontiguousarray(a, np.float32).reshape(1, nh * d)
+        t._matmul_packed(ao, wo.base_format, wo.shape[0], wo.shape[1], wo.data, y, None, None)
+        x = x + y
+        h = np.empty_like(x)
+        t._rowwise("rms_norm", x.reshape(-1), hid, h.reshape(-1),
+                   w[p + "post_attention_layernorm.weight"], None, None, eps, None)  # fmt: skip
+        g, u, dn = (w.mat(p + f"mlp.{n}_proj.weight") for n in ("gate", "up", "down"))
+        y = np.empty((1, dn.shape[1]), np.float32)
+        pg, pu, pd = ((m.base_format, m.shape[0], m.shape[1], m.data) for m in (g, u, dn))
+        t._mlp_packed(h, pg, pu, pd, "swiglu", y, None)
+        return x + y
+
     def forward(
         self, ids: np.ndarray, cache: KVCache | StoreKVCache, last_only: bool = False
     ) -> np.ndarray:
@@ -31,8 +92,12 @@ class LlamaForCausalLM(CausalLM):
         s, pos0 = ids.size, cache.length
         nh, nkv, d, eps = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.norm_eps
         x = w.rows("model.embed_tokens.weight", ids)
+        fast = s == 1 and self._packed_ready() and x.dtype == np.float32
         for i in range(cfg.num_layers):
             w.enter(i)
+            if fast:
+                x = self._packed_layer(np.ascontiguousarray(x), i, pos0, cache)
+                continue
             p = f"model.layers.{i}."
 
             def heads(y, n):
