@@ -85,7 +85,18 @@ unsafe fn tile<F: VFmt, const MR: usize>(
         let mut acc = [_mm256_setzero_ps(); MR];
         for b in 0..nb {
             let off = b * F::BB;
-            let z: [__m256i; 8] = std::array::from_fn(|r| F::ints(p[r].add(off)));
+            // (no closures around intrinsics: out of line they lose this function's target
+            // features, see `avx512::qdot::tile_m1`)
+            let z: [__m256i; 8] = [
+                F::ints(p[0].add(off)),
+                F::ints(p[1].add(off)),
+                F::ints(p[2].add(off)),
+                F::ints(p[3].add(off)),
+                F::ints(p[4].add(off)),
+                F::ints(p[5].add(off)),
+                F::ints(p[6].add(off)),
+                F::ints(p[7].add(off)),
+            ];
             let t = [
                 _mm256_unpacklo_epi32(z[0], z[1]),
                 _mm256_unpackhi_epi32(z[0], z[1]),
@@ -173,17 +184,23 @@ unsafe fn tile_m1<F: VFmt>(
             let off = b * F::BB;
             let e = i * nb + b;
             let xb = _mm256_loadu_si256(a.q.as_ptr().add(i * k + b * QK) as *const __m256i);
-            let pr: [__m256i; 8] = std::array::from_fn(|r| {
-                _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), F::ints(p[r].add(off)), xb)
-            });
-            let h = |u: __m256i, v: __m256i| {
-                _mm256_add_epi32(_mm256_unpacklo_epi32(u, v), _mm256_unpackhi_epi32(u, v))
-            };
-            let qq = [h(pr[0], pr[1]), h(pr[2], pr[3]), h(pr[4], pr[5]), h(pr[6], pr[7])];
-            let g = |u: __m256i, v: __m256i| {
-                _mm256_add_epi32(_mm256_unpacklo_epi64(u, v), _mm256_unpackhi_epi64(u, v))
-            };
-            let (r0, r1) = (g(qq[0], qq[1]), g(qq[2], qq[3]));
+            let pr: [__m256i; 8] = [
+                row_dot::<F>(p[0].add(off), xb),
+                row_dot::<F>(p[1].add(off), xb),
+                row_dot::<F>(p[2].add(off), xb),
+                row_dot::<F>(p[3].add(off), xb),
+                row_dot::<F>(p[4].add(off), xb),
+                row_dot::<F>(p[5].add(off), xb),
+                row_dot::<F>(p[6].add(off), xb),
+                row_dot::<F>(p[7].add(off), xb),
+            ];
+            let qq = [
+                hadd32(pr[0], pr[1]),
+                hadd32(pr[2], pr[3]),
+                hadd32(pr[4], pr[5]),
+                hadd32(pr[6], pr[7]),
+            ];
+            let (r0, r1) = (hadd64(qq[0], qq[1]), hadd64(qq[2], qq[3]));
             let sum = _mm256_add_epi32(
                 _mm256_permute2x128_si256::<0x20>(r0, r1),
                 _mm256_permute2x128_si256::<0x31>(r0, r1),
@@ -230,6 +247,24 @@ pub unsafe fn task<F: VFmt>(o: QRowsOut<'_>, n0: usize, n1: usize) {
             j += 8;
         }
     }
+}
+
+/// `vpdpbusd` (AVX-VNNI) of one row's unsigned bytes against the activation block.
+#[inline(always)]
+unsafe fn row_dot<F: VFmt>(p: *const u8, xb: __m256i) -> __m256i {
+    unsafe { _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), F::ints(p), xb) }
+}
+
+/// Pairwise sums of 32-bit lanes of `u` and `v`.
+#[inline(always)]
+unsafe fn hadd32(u: __m256i, v: __m256i) -> __m256i {
+    unsafe { _mm256_add_epi32(_mm256_unpacklo_epi32(u, v), _mm256_unpackhi_epi32(u, v)) }
+}
+
+/// Pairwise sums of 64-bit lanes of `u` and `v`.
+#[inline(always)]
+unsafe fn hadd64(u: __m256i, v: __m256i) -> __m256i {
+    unsafe { _mm256_add_epi32(_mm256_unpacklo_epi64(u, v), _mm256_unpackhi_epi64(u, v)) }
 }
 
 #[cfg(test)]

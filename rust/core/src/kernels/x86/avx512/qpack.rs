@@ -63,22 +63,31 @@ pub unsafe fn tiles<const NT: usize>(
                     }
                     let dw = _mm512_cvtph_ps(_mm256_loadu_si256(r as *const __m256i));
                     let q = r.add(32);
+                    // (no closures around intrinsics: out of line they lose this function's
+                    // target features; see `qdot::tile_m1`)
                     let tk: [__m512i; 8] = if fmt == Format::Q8_0 {
-                        std::array::from_fn(|kk| {
-                            _mm512_loadu_si512(q.add(64 * kk) as *const __m512i)
-                        })
+                        [
+                            load(q),
+                            load(q.add(64)),
+                            load(q.add(128)),
+                            load(q.add(192)),
+                            load(q.add(256)),
+                            load(q.add(320)),
+                            load(q.add(384)),
+                            load(q.add(448)),
+                        ]
                     } else {
-                        let lo = _mm512_set1_epi8(0x0f);
-                        let v: [__m512i; 4] = std::array::from_fn(|kk| {
-                            _mm512_loadu_si512(q.add(64 * kk) as *const __m512i)
-                        });
-                        std::array::from_fn(|kk| {
-                            if kk < 4 {
-                                _mm512_and_si512(v[kk], lo)
-                            } else {
-                                _mm512_and_si512(_mm512_srli_epi16::<4>(v[kk - 4]), lo)
-                            }
-                        })
+                        let v = [load(q), load(q.add(64)), load(q.add(128)), load(q.add(192))];
+                        [
+                            lo4(v[0]),
+                            lo4(v[1]),
+                            lo4(v[2]),
+                            lo4(v[3]),
+                            hi4(v[0]),
+                            hi4(v[1]),
+                            hi4(v[2]),
+                            hi4(v[3]),
+                        ]
                     };
                     for (t, at) in accu.iter_mut().enumerate().take(mr) {
                         let (e, q0) = ((i + t) * nb + b, (i + t) * k + b * QK);
@@ -100,4 +109,22 @@ pub unsafe fn tiles<const NT: usize>(
         }
         i += mr;
     }
+}
+
+/// 64 bytes at `p` (unaligned).
+#[inline(always)]
+unsafe fn load(p: *const u8) -> __m512i {
+    unsafe { _mm512_loadu_si512(p as *const __m512i) }
+}
+
+/// The low nibble of every byte.
+#[inline(always)]
+unsafe fn lo4(v: __m512i) -> __m512i {
+    unsafe { _mm512_and_si512(v, _mm512_set1_epi8(0x0f)) }
+}
+
+/// The high nibble of every byte.
+#[inline(always)]
+unsafe fn hi4(v: __m512i) -> __m512i {
+    unsafe { _mm512_and_si512(_mm512_srli_epi16::<4>(v), _mm512_set1_epi8(0x0f)) }
 }
