@@ -442,7 +442,8 @@ def matmul(
 
     Args:
         x: ``(..., K)`` float32, float16 or bfloat16, any strides.
-        w: ``(K, N)`` float32 / float16 / bfloat16 array, a :class:`QuantizedTensor`, or a
+        w: ``(K, N)`` float32 / float16 / bfloat16 array, a :class:`QuantizedTensor`, a
+            :class:`PackedTensor` (the VNNI decode layout; bit for bit its blocks' result), or a
             store's ``TensorRef`` (``store["layer0.w"]``). An array is read in place when it
             is C-contiguous or its transpose is (Fortran order; a PyTorch-layout ``(N, K)``
             weight passed as ``w_nk.T``: rows of K, the row-stored layout the dot-product
