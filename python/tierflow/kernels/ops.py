@@ -649,6 +649,25 @@ def matmul_group(
         or math.prod(xshape[:-1]) > _DECODE_MAX_M
     ):
         return [matmul(x, w, bias=b, _isa=_isa) for w, b in zip(ws, bs, strict=True)]
+    stored = [r for r in rows if r is not None]  # every weight (checked above)
+    x2, outs, specs = _group_setup(x, xshape, ws, bs)
+    parts = [
+        (fmt, k, n, data, res, ba)
+        for (fmt, data), (k, n, res, ba) in zip(stored, specs, strict=True)
+    ]
+    _tierflow._matmul_blocks_group(x2, parts, _isa)
+    for w, (_k, _n, res, _b) in zip(ws, specs, strict=True):
+        if isinstance(w, QuantizedTensor):
+            w._after(res)
+    return outs
+
+
+def _group_setup(
+    x: Any, xshape: tuple[int, ...], ws: list[Any], bs: list[Any]
+) -> tuple[np.ndarray, list[np.ndarray], list[tuple[int, int, np.ndarray, np.ndarray | None]]]:
+    """The checks and buffers of a grouped call, before anything is computed: ``x`` as
+    ``(m, K)`` float32, the results ``(*lead, N_j)``, and per weight ``(K, N_j, result as
+    (m, N_j), bias as float32 or None)``. ShapeError on a K that differs or a bias shape."""
     shapes = [_weight_shape(w) for w in ws]
     for k, n in shapes:
         if xshape[-1] != k:
@@ -659,22 +678,17 @@ def matmul_group(
     xa = _as_f32(x, "x")
     m = math.prod(lead)
     x2 = xa.reshape(m, xshape[-1])
-    outs, parts = [], []
-    for (k, n), r, b in zip(shapes, rows, bs, strict=True):
+    outs, specs = [], []
+    for (k, n), b in zip(shapes, bs, strict=True):
         res = np.empty((*lead, n), np.float32)
         ba = None
         if b is not None:
             ba = _as_f32(b, "bias")
             if ba.shape != (n,):
                 raise ShapeError(f"bias has shape {ba.shape}, expected {(n,)} for w {(k, n)}")
-        assert r is not None
-        parts.append((r[0], k, n, r[1], res.reshape(m, n), ba))
+        specs.append((k, n, res.reshape(m, n), ba))
         outs.append(res)
-    _tierflow._matmul_blocks_group(x2, parts, _isa)
-    for w, res in zip(ws, outs, strict=True):
-        if isinstance(w, QuantizedTensor):
-            w._after(res.reshape(m, -1))
-    return outs
+    return x2, outs, specs
 
 
 def _packed_group(
@@ -682,29 +696,13 @@ def _packed_group(
 ) -> list[np.ndarray]:
     """:func:`matmul_group` of :class:`PackedTensor` weights at decode shapes: one native job
     over every weight's tiles (``x`` rounded to Q8 blocks once)."""
-    shapes = [_weight_shape(w) for w in ws]
-    for k, n in shapes:
-        if xshape[-1] != k:
-            raise ShapeError(f"matmul shapes do not match: x {xshape} and w {(k, n)} (K differs)")
-    lead = xshape[:-1]
-    for _k, n in shapes:
-        _check_size((*lead, n), 4, "the result")
-    xa = _as_f32(x, "x")
-    m = math.prod(lead)
-    x2 = xa.reshape(m, xshape[-1])
-    outs, parts = [], []
-    for w, (k, n), b in zip(ws, shapes, bs, strict=True):
-        res = np.empty((*lead, n), np.float32)
-        ba = None
-        if b is not None:
-            ba = _as_f32(b, "bias")
-            if ba.shape != (n,):
-                raise ShapeError(f"bias has shape {ba.shape}, expected {(n,)} for w {(k, n)}")
-        parts.append((w.base_format, k, n, w.data, res.reshape(m, n), ba))
-        outs.append(res)
+    x2, outs, specs = _group_setup(x, xshape, ws, bs)
+    parts = [
+        (w.base_format, k, n, w.data, res, ba) for w, (k, n, res, ba) in zip(ws, specs, strict=True)
+    ]
     _tierflow._matmul_packed_group(x2, parts, _isa)
-    for w, res in zip(ws, outs, strict=True):
-        w._after(res.reshape(m, -1))
+    for w, (_k, _n, res, _b) in zip(ws, specs, strict=True):
+        w._after(res)
     return outs
 
 
