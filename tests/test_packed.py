@@ -157,6 +157,19 @@ def test_bad_input():
             tierflow.matmul(np.ones((1, k), np.float32), got)
 
 
+@pytest.mark.parametrize("k,n,m", [(64, 0, 1), (0, 16, 1), (64, 16, 0), (0, 0, 2)])
+def test_empty_sizes(k, n, m):
+    """Empty weights and inputs give empty (or zero) results, as with the blocks."""
+    q = tierflow.quantize(np.ones((k, n), np.float32), "q8_0")
+    p = tierflow.pack(q, "q8_0x16")
+    assert p.nbytes == 0 or k * n > 0
+    x = np.ones((m, k), np.float32)
+    for isa in ISAS:
+        want = tierflow.matmul(x, q, _isa=isa)
+        got = tierflow.matmul(x, p, _isa=isa)
+        assert got.shape == (m, n) and np.array_equal(got, want)
+
+
 def test_store_round_trip(tmp_path):
     """A packed weight is an opaque block format to the store: it moves between tiers, comes
     back as a PackedTensor, and a store handle multiplies like the tensor."""

@@ -53,6 +53,9 @@ pub fn pack(fmt: Format, k: usize, n: usize, data: &[u8]) -> Result<Vec<u8>> {
     let w = QWeight::new(fmt, k, n, data)?;
     let (nb, bb, rb, rec) = (k / QK, fmt.block_bytes(), w.row_bytes(), record_bytes(fmt));
     let mut out = vec![0u8; total];
+    if total == 0 {
+        return Ok(out); // K = 0 or N = 0: no blocks
+    }
     for (t, tile) in out.chunks_exact_mut(nb * rec).enumerate() {
         for (b, r) in tile.chunks_exact_mut(rec).enumerate() {
             for row in 0..TILE.min(n - t * TILE) {
@@ -95,6 +98,9 @@ pub fn unpack(fmt: Format, k: usize, n: usize, packed: &[u8]) -> Result<Vec<u8>>
     let (nb, bb, rec) = (k / QK, fmt.block_bytes(), record_bytes(fmt));
     let rb = nb * bb;
     let mut out = vec![0u8; fmt.total_bytes(k, n)?];
+    if packed.is_empty() {
+        return Ok(out); // K = 0 or N = 0: no blocks
+    }
     for (t, tile) in packed.chunks_exact(nb * rec).enumerate() {
         for (b, r) in tile.chunks_exact(rec).enumerate() {
             for row in 0..TILE.min(n - t * TILE) {
@@ -356,6 +362,10 @@ mod tests {
             }
         }
         assert!(pack(Format::F32, 32, 1, &[0; 128]).is_err());
+        for (k, n) in [(0, 16), (64, 0), (0, 0)] {
+            assert!(pack(Format::Q4_0, k, n, &[]).unwrap().is_empty());
+            assert!(unpack(Format::Q4_0, k, n, &[]).unwrap().is_empty());
+        }
         assert!(unpack(Format::Q8_0, 32, 1, &[0; 10]).is_err());
     }
 
