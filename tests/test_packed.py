@@ -245,3 +245,167 @@ def test_one_token_steps_match_the_general_path(tmp_path, monkeypatch, fmt):
             assert np.array_equal(bits(a), bits(b))
     monkeypatch.setattr(type(model), "fast_decode", True)
     assert model._packed_ready() == tierflow.packed_decode_available()
+
+
+def _steps(model, make, fast, monkeypatch):
+    """Logits of a prompt and 20 one-token steps (past 16-position pages) with ``fast_decode``."""
+    monkeypatch.setattr(type(model), "fast_decode", fast)
+    cache = make()
+    try:
+        out = [model.forward(np.asarray([3, 17, 250, 9], np.int64), cache, last_only=True)]
+        for tok in [5, 77, 1, 200, 31] * 4:
+            out.append(model.forward(np.asarray([tok], np.int64), cache, last_only=True))
+    finally:
+        cache.close()
+    return out
+
+
+def _native_vs_general(tmp_path, monkeypatch, arch, fmt, kv_tier=None, repack=True):
+    from tierflow.models import llama
+    from tierflow.models.kvcache import StoreKVCache
+
+    ck = tmp_path / "ck"
+    tm.write_tiny_checkpoint(ck, arch, seed=5)
+    monkeypatch.setenv("TIERFLOW_REPACK", "1" if repack else "0")
+    model = tm.load(ck, dtype=None if fmt == "f32" else fmt)
+    w = model.weights
+    assert bool(w.packed) == (repack and fmt in FMTS and tierflow.packed_decode_available())
+    assert model.config.attention_bias == (arch == "Qwen2ForCausalLM")
+    cfg = model.config
+    shape = (cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 80)
+
+    def make():
+        return StoreKVCache(*shape, model.store, 16, tier=kv_tier)
+
+    calls = []
+    native = llama.LlamaForCausalLM._native_step
+    monkeypatch.setattr(
+        llama.LlamaForCausalLM,
+        "_native_step",
+        lambda self, *a: calls.append(1) or native(self, *a),
+    )
+    fast = _steps(model, make, True, monkeypatch)
+    assert len(calls) == 20  # every one-token step, not the prompt
+    slow = _steps(model, make, False, monkeypatch)
+    assert len(calls) == 20
+    for a, b in zip(fast, slow, strict=True):
+        assert np.array_equal(bits(a), bits(b))
+    if kv_tier == "disk":
+        c = make()
+        model.forward(np.arange(1, 18, dtype=np.int64), c)
+        assert c.names() and all(model.store.info(n)["tier"] == "disk" for n in c.names())
+        c.close()
+    # the greedy tokens of generate() agree too
+    monkeypatch.setattr(type(model), "fast_decode", True)
+    a = model.generate([4, 8], 24).tolist()
+    monkeypatch.setattr(type(model), "fast_decode", False)
+    assert model.generate([4, 8], 24).tolist() == a
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("fmt", ["f32", "bf16", "q8_0", "q4_0"])
+def test_native_decode_step_matches_the_general_path(tmp_path, monkeypatch, isa, fmt):
+    """With the KV cache paged in a store and weights read through the store, a one-token step
+    is one native call (``_llama_decode_step``: all layers and the head); its logits are bit
+    for bit the general forward's, step by step, past page boundaries, on every instruction
+    set, with float rows, block formats and (where the CPU runs it) the decode layout."""
+    monkeypatch.setenv("TIERFLOW_ISA", isa)
+    assert tierflow.info()["isa_selected"] == isa
+    _native_vs_general(tmp_path, monkeypatch, "LlamaForCausalLM", fmt)
+
+
+@pytest.mark.parametrize(
+    "arch, fmt, kv_tier, repack",
+    [
+        ("Qwen2ForCausalLM", "q8_0", None, True),  # q/k/v biases
+        ("Qwen2ForCausalLM", "f32", None, True),
+        ("LlamaForCausalLM", "q4_0", "disk", True),  # KV pages read from a file tier
+        ("LlamaForCausalLM", "q8_0", None, False),  # blocks kept (TIERFLOW_REPACK=0)
+    ],
+)
+def test_native_decode_step_variants(tmp_path, monkeypatch, arch, fmt, kv_tier, repack):
+    """The native step against the general path with biases (Qwen2), KV pages in a file tier,
+    and q8_0 blocks not repacked."""
+    _native_vs_general(tmp_path, monkeypatch, arch, fmt, kv_tier, repack)
+
+
+def test_native_decode_step_bad_input(tmp_path):
+    """The native step checks every operand before it writes anything: a weight that is not in
+    the decode layout, of the wrong shape or missing, a KV tail or page list of the wrong size,
+    norm weights of the wrong length: typed errors, the residual stream and tails untouched."""
+    from tierflow import TensorNotFoundError
+    from tierflow import _tierflow as native
+    from tierflow.models.kvcache import StoreKVCache
+
+    ck = tmp_path / "ck"
+    tm.write_tiny_checkpoint(ck, "LlamaForCausalLM", seed=5)
+    model = tm.load(ck, dtype="q8_0")
+    cfg, w = model.config, model.weights
+    names, head = model._native_names()
+    cache = StoreKVCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 64, model.store, 16)
+    slots = cache._native_slots()
+    hid = cfg.hidden_size
+    norm = np.ones(hid, np.float32)
+
+    def call(layer_names=None, tail=None, pages=None, norms=norm, x=None, pos=0, head=head):
+        layers = [
+            (
+                list(layer_names or ns),
+                norms,
+                norm,
+                None,
+                list(pages if pages is not None else pg),
+                tl.reshape(-1) if tail is None else tail.copy(),
+            )
+            for ns, (pg, tl) in zip(names, slots, strict=True)
+        ]
+        xs = np.ones(hid, np.float32) if x is None else x
+        logits = np.zeros(cfg.vocab_size, np.float32)
+        native._llama_decode_step(
+            w.store._s, cache.store._s, xs, layers, norm, head, logits,
+            (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, 16, pos), 1e-6, 1e4,
+        )  # fmt: skip
+        return xs, logits
+
+    x0, logits = call()  # the good call works
+    assert np.isfinite(logits).all() and not np.array_equal(x0, np.ones(hid, np.float32))
+    before = [tl.copy() for _, tl in slots]
+    x = np.ones(hid, np.float32)
+    bad_names = list(names[0])
+    model.store.put("bad/int32", np.zeros((cfg.num_heads * cfg.head_dim, hid), np.int32))
+    bad_names[3] = "bad/int32"
+    with pytest.raises(DTypeError, match="decode layout"):
+        call(layer_names=bad_names, x=x)
+    bad_names[3] = w.prefix + "model.layers.0.input_layernorm.weight"  # 1-D
+    with pytest.raises(ShapeError, match="not a matrix"):
+        call(layer_names=bad_names, x=x)
+    bad_names = list(names[0])
+    bad_names[0] = names[0][1]  # k's weight for q: (hidden, kv) where (hidden, q) is needed
+    with pytest.raises(ShapeError, match="the step needs"):
+        call(layer_names=bad_names, x=x)
+    with pytest.raises(TensorNotFoundError):
+        call(layer_names=[*names[0][:6], "no/such/weight"], x=x)
+    with pytest.raises(ShapeError, match="tail"):
+        call(tail=np.zeros(7, np.float32), x=x)
+    with pytest.raises(tierflow.InvalidArgumentError, match="already in use"):
+        tl = slots[0][1].reshape(-1)
+        layers = [
+            (list(ns), norm, norm, None, list(pg), tl)
+            for ns, (pg, _) in zip(names, slots, strict=True)
+        ]
+        native._llama_decode_step(
+            w.store._s, cache.store._s, x, layers, norm, head, np.zeros(cfg.vocab_size, np.float32),
+            (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, 16, 0), 1e-6, 1e4,
+        )  # fmt: skip
+    with pytest.raises(ShapeError, match="full KV pages"):
+        call(pos=16, x=x)  # position 16 needs one full page, none given
+    with pytest.raises(ShapeError, match="norm"):
+        call(norms=np.ones(hid - 1, np.float32), x=x)
+    with pytest.raises(ShapeError, match="7"):
+        call(layer_names=names[0][:6], x=x)
+    with pytest.raises(ShapeError):
+        call(head=names[0][0], x=x)  # q's weight as the head: (hidden, q) is not (hidden, vocab)
+    assert np.array_equal(x, np.ones(hid, np.float32))
+    for (_, tl), b in zip(slots, before, strict=True):
+        assert np.array_equal(tl, b)
+    cache.close()

@@ -220,6 +220,24 @@ def _paged_decode_pages(
     isa: str | None = None,
 ) -> None: ...
 
+# --- decode ---
+def _llama_decode_step(
+    weights: Store,
+    kv: Store,
+    x: Any,
+    layers: list[tuple[list[str], Any, Any, tuple[Any, Any, Any] | None, list[str], Any]],
+    final_norm: Any,
+    head: str,
+    logits: Any,
+    sizes: tuple[int, int, int, int, int],
+    eps: float,
+    theta: float,
+    act: str = "swiglu",
+    promote: bool = False,
+    prefetch: bool = True,
+    isa: str | None = None,
+) -> None: ...
+
 # --- sim ---
 def simulate(
     device_spec: dict[str, Any],

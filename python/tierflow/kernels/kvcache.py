@@ -266,6 +266,34 @@ class PagedKVCache:
                 pos += n
                 self.lengths[b] = pos
 
+    def _native_slot(self, seq: int = 0) -> tuple[list[str], np.ndarray]:
+        """For a native step that appends one position to sequence ``seq`` itself (it writes
+        slot ``lengths[seq] % block_size`` of the partial block, then attends over the full
+        blocks and that one): the full blocks' store names and the partial block. Raises what
+        :meth:`append` would (CapacityError when a new block is needed and none is free).
+        :meth:`_native_wrote` then does the bookkeeping of :meth:`append`."""
+        self._open()
+        if self.store is None:
+            raise InvalidArgumentError("a native step needs a cache in a store")
+        seq = self._seq(seq)
+        if (
+            self.num_blocks is not None
+            and self.lengths[seq] % self.block_size == 0
+            and self.blocks_in_use >= self.num_blocks
+        ):
+            raise CapacityError(f"the KV cache needs 1 more block, 0 of {self.num_blocks} are free")
+        return self._blocks[seq], self._tail[seq]
+
+    def _native_wrote(self, seq: int = 0) -> None:
+        """One position was written into sequence ``seq``'s partial block (see
+        :meth:`_native_slot`): count it, and put the block into the store when it is full."""
+        pos = self.lengths[seq] + 1
+        if pos % self.block_size == 0:
+            name = f"{self.prefix}s{seq}/p{pos // self.block_size - 1}"
+            self.store.put(name, self._tail[seq], tier=self.tier)
+            self._blocks[seq].append(name)
+        self.lengths[seq] = pos
+
     def free(self, seq: int) -> None:
         """Drop sequence ``seq``'s cache: its blocks go back to the pool or leave the store."""
         self._open()

@@ -110,6 +110,7 @@ class StoreKVCache:
         self.block_size = int(block_size)
         self.store = store
         self.tier = tier
+        self.promote = bool(promote)
         self.prefix = f"kv#{next(_ids)}/"
         blocks = max(1, -(-self.capacity // self.block_size))
         self.layers: list[PagedKVCache] = []
@@ -156,6 +157,22 @@ class StoreKVCache:
         c = self.layers[layer]
         c.append(k, v)
         return c.attention(q)
+
+    def _native_ready(self) -> bool:
+        """Every layer holds :attr:`length` positions (what a native step assumes)."""
+        return all(c.lengths[0] == self.length for c in self.layers)
+
+    def _native_slots(self) -> list[tuple[list[str], np.ndarray]]:
+        """For a native one-token step (``tierflow.models.llama``): per layer, the names of the
+        full blocks and the partial block whose next slot the step writes (see
+        :meth:`tierflow.PagedKVCache._native_slot`). :meth:`_native_wrote` follows the step."""
+        self._room(1)
+        return [c._native_slot(0) for c in self.layers]
+
+    def _native_wrote(self) -> None:
+        """The native step wrote one position into every layer's partial block."""
+        for c in self.layers:
+            c._native_wrote(0)
 
     @property
     def block(self) -> int:

@@ -12,6 +12,8 @@ then ``logits = rms_norm(x) W_head^T`` (W_head = the token embedding when tied).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .. import _tierflow
@@ -39,6 +41,96 @@ class LlamaForCausalLM(CausalLM):
             and set(w.layouts) <= set(w.packed)
             and packed_decode_available()
         )
+
+    def _native_names(self) -> tuple[list[list[str]], str] | None:
+        """Store names of every layer's seven matmul weights (q, k, v, o, gate, up, down) and
+        of the head, when one-token steps can run as one native call (:meth:`_native_step`):
+        ``fast_decode``, weights read through the store (``read="store"``), each held as the
+        native step reads it (the decode layout, a block format, or float ``(out, in)`` rows).
+        Built once, after :meth:`Weights.mat` has checked each weight's block scales (the native
+        step reads them unchecked). None: the per-layer path."""
+        if not self.fast_decode:
+            return None
+        if "_native" not in self.__dict__:
+            self.__dict__["_native"] = self._build_native_names()
+        names: tuple[list[list[str]], str] | None = self.__dict__["_native"]
+        return names
+
+    def _build_native_names(self) -> tuple[list[list[str]], str] | None:
+        w = self.weights
+        if w.read != "store":
+            return None
+        parts = [f"self_attn.{n}_proj" for n in "qkvo"] + [
+            f"mlp.{n}_proj" for n in ("gate", "up", "down")
+        ]
+        layers = [
+            [f"model.layers.{i}.{n}.weight" for n in parts] for i in range(self.config.num_layers)
+        ]
+        head = "lm_head.weight" if "lm_head.weight" in w else "model.embed_tokens.weight"
+        every = [*(n for ls in layers for n in ls), head]
+        for n in every:
+            if n not in w.layouts:
+                return None
+            dtype = str(w.store.info(w.prefix + n)["dtype"])
+            rows = dtype in ("float32", "float16", "bfloat16") and w.layouts[n] == "out_in"
+            if not (dtype.startswith("block:") or rows):
+                return None
+        for n in every:
+            w.mat(n)  # checks block scales once
+        return [[w.prefix + n for n in ls] for ls in layers], w.prefix + head
+
+    def _native_step(self, x: np.ndarray, pos0: int, cache: StoreKVCache) -> np.ndarray:
+        """A one-token step as one native call (``tierflow._tierflow._llama_decode_step``):
+        every layer and the head, the same kernels as :meth:`forward` on the same operands in
+        the same order (bit for bit its logits, as the tests check), without returning to
+        Python between them (a quarter of a small quantised model's step was those returns).
+        Weights are read by name from the store, the next layer's prefetched as
+        :meth:`Weights.enter` does; the KV cache's pages stay the cache's, which does the new
+        position's bookkeeping afterwards."""
+        cfg, w = self.config, self.weights
+        native = self._native_names()
+        assert native is not None
+        names, head = native
+        slots = cache._native_slots()
+        f32 = np.float32
+        layers: list[Any] = []
+        for i, ((pages, tail), ws) in enumerate(zip(slots, names, strict=True)):
+            p = f"model.layers.{i}."
+            bias = None
+            if cfg.attention_bias:
+                bq, bk, bv = (
+                    np.ascontiguousarray(w[p + f"self_attn.{n}_proj.bias"], f32) for n in "qkv"
+                )
+                bias = (bq, bk, bv)
+            layers.append(
+                (
+                    ws,
+                    np.ascontiguousarray(w[p + "input_layernorm.weight"], f32),
+                    np.ascontiguousarray(w[p + "post_attention_layernorm.weight"], f32),
+                    bias,
+                    pages,
+                    tail.reshape(-1),
+                )
+            )
+        xs = np.array(x.reshape(-1), f32)
+        logits = np.empty((1, cfg.vocab_size), f32)
+        _tierflow._llama_decode_step(
+            w.store._s,
+            cache.store._s,
+            xs,
+            layers,
+            np.ascontiguousarray(w["model.norm.weight"], f32),
+            head,
+            logits.reshape(-1),
+            (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cache.block_size, pos0),
+            cfg.norm_eps,
+            cfg.rope_theta,
+            promote=cache.promote,
+            prefetch=w.prefetch_ahead,
+        )
+        cache._native_wrote()
+        cache.advance(1)
+        return logits
 
     def _packed_layer(
         self, x: np.ndarray, i: int, pos0: int, cache: KVCache | StoreKVCache
@@ -92,6 +184,14 @@ class LlamaForCausalLM(CausalLM):
         s, pos0 = ids.size, cache.length
         nh, nkv, d, eps = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.norm_eps
         x = w.rows("model.embed_tokens.weight", ids)
+        if (
+            s == 1
+            and isinstance(cache, StoreKVCache)
+            and x.dtype == np.float32
+            and self._native_names() is not None
+            and cache._native_ready()
+        ):
+            return self._native_step(x, pos0, cache)
         fast = s == 1 and self._packed_ready() and x.dtype == np.float32
         for i in range(cfg.num_layers):
             w.enter(i)

@@ -1,8 +1,10 @@
 //! `tierflow._tierflow`: the private native module behind the `tierflow` package.
-//! One file per domain, each mirroring a Python module: store, kernels, kvcache, sim.
+//! One file per domain, each mirroring a Python module: store, kernels, kvcache, sim, gguf,
+//! decode (the fused decode step of `models/llama.py`).
 
 use pyo3::prelude::*;
 
+mod decode;
 mod errors;
 mod gguf;
 mod kernels;
@@ -77,5 +79,6 @@ fn _tierflow(m: &Bound<'_, PyModule>) -> PyResult<()> {
     kvcache::register(m)?;
     sim::register(m)?;
     gguf::register(m)?;
+    decode::register(m)?;
     Ok(())
 }

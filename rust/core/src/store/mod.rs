@@ -14,6 +14,7 @@
 //! in a child.
 
 pub mod buf;
+pub mod decode;
 pub mod dtype;
 pub mod fileio;
 pub mod gguf;
