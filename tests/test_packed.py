@@ -2,8 +2,9 @@
 blocks of 16 rows interleaved in ``vpdpbusd`` operand order (``kernels/qpack.rs``). Every result
 is checked bit for bit against the same weight as a :class:`tierflow.QuantizedTensor` (itself
 tested against NumPy float64 and the scalar reference in test_kernels.py), on every instruction
-set this CPU has: the packed kernel where the CPU has AVX-512-VNNI, the unpacking fallback
-elsewhere and above decode shapes."""
+set this CPU has: the packed kernels on the avx512 and avx2 paths (AVX-512-VNNI, AVX-VNNI or
+plain AVX2; the Rust tests force each body this CPU has), the unpacking fallback on the scalar
+path and above decode shapes. Also the native one-token decode step of the Llama models."""
 
 from __future__ import annotations
 
@@ -85,6 +86,9 @@ def test_fallbacks_are_counted():
     assert tierflow.kernels.layout_copies() == before + inline + 1
     tierflow.matmul(np.ones((1, k), np.float32), p, _isa="scalar")
     assert tierflow.kernels.layout_copies() == before + inline + 2
+    for isa in {"avx2", "avx512"} & set(ISAS):  # a packed kernel on both vector paths
+        tierflow.matmul(np.ones((1, k), np.float32), p, _isa=isa)
+        assert tierflow.kernels.layout_copies() == before + inline + 2
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -195,8 +196,8 @@ def _packed_nbytes(base: str, k: int, n: int) -> int:
 
 
 class PackedTensor(BlockTensor):
-    """A ``q8_0`` / ``q4_0`` weight of logical shape ``(K, N)`` repacked for the AVX-512-VNNI
-    decode kernel (format ``"q8_0x16"`` / ``"q4_0x16"``), as llama.cpp's CPU buffer types
+    """A ``q8_0`` / ``q4_0`` weight of logical shape ``(K, N)`` repacked for the VNNI-style
+    decode kernels (format ``"q8_0x16"`` / ``"q4_0x16"``), as llama.cpp's CPU buffer types
     repack GGUF weights at load. Made by :func:`pack`; :meth:`unpack` gives the GGUF blocks back
     byte for byte.
 
@@ -208,9 +209,10 @@ class PackedTensor(BlockTensor):
     stream for the kernel; no transposition or gather at run time. Size: the block data plus
     the padding rows.
 
-    :func:`matmul` with at most :data:`ROUNDED_ACTIVATIONS_MAX_M` rows of ``x`` on a CPU with
-    AVX-512-VNNI runs the packed kernel; any other case (more rows, another instruction set,
-    a non-finite ``x``) unpacks the blocks for that call (one copy of the weight, counted by
+    :func:`matmul` with at most :data:`ROUNDED_ACTIVATIONS_MAX_M` rows of ``x`` runs a packed
+    kernel on the ``avx512`` and ``avx2`` paths (AVX-512-VNNI, AVX-VNNI, or plain AVX2
+    ``vpmaddubsw``: :func:`packed_decode_available`); any other case (more rows, the scalar
+    path, a non-finite ``x``) unpacks the blocks for that call (one copy of the weight, counted by
     :func:`layout_copies`) and runs what :func:`matmul` runs on the :class:`QuantizedTensor`.
     Results are bit-identical to the :class:`QuantizedTensor` in every case.
 
@@ -324,21 +326,23 @@ for _fmt in PACKED_FORMATS:
     register_block_format(_fmt, PackedTensor)
 
 
-_packed_ok: tuple[str, bool] | None = None
+_packed_ok: dict[str | None, str] = {}  # TIERFLOW_ISA -> the selected instruction set
 
 
 def packed_decode_available(_isa: str | None = None) -> bool:
-    """True when :func:`matmul` runs :class:`PackedTensor` weights with the packed kernel at
-    decode shapes (the selected instruction set is ``avx512`` and the CPU has AVX-512-VNNI);
-    elsewhere a packed weight is unpacked at every call, so loaders keep the GGUF blocks."""
-    global _packed_ok
-    if _packed_ok is None:
-        from .._info import info
+    """True when :func:`matmul` runs :class:`PackedTensor` weights with a packed kernel at
+    decode shapes: the selected instruction set is ``avx512`` (the AVX-512-VNNI body where
+    the CPU has it) or ``avx2`` (the AVX-VNNI body, or plain AVX2 ``vpmaddubsw``), all
+    bit-identical to the scalar reference. On the scalar path a packed weight is unpacked at
+    every call, so loaders keep the GGUF blocks there."""
+    if _isa is None:
+        key = os.environ.get("TIERFLOW_ISA")
+        _isa = _packed_ok.get(key)
+        if _isa is None:
+            from .._info import info
 
-        i = info()
-        _packed_ok = (i["isa_selected"], "avx512vnni" in i["isa_extensions"])
-    isa = _isa if _isa is not None else _packed_ok[0]
-    return isa == "avx512" and _packed_ok[1]
+            _isa = _packed_ok[key] = str(info()["isa_selected"])
+    return _isa in ("avx2", "avx512")
 
 
 def quantize(w: Any, fmt: str) -> QuantizedTensor:

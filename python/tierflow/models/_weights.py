@@ -299,7 +299,7 @@ class Weights:
         return QuantizedTensor(fmt, (k, n), np.ascontiguousarray(a).reshape(-1).view(np.uint8))
 
     def _repack(self) -> None:
-        """``read="store"`` on a CPU with AVX-512-VNNI (:func:`tierflow.packed_decode_available`):
+        """``read="store"`` on the AVX-512 or AVX2 path (:func:`tierflow.packed_decode_available`):
         replace every ``q8_0`` / ``q4_0`` matmul weight by its VNNI decode layout
         (:class:`tierflow.PackedTensor`, the same blocks reordered, no requantisation), stored in
         the memory tier the forward pass reads it from (its tier when that is a memory tier,

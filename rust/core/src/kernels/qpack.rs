@@ -178,15 +178,12 @@ pub fn matmul_packed_group(
     }
     let k = parts[0].k;
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512
-        && crate::cpu::Ext::Avx512Vnni.present()
-        && m <= super::gemm::DECODE_MAX_M
-        && k > 0
-        && parts.iter().all(|p| p.k == k)
-    {
-        if let Some(a) = quantize_acts(isa, x, m, k) {
-            run_tiles(&a, parts);
-            return Ok(());
+    if let Some(body) = Body::pick(isa) {
+        if m <= super::gemm::DECODE_MAX_M && k > 0 && parts.iter().all(|p| p.k == k) {
+            if let Some(a) = quantize_acts(isa, x, m, k) {
+                run_tiles(&a, parts, body);
+                return Ok(());
+            }
         }
     }
     for p in parts.iter_mut() {
@@ -260,6 +257,47 @@ pub fn mlp_packed(
     matmul_packed(isa, &h, m, down.0, inter, nd, down.3, None, out, nd)
 }
 
+/// The kernel body [`run_tiles`] runs: one per instruction set (see `x86/avx512/qpack.rs`,
+/// `x86/avx2/qpack.rs`), all bit-identical to the scalar reference.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Body {
+    /// AVX-512-VNNI, 16 rows per vector.
+    Avx512Vnni,
+    /// AVX-VNNI, two vectors of 8 rows.
+    AvxVnni,
+    /// AVX2 without VNNI (`vpmaddubsw` + `vpmaddwd`).
+    Avx2,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Body {
+    /// The body for `isa` on this CPU (None: scalar, where the blocks are unpacked).
+    fn pick(isa: Isa) -> Option<Body> {
+        use crate::cpu::Ext;
+        match isa {
+            Isa::Avx512 if Ext::Avx512Vnni.present() => Some(Body::Avx512Vnni),
+            Isa::Avx512 | Isa::Avx2 if Ext::AvxVnni.present() => Some(Body::AvxVnni),
+            Isa::Avx512 | Isa::Avx2 => Some(Body::Avx2),
+            Isa::Scalar => None,
+        }
+    }
+}
+
+/// Whether [`matmul_packed`] runs a packed kernel (not the unpacking fallback) at decode
+/// shapes on `isa` here: every instruction set but the scalar one.
+pub fn packed_kernel_available(isa: Isa) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        Body::pick(isa).is_some()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = isa;
+        false
+    }
+}
+
 /// Smallest task of [`run_tiles`] in bytes of weight (below it the team's hand-off costs more
 /// than the split gains).
 const MIN_TASK_BYTES: usize = 64 << 10;
@@ -270,7 +308,7 @@ const MIN_TASK_BYTES: usize = 64 << 10;
 /// one (measured on the 8-layer Llama's q4_0 / q8_0 weights, 2 threads, 235 / 444 MB per
 /// token: one tile 22-29 GB/s, two 24-30, four 25-31, the read probe ~35).
 #[cfg(target_arch = "x86_64")]
-fn run_tiles(a: &QActs, parts: &mut [PackedOut<'_>]) {
+fn run_tiles(a: &QActs, parts: &mut [PackedOut<'_>], body: Body) {
     use super::dot::SendPtr;
     let threads = crate::pool::num_threads().max(1);
     let total: usize = parts.iter().map(|p| p.packed.len()).sum();
@@ -323,23 +361,46 @@ fn run_tiles(a: &QActs, parts: &mut [PackedOut<'_>]) {
         let p = &parts[j];
         let corr = if p.fmt == Format::Q8_0 { &corr8 } else { &corr4 };
         let (c, ldc) = (outs[j].0.get(), outs[j].1);
-        use super::x86::avx512::qpack::tiles as run;
+        use super::x86::{avx2::qpack as v2, avx512::qpack as v512};
         while tile < end {
-            // SAFETY: the CPU has AVX-512 + VNNI (checked by the caller); the task writes only
-            // the columns of its tiles (16 * tile .. min(n, 16 * end)) of the m rows of part
-            // j's C, which `check_operands` showed in bounds, disjoint from every other task.
+            let nt = if end - tile >= 4 {
+                4
+            } else if end - tile >= 2 {
+                2
+            } else {
+                1
+            };
+            // SAFETY: the CPU has the body's instruction set (`Body::pick`); the task writes
+            // only the columns of its tiles (16 * tile .. min(n, 16 * end)) of the m rows of
+            // part j's C, which `check_operands` showed in bounds, disjoint from every other
+            // task.
             unsafe {
-                if end - tile >= 4 {
-                    run::<4>(a, corr, p.fmt, p.n, p.packed, p.bias, c, ldc, tile, PF);
-                    tile += 4;
-                } else if end - tile >= 2 {
-                    run::<2>(a, corr, p.fmt, p.n, p.packed, p.bias, c, ldc, tile, PF);
-                    tile += 2;
-                } else {
-                    run::<1>(a, corr, p.fmt, p.n, p.packed, p.bias, c, ldc, tile, PF);
-                    tile += 1;
+                let (f, n, w, b) = (p.fmt, p.n, p.packed, p.bias);
+                match (body, nt) {
+                    (Body::Avx512Vnni, 4) => {
+                        v512::tiles::<4>(a, corr, f, n, w, b, c, ldc, tile, PF)
+                    }
+                    (Body::Avx512Vnni, 2) => {
+                        v512::tiles::<2>(a, corr, f, n, w, b, c, ldc, tile, PF)
+                    }
+                    (Body::Avx512Vnni, _) => {
+                        v512::tiles::<1>(a, corr, f, n, w, b, c, ldc, tile, PF)
+                    }
+                    (Body::AvxVnni, 4) => {
+                        v2::tiles_vnni::<4>(a, corr, f, n, w, b, c, ldc, tile, PF)
+                    }
+                    (Body::AvxVnni, 2) => {
+                        v2::tiles_vnni::<2>(a, corr, f, n, w, b, c, ldc, tile, PF)
+                    }
+                    (Body::AvxVnni, _) => {
+                        v2::tiles_vnni::<1>(a, corr, f, n, w, b, c, ldc, tile, PF)
+                    }
+                    (Body::Avx2, 4) => v2::tiles::<4>(a, corr, f, n, w, b, c, ldc, tile, PF),
+                    (Body::Avx2, 2) => v2::tiles::<2>(a, corr, f, n, w, b, c, ldc, tile, PF),
+                    (Body::Avx2, _) => v2::tiles::<1>(a, corr, f, n, w, b, c, ldc, tile, PF),
                 }
             }
+            tile += nt;
         }
     });
 }
@@ -373,7 +434,6 @@ mod tests {
     /// path, for 1-9 and 33 activation rows, with and without a bias.
     #[test]
     fn packed_matmul_equals_the_reference() {
-        let vnni = expect(crate::cpu::Ext::Avx512Vnni);
         for fmt in [Format::Q8_0, Format::Q4_0] {
             for &(k, n) in &[(32, 1), (96, 17), (256, 40), (512, 300)] {
                 let mut wf = lcg(k * n, 9);
@@ -395,14 +455,11 @@ mod tests {
                             let wr = crate::kernels::gemm::Weight::Rows(w);
                             crate::kernels::gemm::matmul(risa, &x, m, wr, b, &mut want, ldc)
                                 .unwrap();
-                            if isa == Isa::Scalar || (m <= 32 && isa == Isa::Avx512 && !vnni) {
+                            if isa == Isa::Scalar {
                                 continue;
                             }
                             let mut got = vec![f32::NAN; m * ldc];
                             matmul_packed(isa, &x, m, fmt, k, n, &p, b, &mut got, ldc).unwrap();
-                            if m <= 32 && isa == Isa::Avx2 && !crate::cpu::Ext::AvxVnni.present() {
-                                continue; // the plain AVX2 body is within a bound, not exact
-                            }
                             for (i, (g, e)) in got.iter().zip(&want).enumerate() {
                                 assert_eq!(
                                     g.to_bits(),
@@ -413,6 +470,57 @@ mod tests {
                         }
                         crate::pool::set_num_threads(None).unwrap();
                     }
+                }
+            }
+        }
+    }
+
+    /// Every kernel body this CPU can run (AVX-512-VNNI, AVX-VNNI and plain AVX2, whichever
+    /// the ISA picks by default), each forced in turn, is bit-identical to the scalar
+    /// reference at decode shapes, tiles taken 4, 2 and 1 at a time.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn every_packed_body_equals_the_reference() {
+        use crate::cpu::Ext;
+        let mut bodies = Vec::new();
+        if expect(Ext::Avx512Vnni) {
+            bodies.push(Body::Avx512Vnni);
+        }
+        if expect(Ext::AvxVnni) {
+            bodies.push(Body::AvxVnni);
+        }
+        if Isa::Avx2.supported() {
+            bodies.push(Body::Avx2);
+        }
+        let want_isa = std::env::var("TIERFLOW_EXPECT_ISA").unwrap_or_default();
+        assert!(
+            !matches!(want_isa.trim(), "avx2" | "avx512") || bodies.contains(&Body::Avx2),
+            "CI expects AVX2 but the plain AVX2 body did not run"
+        );
+        let (k, n) = (256, 16 * 7 + 5); // 8 tiles: runs of 4, 2, 1 and a partial one
+        for fmt in [Format::Q8_0, Format::Q4_0] {
+            let mut wf = lcg(k * n, 11);
+            wf[..32].iter_mut().for_each(|v| *v *= 50.0);
+            let mut data = quantize(fmt, &wf, k, n).unwrap();
+            if fmt == Format::Q8_0 {
+                data[2..34].fill(0x80); // w = -128 (valid GGUF data the quantiser never writes)
+            }
+            let packed = pack(fmt, k, n, &data).unwrap();
+            let w = QWeight::new(fmt, k, n, &data).unwrap();
+            for m in [1usize, 3, 5, 32] {
+                let mut x = lcg(m * k, 40 + m as u64);
+                x[..32].iter_mut().for_each(|v| *v = if *v < 0.0 { -1.0 } else { 1.0 }); // +-127
+                let mut want = vec![f32::NAN; m * n];
+                let wr = crate::kernels::gemm::Weight::Rows(w);
+                crate::kernels::gemm::matmul(Isa::Scalar, &x, m, wr, None, &mut want, n).unwrap();
+                for &body in &bodies {
+                    let a = quantize_acts(Isa::Avx2, &x, m, k).expect("finite activations");
+                    let mut got = vec![f32::NAN; m * n];
+                    let mut parts =
+                        [PackedOut { fmt, k, n, packed: &packed, bias: None, c: &mut got, ldc: n }];
+                    run_tiles(&a, &mut parts, body);
+                    let same = got.iter().zip(&want).all(|(g, e)| g.to_bits() == e.to_bits());
+                    assert!(same, "{body:?} {fmt:?} m={m}");
                 }
             }
         }

@@ -8,6 +8,7 @@ pub(crate) mod dot;
 pub(crate) mod paged;
 pub(crate) mod qdot;
 pub(crate) mod qdot_vnni;
+pub(crate) mod qpack;
 pub(crate) mod rows;
 pub(crate) mod rows_f32;
 pub(crate) mod sgemm;
