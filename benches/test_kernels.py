@@ -169,9 +169,11 @@ def _decode_isas() -> list[str]:
 @pytest.mark.parametrize("fmt", ["q8_0", "q4_0"])
 def test_vnni_quantized_decode(benchmark, ratios, fmt, kn):
     """q8_0 / q4_0 decode (M = 1 and M = 8) on each kernel path against the read-bandwidth
-    probe, all interleaved in one loop (medians of 9 rounds). On a CPU with AVX-512-VNNI the
-    avx512 path runs the `vpdpbusd` body; with AVX-VNNI the avx2 path runs the 256-bit one
-    (`tierflow.info()["isa_extensions"]` says which). Rates are weight bytes per second.
+    probe, all interleaved in one loop (medians of 9 rounds), on the GGUF blocks and on the
+    decode layout the models repack them into (tierflow.PackedTensor). On a CPU with
+    AVX-512-VNNI the avx512 path runs the `vpdpbusd` bodies; with AVX-VNNI the avx2 path runs
+    the 256-bit ones, else plain AVX2 (`tierflow.info()["isa_extensions"]` says which). Rates
+    are weight bytes per second.
 
     Every weight byte comes from DRAM, as in a decode step (each layer's weight read once per
     token) and as the probe reads: each timed pass multiplies by distinct copies of the weight,
@@ -197,18 +199,19 @@ def test_vnni_quantized_decode(benchmark, ratios, fmt, kn):
                     tierflow.matmul(xs[m], c, out=outs[m], _isa=isa)
 
             fns[f"{isa} M={m}"] = sweep
-    # the VNNI decode layout the model loaders use on this CPU (tierflow.PackedTensor)
-    packed = []
-    if tierflow.packed_decode_available():
-        packed = [tierflow.pack(c, fmt + "x16") for c in copies]
-        ptotal = sum(p.nbytes for p in packed)
+    # the decode layout the model loaders use (tierflow.PackedTensor), on each vector path
+    # (AVX-512-VNNI; AVX-VNNI or plain AVX2 on the avx2 path)
+    packed_isas = [i for i in isas if tierflow.packed_decode_available(i)]
+    packed = [tierflow.pack(c, fmt + "x16") for c in copies] if packed_isas else []
+    ptotal = sum(p.nbytes for p in packed)
+    for isa in packed_isas:
         for m in (1, 8):
 
-            def psweep(m=m):
+            def psweep(isa=isa, m=m):
                 for c in packed:
-                    tierflow.matmul(xs[m], c, out=outs[m])
+                    tierflow.matmul(xs[m], c, out=outs[m], _isa=isa)
 
-            fns[f"packed M={m}"] = psweep
+            fns[f"packed-{isa} M={m}"] = psweep
     times: dict[str, list[float]] = {k: [] for k in fns}
     probe: list[float] = []
     for r in range(10):
@@ -227,9 +230,9 @@ def test_vnni_quantized_decode(benchmark, ratios, fmt, kn):
         for k, v in times.items()
     }
     exts = ",".join(tierflow.info()["isa_extensions"]) or "none"
-    for isa in isas + (["packed"] if packed else []):
+    for isa in isas + [f"packed-{i}" for i in packed_isas]:
         one, eight = gbs[f"{isa} M=1"], gbs[f"{isa} M=8"]
-        what = "avx512 VNNI layout (PackedTensor)" if isa == "packed" else isa
+        what = f"{isa[7:]} decode layout (PackedTensor)" if isa.startswith("packed") else isa
         name = f"decode {fmt} K=N={kn} {what} (extensions: {exts})"
         record(
             benchmark,
