@@ -413,3 +413,30 @@ def test_native_decode_step_bad_input(tmp_path):
     for (_, tl), b in zip(slots, before, strict=True):
         assert np.array_equal(tl, b)
     cache.close()
+
+
+def test_native_decode_step_with_weights_larger_than_memory(tmp_path, monkeypatch):
+    """``read="store"`` with a RAM tier holding about half the weights: the native step reads
+    each weight through the store (promoting evicted ones from the disk tier, prefetching the
+    next layer's), and greedy decoding gives the in-memory model's tokens."""
+    from tierflow.models import llama
+
+    ck = tmp_path / "ck"
+    tm.write_tiny_checkpoint(ck, "LlamaForCausalLM", seed=5)
+    ids = [4, 8, 15]
+    ref = tm.load(ck, dtype="q8_0")
+    want = ref.generate(ids, 20).tolist()
+    size = sum(ref.weights.nbytes(n) for n in ref.weights.layouts)
+    calls = []
+    native = llama.LlamaForCausalLM._native_step
+    monkeypatch.setattr(
+        llama.LlamaForCausalLM, "_native_step", lambda self, *a: calls.append(1) or native(self, *a)
+    )
+    tiers = [tierflow.Tier("ram", size // 2), tierflow.Tier("disk", path="disk")]
+    with tierflow.TieredStore(tmp_path / "s", tiers=tiers) as s:
+        m = tm.load(ck, store=s, dtype="q8_0", read="store")
+        assert m.weights.read == "store" and m._native_names() is not None
+        assert m.generate(ids, 20).tolist() == want
+        assert len(calls) == 19
+        tiers_now = {s.tier_of(m.weights.prefix + n) for n in m.weights.layouts}
+        assert tiers_now == {"ram", "disk"}  # it did not fit: some weights were evicted
