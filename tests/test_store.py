@@ -503,3 +503,48 @@ def test_default_ram_tier_follows_the_cgroup_limit(monkeypatch):
     ]:
         fast, ram = memory_tiers(limit)
         assert fast + ram == budget and 0 < fast <= budget // 32, (limit, fast, ram)
+
+
+def _tensor_files(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*.safetensors"))
+
+
+def test_non_durable_puts(tmp_path):
+    """``put(..., durable=False)`` into a memory tier: no file written and nothing synced, not
+    in the manifest (gone after a reopen); evicted into a file tier it is written there and
+    read back intact (a reopened store removes that file); delete works at every stage; a
+    durable tensor overwritten by a non-durable one leaves the manifest; into a file tier the
+    flag changes nothing."""
+    root = tmp_path / "s"
+    tiers = [Tier("ram", "12KiB"), Tier("disk", None, path="disk")]
+    vals = {f"t{i}": np.full(1024, i, np.float32) for i in range(5)}  # 4 KiB each
+    with TieredStore(root, tiers=tiers) as s:
+        s.put("keep", np.arange(8, dtype=np.float32))
+        before = _tensor_files(root)
+        written = s.stats()["counters"]["bytes_written"]
+        s.put("t0", vals["t0"], durable=False)
+        assert _tensor_files(root) == before and s.stats()["counters"]["bytes_written"] == written
+        assert s.tier_of("t0") == "ram" and s.info("t0")["file"] is None
+        np.testing.assert_array_equal(s.get("t0"), vals["t0"])
+        for n in ["t1", "t2", "t3", "t4"]:  # past the RAM tier: the oldest are evicted
+            s.put(n, vals[n], durable=False)
+        on_disk = [n for n in vals if s.tier_of(n) == "disk"]
+        assert on_disk and len(_tensor_files(root)) == len(before) + len(on_disk)
+        for n, v in vals.items():
+            np.testing.assert_array_equal(s.get(n, promote=False), v)
+            np.testing.assert_array_equal(s.get(n), v)  # promoted back up, evicting others
+        s.delete("t1")
+        assert "t1" not in s
+        s.put("keep2", np.ones(4, np.float32))
+        s.put("keep2", np.zeros(4, np.float32), overwrite=True, durable=False)
+        s.put("durable_on_disk", np.ones(4, np.float32), tier="disk", durable=False)
+        s.put("t9", vals["t2"], durable=False)
+        s.put("t9", vals["t3"], overwrite=True)  # a durable tensor replacing a non-durable one
+    with TieredStore.open(root) as s2:
+        assert sorted(s2.names()) == ["durable_on_disk", "keep", "t9"]
+        np.testing.assert_array_equal(s2.get("t9"), vals["t3"])
+        np.testing.assert_array_equal(s2.get("keep"), np.arange(8, dtype=np.float32))
+        assert len(_tensor_files(root)) == 3  # the evicted non-durable copies were removed
+    with TieredStore(tmp_path / "m") as mem:  # a store without a home tier: the same
+        mem.put("x", vals["t0"], durable=False)
+        np.testing.assert_array_equal(mem.get("x"), vals["t0"])

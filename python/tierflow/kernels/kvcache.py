@@ -8,8 +8,11 @@ The blocks live in one of two places:
 - with ``store=`` a :class:`~tierflow.TieredStore`, each full block is a stored float32 tensor
   ``(2, Hkv, block_size, D)`` (keys ``[0]``, values ``[1]``) named
   ``<prefix>s<seq>/p<index>``. Stored blocks are tensors like any other: the store's policy may
-  evict them to slower tiers, down to the file tier when the memory tiers fill. Only each
-  sequence's last, partly filled block stays in the cache's own buffer until it fills.
+  evict them to slower tiers, down to the file tier when the memory tiers fill. They are put
+  with ``durable=False``: a block put into a memory tier is not written through to the store's
+  home file tier (no file, no sync; a KV cache need not outlive the store), and is written to a
+  file tier only when evicted there. Only each sequence's last, partly filled block stays in the
+  cache's own buffer until it fills.
 
 :meth:`PagedKVCache.attention` runs the paged decode kernel on the blocks where they are (no
 concatenation): a block in a memory tier is read in place (zero copy), a block in a file tier is
@@ -260,7 +263,7 @@ class PagedKVCache:
                     tail[1, :, off : off + n] = va[r, :, i : i + n]
                     if off + n == p:  # the block is full: into the store
                         name = f"{self.prefix}s{b}/p{(pos + n) // p - 1}"
-                        self.store.put(name, tail, tier=self.tier)
+                        self.store.put(name, tail, tier=self.tier, durable=False)
                         self._blocks[b].append(name)
                 i += n
                 pos += n
@@ -290,7 +293,7 @@ class PagedKVCache:
         pos = self.lengths[seq] + 1
         if pos % self.block_size == 0:
             name = f"{self.prefix}s{seq}/p{pos // self.block_size - 1}"
-            self.store.put(name, self._tail[seq], tier=self.tier)
+            self.store.put(name, self._tail[seq], tier=self.tier, durable=False)
             self._blocks[seq].append(name)
         self.lengths[seq] = pos
 

@@ -560,6 +560,7 @@ class TieredStore:
         overwrite: bool = False,
         *,
         dtype: str | None = None,
+        durable: bool = True,
     ) -> None:
         """Store ``array`` under ``name`` in ``tier`` (default: the default tier).
 
@@ -567,13 +568,22 @@ class TieredStore:
         an existing name raises :class:`~tierflow.TensorExistsError` and the old tensor is
         untouched. ``dtype="bfloat16"`` stores a uint16 array of raw bfloat16 bits as bfloat16
         (for use without ml_dtypes). :class:`BlockTensor` values are stored as typed blocks.
+
+        A put is durable: written through to the home file tier (synced) and listed in the
+        manifest before it returns. ``durable=False`` is for tensors that need not outlive the
+        store (the KV cache's pages): put into a memory tier, the tensor is only copied there
+        (no file, no sync, not in the manifest, so gone when the store is reopened); if the
+        policy evicts it into a file tier, it is written there like any other. Into a file tier
+        ``durable`` changes nothing.
         """
         if not isinstance(name, str):
             raise InvalidArgumentError(f"tensor names are strings, got {type(name).__name__}")
         t = self._tier(tier)
         if isinstance(array, BlockTensor):
             data = np.ascontiguousarray(array.data, dtype=np.uint8).reshape(-1)
-            self._s.put(name, f"block:{array.format}", list(array.shape), data, t, overwrite)
+            self._s.put(
+                name, f"block:{array.format}", list(array.shape), data, t, overwrite, durable
+            )
             return
         if isinstance(array, TensorRef):
             array = array.numpy()
@@ -585,10 +595,12 @@ class TieredStore:
             if dtype != "bfloat16" or array.dtype not in (np.uint16, bfloat16_dtype()):
                 raise DTypeError(f"dtype={dtype!r} only reinterprets uint16 bits as bfloat16")
             a = np.ascontiguousarray(array).view(np.uint16)
-            self._s.put(name, "bfloat16", list(a.shape), a.reshape(-1).view(np.uint8), t, overwrite)
+            self._s.put(
+                name, "bfloat16", list(a.shape), a.reshape(-1).view(np.uint8), t, overwrite, durable
+            )
             return
         dname, shape, data = _as_contiguous_bytes(array)
-        self._s.put(name, dname, list(shape), data, t, overwrite)
+        self._s.put(name, dname, list(shape), data, t, overwrite, durable)
 
     def get(self, name: str, *, promote: bool = True) -> Any:
         """The tensor as a read-only NumPy array (or a :class:`BlockTensor`).

@@ -156,7 +156,7 @@ impl PyStore {
         self.inner.root().map(|p| p.to_path_buf())
     }
 
-    #[pyo3(signature = (name, dtype, shape, data, tier=None, overwrite=false))]
+    #[pyo3(signature = (name, dtype, shape, data, tier=None, overwrite=false, durable=true))]
     fn put(
         &self,
         py: Python<'_>,
@@ -166,13 +166,14 @@ impl PyStore {
         data: PyReadonlyArray1<'_, u8>,
         tier: Option<usize>,
         overwrite: bool,
+        durable: bool,
     ) -> PyResult<()> {
         let dtype = guard(|| DType::parse(dtype))?;
         let bytes = data
             .as_slice()
             .map_err(|_| crate::errors::err("InternalError", "put needs a contiguous byte view"))?;
         let s = &self.inner;
-        run(py, move || s.put(name, dtype, &shape, bytes, tier, overwrite))
+        run(py, move || s.put_with(name, dtype, &shape, bytes, tier, overwrite, durable))
     }
 
     /// (dtype, shape, buffer) of `name`.

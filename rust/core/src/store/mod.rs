@@ -609,6 +609,26 @@ impl Store {
         tier: Option<usize>,
         overwrite: bool,
     ) -> Result<()> {
+        self.put_with(name, dtype, shape, data, tier, overwrite, true)
+    }
+
+    /// [`Store::put`], with `durable = false` for a tensor that need not survive the store (a
+    /// KV-cache page): put into a memory tier, it is not written through to the home tier and
+    /// not listed in the manifest (no file written, no sync: a put costs a copy), so it is gone
+    /// when the store is reopened; evicted into a file tier it is written there like any victim
+    /// (still outside the manifest: a reopened store removes that file as an orphan). Into a
+    /// file tier, or in a store without a home tier, `durable` changes nothing.
+    #[allow(clippy::too_many_arguments)]
+    pub fn put_with(
+        &self,
+        name: &str,
+        dtype: DType,
+        shape: &[usize],
+        data: &[u8],
+        tier: Option<usize>,
+        overwrite: bool,
+        durable: bool,
+    ) -> Result<()> {
         Self::check_put_bytes(name, &dtype, shape, data)?;
         let t = NewTensor {
             name,
@@ -618,7 +638,10 @@ impl Store {
             nbytes: data.len() as u64,
             tier: tier.unwrap_or(self.inner.default_tier),
         };
-        let (home_dir, gen) = self.admit_put(&t, overwrite)?;
+        let (mut home_dir, gen) = self.admit_put(&t, overwrite)?;
+        if !durable && !self.lock().tiers[t.tier].is_file() {
+            home_dir = None; // a transient tensor in a memory tier: no home copy
+        }
         // Write-through to home, outside the lock.
         let t0 = Instant::now();
         let home_loc = match &home_dir {
@@ -760,9 +783,12 @@ impl Store {
     ) -> Result<Option<Entry>> {
         let name = t.name;
         st.tiers[t.tier].used += t.nbytes;
+        // A tensor without a home file (a transient put) replacing none is not in the
+        // manifest, before or after: nothing to save.
+        let listed = entry.home.is_some() || old.as_ref().is_some_and(|o| o.home.is_some());
         st.entries.insert(name.to_owned(), entry);
         st.eviction.on_insert(name);
-        if let Err(e) = self.save_manifest(st) {
+        if let Err(e) = if listed { self.save_manifest(st) } else { Ok(()) } {
             let new = st.entries.remove(name).expect("just inserted");
             st.tiers[t.tier].used -= t.nbytes;
             if let Some(r) = new.resfile {
@@ -1185,7 +1211,8 @@ impl Store {
         }
         let e = st.entries.remove(name).expect("exists");
         st.tiers[e.tier].used -= e.nbytes;
-        if let Err(err) = self.save_manifest(&st) {
+        // (a tensor without a home file is not in the manifest: nothing to save)
+        if let Err(err) = if e.home.is_some() { self.save_manifest(&st) } else { Ok(()) } {
             st.tiers[e.tier].used += e.nbytes;
             st.entries.insert(name.to_owned(), e);
             return Err(err);

@@ -170,3 +170,25 @@ fn drop_after_read_leaves_the_range_out_of_the_page_cache() {
         assert!(after <= 2, "{after} pages still cached after drop_after_read (edges only)");
     }
 }
+
+#[test]
+fn non_durable_puts_stay_out_of_the_manifest() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::create(cfg(d.path(), 100)).unwrap();
+    s.put("a", DType::U8, &[40], &bytes(40, 1), None, false).unwrap();
+    let files = |p: &Path| std::fs::read_dir(p.join("disk")).unwrap().count();
+    let before = files(d.path());
+    s.put_with("t", DType::U8, &[40], &bytes(40, 2), None, false, false).unwrap();
+    assert_eq!(files(d.path()), before, "a non-durable put writes no file");
+    assert!(s.meta("t").unwrap().file.is_none());
+    // two more 40-byte tensors: the LRU victim ("a", then "t") goes to disk, bytes intact
+    s.put_with("u", DType::U8, &[40], &bytes(40, 3), None, false, false).unwrap();
+    s.put_with("v", DType::U8, &[40], &bytes(40, 4), None, false, false).unwrap();
+    assert_eq!(s.meta("t").unwrap().tier, "disk");
+    assert_eq!(s.get("t", false).unwrap().1.as_slice(), &bytes(40, 2)[..]);
+    s.delete("u").unwrap();
+    s.close().unwrap();
+    let s2 = Store::open(d.path(), Verify::Full, true).unwrap();
+    assert_eq!(s2.names(), vec!["a"]);
+    assert_eq!(files(d.path()), before, "the evicted copy was an orphan, removed at open");
+}
