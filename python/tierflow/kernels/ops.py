@@ -306,11 +306,6 @@ class PackedTensor(BlockTensor):
         return result
 
     @property
-    def nbytes(self) -> int:
-        """Bytes of packed data."""
-        return int(self.data.nbytes)
-
-    @property
     def ndim(self) -> int:
         return 2
 

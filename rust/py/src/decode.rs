@@ -3,12 +3,11 @@
 //! cache is paged in a store.
 
 use crate::errors::err;
-use crate::kernels::pick_isa;
+use crate::kernels::{gated_act, pick_isa};
 use crate::store::PyStore;
 use crate::utils::run;
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadwriteArray1};
 use pyo3::prelude::*;
-use tierflow_core::kernels::act::Act;
 use tierflow_core::store::decode::{llama_decode_step, DecodeLayer, DecodeShape};
 
 /// One layer from Python: the seven weight names (q, k, v, o, gate, up, down), the two norm
@@ -50,12 +49,7 @@ fn _llama_decode_step<'py>(
     isa: Option<&str>,
 ) -> PyResult<()> {
     let isa = pick_isa(isa)?;
-    let act = match act {
-        "swiglu" => Act::Silu,
-        "geglu_tanh" => Act::GeluTanh,
-        "geglu_erf" => Act::GeluErf,
-        other => return Err(err("InvalidArgumentError", format!("unknown gated op {other:?}"))),
-    };
+    let act = gated_act(act)?;
     let (heads, kv_heads, head_dim, page, pos) = sizes;
     let sh = DecodeShape {
         heads,

@@ -238,6 +238,17 @@ fn _matmul_packed_group(
     run(py, || matmul_packed_group(isa, xs, m, &mut outs))
 }
 
+/// The activation of a gated MLP named `swiglu`, `geglu_tanh` or `geglu_erf`.
+pub(crate) fn gated_act(kind: &str) -> PyResult<tierflow_core::kernels::act::Act> {
+    use tierflow_core::kernels::act::Act;
+    match kind {
+        "swiglu" => Ok(Act::Silu),
+        "geglu_tanh" => Ok(Act::GeluTanh),
+        "geglu_erf" => Ok(Act::GeluErf),
+        other => Err(err("InvalidArgumentError", format!("unknown gated op {other:?}"))),
+    }
+}
+
 /// One packed weight from Python: `(fmt, k, n, packed)`.
 type PackedArg<'py> = (String, usize, usize, PyReadonlyArray1<'py, u8>);
 
@@ -256,14 +267,8 @@ fn _mlp_packed(
     mut out: PyReadwriteArray2<'_, f32>,
     isa: Option<&str>,
 ) -> PyResult<()> {
-    use tierflow_core::kernels::act::Act;
     let isa = pick_isa(isa)?;
-    let act = match kind {
-        "swiglu" => Act::Silu,
-        "geglu_tanh" => Act::GeluTanh,
-        "geglu_erf" => Act::GeluErf,
-        other => return Err(err("InvalidArgumentError", format!("unknown gated op {other:?}"))),
-    };
+    let act = gated_act(kind)?;
     let m = x.shape()[0];
     let xs = slice2(&x, "x")?;
     let w =
