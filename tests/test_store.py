@@ -545,6 +545,10 @@ def test_non_durable_puts(tmp_path):
         np.testing.assert_array_equal(s2.get("t9"), vals["t3"])
         np.testing.assert_array_equal(s2.get("keep"), np.arange(8, dtype=np.float32))
         assert len(_tensor_files(root)) == 3  # the evicted non-durable copies were removed
+    with TieredStore(root) as s3, pytest.raises(tierflow.InvalidArgumentError, match="durable"):
+        s3.put("bad", vals["t0"], durable="no")  # a typed error, nothing stored
+    with TieredStore.open(root) as s4:
+        assert "bad" not in s4 and sorted(s4.names()) == ["durable_on_disk", "keep", "t9"]
     with TieredStore(tmp_path / "m") as mem:  # a store without a home tier: the same
         mem.put("x", vals["t0"], durable=False)
         np.testing.assert_array_equal(mem.get("x"), vals["t0"])

@@ -578,6 +578,9 @@ class TieredStore:
         """
         if not isinstance(name, str):
             raise InvalidArgumentError(f"tensor names are strings, got {type(name).__name__}")
+        if not isinstance(durable, (bool, np.bool_)):
+            raise InvalidArgumentError(f"durable must be True or False, got {durable!r}")
+        durable = bool(durable)
         t = self._tier(tier)
         if isinstance(array, BlockTensor):
             data = np.ascontiguousarray(array.data, dtype=np.uint8).reshape(-1)
